@@ -1,0 +1,175 @@
+"""Datasets of augmented segments: ``(library, policy, count, segment, front-end, seed)`` to
+``X, y`` plus metadata, cached on disk under a hash of all inputs.
+
+Each row is one clip named by ``(seed, split, track id, augmentation index)``: the offset in
+the track and the augmentation seed are both derived from that name, so a row can be rebuilt
+on its own. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
+memory does not grow with the library. The folder is written atomically
+(:func:`ppazam_core.store.atomic_folder`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ppazam_core.audio import crop_or_pad, load_audio
+from ppazam_core.augment import AugmentationPolicy, Augmenter
+from ppazam_core.errors import ConfigError, LibraryError
+from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
+from ppazam_core.library import Library, Track
+from ppazam_core.parallel import default_workers, parallel_map
+from ppazam_core.seeding import Split, derive_seed
+from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is made of (the library and noise folder are given separately)."""
+
+    policy: AugmentationPolicy
+    augmentations_per_track: int = 50
+    segment_s: float = 3.0
+    features: FrontEndConfig = field(default_factory=FrontEndConfig)
+    seed: int = 0
+    split: str = Split.TRAIN.value
+
+    def __post_init__(self) -> None:
+        if self.augmentations_per_track < 1:
+            raise ConfigError.bad_value("augmentations_per_track", self.augmentations_per_track, "an integer >= 1")
+        if not self.segment_s > 0:
+            raise ConfigError.bad_value("segment_s", self.segment_s, "a number > 0")
+        if self.split not in {s.value for s in Split}:
+            raise ConfigError.bad_value("split", self.split, [s.value for s in Split])
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A built dataset. ``X`` is memory-mapped ``(N, 1, H, W)`` float32 (not normalized);
+    ``y[i]`` indexes ``track_ids``; ``normalizer`` was fitted on this dataset's ``X``."""
+
+    folder: Path
+    X: np.ndarray
+    y: np.ndarray
+    meta: pd.DataFrame
+    track_ids: tuple[str, ...]
+    normalizer: Normalizer
+    info: dict
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+
+def dataset_key(library: Library, spec: DatasetSpec, noise_dir: Path | None) -> str:
+    """The cache key: every input that changes a single byte of the dataset."""
+    return config_hash({"library": library.fingerprint(), "spec": spec, "noise": _noise_fingerprint(spec, noise_dir)})
+
+
+def build_dataset(
+    library: Library,
+    spec: DatasetSpec,
+    cache_dir: Path,
+    noise_dir: Path | None = None,
+    workers: int | None = None,
+) -> Dataset:
+    """Load the dataset from ``cache_dir/datasets`` or build it there."""
+    folder = cache_dir / "datasets" / dataset_key(library, spec, noise_dir)
+    if is_complete(folder):
+        return load_dataset(folder)
+    if len(library) == 0:
+        raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
+    workers = default_workers() if workers is None else workers
+    n_per = spec.augmentations_per_track
+    started = time.perf_counter()
+    with atomic_folder(folder) as tmp:
+        X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
+                                      shape=(len(library) * n_per, *spec.features.shape))
+        rows: list[dict] = []
+        jobs = [(track, spec, None if noise_dir is None else str(noise_dir)) for track in library]
+        described = f"dataset {spec.policy.name} x{n_per} ({spec.split})"
+        for label, (patches, track_rows) in enumerate(parallel_map(_track_rows, jobs, workers, described)):
+            X[label * n_per : (label + 1) * n_per] = patches
+            rows.extend({**row, "label": label} for row in track_rows)
+        X.flush()
+        meta = pd.DataFrame(rows)
+        np.save(tmp / "y.npy", meta["label"].to_numpy(np.int64))
+        meta.to_csv(tmp / "meta.csv", index=False)
+        Normalizer.fit(X).save(tmp / "normalizer.npz")
+        del X
+        info = {
+            "library": library.name,
+            "library_fingerprint": library.fingerprint(),
+            "noise_dir": None if noise_dir is None else str(noise_dir),
+            "spec": json.loads(canonical_json(spec)),
+            "track_ids": [t.id for t in library],
+            "n_rows": len(meta),
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+    return load_dataset(folder)
+
+
+def load_dataset(folder: Path) -> Dataset:
+    """Open a finished dataset folder (memory-mapped)."""
+    if not is_complete(folder):
+        raise LibraryError(f"{folder} is not a finished dataset (no done marker)")
+    info = json.loads((folder / "dataset.json").read_text())
+    return Dataset(
+        folder=folder,
+        X=np.load(folder / "X.npy", mmap_mode="r"),
+        y=np.load(folder / "y.npy"),
+        meta=pd.read_csv(folder / "meta.csv", dtype={"track_id": str}),
+        track_ids=tuple(info["track_ids"]),
+        normalizer=Normalizer.load(folder / "normalizer.npz"),
+        info=info,
+    )
+
+
+def clip_offset(track: Track, spec: DatasetSpec, index: int, audio_s: float) -> float:
+    """Start (s) of clip ``index`` of ``track``: uniform over the track, named by its seed."""
+    rng = np.random.default_rng(derive_seed(spec.seed, spec.split, track.id, index, "offset"))
+    return float(rng.uniform(0.0, max(audio_s - spec.segment_s, 0.0)))
+
+
+def _track_rows(job: tuple[Track, DatasetSpec, str | None]) -> tuple[np.ndarray, list[dict]]:
+    track, spec, noise_dir = job
+    augmenter, front_end = _tools(spec, noise_dir)
+    rate = spec.features.sample_rate
+    audio = load_audio(track.source, rate)
+    n_samples = int(round(spec.segment_s * rate))
+    clips, rows = [], []
+    for index in range(spec.augmentations_per_track):
+        offset = clip_offset(track, spec, index, audio.shape[0] / rate)
+        seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
+        clips.append(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed))
+        rows.append({"track_id": track.id, "augmentation": index, "offset_s": round(offset, 4),
+                     "seed": seed, "policy": spec.policy.name, "split": spec.split})
+    return front_end(np.stack(clips)), rows
+
+
+@functools.lru_cache(maxsize=4)
+def _tools(spec: DatasetSpec, noise_dir: str | None) -> tuple[Augmenter, FrontEnd]:
+    """Per-process augmenter and front-end (a worker builds them once)."""
+    if multiprocessing.parent_process() is not None:
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker process; the pool owns parallelism
+    augmenter = Augmenter(spec.policy, spec.features.sample_rate, None if noise_dir is None else Path(noise_dir))
+    return augmenter, FrontEnd(spec.features)
+
+
+def _noise_fingerprint(spec: DatasetSpec, noise_dir: Path | None) -> list | None:
+    if noise_dir is None or not spec.policy.needs_noise:
+        return None
+    return sorted((p.name, p.stat().st_size) for p in Path(noise_dir).rglob("*") if p.is_file())

@@ -1,0 +1,37 @@
+"""Errors a user can act on. Each names the offending path, key or value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+
+class PpazamError(Exception):
+    """Base class of every error ppazam raises on purpose."""
+
+
+class AudioError(PpazamError):
+    """An audio file that cannot be used: unreadable, corrupt, empty or non-finite."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class LibraryError(PpazamError):
+    """A music library that cannot be opened or holds no usable track."""
+
+
+class ConfigError(PpazamError):
+    """A configuration value or key that is not allowed."""
+
+    @classmethod
+    def bad_value(cls, key: str, value: object, allowed: Iterable[object] | str) -> "ConfigError":
+        """An error naming the key, the rejected value and what is allowed instead."""
+        allowed_text = allowed if isinstance(allowed, str) else ", ".join(map(str, allowed))
+        return cls(f"{key} = {value!r} is not allowed; allowed: {allowed_text}")
+
+
+class DebianError(PpazamError):
+    """Building the Debian music library failed (missing tools, packages or files)."""

@@ -1,0 +1,169 @@
+"""Front-ends: clips to CNN-ready patches (``N x 1 x H x W``) and their normalization.
+
+Two kinds share one config: ``logmel`` (log-scaled mel power spectrogram) and ``mfcc`` (with
+optional delta and delta-delta rows). The frequency axis is resampled to the patch height when
+the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
+``max-energy`` window) or padded with the lowest value when the clip is short.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torchaudio
+
+from ppazam_core.audio import DEFAULT_SAMPLE_RATE
+from ppazam_core.errors import ConfigError
+
+LOG_FLOOR = 1e-10
+
+
+class PatchSelect(str, enum.Enum):
+    """Which ``W`` frames of a longer spectrogram form the patch."""
+
+    START = "start"
+    CENTER = "center"
+    MAX_ENERGY = "max-energy"
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Feature extraction settings. The defaults map a 3 s clip at 16 kHz onto 32 x 32."""
+
+    kind: str = "logmel"
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    n_fft: int = 2048
+    hop_length: int = 1536
+    n_mels: int = 32
+    f_min: float = 30.0
+    f_max: float | None = 8000.0
+    n_mfcc: int = 20
+    deltas: int = 0
+    patch_height: int = 32
+    patch_width: int = 32
+    patch_select: str = PatchSelect.CENTER.value
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("logmel", "mfcc"), "kind", self.kind, "logmel, mfcc")
+        _require(self.patch_select in {p.value for p in PatchSelect}, "patch_select",
+                 self.patch_select, [p.value for p in PatchSelect])
+        _require(self.sample_rate >= 8000, "sample_rate", self.sample_rate, "an integer >= 8000")
+        _require(self.hop_length >= 1 and self.n_fft >= 16, "hop_length/n_fft",
+                 (self.hop_length, self.n_fft), "hop_length >= 1 and n_fft >= 16")
+        _require(0 <= self.f_min < (self.f_max or self.sample_rate / 2) <= self.sample_rate / 2,
+                 "f_min/f_max", (self.f_min, self.f_max), f"0 <= f_min < f_max <= {self.sample_rate / 2:g}")
+        _require(self.n_mels >= 4, "n_mels", self.n_mels, "an integer >= 4")
+        _require(self.kind != "mfcc" or 1 <= self.n_mfcc <= self.n_mels, "n_mfcc", self.n_mfcc,
+                 f"1 to n_mels ({self.n_mels})")
+        _require(self.deltas in (0, 1, 2), "deltas", self.deltas, "0, 1, 2")
+        _require(self.patch_height >= 4 and self.patch_width >= 4, "patch size",
+                 (self.patch_height, self.patch_width), "both >= 4")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FrontEndConfig":
+        allowed = set(asdict(cls()))
+        for key in data:
+            if key not in allowed:
+                raise ConfigError.bad_value("features", key, sorted(allowed))
+        return cls(**data)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (1, self.patch_height, self.patch_width)
+
+
+class FrontEnd:
+    """Turns mono float32 clips at ``config.sample_rate`` into patches of ``config.shape``."""
+
+    def __init__(self, config: FrontEndConfig) -> None:
+        self.config = config
+        mel = dict(n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                   f_min=config.f_min, f_max=config.f_max, power=2.0)
+        if config.kind == "logmel":
+            self._transform = torchaudio.transforms.MelSpectrogram(config.sample_rate, **mel)
+        else:
+            self._transform = torchaudio.transforms.MFCC(
+                config.sample_rate, n_mfcc=config.n_mfcc, log_mels=True, melkwargs=mel)
+
+    def __call__(self, clips: np.ndarray) -> np.ndarray:
+        """``(n,)`` or ``(N, n)`` clips to ``(N, 1, H, W)`` float32 patches."""
+        batch = np.atleast_2d(np.asarray(clips, dtype=np.float32))
+        with torch.no_grad():
+            spec = self._transform(torch.from_numpy(batch)).double()
+            if self.config.kind == "logmel":
+                spec = 10.0 * torch.log10(spec.clamp_min(LOG_FLOOR))
+            elif self.config.deltas:
+                rows = [spec]
+                for _ in range(self.config.deltas):
+                    rows.append(torchaudio.functional.compute_deltas(rows[-1]))
+                spec = torch.cat(rows, dim=1)
+            patches = self._fit_height(spec.float())
+        return np.stack([self._fit_width(p) for p in patches.numpy()])[:, None]
+
+    def _fit_height(self, spec: torch.Tensor) -> torch.Tensor:
+        height = self.config.patch_height
+        if spec.shape[1] == height:
+            return spec
+        resized = torch.nn.functional.interpolate(
+            spec.transpose(1, 2), size=height, mode="linear", align_corners=True)
+        return resized.transpose(1, 2)
+
+    def _fit_width(self, spec: np.ndarray) -> np.ndarray:
+        width = self.config.patch_width
+        frames = spec.shape[1]
+        if frames <= width:
+            return np.pad(spec, ((0, 0), (0, width - frames)), constant_values=spec.min())
+        if self.config.patch_select == PatchSelect.START:
+            start = 0
+        elif self.config.patch_select == PatchSelect.CENTER:
+            start = (frames - width) // 2
+        else:
+            energy = np.convolve(spec.mean(axis=0), np.ones(width), mode="valid")
+            start = int(np.argmax(energy))
+        return np.ascontiguousarray(spec[:, start : start + width])
+
+
+@dataclass(frozen=True, eq=False)
+class Normalizer:
+    """Per-row (frequency bin) mean and standard deviation, fitted on training patches."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, patches: np.ndarray, batch: int = 4096) -> "Normalizer":
+        """Fit on ``(N, 1, H, W)`` patches in batches (works on memory-mapped arrays)."""
+        if patches.shape[0] == 0:
+            raise ValueError("cannot fit normalization statistics on an empty set")
+        total = np.zeros(patches.shape[2])
+        squares = np.zeros(patches.shape[2])
+        for start in range(0, patches.shape[0], batch):
+            chunk = np.asarray(patches[start : start + batch], dtype=np.float64)
+            total += chunk.sum(axis=(0, 1, 3))
+            squares += np.square(chunk).sum(axis=(0, 1, 3))
+        count = patches.shape[0] * patches.shape[1] * patches.shape[3]
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        return cls(mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        return ((patches - self.mean[:, None]) / self.std[:, None]).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, mean=self.mean, std=self.std)
+
+    @classmethod
+    def load(cls, path: Path) -> "Normalizer":
+        with np.load(path) as data:
+            return cls(data["mean"], data["std"])
+
+
+def _require(ok: bool, key: str, value: object, allowed: Iterable[object] | str) -> None:
+    if not ok:
+        raise ConfigError.bad_value(f"features.{key}", value, allowed)

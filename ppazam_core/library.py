@@ -1,0 +1,278 @@
+"""Music libraries: a :class:`Library` is a list of :class:`Track` records plus what was skipped.
+
+Three sources share one type:
+
+* any folder of audio files, scanned recursively (the FMA layout ``000/000002.mp3`` gives the
+  id ``000002``); unreadable files and tracks shorter than the query length are listed as
+  skipped with a reason, never raised;
+* the built-in synthetic library (:mod:`ppazam_core.synth`), rendered once into the cache;
+* a folder made by ``ppazam library build-debian`` (see :mod:`ppazam_core.debian`), which
+  carries a ``ppazam-library.json`` naming its music and background-noise folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile
+
+from ppazam_core.audio import (
+    AUDIO_EXTENSIONS,
+    DEFAULT_SAMPLE_RATE,
+    SILENCE_DBFS,
+    is_audio_path,
+    load_audio,
+    probe,
+)
+from ppazam_core.errors import AudioError, ConfigError, LibraryError
+from ppazam_core.parallel import default_workers, parallel_map
+from ppazam_core.store import atomic_write_text, canonical_json, config_hash
+from ppazam_core.synth import render_track
+
+LIBRARY_MANIFEST = "ppazam-library.json"
+DEFAULT_QUERY_S = 3.0
+
+
+@dataclass(frozen=True)
+class Track:
+    """One identifiable recording. ``source`` is the audio file; ``generator`` names the
+    synthetic recipe that produced it, if any."""
+
+    id: str
+    title: str
+    source: str
+    duration_s: float
+    sample_rate: int
+    channels: int = 1
+    silent: bool = False
+    generator: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of a library folder that is not a usable track, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Everything that determines the synthetic library: same spec, bit-identical audio."""
+
+    seed: int = 0
+    n_tracks: int = 64
+    duration_s: float = 30.0
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        if self.n_tracks < 1:
+            raise ConfigError.bad_value("n_tracks", self.n_tracks, "an integer >= 1")
+        if not self.duration_s > 0:
+            raise ConfigError.bad_value("duration_s", self.duration_s, "a number > 0")
+        if self.sample_rate < 8000:
+            raise ConfigError.bad_value("sample_rate", self.sample_rate, "an integer >= 8000")
+
+
+@dataclass(frozen=True)
+class LibrarySummary:
+    """Counts shown by ``ppazam library info`` and written into reports."""
+
+    name: str
+    n_tracks: int
+    total_duration_s: float
+    silent_tracks: tuple[str, ...]
+    skipped: tuple[SkippedFile, ...]
+    sample_rates: dict[int, int]
+    channels: dict[int, int]
+
+
+@dataclass(frozen=True)
+class Library:
+    """An ordered, immutable collection of tracks."""
+
+    name: str
+    tracks: tuple[Track, ...]
+    skipped: tuple[SkippedFile, ...] = ()
+    noise_dir: Path | None = None
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ids = Counter(t.id for t in self.tracks)
+        duplicated = sorted(i for i, c in ids.items() if c > 1)
+        if duplicated:
+            raise LibraryError(f"library {self.name}: duplicated track ids {duplicated[:5]}")
+        object.__setattr__(self, "_index", {t.id: i for i, t in enumerate(self.tracks)})
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __iter__(self) -> Iterator[Track]:
+        return iter(self.tracks)
+
+    def index_of(self, track_id: str) -> int:
+        """Position of a track id, i.e. its class label."""
+        try:
+            return self._index[track_id]
+        except KeyError:
+            raise LibraryError(f"library {self.name} has no track {track_id!r}") from None
+
+    def fingerprint(self) -> str:
+        """Hash of the track list; datasets built from the library are keyed by it."""
+        return config_hash([(t.id, t.source, t.duration_s, t.sample_rate) for t in self.tracks])
+
+    def load(
+        self,
+        track: Track,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        offset_s: float = 0.0,
+        duration_s: float | None = None,
+    ) -> np.ndarray:
+        """Decode (part of) a track to mono float32 at ``sample_rate``."""
+        return load_audio(track.source, sample_rate, offset_s, duration_s)
+
+    def summary(self) -> LibrarySummary:
+        return LibrarySummary(
+            name=self.name,
+            n_tracks=len(self.tracks),
+            total_duration_s=float(sum(t.duration_s for t in self.tracks)),
+            silent_tracks=tuple(t.id for t in self.tracks if t.silent),
+            skipped=self.skipped,
+            sample_rates=dict(sorted(Counter(t.sample_rate for t in self.tracks).items())),
+            channels=dict(sorted(Counter(t.channels for t in self.tracks).items())),
+        )
+
+
+def open_library(
+    source: str | Path,
+    cache_dir: Path,
+    synthetic: SyntheticSpec = SyntheticSpec(),
+    min_duration_s: float = DEFAULT_QUERY_S,
+    workers: int | None = None,
+) -> Library:
+    """Open ``"synthetic"`` or a folder (plain, FMA-style or built by ``build-debian``)."""
+    workers = default_workers() if workers is None else workers
+    if str(source) == "synthetic":
+        return synthetic_library(synthetic, cache_dir, workers)
+    root = Path(source).expanduser()
+    manifest = root / LIBRARY_MANIFEST
+    if manifest.is_file():
+        meta = json.loads(manifest.read_text())
+        return scan_folder(
+            root / meta["music"], min_duration_s, workers, name=root.name,
+            noise_dir=root / meta["noise"] if meta.get("noise") else None,
+        )
+    return scan_folder(root, min_duration_s, workers)
+
+
+def scan_folder(
+    root: Path,
+    min_duration_s: float = DEFAULT_QUERY_S,
+    workers: int = 1,
+    name: str | None = None,
+    noise_dir: Path | None = None,
+) -> Library:
+    """Scan ``root`` recursively; every audio file is decoded once to validate it."""
+    if not root.is_dir():
+        raise LibraryError(f"library folder {root} does not exist or is not a folder")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p))
+    if not paths:
+        raise LibraryError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
+    ids = _track_ids(root, paths)
+    tracks: list[Track] = []
+    skipped: list[SkippedFile] = []
+    for path, outcome in zip(paths, parallel_map(_inspect_file, paths, workers, f"scanning {root.name}")):
+        if isinstance(outcome, SkippedFile):
+            skipped.append(outcome)
+        elif outcome.duration_s < min_duration_s:
+            skipped.append(SkippedFile(str(path), f"shorter than the {min_duration_s:g} s query "
+                                                  f"length ({outcome.duration_s:.2f} s)"))
+        else:
+            tracks.append(Track(id=ids[path], title=path.stem, source=str(path),
+                                duration_s=outcome.duration_s, sample_rate=outcome.sample_rate,
+                                channels=outcome.channels, silent=outcome.silent))
+    if not tracks:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
+        raise LibraryError(f"no usable track under {root} ({len(skipped)} skipped: {reasons})")
+    return Library(name or root.name, tuple(tracks), tuple(skipped), noise_dir)
+
+
+def synthetic_library(spec: SyntheticSpec, cache_dir: Path, workers: int = 1) -> Library:
+    """The built-in library, rendered once into ``cache_dir/synthetic/<hash>``.
+
+    Tracks are rendered in parallel and each is written atomically, so an interrupted run
+    resumes; the manifest is written last and is what makes the folder trusted.
+    """
+    folder = cache_dir / "synthetic" / config_hash(spec)
+    manifest = folder / "library.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        return Library(data["name"], tuple(Track(**t) for t in data["tracks"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(spec, i, str(folder)) for i in range(spec.n_tracks)]
+    tracks = tuple(parallel_map(_render_to_file, jobs, workers, "rendering synthetic library"))
+    name = f"synthetic-{spec.n_tracks}x{spec.duration_s:g}s-seed{spec.seed}"
+    atomic_write_text(manifest, canonical_json({"name": name, "spec": spec, "tracks": tracks}))
+    return Library(name, tracks)
+
+
+def _render_to_file(job: tuple[SyntheticSpec, int, str]) -> Track:
+    spec, index, folder = job
+    path = Path(folder) / f"track_{index:05d}.flac"
+    audio, plan = render_track(spec.seed, index, spec.duration_s, spec.sample_rate)
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        soundfile.write(str(tmp), audio, spec.sample_rate, subtype="PCM_16", format="FLAC")
+        os.replace(tmp, path)
+    recipe = canonical_json({**asdict(spec), "index": index})
+    return Track(id=f"syn{index:05d}", title=plan.title, source=str(path),
+                 duration_s=audio.shape[0] / spec.sample_rate, sample_rate=spec.sample_rate,
+                 generator=f"synthetic:{recipe}")
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    duration_s: float
+    sample_rate: int
+    channels: int
+    silent: bool
+
+
+def _inspect_file(path: Path) -> _FileFacts | SkippedFile:
+    """Decode a whole file block by block: finite samples, duration and loudness."""
+    try:
+        info = probe(path)
+        energy, count = 0.0, 0
+        with soundfile.SoundFile(str(path)) as handle:
+            for block in handle.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise AudioError(path, "audio contains NaN or infinite samples")
+                mono = block.mean(axis=1, dtype=np.float64)
+                energy += float(np.dot(mono, mono))
+                count += mono.shape[0]
+        if count == 0:
+            raise AudioError(path, "zero-length audio")
+    except AudioError as e:
+        return SkippedFile(str(path), e.reason)
+    except (soundfile.LibsndfileError, RuntimeError) as e:
+        return SkippedFile(str(path), f"cannot decode audio ({e})")
+    rms = np.sqrt(energy / count)
+    silent = rms == 0 or 20 * np.log10(rms) < SILENCE_DBFS
+    return _FileFacts(count / info.sample_rate, info.sample_rate, info.channels, bool(silent))
+
+
+def _track_ids(root: Path, paths: list[Path]) -> dict[Path, str]:
+    """File stems as ids (FMA: ``000/000002.mp3`` -> ``000002``); the relative path without
+    extension where two files share a stem."""
+    stems = Counter(p.stem for p in paths)
+    return {
+        p: p.stem if stems[p.stem] == 1 else p.relative_to(root).with_suffix("").as_posix()
+        for p in paths
+    }
+

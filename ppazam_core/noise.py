@@ -1,0 +1,126 @@
+"""The built-in background-noise bank, used when no noise folder is given.
+
+Deterministic recordings of the kinds of sound a phone hears around music: coloured noise
+(white, pink, brown), mains hum (50 and 60 Hz with harmonics), crowd-like babble (formant-
+filtered voiced syllables from several talkers), traffic-like rumble (low-passed noise with
+passing-vehicle swells and engine harmonics) and clicks (sparse impulses and crackle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import lfilter
+
+from ppazam_core.store import atomic_folder, config_hash, is_complete
+
+NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "traffic", "clicks")
+
+
+def synthetic_noise_bank(
+    cache_dir: Path, seed: int = 0, variants: int = 2, duration_s: float = 8.0,
+    sample_rate: int = 16_000,
+) -> Path:
+    """Folder of noise wav files (``kind_variant.wav``), rendered once into the cache."""
+    spec = {"seed": seed, "variants": variants, "duration_s": duration_s, "sample_rate": sample_rate}
+    folder = cache_dir / "noise" / config_hash(spec)
+    if is_complete(folder):
+        return folder
+    with atomic_folder(folder) as tmp:
+        for kind in NOISE_KINDS:
+            for variant in range(variants):
+                rng = np.random.default_rng([seed, NOISE_KINDS.index(kind), variant])
+                audio = render_noise(kind, rng, int(duration_s * sample_rate), sample_rate, variant)
+                soundfile.write(str(tmp / f"{kind}_{variant}.wav"), audio, sample_rate, subtype="PCM_16")
+    return folder
+
+
+def render_noise(kind: str, rng: np.random.Generator, n: int, sample_rate: int,
+                 variant: int = 0) -> np.ndarray:
+    """One noise recording of ``n`` samples, peak-normalised to 0.5, as float32."""
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}; known: {', '.join(NOISE_KINDS)}")
+    audio = _RENDERERS[kind](rng, n, sample_rate, variant)
+    audio = audio - audio.mean()
+    return (0.5 * audio / max(np.max(np.abs(audio)), 1e-12)).astype(np.float32)
+
+
+def _white(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    return rng.standard_normal(n)
+
+
+def _pink(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    spectrum[1:] /= np.sqrt(freqs[1:])
+    spectrum[0] = 0
+    return np.fft.irfft(spectrum, n)
+
+
+def _brown(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    walk = np.cumsum(rng.standard_normal(n))
+    return lfilter([1.0, -1.0], [1.0, -0.999], walk)  # remove the drift, keep the 1/f^2 slope
+
+
+def _hum(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    mains = 50.0 if variant % 2 == 0 else 60.0
+    t = np.arange(n) / sr
+    wobble = 1 + 0.002 * np.sin(2 * np.pi * 0.2 * t + rng.uniform(0, 2 * np.pi))
+    hum = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * k * mains * wobble * t)
+              for k in range(1, 8) if k * mains < sr / 2)
+    return hum + 0.02 * rng.standard_normal(n)
+
+
+def _babble(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    out = np.zeros(n)
+    for _ in range(int(rng.integers(5, 9))):
+        pitch = rng.uniform(95, 230)
+        t = np.arange(n) / sr
+        jitter = 1 + 0.03 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
+        phase = np.cumsum(pitch * jitter / sr)
+        source = np.diff(np.floor(phase), prepend=0.0) + 0.05 * rng.standard_normal(n)
+        voice = np.zeros(n)
+        start = int(rng.integers(0, sr // 4))
+        while start < n:
+            length = int(rng.uniform(0.08, 0.3) * sr)
+            stop = min(start + length, n)
+            piece = source[start:stop]
+            for formant, width in ((rng.uniform(300, 850), 90.0), (rng.uniform(900, 2300), 140.0)):
+                piece = piece + _resonator(source[start:stop], formant, width, sr)
+            voice[start:stop] += piece * np.hanning(stop - start)
+            start = stop + int(rng.uniform(0.02, 0.25) * sr)
+        out += voice * rng.uniform(0.4, 1.0)
+    return out
+
+
+def _traffic(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    alpha = np.exp(-2 * np.pi * 180.0 / sr)
+    rumble = lfilter([1 - alpha], [1, -alpha], rng.standard_normal(n))
+    t = np.arange(n) / sr
+    swell = 0.3 + sum(np.exp(-0.5 * ((t - rng.uniform(0, t[-1])) / rng.uniform(0.8, 2.0)) ** 2)
+                      for _ in range(int(rng.integers(2, 5))))
+    engine = sum(np.sin(2 * np.pi * k * rng.uniform(28, 45) * t) / k for k in range(1, 5))
+    return swell * (rumble / np.std(rumble) + 0.3 * engine)
+
+
+def _clicks(rng: np.random.Generator, n: int, sr: int, variant: int) -> np.ndarray:
+    impulses = np.zeros(n)
+    count = int(rng.integers(20, 60) * n / sr / 8)
+    impulses[rng.integers(0, n, count)] = rng.uniform(-1, 1, count)
+    crackle = np.where(rng.random(n) < 0.002, rng.standard_normal(n), 0.0) * 0.3
+    decay = np.exp(-np.arange(int(0.004 * sr)) / (0.0008 * sr))
+    return np.convolve(impulses + crackle, decay)[:n]
+
+
+def _resonator(x: np.ndarray, freq: float, bandwidth: float, sr: int) -> np.ndarray:
+    r = np.exp(-np.pi * bandwidth / sr)
+    theta = 2 * np.pi * freq / sr
+    return lfilter([1 - r], [1, -2 * r * np.cos(theta), r * r], x)
+
+
+_RENDERERS = {
+    "white": _white, "pink": _pink, "brown": _brown, "hum": _hum,
+    "babble": _babble, "traffic": _traffic, "clicks": _clicks,
+}

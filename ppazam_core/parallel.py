@@ -1,0 +1,67 @@
+"""One way to run long work: an ordered process-pool map with a rich progress bar.
+
+The bar is shown on a terminal and stays quiet otherwise (CI, pipes, ``CI=true``). Workers
+are spawned, not forked, so torch's thread pools are never copied into a child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """All cores of this machine (``$PPAZAM_WORKERS`` overrides)."""
+    return int(os.environ.get("PPAZAM_WORKERS") or os.cpu_count() or 1)
+
+
+def show_progress() -> bool:
+    """Whether long work draws a progress bar: only on a terminal, never under CI."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, description: str
+) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item, in order, on ``workers`` processes (inline if 1)."""
+    with _progress() as progress:
+        task = progress.add_task(description, total=len(items))
+        for result in _map(fn, items, workers):
+            progress.advance(task)
+            yield result
+
+
+def _map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterable[R]:
+    if workers <= 1 or len(items) <= 1:
+        return map(fn, items)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(items)), mp_context=multiprocessing.get_context("spawn")
+    )
+    chunksize = max(1, min(16, len(items) // (8 * workers)))
+    return _drain(pool, pool.map(fn, items, chunksize=chunksize))
+
+
+def _drain(pool: ProcessPoolExecutor, results: Iterable[R]) -> Iterator[R]:
+    with pool:
+        yield from results
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress(),
+        transient=False,
+    )

@@ -1,0 +1,96 @@
+"""The on-disk cache: content-addressed folders written atomically.
+
+A folder is built under a temporary name beside its final place and renamed into place only
+after a ``.done`` marker was written, so an interrupted build never leaves a folder that a
+later run trusts. Keys are hashes of the full configuration plus the package version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ppazam_core import __version__
+
+DONE_MARKER = ".done"
+
+
+def default_cache_dir() -> Path:
+    """``$PPAZAM_CACHE``, else ``$XDG_CACHE_HOME/ppazam``, else ``~/.cache/ppazam``."""
+    if os.environ.get("PPAZAM_CACHE"):
+        return Path(os.environ["PPAZAM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ppazam"
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON of plain data and (nested) dataclasses."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(value: Any, length: int = 16) -> str:
+    """Hash naming an artifact: canonical JSON of ``value`` plus the package version."""
+    payload = canonical_json({"ppazam": __version__, "config": value})
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` was finished by :func:`atomic_folder`."""
+    return (folder / DONE_MARKER).is_file()
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success mark it done and rename it to ``final``.
+
+    On any error the temporary folder is removed and ``final`` is left as it was. A stale
+    ``final`` without a done marker (left by an older, killed writer) is replaced.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        (tmp / DONE_MARKER).write_text(__version__)
+        if final.exists() and not is_complete(final):
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_complete(final):  # another writer won the race only if it finished
+                raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

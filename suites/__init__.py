@@ -1,0 +1,1 @@
+"""Declarative benchmark suites (TOML files beside this module)."""
