@@ -14,8 +14,6 @@ from typing import Sequence
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio.functional
 
 from ppazam_core.errors import AudioError
 
@@ -91,6 +89,9 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Resample a mono float32 signal; returns the input unchanged when the rates agree."""
     if orig_rate == target_rate:
         return np.ascontiguousarray(audio, dtype=np.float32)
+    import torch  # deferred: scanning and rendering workers never resample and start faster
+    import torchaudio.functional
+
     tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     return torchaudio.functional.resample(tensor, orig_rate, target_rate).numpy()
 

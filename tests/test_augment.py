@@ -1,0 +1,162 @@
+import hashlib
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import audiomentations
+import numpy as np
+import pytest
+
+from ppazam_core.augment import (
+    AugmentationPolicy,
+    Augmenter,
+    Level,
+    TransformSpec,
+    builtin_policy,
+    get_policy,
+    load_policies,
+)
+from ppazam_core.errors import ConfigError
+from ppazam_core.noise import NOISE_KINDS, synthetic_noise_bank
+from ppazam_core.synth import render_track
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory) -> Path:
+    return synthetic_noise_bank(tmp_path_factory.mktemp("noise"), duration_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return render_track(0, 1, 3.0, 16_000)[0]
+
+
+def _params(transform) -> dict:
+    return {k: v for k, v in vars(transform).items() if not k.startswith("_") and k != "parameters"}
+
+
+def test_builtin_levels_reproduce_the_original_policies(noise_dir):
+    small = Augmenter(builtin_policy("small"), 16_000, noise_dir)._apply
+    (gauss,) = small.transforms
+    assert isinstance(gauss, audiomentations.AddGaussianNoise)
+    assert (gauss.min_amplitude, gauss.max_amplitude, gauss.p) == (0.001, 0.005, 0.5)
+
+    for level, k, snr in (("medium", 2, (3.0, 10.0)), ("large", 4, (3.0, 30.0))):
+        composed = Augmenter(builtin_policy(level), 16_000, noise_dir)._apply
+        assert isinstance(composed, audiomentations.SomeOf) and composed.num_transforms == k
+        noise, stretch, pitch, shift, background = composed.transforms
+        assert (noise.min_amplitude, noise.max_amplitude, noise.p) == (0.001, 0.015, 0.5)
+        assert (stretch.min_rate, stretch.max_rate, stretch.p) == (0.8, 1.25, 0.5)
+        assert (pitch.min_semitones, pitch.max_semitones, pitch.p) == (-4.0, 4.0, 0.5)
+        assert (shift.min_shift, shift.max_shift, shift.shift_unit, shift.p) == (-0.5, 0.5, "fraction", 0.5)
+        assert (background.min_snr_db, background.max_snr_db, background.p) == (*snr, 1.0)
+        has_inversion = isinstance(background.noise_transform, audiomentations.PolarityInversion)
+        assert has_inversion == (level == "large")
+    assert Augmenter(builtin_policy(Level.NONE), 16_000)._apply is None
+
+
+@pytest.mark.parametrize("level", ["small", "medium", "large"])
+def test_augmentation_is_seeded_and_leaves_global_random_state_alone(noise_dir, clip, level):
+    augmenter = Augmenter(builtin_policy(level), 16_000, noise_dir)
+    random.seed(123)
+    np.random.seed(123)
+    before = (random.random(), np.random.random())
+    random.seed(123)
+    np.random.seed(123)
+    first = augmenter(clip, seed=42)
+    assert (random.random(), np.random.random()) == before
+    np.testing.assert_array_equal(first, augmenter(clip, seed=42))
+    assert first.shape == clip.shape and first.dtype == np.float32 and np.isfinite(first).all()
+    outputs = [augmenter(clip, seed=s) for s in range(12)]
+    assert len({o.tobytes() for o in outputs}) > 1
+    changed = sum(float(np.abs(o - clip).mean()) > 0 for o in outputs)
+    assert changed >= 3  # each transform has its own p, so an occasional clip passes unchanged
+
+
+_AUGMENT_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+from ppazam_core.augment import Augmenter, builtin_policy
+from ppazam_core.synth import render_track
+clip = render_track(0, 1, 3.0, 16000)[0]
+augmenter = Augmenter(builtin_policy("large"), 16000, Path(sys.argv[1]))
+print(hashlib.sha256(b"".join(augmenter(clip, s).tobytes() for s in range(8))).hexdigest())
+"""
+
+
+def test_augmentation_is_identical_across_processes(noise_dir):
+    digests = {
+        subprocess.run([sys.executable, "-c", _AUGMENT_SCRIPT, str(noise_dir)],
+                       capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(2)
+    }
+    assert len(digests) == 1
+
+
+def test_noise_bank_is_deterministic_and_covers_every_kind(tmp_path, noise_dir):
+    again = synthetic_noise_bank(tmp_path, duration_s=2.0)
+    names = sorted(p.name for p in noise_dir.glob("*.wav"))
+    assert {n.split("_")[0] for n in names} == set(NOISE_KINDS)
+    for name in names:
+        assert (noise_dir / name).read_bytes() == (again / name).read_bytes()
+
+
+POLICIES_TOML = """
+[policies.phone]
+some_of = 1
+[[policies.phone.transforms]]
+name = "BandPassFilter"
+min_center_freq = 800.0
+max_center_freq = 1500.0
+p = 1.0
+[[policies.phone.transforms]]
+name = "AddBackgroundNoise"
+min_snr_db = 5.0
+max_snr_db = 15.0
+noise_transform = "PolarityInversion"
+p = 1.0
+"""
+
+
+def test_custom_policy_from_toml(tmp_path, noise_dir, clip):
+    path = tmp_path / "policies.toml"
+    path.write_text(POLICIES_TOML)
+    policies = load_policies(path)
+    phone = get_policy("phone", policies)
+    assert phone.some_of == 1 and [t.name for t in phone.transforms] == ["BandPassFilter", "AddBackgroundNoise"]
+    assert phone.needs_noise
+    out = Augmenter(phone, 16_000, noise_dir)(clip, seed=1)
+    assert out.shape == clip.shape and not np.array_equal(out, clip)
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ('[policies.x]\n[[policies.x.transforms]]\nname = "Reverbify"\n', "Reverbify.*allowed: AddBackgroundNoise"),
+        ('[policies.x]\n[[policies.x.transforms]]\nname = "Gain"\nloudness = 3\n', "loudness.*parameters of Gain"),
+        ('[policies.x]\nsome_of = 3\n[[policies.x.transforms]]\nname = "Gain"\n', "some_of"),
+        ('[policies.x]\nsomeof = 1\n', "someof"),
+        ('[policies.large]\n', "built-in level"),
+        ('[policies.x\n', "cannot read policies"),
+    ],
+    ids=["unknown-transform", "unknown-parameter", "some-of-too-large", "unknown-key", "clash", "bad-toml"],
+)
+def test_bad_policy_files_name_the_problem(tmp_path, toml, message):
+    path = tmp_path / "p.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_policies(path)
+
+
+def test_unknown_policy_name_lists_the_allowed_ones():
+    with pytest.raises(ConfigError, match="'loud'.*none, small, medium, large"):
+        get_policy("loud")
+
+
+def test_bad_transform_value_and_missing_noise_folder_are_config_errors():
+    bad = AugmentationPolicy("bad", (TransformSpec.of("TimeStretch", min_rate=2.0, max_rate=1.0),))
+    with pytest.raises(ConfigError, match="TimeStretch"):
+        Augmenter(bad, 16_000)
+    with pytest.raises(ConfigError, match="noise folder"):
+        Augmenter(builtin_policy("medium"), 16_000, None)
