@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except PpazamError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         return 1
 
 
@@ -104,7 +104,7 @@ def _library_info(args: argparse.Namespace) -> int:
     table.add_row("background noise", str(library.noise_dir) if library.noise_dir else "built-in synthetic bank")
     console.print(table)
     for skipped in summary.skipped:
-        console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False)
+        console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -113,7 +113,7 @@ def _library_build_debian(args: argparse.Namespace) -> int:
     console.print(f"downloading and unpacking {', '.join(packages)} ...")
     build = build_debian_library(args.dest, packages, args.noise_package)
     console.print(f"built {build.root}: {build.music_files} music files, {build.noise_files} noise files "
-                  f"from {', '.join(f'{k} {v}' for k, v in build.packages.items())}", highlight=False)
+                  f"from {', '.join(f'{k} {v}' for k, v in build.packages.items())}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -168,7 +168,7 @@ def _print_prepare(library: Library, report: dict, out: Path) -> None:
                       f"{d['bytes'] / 1e6:.1f} MB", f"{d['seconds']:.1f}")
     console.print(table)
     console.print(f"report: {out / 'prepare.json'} (run {report['run_id']}, commit {report['git_commit']}, "
-                  f"config {report['config_hash']})", highlight=False)
+                  f"config {report['config_hash']})", highlight=False, soft_wrap=True)
 
 
 def _duration(seconds: float) -> str:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
@@ -143,7 +145,23 @@ def clip_offset(track: Track, spec: DatasetSpec, index: int, audio_s: float) -> 
 
 
 def _track_rows(job: tuple[Track, DatasetSpec, str | None]) -> tuple[np.ndarray, list[dict]]:
-    track, spec, noise_dir = job
+    """Every clip of one track. Runs on one torch thread in workers and inline alike, since
+    reduction order changes with the thread count and rows must not depend on ``workers``."""
+    with _single_torch_thread():
+        return _track_rows_single_threaded(*job)
+
+
+@contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str | None) -> tuple[np.ndarray, list[dict]]:
     augmenter, front_end = _tools(spec, noise_dir)
     rate = spec.features.sample_rate
     audio = load_audio(track.source, rate)
@@ -161,10 +179,6 @@ def _track_rows(job: tuple[Track, DatasetSpec, str | None]) -> tuple[np.ndarray,
 @functools.lru_cache(maxsize=4)
 def _tools(spec: DatasetSpec, noise_dir: str | None) -> tuple[Augmenter, FrontEnd]:
     """Per-process augmenter and front-end (a worker builds them once)."""
-    if multiprocessing.parent_process() is not None:
-        import torch
-
-        torch.set_num_threads(1)  # one core per worker process; the pool owns parallelism
     augmenter = Augmenter(spec.policy, spec.features.sample_rate, None if noise_dir is None else Path(noise_dir))
     return augmenter, FrontEnd(spec.features)
 

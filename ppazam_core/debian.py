@@ -66,6 +66,7 @@ def build_debian_library(
         music_files = noise_files = 0
         for pkg, deb in debs.items():
             unpacked = tmp / "unpacked" / pkg
+            unpacked.parent.mkdir(parents=True, exist_ok=True)
             _run(["dpkg", "-x", str(deb), str(unpacked)], f"unpacking {deb.name}")
             audio = sorted(p for p in unpacked.rglob("*") if p.is_file() and is_audio_path(p))
             for path in audio:

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from conftest import tone, write_audio
+from ppazam_core.cli import main
+
+
+def test_library_info_synthetic(cache_dir, capsys):
+    assert main(["library", "info", "synthetic", "--n-tracks", "3", "--duration", "4",
+                 "--cache-dir", str(cache_dir), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic-3x4s-seed0" in out and "tracks" in out and "0h 00m 12s" in out
+
+
+def test_library_info_folder_lists_skipped_files_as_json(tmp_path, capsys):
+    write_audio(tmp_path / "music" / "a.flac", tone(440, 4.0, 16_000), 16_000)
+    (tmp_path / "music" / "b.wav").write_bytes(b"")
+    assert main(["library", "info", str(tmp_path / "music"), "--json", "--workers", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_tracks"] == 1
+    assert summary["skipped"] == [{"path": str(tmp_path / "music" / "b.wav"), "reason": "empty file (0 bytes)"}]
+
+
+def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
+    assert main(["library", "info", str(tmp_path / "nothing-here")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nepochs = 3\n")
+    assert main(["prepare", "--config", str(bad), "--cache-dir", str(tmp_path)]) == 1
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_prepare_builds_the_data_path_and_writes_a_report(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text("[synthetic]\nn_tracks = 4\nduration_s = 6.0\n"
+                      "[data]\ntrain_augmentations = 3\neval_queries = 2\neval_levels = [\"small\", \"large\"]\n")
+    out = tmp_path / "report"
+    assert main(["prepare", "--config", str(config), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--workers", "1"]) == 0
+    report = json.loads((out / "prepare.json").read_text())
+    assert [(d["split"], d["policy"], d["rows"]) for d in report["datasets"]] == [
+        ("train", "large", 12), ("eval", "small", 8), ("eval", "large", 8)]
+    assert report["library"]["n_tracks"] == 4 and len(report["config_hash"]) == 16
+    assert report["environment"]["packages"]["concrete-ml"] == "1.9.0"
+    assert "datasets" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "library" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["library", "info"])

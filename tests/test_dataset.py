@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+import ppazam_core.dataset as dataset_module
+from ppazam_core.audio import crop_or_pad, load_audio
+from ppazam_core.augment import Augmenter, builtin_policy
+from ppazam_core.config import DataConfig
+from ppazam_core.dataset import DatasetSpec, build_dataset, clip_offset, dataset_key
+from ppazam_core.errors import ConfigError
+from ppazam_core.features import FrontEnd, FrontEndConfig
+from ppazam_core.noise import synthetic_noise_bank
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory):
+    return synthetic_noise_bank(tmp_path_factory.mktemp("noise"), duration_s=2.0)
+
+
+def _spec(**overrides) -> DatasetSpec:
+    return DatasetSpec(**{"policy": builtin_policy("large"), "augmentations_per_track": 4, **overrides})
+
+
+def test_dataset_shapes_labels_and_metadata(tiny_library, cache_dir, noise_dir):
+    dataset = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    assert dataset.X.shape == (24, 1, 32, 32) and dataset.X.dtype == np.float32
+    np.testing.assert_array_equal(dataset.y, np.repeat(np.arange(6), 4))
+    assert list(dataset.meta.columns) == ["track_id", "augmentation", "offset_s", "seed", "policy", "split", "label"]
+    assert dataset.track_ids == tuple(t.id for t in tiny_library)
+    assert (dataset.meta["offset_s"] <= 8.0 - 3.0).all()
+    assert dataset.normalizer.mean.shape == (32,) and dataset.size_bytes > dataset.X.nbytes
+
+
+def test_a_row_can_be_rebuilt_from_its_name(tiny_library, cache_dir, noise_dir):
+    spec = _spec()
+    dataset = build_dataset(tiny_library, spec, cache_dir, noise_dir, workers=1)
+    row = dataset.meta.iloc[9]
+    track = tiny_library.tracks[int(row["label"])]
+    audio = load_audio(track.source, 16_000)
+    assert clip_offset(track, spec, int(row["augmentation"]), audio.shape[0] / 16_000) == pytest.approx(row["offset_s"], abs=1e-4)
+    clip = crop_or_pad(audio, 48_000, int(round(clip_offset(track, spec, int(row["augmentation"]), 8.0) * 16_000)))
+    rebuilt = FrontEnd(spec.features)(Augmenter(spec.policy, 16_000, noise_dir)(clip, int(row["seed"])))
+    np.testing.assert_allclose(rebuilt[0], dataset.X[9], atol=1e-4)
+
+
+def test_second_build_loads_from_cache(tiny_library, cache_dir, noise_dir, monkeypatch):
+    first = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    monkeypatch.setattr(dataset_module, "_track_rows", lambda job: pytest.fail("rebuilt a cached dataset"))
+    again = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    assert again.folder == first.folder
+    np.testing.assert_array_equal(np.asarray(again.X), np.asarray(first.X))
+
+
+def test_worker_pool_gives_identical_rows(tiny_library, tmp_path, noise_dir):
+    serial = build_dataset(tiny_library, _spec(), tmp_path / "a", noise_dir, workers=1)
+    pooled = build_dataset(tiny_library, _spec(), tmp_path / "b", noise_dir, workers=2)
+    np.testing.assert_array_equal(np.asarray(serial.X), np.asarray(pooled.X))
+    assert serial.meta.equals(pooled.meta)
+
+
+def test_interrupted_build_leaves_nothing_trusted(tiny_library, cache_dir, noise_dir, monkeypatch):
+    calls = []
+
+    def dies_on_third_track(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(job)
+
+    original = dataset_module._track_rows
+    monkeypatch.setattr(dataset_module, "_track_rows", dies_on_third_track)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    assert not (cache_dir / "datasets").exists() or list((cache_dir / "datasets").iterdir()) == []
+    monkeypatch.setattr(dataset_module, "_track_rows", original)
+    assert len(build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)) == 24
+
+
+def test_train_and_eval_splits_draw_different_clips(tiny_library, cache_dir, noise_dir):
+    train = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    evaluation = build_dataset(tiny_library, _spec(split="eval"), cache_dir, noise_dir, workers=1)
+    assert not set(train.meta["seed"]) & set(evaluation.meta["seed"])
+    assert not np.array_equal(np.asarray(train.X), np.asarray(evaluation.X))
+
+
+def test_key_changes_with_every_input(tiny_library, noise_dir):
+    keys = {
+        dataset_key(tiny_library, _spec(), noise_dir),
+        dataset_key(tiny_library, _spec(seed=1), noise_dir),
+        dataset_key(tiny_library, _spec(segment_s=2.0), noise_dir),
+        dataset_key(tiny_library, _spec(features=FrontEndConfig(kind="mfcc")), noise_dir),
+        dataset_key(tiny_library, _spec(policy=builtin_policy("medium")), noise_dir),
+    }
+    assert len(keys) == 5
+
+
+def test_bad_dataset_spec_values():
+    with pytest.raises(ConfigError, match="augmentations_per_track"):
+        _spec(augmentations_per_track=0)
+    with pytest.raises(ConfigError, match="split"):
+        _spec(split="test")
+
+
+def test_data_config_from_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[synthetic]\nn_tracks = 8\n[features]\nkind = "mfcc"\ndeltas = 1\n'
+        '[data]\neval_levels = ["small", "quiet"]\ntrain_augmentations = 5\n'
+        '[policies.quiet]\n[[policies.quiet.transforms]]\nname = "Gain"\nmin_gain_db = -20.0\nmax_gain_db = -10.0\n'
+    )
+    config = DataConfig.from_toml(path)
+    assert config.synthetic.n_tracks == 8 and config.features.kind == "mfcc"
+    assert config.eval_spec("quiet").policy.transforms[0].name == "Gain"
+    assert config.train_spec().augmentations_per_track == 5 and config.train_spec().split == "train"
+    assert config.eval_spec("small").seed != config.train_spec().seed
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [("[data]\nepochs = 3\n", "epochs"), ("[model]\n", "model"), ('[data]\neval_levels = ["loud"]\n', "loud"),
+     ("[data]\neval_seed = 0\n", "eval_seed"), ("[synthetic]\ntracks = 3\n", "tracks"), ("[data\n", "not valid TOML")],
+)
+def test_bad_data_config_names_the_key(tmp_path, toml, message):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        DataConfig.from_toml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        DataConfig.from_toml(tmp_path / "missing.toml")
