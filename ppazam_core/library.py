@@ -166,9 +166,9 @@ def open_library(
         meta = json.loads(manifest.read_text())
         return scan_folder(
             root / meta["music"], min_duration_s, workers, name=root.name,
-            noise_dir=root / meta["noise"] if meta.get("noise") else None,
+            noise_dir=root / meta["noise"] if meta.get("noise") else None, cache_dir=cache_dir,
         )
-    return scan_folder(root, min_duration_s, workers)
+    return scan_folder(root, min_duration_s, workers, cache_dir=cache_dir)
 
 
 def scan_folder(
@@ -177,8 +177,13 @@ def scan_folder(
     workers: int = 1,
     name: str | None = None,
     noise_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> Library:
-    """Scan ``root`` recursively; every audio file is decoded once to validate it."""
+    """Scan ``root`` recursively; every audio file is decoded once to validate it.
+
+    With ``cache_dir``, what was learnt of each file is kept under ``cache_dir/scans`` and
+    reused while the file's size and modification time are unchanged.
+    """
     if not root.is_dir():
         raise LibraryError(f"library folder {root} does not exist or is not a folder")
     paths = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p))
@@ -187,7 +192,7 @@ def scan_folder(
     ids = _track_ids(root, paths)
     tracks: list[Track] = []
     skipped: list[SkippedFile] = []
-    for path, outcome in zip(paths, parallel_map(_inspect_file, paths, workers, f"scanning {root.name}")):
+    for path, outcome in zip(paths, _inspect_files(root, paths, workers, cache_dir)):
         if isinstance(outcome, SkippedFile):
             skipped.append(outcome)
         elif outcome.duration_s < min_duration_s:
@@ -242,6 +247,27 @@ class _FileFacts:
     sample_rate: int
     channels: int
     silent: bool
+
+
+def _inspect_files(root: Path, paths: list[Path], workers: int,
+                   cache_dir: Path | None) -> list[_FileFacts | SkippedFile]:
+    """Facts of each file, from the scan cache where the file is unchanged."""
+    cache_file = None if cache_dir is None else cache_dir / "scans" / f"{config_hash(str(root.resolve()))}.json"
+    known = json.loads(cache_file.read_text()) if cache_file and cache_file.is_file() else {}
+    stamps = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
+    todo = [p for p in paths if known.get(str(p), {}).get("stamp") != stamps[str(p)]]
+    fresh = dict(zip(todo, parallel_map(_inspect_file, todo, workers, f"scanning {root.name}")))
+    outcomes = [fresh[p] if p in fresh else _from_record(known[str(p)]) for p in paths]
+    if cache_file is not None and todo:
+        records = {str(p): {"stamp": stamps[str(p)], "kind": type(o).__name__, **asdict(o)}
+                   for p, o in zip(paths, outcomes)}
+        atomic_write_text(cache_file, json.dumps(records))
+    return outcomes
+
+
+def _from_record(record: dict) -> _FileFacts | SkippedFile:
+    values = {k: v for k, v in record.items() if k not in ("stamp", "kind")}
+    return SkippedFile(**values) if record["kind"] == "SkippedFile" else _FileFacts(**values)
 
 
 def _inspect_file(path: Path) -> _FileFacts | SkippedFile:

@@ -137,3 +137,17 @@ def test_synthetic_library_is_bit_identical_across_processes(tmp_path):
 def test_bad_synthetic_spec_is_a_config_error():
     with pytest.raises(ConfigError, match="n_tracks"):
         SyntheticSpec(n_tracks=0)
+
+
+def test_scan_cache_reuses_unchanged_files_and_rechecks_changed_ones(fma_folder, cache_dir, monkeypatch):
+    import ppazam_core.library as library_module
+
+    first = scan_folder(fma_folder, cache_dir=cache_dir)
+    inspected = []
+    original = library_module._inspect_file
+    monkeypatch.setattr(library_module, "_inspect_file", lambda p: inspected.append(p.name) or original(p))
+    assert scan_folder(fma_folder, cache_dir=cache_dir) == first and inspected == []
+    (fma_folder / "001" / "broken.wav").unlink()
+    write_audio(fma_folder / "001" / "broken.wav", tone(500, 4.0, 16_000), 16_000)  # repaired
+    again = scan_folder(fma_folder, cache_dir=cache_dir)
+    assert inspected == ["broken.wav"] and "broken" in [t.id for t in again]
