@@ -18,7 +18,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from ppazam_core.config import DataConfig
+from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.errors import PpazamError
@@ -118,7 +118,7 @@ def _library_build_debian(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    config = DataConfig.from_toml(args.config) if args.config else DataConfig()
+    config = ExperimentConfig.from_toml(args.config).data if args.config else DataConfig()
     cache_dir = args.cache_dir or default_cache_dir()
     workers = args.workers or default_workers()
     run_id = new_run_id()
@@ -157,9 +157,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _print_prepare(library: Library, report: dict, out: Path) -> None:
     summary = report["library"]
+    timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report["timings"].items())
     console.print(f"[bold]library[/] {library.name}: {summary['n_tracks']} tracks, "
                   f"{_duration(summary['total_duration_s'])}, {len(summary['skipped'])} skipped, "
-                  f"{len(summary['silent_tracks'])} silent", highlight=False)
+                  f"{len(summary['silent_tracks'])} silent ({timings})", highlight=False, soft_wrap=True)
     table = Table(title="datasets")
     for column in ("split", "policy", "rows", "patch", "size", "time (s)"):
         table.add_column(column)

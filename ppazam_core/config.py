@@ -1,4 +1,4 @@
-"""The data-path configuration, loadable from TOML.
+"""Configuration, loadable from TOML.
 
 A file may hold any of these tables; every key is optional and unknown keys are errors::
 
@@ -6,6 +6,12 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [features]              # FrontEndConfig
     [data]                  # segment_s, train_policy, train_augmentations, eval_levels, ...
     [policies.NAME]         # custom augmentation policies (see ppazam_core.augment)
+    [embedding]             # EmbeddingConfig (contrastive track embeddings)
+    [clusters]              # ClusterConfig: n_clusters (1 = single stage), balanced, ...
+    [model]                 # classifier blocks and bit widths (see ppazam_core.models)
+    [training]              # TrainConfig of the fp32 classifiers
+    [qat]                   # TrainConfig of the QAT fine-tuning
+    [identify]              # cluster_top_k, combine
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppazam_core.augment import AugmentationPolicy, get_policy
+from ppazam_core.clustering import ClusterConfig
 from ppazam_core.dataset import DatasetSpec
+from ppazam_core.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
+from ppazam_core.models import MAX_BITS, MIN_BITS, ConvBlock
 from ppazam_core.seeding import Split
+from ppazam_core.training import TrainConfig
+
+DATA_TABLES = {"synthetic", "features", "data", "policies"}
+COMBINE_RULES = ("mean-log-prob", "majority-vote")
 
 
 @dataclass(frozen=True)
@@ -56,19 +69,8 @@ class DataConfig:
                            self.eval_seed, Split.EVAL.value)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "DataConfig":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from e
-        return cls.from_dict(data)
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataConfig":
-        _only(data, {"synthetic", "features", "data", "policies"}, "top-level table")
+        _only(data, DATA_TABLES, "top-level table")
         data_table = dict(data.get("data", {}))
         scalar_keys = {f.name for f in fields(cls)} - {"synthetic", "features", "policies"}
         _only(data_table, scalar_keys, "data")
@@ -83,6 +85,86 @@ class DataConfig:
                            for name, table in data.get("policies", {}).items()),
             **data_table,
         )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Classifier architecture shared by the cluster and intra-cluster classifiers."""
+
+    blocks: tuple[ConvBlock, ...] = (ConvBlock(16, 4, 4), ConvBlock(32, 3, 2))
+    weight_bits: int = 4
+    activation_bits: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("weight_bits", "activation_bits"):
+            bits = getattr(self, key)
+            if not MIN_BITS <= bits <= MAX_BITS:
+                raise ConfigError.bad_value(f"model.{key}", bits, f"an integer from {MIN_BITS} to {MAX_BITS}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that determines a trained identifier; its hash names the artifacts."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    qat: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, learning_rate=5e-4, patience=3))
+    cluster_top_k: int = 2
+    combine: str = COMBINE_RULES[0]
+
+    def __post_init__(self) -> None:
+        if self.cluster_top_k < 1:
+            raise ConfigError.bad_value("identify.cluster_top_k", self.cluster_top_k, "an integer >= 1")
+        if self.combine not in COMBINE_RULES:
+            raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        tables = {"embedding", "clusters", "model", "training", "qat", "identify"}
+        _only(data, DATA_TABLES | tables, "top-level table")
+        model = dict(data.get("model", {}))
+        _only(model, {f.name for f in fields(ModelSpec)}, "model")
+        if "blocks" in model:
+            model["blocks"] = tuple(_block(b) for b in model["blocks"])
+        embedding = dict(data.get("embedding", {}))
+        _only(embedding, {f.name for f in fields(EmbeddingConfig)}, "embedding")
+        if "blocks" in embedding:
+            embedding["blocks"] = tuple(_block(b) for b in embedding["blocks"])
+        identify = dict(data.get("identify", {}))
+        _only(identify, {"cluster_top_k", "combine"}, "identify")
+        return cls(
+            data=DataConfig.from_dict({k: v for k, v in data.items() if k in DATA_TABLES}),
+            embedding=EmbeddingConfig(**embedding),
+            clusters=ClusterConfig(**_checked(data.get("clusters", {}), ClusterConfig, "clusters")),
+            model=ModelSpec(**model),
+            training=TrainConfig(**_checked(data.get("training", {}), TrainConfig, "training")),
+            qat=TrainConfig(**_checked(data.get("qat", {}), TrainConfig, "qat")),
+            **identify,
+        )
+
+
+def _block(entry: Mapping[str, Any]) -> ConvBlock:
+    _only(entry, {f.name for f in fields(ConvBlock)}, "model.blocks")
+    return ConvBlock(**entry)
+
+
+def _checked(table: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
+    _only(table, {f.name for f in fields(cls)}, where)
+    return dict(table)
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -13,7 +13,14 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,7 +40,7 @@ def parallel_map(
     fn: Callable[[T], R], items: Sequence[T], workers: int, description: str
 ) -> Iterator[R]:
     """Yield ``fn(item)`` for each item, in order, on ``workers`` processes (inline if 1)."""
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(description, total=len(items))
         for result in _map(fn, items, workers):
             progress.advance(task)
@@ -55,11 +62,13 @@ def _drain(pool: ProcessPoolExecutor, results: Iterable[R]) -> Iterator[R]:
         yield from results
 
 
-def _progress() -> Progress:
+def progress_bar() -> Progress:
+    """The project's rich progress bar, drawn only where :func:`show_progress` allows."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         disable=not show_progress(),

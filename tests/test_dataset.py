@@ -4,7 +4,7 @@ import pytest
 import ppazam_core.dataset as dataset_module
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import Augmenter, builtin_policy
-from ppazam_core.config import DataConfig
+from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import DatasetSpec, build_dataset, clip_offset, dataset_key
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig
@@ -107,7 +107,7 @@ def test_data_config_from_toml(tmp_path):
         '[data]\neval_levels = ["small", "quiet"]\ntrain_augmentations = 5\n'
         '[policies.quiet]\n[[policies.quiet.transforms]]\nname = "Gain"\nmin_gain_db = -20.0\nmax_gain_db = -10.0\n'
     )
-    config = DataConfig.from_toml(path)
+    config = ExperimentConfig.from_toml(path).data
     assert config.synthetic.n_tracks == 8 and config.features.kind == "mfcc"
     assert config.eval_spec("quiet").policy.transforms[0].name == "Gain"
     assert config.train_spec().augmentations_per_track == 5 and config.train_spec().split == "train"
@@ -116,13 +116,13 @@ def test_data_config_from_toml(tmp_path):
 
 @pytest.mark.parametrize(
     "toml, message",
-    [("[data]\nepochs = 3\n", "epochs"), ("[model]\n", "model"), ('[data]\neval_levels = ["loud"]\n', "loud"),
+    [("[data]\nepochs = 3\n", "epochs"), ("[trainer]\n", "trainer"), ('[data]\neval_levels = ["loud"]\n', "loud"),
      ("[data]\neval_seed = 0\n", "eval_seed"), ("[synthetic]\ntracks = 3\n", "tracks"), ("[data\n", "not valid TOML")],
 )
 def test_bad_data_config_names_the_key(tmp_path, toml, message):
     path = tmp_path / "c.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
-        DataConfig.from_toml(path)
+        ExperimentConfig.from_toml(path).data
     with pytest.raises(ConfigError, match="does not exist"):
-        DataConfig.from_toml(tmp_path / "missing.toml")
+        ExperimentConfig.from_toml(tmp_path / "missing.toml").data

@@ -1,0 +1,174 @@
+"""Contrastive track embeddings (NT-Xent), and the HEAR-style interface to them.
+
+Two augmentations of the same track are a positive pair; every other clip in the batch is a
+negative. A track's embedding is the normalized mean of its segment embeddings. The HEAR
+functions (``load_model``, ``get_scene_embeddings``, ``get_timestamp_embeddings``) let the
+model be compared with other audio embedding models on raw audio.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ppazam_core.errors import ConfigError, LibraryError
+from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
+from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
+from ppazam_core.parallel import progress_bar
+
+HEAR_HOP_S = 0.5
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Encoder size and contrastive training settings."""
+
+    dimension: int = 64
+    blocks: tuple[ConvBlock, ...] = (ConvBlock(32, 3, 2), ConvBlock(64, 3, 2), ConvBlock(64, 3, 2))
+    temperature: float = 0.1
+    epochs: int = 15
+    batch_tracks: int = 64
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
+            raise ConfigError.bad_value("embedding", (self.dimension, self.temperature, self.epochs, self.batch_tracks),
+                                        "dimension >= 2, temperature > 0, epochs >= 1, batch_tracks >= 2")
+
+
+class EmbeddingModel(nn.Module):
+    """Front-end settings, normalization and an encoder to unit-length vectors."""
+
+    def __init__(self, config: EmbeddingConfig, features: FrontEndConfig, normalizer: Normalizer,
+                 segment_s: float) -> None:
+        super().__init__()
+        self.config = config
+        self.features = features
+        self.normalizer = normalizer
+        self.segment_s = segment_s
+        self.encoder = FloatCNN(CNNConfig(config.dimension, features.shape, config.blocks))
+        self.sample_rate = features.sample_rate
+        self.scene_embedding_size = config.dimension
+        self.timestamp_embedding_size = config.dimension
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.encoder(patches), dim=1)
+
+    @torch.no_grad()
+    def embed_patches(self, patches: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Unit-length embeddings of raw (not yet normalized) patches."""
+        self.eval()
+        normed = torch.from_numpy(self.normalizer(np.asarray(patches)))
+        return torch.cat([self(normed[i : i + batch_size]) for i in range(0, len(normed), batch_size)]).numpy()
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.encoder.state_dict(), folder / "encoder.pt")
+        self.normalizer.save(folder / "normalizer.npz")
+        meta = {"embedding": asdict(self.config), "features": asdict(self.features), "segment_s": self.segment_s}
+        (folder / "embedding.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_model(model_file_path: str | Path) -> EmbeddingModel:
+    """HEAR API: load a saved embedding model folder."""
+    folder = Path(model_file_path)
+    if not (folder / "embedding.json").is_file():
+        raise LibraryError(f"{folder} holds no embedding model (embedding.json is missing)")
+    meta = json.loads((folder / "embedding.json").read_text())
+    config = meta["embedding"]
+    config["blocks"] = tuple(ConvBlock(**b) for b in config["blocks"])
+    model = EmbeddingModel(EmbeddingConfig(**config), FrontEndConfig(**meta["features"]),
+                           Normalizer.load(folder / "normalizer.npz"), meta["segment_s"])
+    model.encoder.load_state_dict(torch.load(folder / "encoder.pt", weights_only=True))
+    return model.eval()
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """HEAR API: ``(n_sounds, n_samples)`` audio at ``model.sample_rate`` to embeddings
+    ``(n_sounds, n_timestamps, d)`` and window centres in milliseconds ``(n_sounds, n_timestamps)``."""
+    audio = torch.as_tensor(audio, dtype=torch.float32)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
+    window = int(round(model.segment_s * model.sample_rate))
+    hop = int(round(HEAR_HOP_S * model.sample_rate))
+    n_windows = max(1, 1 + (audio.shape[1] - window) // hop) if audio.shape[1] >= window else 1
+    padded = nn.functional.pad(audio, (0, max(0, window - audio.shape[1])))
+    clips = torch.stack([padded[:, i * hop : i * hop + window] for i in range(n_windows)], dim=1)
+    front_end = FrontEnd(model.features)
+    patches = front_end(clips.reshape(-1, window).numpy())
+    embeddings = torch.from_numpy(model.embed_patches(patches)).reshape(audio.shape[0], n_windows, -1)
+    centres = (torch.arange(n_windows) * hop + window / 2) / model.sample_rate * 1000.0
+    return embeddings, centres.expand(audio.shape[0], n_windows).clone()
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> torch.Tensor:
+    """HEAR API: one unit-length embedding per sound, the normalized mean over its windows."""
+    embeddings, _ = get_timestamp_embeddings(audio, model)
+    return nn.functional.normalize(embeddings.mean(dim=1), dim=1)
+
+
+def train_embedding_model(patches: np.ndarray, labels: np.ndarray, normalizer: Normalizer, features: FrontEndConfig,
+                          segment_s: float, config: EmbeddingConfig) -> tuple[EmbeddingModel, list[float]]:
+    """Contrastive training on dataset rows; returns the model and the loss of each epoch."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = EmbeddingModel(config, features, normalizer, segment_s)
+    X = torch.from_numpy(normalizer(np.asarray(patches)))
+    rows_of = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    usable = [rows for rows in rows_of if len(rows) >= 2]
+    if len(usable) < 2:
+        raise ValueError("contrastive training needs at least two tracks with two clips each")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    batch = min(config.batch_tracks, len(usable))
+    steps = max(1, sum(len(r) for r in usable) // (2 * batch))
+    losses: list[float] = []
+    with progress_bar() as progress:
+        task = progress.add_task("embedding model (NT-Xent)", total=config.epochs)
+        for _ in range(config.epochs):
+            losses.append(_contrastive_epoch(model, optimizer, X, usable, batch, steps, rng, config.temperature))
+            progress.update(task, advance=1, description=f"embedding model (loss {losses[-1]:.3f})")
+    return model.eval(), losses
+
+
+def _contrastive_epoch(model: EmbeddingModel, optimizer: torch.optim.Optimizer, X: torch.Tensor,
+                       usable: list[np.ndarray], batch: int, steps: int, rng: np.random.Generator,
+                       temperature: float) -> float:
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        chosen = rng.choice(len(usable), size=batch, replace=False)
+        pairs = np.array([rng.choice(usable[c], size=2, replace=False) for c in chosen])
+        z = model(X[torch.from_numpy(np.concatenate([pairs[:, 0], pairs[:, 1]]))])
+        loss = nt_xent(z, temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += float(loss)
+    return total / steps
+
+
+def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over ``2B`` unit vectors where rows ``i`` and ``i + B`` are positives."""
+    n = z.shape[0] // 2
+    similarity = z @ z.T / temperature
+    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return nn.functional.cross_entropy(similarity, targets)
+
+
+def track_embeddings(model: EmbeddingModel, patches: np.ndarray, labels: np.ndarray, n_tracks: int) -> np.ndarray:
+    """``(n_tracks, d)``: the normalized mean of each track's segment embeddings."""
+    segment = model.embed_patches(patches)
+    sums = np.zeros((n_tracks, segment.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, segment)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError("every track needs at least one segment to be embedded")
+    return (sums / norms).astype(np.float32)
+

@@ -1,0 +1,158 @@
+"""The FHE-friendly CNN family, in two twins: fp32 (torch) and quantization-aware (brevitas).
+
+Both are ``conv -> batch-norm -> ReLU [-> AvgPool]`` blocks followed by one linear layer; no
+MaxPool, no non-linearity but ReLU, so Concrete ML can compile the QAT twin. Under FHE each
+ReLU output element costs one programmable bootstrap, so the cost of a block is roughly
+``channels x (H / stride) x (W / stride)``: :meth:`CNNConfig.activation_count` gives it before
+anything is compiled. The QAT twin is initialised from trained fp32 weights
+(:func:`qat_from_fp32`) and fine-tuned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import brevitas.nn as qnn
+import torch
+from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+from torch import nn
+
+from ppazam_core.errors import ConfigError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    """One ``conv(kernel, stride) -> BN -> ReLU`` block, optionally average-pooled by ``pool``."""
+
+    channels: int
+    kernel: int = 3
+    stride: int = 1
+    pool: int = 1
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """Architecture and bit widths of one classifier."""
+
+    n_classes: int
+    input_shape: tuple[int, int, int] = (1, 32, 32)
+    blocks: tuple[ConvBlock, ...] = field(default_factory=lambda: (ConvBlock(16, 4, 4), ConvBlock(32, 3, 2)))
+    weight_bits: int = 4
+    activation_bits: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("weight_bits", "activation_bits"):
+            bits = getattr(self, key)
+            if not MIN_BITS <= bits <= MAX_BITS:
+                raise ConfigError.bad_value(f"model.{key}", bits, f"an integer from {MIN_BITS} to {MAX_BITS}")
+        if self.n_classes < 2:
+            raise ConfigError.bad_value("model.n_classes", self.n_classes, "an integer >= 2")
+        if not self.blocks:
+            raise ConfigError("model.blocks must hold at least one convolution block")
+        self.feature_shape()  # raises when the blocks shrink the input to nothing
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape after the last block (what the linear layer sees)."""
+        *_, (block, _, _, height, width) = self._geometry()
+        return block.channels, height, width
+
+    def activation_count(self) -> int:
+        """ReLU outputs per query: a close lower bound on the PBS count of the QAT twin."""
+        return sum(block.channels * h * w for block, h, w, _, _ in self._geometry())
+
+    def _geometry(self) -> list[tuple[ConvBlock, int, int, int, int]]:
+        """Per block: the block, its conv output height and width, then after pooling."""
+        _, height, width = self.input_shape
+        rows = []
+        for block in self.blocks:
+            padding = _padding(block)
+            height = (height + 2 * padding - block.kernel) // block.stride + 1
+            width = (width + 2 * padding - block.kernel) // block.stride + 1
+            rows.append((block, height, width, height // block.pool, width // block.pool))
+            height, width = rows[-1][3], rows[-1][4]
+            if height < 1 or width < 1:
+                raise ConfigError(f"model.blocks {self.blocks} shrink the input {self.input_shape} to nothing")
+        return rows
+
+
+def _padding(block: ConvBlock) -> int:
+    """'Same' padding for stride-1 blocks; strided blocks tile the input without padding."""
+    return block.kernel // 2 if block.stride == 1 else 0
+
+
+class FloatCNN(nn.Module):
+    """The fp32 twin."""
+
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        in_channels = config.input_shape[0]
+        for block in config.blocks:
+            layers += [nn.Conv2d(in_channels, block.channels, block.kernel, block.stride, _padding(block)),
+                       nn.BatchNorm2d(block.channels), nn.ReLU()]
+            if block.pool > 1:
+                layers.append(nn.AvgPool2d(block.pool))
+            in_channels = block.channels
+        self.features = nn.Sequential(*layers)
+        c, h, w = config.feature_shape()
+        self.classifier = nn.Linear(c * h * w, config.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class QuantCNN(nn.Module):
+    """The quantization-aware twin: same layers, brevitas-quantized weights and activations.
+
+    The input is quantized by a leading ``QuantIdentity`` (Concrete ML needs it), and every
+    AvgPool sits between two quant identities since brevitas 0.10 has no quantized AvgPool.
+    """
+
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        a_bits, w_bits = config.activation_bits, config.weight_bits
+        layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=a_bits, act_quant=Int8ActPerTensorFloat,
+                                                     return_quant_tensor=True)]
+        in_channels = config.input_shape[0]
+        for block in config.blocks:
+            layers += [
+                qnn.QuantConv2d(in_channels, block.channels, block.kernel, block.stride, _padding(block),
+                                weight_bit_width=w_bits, weight_quant=Int8WeightPerTensorFloat, bias=True),
+                nn.BatchNorm2d(block.channels),
+                qnn.QuantReLU(bit_width=a_bits, return_quant_tensor=True),
+            ]
+            if block.pool > 1:
+                layers += [nn.AvgPool2d(block.pool),
+                           qnn.QuantIdentity(bit_width=a_bits, act_quant=Int8ActPerTensorFloat,
+                                             return_quant_tensor=True)]
+            in_channels = block.channels
+        self.features = nn.Sequential(*layers)
+        c, h, w = config.feature_shape()
+        self.classifier = qnn.QuantLinear(c * h * w, config.n_classes, bias=True, weight_bit_width=w_bits,
+                                          weight_quant=Int8WeightPerTensorFloat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def build_model(config: CNNConfig, quantized: bool) -> nn.Module:
+    """A fresh fp32 or QAT classifier."""
+    return QuantCNN(config) if quantized else FloatCNN(config)
+
+
+def qat_from_fp32(fp32: FloatCNN, activation_bits: int | None = None, weight_bits: int | None = None) -> QuantCNN:
+    """A QAT twin carrying the trained fp32 weights (convolutions, batch-norms and the head)."""
+    base = fp32.config
+    config = CNNConfig(base.n_classes, base.input_shape, base.blocks,
+                       base.weight_bits if weight_bits is None else weight_bits,
+                       base.activation_bits if activation_bits is None else activation_bits)
+    qat = QuantCNN(config)
+    float_layers = [m for m in fp32.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    quant_layers = [m for m in qat.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    for source, target in zip(float_layers, quant_layers, strict=True):
+        target.load_state_dict(source.state_dict())
+    return qat
