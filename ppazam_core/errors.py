@@ -35,3 +35,7 @@ class ConfigError(PpazamError):
 
 class DebianError(PpazamError):
     """Building the Debian music library failed (missing tools, packages or files)."""
+
+
+class ArtifactError(PpazamError):
+    """A trained-model folder that is missing, incomplete or does not fit the request."""

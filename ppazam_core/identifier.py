@@ -1,0 +1,192 @@
+"""The identifier: audio clip -> features -> cluster top-k -> intra-cluster scores -> ranking.
+
+A track's score is ``log p(cluster) + log p(track | cluster)`` for tracks of the ``k`` most
+likely clusters; tracks of other clusters rank below all of them. A query longer than one
+segment is cut into consecutive segments whose scores are combined by the mean of
+log-probabilities, or by majority vote over the segments' top-1 with ties broken by that mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppazam_core.audio import SILENCE_DBFS, is_silent
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import Dataset
+from ppazam_core.errors import ArtifactError, AudioError
+from ppazam_core.features import FrontEnd, Normalizer
+from ppazam_core.models import CNNConfig, build_model
+from ppazam_core.store import is_complete
+from ppazam_core.training import predict_logits
+
+SCORE_FLOOR = -1e3  # log-score of tracks outside the searched clusters when segments are averaged
+
+
+class Mode(str, enum.Enum):
+    """How the classifiers are evaluated."""
+
+    FP32 = "fp32"
+    QUANT = "quant"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per segment: cluster log-probabilities ``(n, K)`` and track log-scores ``(n, T)``."""
+
+    cluster_log_probs: np.ndarray
+    track_scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Match:
+    track_id: str
+    score: float
+    votes: int | None = None
+
+
+class Identifier:
+    """A trained identifier loaded from its artifact folder."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
+        if not is_complete(folder):
+            raise ArtifactError(f"model folder {folder} is incomplete (interrupted training?); train again")
+        self.folder = folder
+        self.manifest = json.loads((folder / "identifier.json").read_text())
+        self.config = ExperimentConfig.from_dict(_toml_layout(self.manifest["config"]))
+        self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
+        with np.load(folder / "clusters.npz") as clusters:
+            self.assignment = clusters["assignment"]
+        self.n_clusters = int(self.assignment.max()) + 1
+        self.members = [np.flatnonzero(self.assignment == c) for c in range(self.n_clusters)]
+        self.normalizer = Normalizer.load(folder / "normalizer.npz")
+        self.front_end = FrontEnd(self.config.data.features)
+        self._models: dict[tuple[Mode, str], torch.nn.Module] = {}
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.config.data.segment_s * self.config.data.features.sample_rate))
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32, cluster_top_k: int | None = None) -> Scores:
+        """Scores of raw (unnormalized) patches ``(n, 1, H, W)``."""
+        mode = Mode(mode)
+        k = min(cluster_top_k or self.config.cluster_top_k, self.n_clusters)
+        X = self.normalizer(np.asarray(patches))
+        n = X.shape[0]
+        if self.n_clusters > 1:
+            cluster_log_probs = _log_softmax(predict_logits(self._model(mode, "cluster"), X))
+        else:
+            cluster_log_probs = np.zeros((n, 1), dtype=np.float32)
+        searched = np.argsort(-cluster_log_probs, axis=1, kind="stable")[:, :k]
+        track_scores = np.full((n, len(self.track_ids)), -np.inf, dtype=np.float64)
+        for cluster, members in enumerate(self.members):
+            rows = np.flatnonzero((searched == cluster).any(axis=1))
+            if rows.size == 0:
+                continue
+            if members.size > 1:
+                intra = _log_softmax(predict_logits(self._model(mode, f"intra_{cluster:03d}"), X[rows]))
+            else:
+                intra = np.zeros((rows.size, 1))
+            track_scores[np.ix_(rows, members)] = cluster_log_probs[rows, cluster : cluster + 1] + intra
+        return Scores(cluster_log_probs, track_scores)
+
+    def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
+        """Rank tracks for a mono clip at the front-end's sample rate."""
+        if audio.shape[0] < self.segment_samples:
+            raise AudioError("<query>", f"clip is {audio.shape[0] / self.config.data.features.sample_rate:.2f} s; "
+                                        f"queries need at least {self.config.data.segment_s:g} s")
+        if is_silent(audio):
+            raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
+        n_segments = audio.shape[0] // self.segment_samples
+        segments = audio[: n_segments * self.segment_samples].reshape(n_segments, self.segment_samples)
+        return self.combine(self.scores(self.front_end(segments), mode).track_scores, top)
+
+    def combine(self, segment_scores: np.ndarray, top: int = 3) -> list[Match]:
+        """Combine the track scores of one query's segments into a ranking."""
+        mean = np.maximum(segment_scores, SCORE_FLOOR).mean(axis=0)
+        if self.config.combine == "majority-vote":
+            votes = np.bincount(segment_scores.argmax(axis=1), minlength=segment_scores.shape[1])
+            order = np.lexsort((-mean, -votes))[:top]
+            return [Match(self.track_ids[i], float(mean[i]), int(votes[i])) for i in order]
+        order = np.argsort(-mean, kind="stable")[:top]
+        return [Match(self.track_ids[i], float(mean[i])) for i in order]
+
+    def _model(self, mode: Mode, name: str) -> torch.nn.Module:
+        key = (mode, name)
+        if key not in self._models:
+            n_classes = self.n_clusters if name == "cluster" else int(self.members[int(name[-3:])].size)
+            spec = self.config.model
+            cnn = CNNConfig(n_classes, self.config.data.features.shape, spec.blocks, spec.weight_bits,
+                            spec.activation_bits)
+            subfolder = "fp32" if mode is Mode.FP32 else self.manifest["quant"]
+            model = build_model(cnn, quantized=mode is Mode.QUANT)
+            model.load_state_dict(torch.load(self.folder / subfolder / f"{name}.pt", weights_only=True))
+            self._models[key] = model.eval()
+        return self._models[key]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy of one mode on one evaluation dataset (one query per row)."""
+
+    mode: str
+    level: str
+    n: int
+    top1: float
+    top3: float
+    cluster_accuracy: float
+    cluster_top_k: int
+
+
+def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str) -> Evaluation:
+    """Top-1, top-3 and first-stage accuracy of single-segment queries."""
+    if tuple(dataset.track_ids) != identifier.track_ids:
+        raise ArtifactError("the evaluation dataset was built from another library than the identifier")
+    scores = identifier.scores(dataset.X, mode)
+    ranking = np.argsort(-scores.track_scores, axis=1, kind="stable")[:, :3]
+    truth = dataset.y
+    return Evaluation(
+        mode=str(Mode(mode)),
+        level=dataset.info["spec"]["policy"]["name"],
+        n=len(truth),
+        top1=float((ranking[:, 0] == truth).mean()),
+        top3=float((ranking == truth[:, None]).any(axis=1).mean()),
+        cluster_accuracy=float((scores.cluster_log_probs.argmax(axis=1) == identifier.assignment[truth]).mean()),
+        cluster_top_k=min(identifier.config.cluster_top_k, identifier.n_clusters),
+    )
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.log_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)), dim=1).numpy()
+
+
+def _toml_layout(config: dict) -> dict:
+    """The canonical JSON of an ExperimentConfig in the TOML layout ``from_dict`` reads."""
+    data = copy.deepcopy(config["data"])
+    policies = {p["name"]: {"some_of": p["some_of"],
+                            "transforms": [{"name": t["name"], **dict(t["params"])} for t in p["transforms"]]}
+                for p in data.pop("policies")}
+    return {
+        "synthetic": data.pop("synthetic"),
+        "features": data.pop("features"),
+        "data": data,
+        "policies": policies,
+        "embedding": config["embedding"],
+        "clusters": config["clusters"],
+        "model": config["model"],
+        "training": config["training"],
+        "qat": config["qat"],
+        "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
+    }

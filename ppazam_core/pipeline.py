@@ -1,0 +1,116 @@
+"""Training every stage of an identifier into one artifact folder.
+
+library -> training dataset -> contrastive embeddings -> clusters -> fp32 cluster and
+intra-cluster classifiers -> their QAT twins. The folder lives in ``cache_dir/models`` under
+the hash of the experiment config and the library's fingerprint, and is written atomically:
+an interrupted run leaves nothing that :class:`~ppazam_core.identifier.Identifier` would load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppazam_core.clustering import cluster_tracks
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import build_dataset
+from ppazam_core.embeddings import track_embeddings, train_embedding_model
+from ppazam_core.library import Library
+from ppazam_core.models import CNNConfig, FloatCNN, qat_from_fp32
+from ppazam_core.noise import synthetic_noise_bank
+from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
+from ppazam_core.training import train_classifier
+
+logger = logging.getLogger(__name__)
+
+
+def model_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
+    """Where the artifacts of ``config`` trained on ``library`` live."""
+    return cache_dir / "models" / config_hash({"library": library.fingerprint(), "config": config})
+
+
+def quant_name(config: ExperimentConfig) -> str:
+    """Sub-folder of the QAT classifiers, named by their bit widths."""
+    return f"quant-w{config.model.weight_bits}a{config.model.activation_bits}"
+
+
+def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                     refresh: bool = False) -> Path:
+    """Train (or find in the cache) every stage; returns the artifact folder."""
+    folder = model_folder(library, config, cache_dir)
+    if is_complete(folder) and not refresh:
+        logger.info("loaded identifier from %s", folder)
+        return folder
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    noise_dir = library.noise_dir or synthetic_noise_bank(cache_dir, seed=config.data.train_seed,
+                                                          sample_rate=config.data.features.sample_rate)
+    dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_dir, workers)
+    timings["dataset_s"] = time.perf_counter() - started
+    X = dataset.normalizer(np.asarray(dataset.X))
+    y = dataset.y
+    histories: dict[str, object] = {}
+
+    with atomic_folder(folder) as tmp:
+        started = time.perf_counter()
+        embedder, losses = train_embedding_model(dataset.X, y, dataset.normalizer, config.data.features,
+                                                 config.data.segment_s, config.embedding)
+        embedder.save(tmp / "embedding")
+        histories["embedding"] = losses
+        clustering = cluster_tracks(track_embeddings(embedder, dataset.X, y, len(library)), config.clusters)
+        np.savez(tmp / "clusters.npz", assignment=clustering.assignment, centroids=clustering.centroids)
+        timings["embedding_and_clusters_s"] = time.perf_counter() - started
+        logger.info("clusters: %s", clustering.sizes())
+
+        tasks = _classification_tasks(clustering.assignment, y)
+        for precision in ("fp32", quant_name(config)):
+            started = time.perf_counter()
+            (tmp / precision).mkdir()
+            for name, (rows, labels, n_classes) in tasks.items():
+                if n_classes < 2:
+                    continue  # a one-track cluster needs no classifier
+                cnn = CNNConfig(n_classes, config.data.features.shape, config.model.blocks,
+                                config.model.weight_bits, config.model.activation_bits)
+                if precision == "fp32":
+                    model, train = FloatCNN(cnn), config.training
+                else:
+                    fp32 = FloatCNN(cnn)
+                    fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
+                    model, train = qat_from_fp32(fp32), config.qat
+                history = train_classifier(model, X[rows], labels, train, f"{precision} {name}")
+                torch.save(model.state_dict(), tmp / precision / f"{name}.pt")
+                histories[f"{precision}/{name}"] = [asdict(e) for e in history.epochs]
+            timings[f"{precision}_s"] = time.perf_counter() - started
+        dataset.normalizer.save(tmp / "normalizer.npz")
+        (tmp / "histories.json").write_text(json.dumps(histories))
+        manifest = {
+            "config_hash": folder.name,
+            "config": json.loads(canonical_json(config)),
+            "library": library.name,
+            "library_fingerprint": library.fingerprint(),
+            "track_ids": [t.id for t in library],
+            "cluster_sizes": clustering.sizes(),
+            "quant": quant_name(config),
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+        }
+        (tmp / "identifier.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def _classification_tasks(assignment: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Rows, labels and class count of the cluster classifier and of each intra classifier."""
+    n_clusters = int(assignment.max()) + 1
+    tasks = {}
+    if n_clusters > 1:
+        tasks["cluster"] = (np.arange(len(y)), assignment[y], n_clusters)
+    for cluster in range(n_clusters):
+        members = np.flatnonzero(assignment == cluster)
+        rows = np.flatnonzero(np.isin(y, members))
+        tasks[f"intra_{cluster:03d}"] = (rows, np.searchsorted(members, y[rows]), len(members))
+    return tasks
