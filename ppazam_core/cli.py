@@ -3,6 +3,9 @@
     ppazam library info synthetic|PATH     track counts, duration, silent and skipped files
     ppazam library build-debian DEST       real music from Debian's packages
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
+    ppazam train [--library ...]           train every stage of the identifier
+    ppazam identify CLIP|FOLDER            top-3 tracks of each clip
+    ppazam evaluate [--library ...]        top-1/top-3 and cluster accuracy per level and mode
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from ppazam_core.audio import is_audio_path, load_audio
 from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
-from ppazam_core.errors import PpazamError
+from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamError
+from ppazam_core.identifier import Identifier, Mode, evaluate
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
-from ppazam_core.noise import synthetic_noise_bank
 from ppazam_core.parallel import default_workers
+from ppazam_core.pipeline import model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
 from ppazam_core.store import atomic_write_text, config_hash, default_cache_dir
 
@@ -72,7 +78,32 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
     prepare.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     prepare.set_defaults(run=_prepare)
+
+    train = commands.add_parser("train", help="train embeddings, clusters and classifiers (fp32 and QAT)")
+    _experiment_options(train)
+    train.add_argument("--refresh", action="store_true", help="retrain even if the cache holds the models")
+    train.set_defaults(run=_train)
+
+    identify = commands.add_parser("identify", help="print the top-3 tracks of a clip or of every clip in a folder")
+    identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
+    _experiment_options(identify)
+    identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value)
+    identify.set_defaults(run=_identify)
+
+    evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")
+    _experiment_options(evaluate_command)
+    evaluate_command.add_argument("--mode", dest="modes", action="append", choices=[m.value for m in Mode],
+                                  help="mode to evaluate (repeatable; default: all)")
+    evaluate_command.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
+    evaluate_command.set_defaults(run=_evaluate)
     return parser
+
+
+def _experiment_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--library", default="synthetic", help="'synthetic' (default) or a folder")
+    command.add_argument("--config", type=Path, help="TOML experiment configuration")
+    command.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
+    command.add_argument("--workers", type=int, help="worker processes (default: all cores)")
 
 
 def _library_options(command: argparse.ArgumentParser) -> None:
@@ -128,11 +159,9 @@ def _prepare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     library = open_library(args.library, cache_dir, config.synthetic, config.segment_s, workers)
     timings["library_s"] = time.perf_counter() - started
-    noise_dir = library.noise_dir
-    if noise_dir is None:
-        started = time.perf_counter()
-        noise_dir = synthetic_noise_bank(cache_dir, seed=config.train_seed, sample_rate=config.features.sample_rate)
-        timings["noise_bank_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    noise_dir = noise_folder(library, config, cache_dir)
+    timings["noise_s"] = time.perf_counter() - started
 
     datasets = []
     specs = [config.train_spec()] + [config.eval_spec(level) for level in config.eval_levels]
@@ -152,6 +181,85 @@ def _prepare(args: argparse.Namespace) -> int:
     }
     atomic_write_text(out / "prepare.json", json.dumps(report, indent=2, default=str))
     _print_prepare(library, report, out)
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Path]:
+    config = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    cache_dir = args.cache_dir or default_cache_dir()
+    library = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
+    return config, library, cache_dir
+
+
+def _train(args: argparse.Namespace) -> int:
+    config, library, cache_dir = _experiment(args)
+    started = time.perf_counter()
+    folder = train_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
+    identifier = Identifier(folder)
+    console.print(f"identifier for {library.name} ({len(library)} tracks) in {folder} "
+                  f"[{time.perf_counter() - started:.1f} s]", highlight=False, soft_wrap=True)
+    console.print(f"clusters: {identifier.n_clusters}, sizes {identifier.manifest['cluster_sizes']}; "
+                  f"stage times {identifier.manifest['timings']}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _identify(args: argparse.Namespace) -> int:
+    config, library, cache_dir = _experiment(args)
+    folder = model_folder(library, config, cache_dir)
+    if not folder.is_dir():
+        raise ArtifactError(f"no identifier trained for {library.name} with this config; "
+                            f"run `ppazam train --library {args.library}` first")
+    identifier = Identifier(folder)
+    titles = {t.id: t.title for t in library}
+    if args.clips.is_dir():
+        clips = sorted(p for p in args.clips.rglob("*") if p.is_file() and is_audio_path(p))
+    else:
+        clips = [args.clips]
+    if not clips:
+        raise LibraryError(f"no audio files under {args.clips}")
+    failures = 0
+    for clip in clips:
+        try:
+            audio = load_audio(clip, config.data.features.sample_rate)
+            matches = identifier.identify(audio, args.mode)
+        except AudioError as e:
+            failures += 1
+            console.print(f"{clip}: skipped ({e.reason})", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"[bold]{clip}[/] ({args.mode}, cluster top-{min(config.cluster_top_k, identifier.n_clusters)})",
+                      highlight=False, soft_wrap=True)
+        for rank, match in enumerate(matches, start=1):
+            console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
+                          highlight=False, soft_wrap=True)
+    return 1 if failures == len(clips) else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    config, library, cache_dir = _experiment(args)
+    folder = train_identifier(library, config, cache_dir, args.workers)
+    identifier = Identifier(folder)
+    noise_dir = noise_folder(library, config.data, cache_dir)
+    run_id = new_run_id()
+    out = args.out or Path("reports") / run_id
+    rows = []
+    for level in config.data.eval_levels:
+        dataset = build_dataset(library, config.data.eval_spec(level), cache_dir, noise_dir, args.workers)
+        for mode in args.modes or [m.value for m in Mode]:
+            rows.append(asdict(evaluate(identifier, dataset, mode)))
+    provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
+                  "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
+    atomic_write_text(out / "evaluation.json", json.dumps({**provenance, "results": rows,
+                                                           "environment": environment()}, indent=2))
+    atomic_write_text(out / "evaluation.csv", pd.DataFrame([{**provenance, **r} for r in rows]).to_csv(index=False))
+    table = Table(title=f"{library.name}: {len(library)} tracks, {identifier.n_clusters} clusters")
+    for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "cluster top-k"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["mode"], r["level"], str(r["n"]), f"{r['top1']:.3f}", f"{r['top3']:.3f}",
+                      f"{r['cluster_accuracy']:.3f}", str(r["cluster_top_k"]))
+    console.print(table)
+    console.print(f"report: {out / 'evaluation.csv'} (run {run_id}, config {folder.name})", highlight=False,
+                  soft_wrap=True)
     return 0
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from ppazam_core.clustering import cluster_tracks
-from ppazam_core.config import ExperimentConfig
+from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.embeddings import track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.models import CNNConfig, FloatCNN, qat_from_fp32
 from ppazam_core.noise import synthetic_noise_bank
+from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
 
@@ -40,6 +41,12 @@ def quant_name(config: ExperimentConfig) -> str:
     return f"quant-w{config.model.weight_bits}a{config.model.activation_bits}"
 
 
+def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
+    """The library's own background-noise folder, else the built-in synthetic bank."""
+    return library.noise_dir or synthetic_noise_bank(cache_dir, seed=data.train_seed,
+                                                     sample_rate=data.features.sample_rate)
+
+
 def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                      refresh: bool = False) -> Path:
     """Train (or find in the cache) every stage; returns the artifact folder."""
@@ -49,8 +56,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
         return folder
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    noise_dir = library.noise_dir or synthetic_noise_bank(cache_dir, seed=config.data.train_seed,
-                                                          sample_rate=config.data.features.sample_rate)
+    noise_dir = noise_folder(library, config.data, cache_dir)
     dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_dir, workers)
     timings["dataset_s"] = time.perf_counter() - started
     X = dataset.normalizer(np.asarray(dataset.X))
@@ -77,6 +83,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
                     continue  # a one-track cluster needs no classifier
                 cnn = CNNConfig(n_classes, config.data.features.shape, config.model.blocks,
                                 config.model.weight_bits, config.model.activation_bits)
+                torch.manual_seed(derive_seed(config.training.seed, precision, name))
                 if precision == "fp32":
                     model, train = FloatCNN(cnn), config.training
                 else:

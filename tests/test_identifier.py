@@ -1,0 +1,142 @@
+"""A tiny synthetic library trained end to end, then identified, reloaded and mistreated."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_SPEC, tone, write_audio
+from ppazam_core.cli import main
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import build_dataset
+from ppazam_core.errors import ArtifactError, AudioError
+from ppazam_core.identifier import Identifier, evaluate
+from ppazam_core.pipeline import model_folder, noise_folder, train_identifier
+
+TINY_TOML = f"""
+[synthetic]
+seed = {TINY_SPEC.seed}
+n_tracks = {TINY_SPEC.n_tracks}
+duration_s = {TINY_SPEC.duration_s}
+[data]
+train_augmentations = 24
+eval_queries = 5
+eval_levels = ["none"]
+[embedding]
+epochs = 3
+batch_tracks = 6
+[clusters]
+n_clusters = 2
+[training]
+epochs = 12
+[qat]
+epochs = 3
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> tuple[ExperimentConfig, Path]:
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return ExperimentConfig.from_toml(path), path
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_library, tiny_config, session_cache) -> Identifier:
+    config, _ = tiny_config
+    return Identifier(train_identifier(tiny_library, config, session_cache, workers=1))
+
+
+@pytest.fixture(scope="session")
+def clean_queries(tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    noise = noise_folder(tiny_library, config.data, session_cache)
+    return build_dataset(tiny_library, config.data.eval_spec("none"), session_cache, noise, workers=1)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "quant"])
+def test_tiny_library_is_identified_well_above_chance(trained, clean_queries, mode):
+    result = evaluate(trained, clean_queries, mode)
+    assert result.n == 30 and result.cluster_top_k == 2
+    assert result.top1 >= 0.5  # chance is 1/6
+    assert result.top3 >= result.top1 and 0.0 <= result.cluster_accuracy <= 1.0
+
+
+def test_reloading_gives_identical_predictions(trained, clean_queries):
+    again = Identifier(trained.folder)
+    for mode in ("fp32", "quant"):
+        np.testing.assert_array_equal(trained.scores(clean_queries.X, mode).track_scores,
+                                      again.scores(clean_queries.X, mode).track_scores)
+
+
+def test_second_training_run_loads_from_the_store(trained, tiny_library, tiny_config, session_cache, monkeypatch):
+    import ppazam_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "train_classifier", lambda *a, **k: pytest.fail("retrained a stored model"))
+    config, _ = tiny_config
+    assert train_identifier(tiny_library, config, session_cache) == trained.folder
+
+
+def test_cluster_top_k_widens_the_search(trained, clean_queries):
+    narrow = trained.scores(clean_queries.X, "fp32", cluster_top_k=1).track_scores
+    wide = trained.scores(clean_queries.X, "fp32", cluster_top_k=2).track_scores
+    assert np.isinf(narrow).sum() > 0 and np.isinf(wide).sum() == 0
+
+
+def test_long_queries_combine_segments(trained, tiny_library):
+    audio = tiny_library.load(tiny_library.tracks[2], 16_000, offset_s=1.0, duration_s=6.5)
+    matches = trained.identify(audio, "fp32")
+    assert len(matches) == 3 and matches[0].score >= matches[1].score >= matches[2].score
+    segment_scores = trained.scores(trained.front_end(audio[:96_000].reshape(2, 48_000))).track_scores
+    assert matches[0].track_id == trained.track_ids[int(np.maximum(segment_scores, -1e3).mean(0).argmax())]
+
+
+def test_majority_vote_breaks_ties_by_mean_score(trained):
+    voting = Identifier(trained.folder)
+    object.__setattr__(voting.config, "combine", "majority-vote")
+    scores = np.full((3, 6), -5.0)
+    scores[0, 1], scores[1, 4], scores[2, 4] = -0.1, -0.2, -0.3  # track 4 has two votes
+    assert [m.track_id for m in voting.combine(scores)][:2] == [voting.track_ids[4], voting.track_ids[1]]
+    tie = np.full((2, 6), -5.0)
+    tie[0, 1], tie[1, 3] = -0.1, -0.4
+    tie[1, 1] = -1.0
+    assert voting.combine(tie)[0].track_id == voting.track_ids[1]
+    assert voting.combine(tie)[0].votes == 1
+
+
+def test_bad_queries_are_clear_errors(trained):
+    with pytest.raises(AudioError, match="at least 3 s"):
+        trained.identify(np.zeros(16_000, dtype=np.float32) + 0.1)
+    with pytest.raises(AudioError, match="silent"):
+        trained.identify(np.zeros(16_000 * 4, dtype=np.float32))
+
+
+def test_missing_or_incomplete_model_folder(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        Identifier(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        Identifier(tmp_path / "half")
+
+
+def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    assert main(["train", *common]) == 0
+    clips = tmp_path / "clips"
+    write_audio(clips / "short.wav", tone(440, 1.0, 16_000), 16_000)
+    from ppazam_core.library import synthetic_library
+
+    audio = synthetic_library(TINY_SPEC, session_cache).load(synthetic_library(TINY_SPEC, session_cache).tracks[0], 16_000)
+    write_audio(clips / "query.flac", audio[16_000:16_000 * 5], 16_000)
+    assert main(["identify", str(clips), *common]) == 0
+    out = capsys.readouterr().out
+    assert "short.wav: skipped" in out and "query.flac" in out
+    ranked = [line.split()[1] for line in out.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert len(ranked) == 3 and set(ranked) <= set(trained.track_ids)
+    untrained = tmp_path / "other.toml"
+    untrained.write_text(TINY_TOML.replace("epochs = 12", "epochs = 13"))
+    assert main(["identify", str(clips / "query.flac"), "--config", str(untrained), "--cache-dir",
+                 str(session_cache)]) == 1
+    assert "ppazam train" in capsys.readouterr().err
