@@ -23,16 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ppazam_core.audio import is_audio_path, load_audio
-from ppazam_core.config import DataConfig, ExperimentConfig
+from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamError
 from ppazam_core.identifier import Identifier, Mode, evaluate
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
-from ppazam_core.parallel import default_workers
 from ppazam_core.pipeline import model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
-from ppazam_core.store import atomic_write_text, config_hash, default_cache_dir
+from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
 
 console = Console()
 
@@ -72,11 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     debian.set_defaults(run=_library_build_debian)
 
     prepare = commands.add_parser("prepare", help="build the library, noise bank and datasets")
-    prepare.add_argument("--library", default="synthetic", help="'synthetic' (default) or a folder")
-    prepare.add_argument("--config", type=Path, help="TOML data configuration")
+    _experiment_options(prepare)
     prepare.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
-    prepare.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
-    prepare.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     prepare.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="train embeddings, clusters and classifiers (fp32 and QAT)")
@@ -149,15 +145,12 @@ def _library_build_debian(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    config = ExperimentConfig.from_toml(args.config).data if args.config else DataConfig()
-    cache_dir = args.cache_dir or default_cache_dir()
-    workers = args.workers or default_workers()
     run_id = new_run_id()
     out = args.out or Path("reports") / run_id
     timings: dict[str, float] = {}
-
     started = time.perf_counter()
-    library = open_library(args.library, cache_dir, config.synthetic, config.segment_s, workers)
+    experiment, library, cache_dir = _experiment(args)
+    config = experiment.data
     timings["library_s"] = time.perf_counter() - started
     started = time.perf_counter()
     noise_dir = noise_folder(library, config, cache_dir)
@@ -167,14 +160,14 @@ def _prepare(args: argparse.Namespace) -> int:
     specs = [config.train_spec()] + [config.eval_spec(level) for level in config.eval_levels]
     for spec in specs:
         started = time.perf_counter()
-        dataset = build_dataset(library, spec, cache_dir, noise_dir, workers)
+        dataset = build_dataset(library, spec, cache_dir, noise_dir, args.workers)
         datasets.append({"split": spec.split, "policy": spec.policy.name, "rows": len(dataset),
                          "shape": list(dataset.X.shape), "bytes": dataset.size_bytes,
                          "seconds": round(time.perf_counter() - started, 3),
                          "built_seconds": dataset.info["build_seconds"], "folder": str(dataset.folder)})
     report = {
         "run_id": run_id, "git_commit": git_commit(), "config_hash": config_hash(config),
-        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "config": json.loads(canonical_json(config)),
         "library": asdict(library.summary()), "noise_dir": str(noise_dir),
         "timings": {k: round(v, 3) for k, v in timings.items()}, "datasets": datasets,
         "environment": environment(),

@@ -28,7 +28,7 @@ from ppazam_core.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
-from ppazam_core.models import MAX_BITS, MIN_BITS, ConvBlock
+from ppazam_core.models import CNNConfig, ConvBlock, check_bits
 from ppazam_core.seeding import Split
 from ppazam_core.training import TrainConfig
 
@@ -94,12 +94,14 @@ class ModelSpec:
     blocks: tuple[ConvBlock, ...] = (ConvBlock(16, 4, 4), ConvBlock(32, 3, 2))
     weight_bits: int = 4
     activation_bits: int = 4
+    input_bits: int = 8
 
     def __post_init__(self) -> None:
-        for key in ("weight_bits", "activation_bits"):
-            bits = getattr(self, key)
-            if not MIN_BITS <= bits <= MAX_BITS:
-                raise ConfigError.bad_value(f"model.{key}", bits, f"an integer from {MIN_BITS} to {MAX_BITS}")
+        check_bits(weight_bits=self.weight_bits, activation_bits=self.activation_bits, input_bits=self.input_bits)
+
+    def cnn(self, n_classes: int, input_shape: tuple[int, int, int]) -> CNNConfig:
+        """The classifier config for ``n_classes`` outputs."""
+        return CNNConfig(n_classes, input_shape, self.blocks, self.weight_bits, self.activation_bits, self.input_bits)
 
 
 @dataclass(frozen=True)

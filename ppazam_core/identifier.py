@@ -22,7 +22,7 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import Dataset
 from ppazam_core.errors import ArtifactError, AudioError
 from ppazam_core.features import FrontEnd, Normalizer
-from ppazam_core.models import CNNConfig, build_model
+from ppazam_core.models import build_model
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
@@ -127,9 +127,7 @@ class Identifier:
         key = (mode, name)
         if key not in self._models:
             n_classes = self.n_clusters if name == "cluster" else int(self.members[int(name[-3:])].size)
-            spec = self.config.model
-            cnn = CNNConfig(n_classes, self.config.data.features.shape, spec.blocks, spec.weight_bits,
-                            spec.activation_bits)
+            cnn = self.config.model.cnn(n_classes, self.config.data.features.shape)
             subfolder = "fp32" if mode is Mode.FP32 else self.manifest["quant"]
             model = build_model(cnn, quantized=mode is Mode.QUANT)
             model.load_state_dict(torch.load(self.folder / subfolder / f"{name}.pt", weights_only=True))

@@ -22,7 +22,7 @@ from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.embeddings import track_embeddings, train_embedding_model
 from ppazam_core.library import Library
-from ppazam_core.models import CNNConfig, FloatCNN, qat_from_fp32
+from ppazam_core.models import FloatCNN, qat_from_fp32
 from ppazam_core.noise import synthetic_noise_bank
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
@@ -38,7 +38,8 @@ def model_folder(library: Library, config: ExperimentConfig, cache_dir: Path) ->
 
 def quant_name(config: ExperimentConfig) -> str:
     """Sub-folder of the QAT classifiers, named by their bit widths."""
-    return f"quant-w{config.model.weight_bits}a{config.model.activation_bits}"
+    spec = config.model
+    return f"quant-w{spec.weight_bits}a{spec.activation_bits}i{spec.input_bits}"
 
 
 def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
@@ -81,8 +82,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
             for name, (rows, labels, n_classes) in tasks.items():
                 if n_classes < 2:
                     continue  # a one-track cluster needs no classifier
-                cnn = CNNConfig(n_classes, config.data.features.shape, config.model.blocks,
-                                config.model.weight_bits, config.model.activation_bits)
+                cnn = config.model.cnn(n_classes, config.data.features.shape)
                 torch.manual_seed(derive_seed(config.training.seed, precision, name))
                 if precision == "fp32":
                     model, train = FloatCNN(cnn), config.training

@@ -21,7 +21,7 @@ def test_twins_share_shapes_and_activation_count():
 def test_qat_twin_starts_from_the_fp32_weights():
     torch.manual_seed(0)
     fp32 = FloatCNN(CNNConfig(n_classes=4)).eval()
-    qat = qat_from_fp32(fp32, activation_bits=8, weight_bits=8).eval()
+    qat = qat_from_fp32(fp32, activation_bits=8, weight_bits=8, input_bits=8).eval()
     assert qat.config.weight_bits == 8
     conv_fp32 = next(m for m in fp32.modules() if isinstance(m, torch.nn.Conv2d))
     conv_qat = next(m for m in qat.modules() if isinstance(m, torch.nn.Conv2d))
