@@ -50,16 +50,19 @@ def is_complete(folder: Path) -> bool:
 def atomic_folder(final: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success mark it done and rename it to ``final``.
 
-    On any error the temporary folder is removed and ``final`` is left as it was. A stale
-    ``final`` without a done marker (left by an older, killed writer) is replaced.
+    On any error the temporary folder is removed and ``final`` is left as it was. A finished
+    build replaces whatever ``final`` held (a stale half-written folder, or an older build when
+    the caller chose to rebuild): the old folder is moved aside, then deleted.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield tmp
         (tmp / DONE_MARKER).write_text(__version__)
-        if final.exists() and not is_complete(final):
-            shutil.rmtree(final)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+            shutil.rmtree(old)
         try:
             os.replace(tmp, final)
         except OSError:

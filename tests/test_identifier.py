@@ -140,3 +140,13 @@ def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, c
     assert main(["identify", str(clips / "query.flac"), "--config", str(untrained), "--cache-dir",
                  str(session_cache)]) == 1
     assert "ppazam train" in capsys.readouterr().err
+
+
+def test_training_is_reproducible_from_scratch(trained, tiny_library, tiny_config, tmp_path, clean_queries):
+    config, _ = tiny_config
+    again = Identifier(train_identifier(tiny_library, config, tmp_path / "fresh-cache", workers=1))
+    assert again.folder.name == trained.folder.name
+    np.testing.assert_array_equal(again.assignment, trained.assignment)
+    for mode in ("fp32", "quant"):
+        np.testing.assert_array_equal(again.scores(clean_queries.X, mode).track_scores,
+                                      trained.scores(clean_queries.X, mode).track_scores)

@@ -38,3 +38,13 @@ def test_hashes_and_seeds_are_stable_and_distinct():
     train = {derive_seed(0, Split.TRAIN, f"t{i}", j) for i in range(50) for j in range(20)}
     evaluation = {derive_seed(0, Split.EVAL, f"t{i}", j) for i in range(50) for j in range(20)}
     assert len(train) == 1000 and not train & evaluation
+
+
+def test_a_finished_rebuild_replaces_the_previous_build(tmp_path):
+    final = tmp_path / "artifact"
+    with atomic_folder(final) as tmp:
+        (tmp / "v").write_text("1")
+    with atomic_folder(final) as tmp:
+        (tmp / "v").write_text("2")
+    assert (final / "v").read_text() == "2" and is_complete(final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
