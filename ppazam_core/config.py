@@ -4,7 +4,7 @@ A file may hold any of these tables; every key is optional and unknown keys are 
 
     [synthetic]             # SyntheticSpec: seed, n_tracks, duration_s, sample_rate
     [features]              # FrontEndConfig
-    [data]                  # segment_s, train_policy, train_augmentations, eval_levels, ...
+    [data]                  # segment_s, train_policy, train_augmentations, eval_levels, noise_dir, ...
     [policies.NAME]         # custom augmentation policies (see ppazam_core.augment)
     [embedding]             # EmbeddingConfig (contrastive track embeddings)
     [clusters]              # ClusterConfig: n_clusters (1 = single stage), balanced, ...
@@ -49,6 +49,7 @@ class DataConfig:
     eval_queries: int = 10
     train_seed: int = 0
     eval_seed: int = 1
+    noise_dir: str | None = None
     policies: tuple[AugmentationPolicy, ...] = ()
 
     def __post_init__(self) -> None:

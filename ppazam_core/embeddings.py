@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppazam_core.errors import ConfigError, LibraryError
+from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
 from ppazam_core.parallel import progress_bar
@@ -79,7 +79,7 @@ def load_model(model_file_path: str | Path) -> EmbeddingModel:
     """HEAR API: load a saved embedding model folder."""
     folder = Path(model_file_path)
     if not (folder / "embedding.json").is_file():
-        raise LibraryError(f"{folder} holds no embedding model (embedding.json is missing)")
+        raise ArtifactError(f"{folder} holds no embedding model (embedding.json is missing)")
     meta = json.loads((folder / "embedding.json").read_text())
     config = meta["embedding"]
     config["blocks"] = tuple(ConvBlock(**b) for b in config["blocks"])
@@ -97,7 +97,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> tupl
         raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
     window = int(round(model.segment_s * model.sample_rate))
     hop = int(round(HEAR_HOP_S * model.sample_rate))
-    n_windows = max(1, 1 + (audio.shape[1] - window) // hop) if audio.shape[1] >= window else 1
+    n_windows = 1 + max(0, audio.shape[1] - window) // hop
     padded = nn.functional.pad(audio, (0, max(0, window - audio.shape[1])))
     clips = torch.stack([padded[:, i * hop : i * hop + window] for i in range(n_windows)], dim=1)
     front_end = FrontEnd(model.features)

@@ -1,6 +1,11 @@
-"""The built-in background-noise bank, used when no noise folder is given.
+"""Background noise for augmentation: a user's folder prepared once, or the built-in bank.
 
-Deterministic recordings of the kinds of sound a phone hears around music: coloured noise
+A noise folder (for instance the Debian sound effects) is decoded once into the cache as mono
+wav at the working sample rate, its silent edges trimmed; unreadable and silent files are
+skipped and listed in ``skipped.json``. audiomentations then reads ready files instead of
+decoding and resampling one per augmented clip.
+
+The built-in bank is used when no folder is given: deterministic recordings of the kinds of sound a phone hears around music: coloured noise
 (white, pink, brown), mains hum (50 and 60 Hz with harmonics), crowd-like babble (formant-
 filtered voiced syllables from several talkers), traffic-like rumble (low-passed noise with
 passing-vehicle swells and engine harmonics) and clicks (sparse impulses and crackle).
@@ -8,12 +13,15 @@ passing-vehicle swells and engine harmonics) and clicks (sparse impulses and cra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import soundfile
 from scipy.signal import lfilter
 
+from ppazam_core.audio import SILENCE_DBFS, is_audio_path, is_silent, load_audio
+from ppazam_core.errors import AudioError, LibraryError
 from ppazam_core.store import atomic_folder, config_hash, is_complete
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "traffic", "clicks")
@@ -35,6 +43,39 @@ def synthetic_noise_bank(
                 audio = render_noise(kind, rng, int(duration_s * sample_rate), sample_rate, variant)
                 soundfile.write(str(tmp / f"{kind}_{variant}.wav"), audio, sample_rate, subtype="PCM_16")
     return folder
+
+
+def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_000) -> Path:
+    """``source``'s usable audio as mono wav at ``sample_rate`` in the cache (built once)."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise LibraryError(f"noise folder {source} does not exist or is not a folder")
+    paths = sorted(p for p in source.rglob("*") if p.is_file() and is_audio_path(p))
+    stamps = [(p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    folder = cache_dir / "noise" / config_hash({"source": str(source.resolve()), "files": stamps, "rate": sample_rate})
+    if is_complete(folder):
+        return folder
+    skipped = {}
+    with atomic_folder(folder) as tmp:
+        for path, (relative, _, _) in zip(paths, stamps):
+            try:
+                audio = _trim_silence(load_audio(path, sample_rate))
+            except AudioError as e:
+                skipped[relative] = e.reason
+                continue
+            if audio.size == 0 or is_silent(audio):
+                skipped[relative] = f"silent (below {SILENCE_DBFS:g} dBFS)"
+                continue
+            soundfile.write(str(tmp / (relative.replace("/", "__").rsplit(".", 1)[0] + ".wav")), audio, sample_rate)
+        if len(skipped) == len(paths):
+            raise LibraryError(f"no usable noise files in {source} ({len(paths)} audio files, all skipped)")
+        (tmp / "skipped.json").write_text(json.dumps(skipped, indent=2))
+    return folder
+
+
+def _trim_silence(audio: np.ndarray) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(audio) > 10 ** (SILENCE_DBFS / 20))
+    return audio[loud[0] : loud[-1] + 1] if loud.size else audio[:0]
 
 
 def render_noise(kind: str, rng: np.random.Generator, n: int, sample_rate: int,

@@ -23,7 +23,7 @@ from ppazam_core.dataset import build_dataset
 from ppazam_core.embeddings import track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.models import FloatCNN, qat_from_fp32
-from ppazam_core.noise import synthetic_noise_bank
+from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
@@ -43,9 +43,13 @@ def quant_name(config: ExperimentConfig) -> str:
 
 
 def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
-    """The library's own background-noise folder, else the built-in synthetic bank."""
-    return library.noise_dir or synthetic_noise_bank(cache_dir, seed=data.train_seed,
-                                                     sample_rate=data.features.sample_rate)
+    """Background noise: ``data.noise_dir``, else the library's own folder (both prepared
+    once at the working rate), else the built-in synthetic bank."""
+    rate = data.features.sample_rate
+    source = Path(data.noise_dir) if data.noise_dir else library.noise_dir
+    if source is not None:
+        return prepared_noise_folder(source, cache_dir, rate)
+    return synthetic_noise_bank(cache_dir, seed=data.train_seed, sample_rate=rate)
 
 
 def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,

@@ -1,4 +1,4 @@
-import hashlib
+import json
 import random
 import subprocess
 import sys
@@ -7,6 +7,7 @@ from pathlib import Path
 import audiomentations
 import numpy as np
 import pytest
+import soundfile
 
 from ppazam_core.augment import (
     AugmentationPolicy,
@@ -160,3 +161,27 @@ def test_bad_transform_value_and_missing_noise_folder_are_config_errors():
         Augmenter(bad, 16_000)
     with pytest.raises(ConfigError, match="noise folder"):
         Augmenter(builtin_policy("medium"), 16_000, None)
+
+
+def test_noise_folder_is_prepared_once_with_bad_files_skipped(tmp_path):
+    from conftest import tone, write_audio
+    from ppazam_core.errors import LibraryError
+    from ppazam_core.noise import prepared_noise_folder
+
+    source = tmp_path / "fx"
+    padded = np.concatenate([np.zeros(22_050), tone(900, 0.5, 44_100)[:, 0], np.zeros(22_050)])
+    write_audio(source / "door.ogg", padded, 44_100, format="OGG")
+    write_audio(source / "sub" / "hum.wav", tone(60, 1.0, 8_000, channels=2), 8_000)
+    write_audio(source / "quiet.wav", np.zeros(8_000, dtype=np.float32), 8_000)
+    (source / "broken.wav").write_text("nope")
+    folder = prepared_noise_folder(source, tmp_path / "cache", 16_000)
+    assert sorted(p.name for p in folder.glob("*.wav")) == ["door.wav", "sub__hum.wav"]
+    door, rate = soundfile.read(folder / "door.wav")
+    assert rate == 16_000 and door.ndim == 1 and abs(door.shape[0] - 8_000) < 200  # silent edges trimmed
+    skipped = json.loads((folder / "skipped.json").read_text())
+    assert set(skipped) == {"quiet.wav", "broken.wav"} and "silent" in skipped["quiet.wav"]
+    assert prepared_noise_folder(source, tmp_path / "cache", 16_000) == folder
+    empty = tmp_path / "empty"
+    write_audio(empty / "quiet.wav", np.zeros(8_000, dtype=np.float32), 8_000)
+    with pytest.raises(LibraryError, match="no usable noise"):
+        prepared_noise_folder(empty, tmp_path / "cache", 16_000)

@@ -11,7 +11,7 @@ from ppazam_core.embeddings import (
     track_embeddings,
     train_embedding_model,
 )
-from ppazam_core.errors import LibraryError
+from ppazam_core.errors import ArtifactError
 from ppazam_core.features import FrontEndConfig, Normalizer
 from ppazam_core.models import ConvBlock
 
@@ -42,7 +42,7 @@ def test_training_gives_unit_track_embeddings_and_saves(tmp_path):
     model.save(tmp_path / "emb")
     reloaded = load_model(tmp_path / "emb")
     np.testing.assert_allclose(reloaded.embed_patches(X), model.embed_patches(X), atol=1e-6)
-    with pytest.raises(LibraryError, match="embedding.json"):
+    with pytest.raises(ArtifactError, match="embedding.json"):
         load_model(tmp_path / "nothing")
 
 
@@ -59,3 +59,5 @@ def test_hear_interface_shapes(tmp_path):
     np.testing.assert_allclose(scene.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="n_sounds"):
         get_scene_embeddings(torch.zeros(16_000), model)
+    short, _ = get_timestamp_embeddings(torch.randn(1, 16_000) * 0.1, model)  # padded to one window
+    assert short.shape == (1, 1, 8)
