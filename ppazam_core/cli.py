@@ -241,7 +241,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             rows.append(asdict(evaluate(identifier, dataset, mode)))
     provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
                   "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
-    atomic_write_text(out / "evaluation.json", json.dumps({**provenance, "results": rows,
+    training = {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")}
+    atomic_write_text(out / "evaluation.json", json.dumps({**provenance, "results": rows, "training": training,
                                                            "environment": environment()}, indent=2))
     atomic_write_text(out / "evaluation.csv", pd.DataFrame([{**provenance, **r} for r in rows]).to_csv(index=False))
     table = Table(title=f"{library.name}: {len(library)} tracks, {identifier.n_clusters} clusters")

@@ -1,5 +1,6 @@
 """A tiny synthetic library trained end to end, then identified, reloaded and mistreated."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,12 @@ def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, c
     _, toml = tiny_config
     common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
     assert main(["train", *common]) == 0
+    assert main(["evaluate", *common, "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    assert [(r["mode"], r["level"], r["n"]) for r in report["results"]] == [("fp32", "none", 30), ("quant", "none", 30)]
+    assert report["config_hash"] == trained.folder.name
+    assert report["training"]["cluster_sizes"] == trained.manifest["cluster_sizes"]
+    assert "git_commit" in report and (tmp_path / "report" / "evaluation.csv").is_file()
     clips = tmp_path / "clips"
     write_audio(clips / "short.wav", tone(440, 1.0, 16_000), 16_000)
     from ppazam_core.library import synthetic_library
