@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ppazam_core.audio import SILENCE_DBFS, is_silent
-from ppazam_core.config import ExperimentConfig
+from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.dataset import Dataset
-from ppazam_core.errors import ArtifactError, AudioError
+from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.models import build_model
 from ppazam_core.store import is_complete
@@ -113,10 +113,14 @@ class Identifier:
         segments = audio[: n_segments * self.segment_samples].reshape(n_segments, self.segment_samples)
         return self.combine(self.scores(self.front_end(segments), mode).track_scores, top)
 
-    def combine(self, segment_scores: np.ndarray, top: int = 3) -> list[Match]:
-        """Combine the track scores of one query's segments into a ranking."""
+    def combine(self, segment_scores: np.ndarray, top: int = 3, rule: str | None = None) -> list[Match]:
+        """Combine the track scores of one query's segments into a ranking, by ``rule``
+        (``mean-log-prob`` or ``majority-vote``; default: the config's ``combine``)."""
+        rule = rule or self.config.combine
+        if rule not in COMBINE_RULES:
+            raise ConfigError.bad_value("identify.combine", rule, COMBINE_RULES)
         mean = np.maximum(segment_scores, SCORE_FLOOR).mean(axis=0)
-        if self.config.combine == "majority-vote":
+        if rule == "majority-vote":
             votes = np.bincount(segment_scores.argmax(axis=1), minlength=segment_scores.shape[1])
             order = np.lexsort((-mean, -votes))[:top]
             return [Match(self.track_ids[i], float(mean[i]), int(votes[i])) for i in order]

@@ -11,7 +11,7 @@ from conftest import TINY_SPEC, tone, write_audio
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
-from ppazam_core.errors import ArtifactError, AudioError
+from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.identifier import Identifier, evaluate
 from ppazam_core.pipeline import model_folder, noise_folder, train_identifier
 
@@ -94,16 +94,18 @@ def test_long_queries_combine_segments(trained, tiny_library):
 
 
 def test_majority_vote_breaks_ties_by_mean_score(trained):
-    voting = Identifier(trained.folder)
-    object.__setattr__(voting.config, "combine", "majority-vote")
+    ids = trained.track_ids
     scores = np.full((3, 6), -5.0)
-    scores[0, 1], scores[1, 4], scores[2, 4] = -0.1, -0.2, -0.3  # track 4 has two votes
-    assert [m.track_id for m in voting.combine(scores)][:2] == [voting.track_ids[4], voting.track_ids[1]]
+    scores[0, 1], scores[1, 4], scores[2, 4] = -0.1, -0.2, -0.3  # track 4 has two votes, track 1 the best mean
+    assert [m.track_id for m in trained.combine(scores, rule="majority-vote")][:2] == [ids[4], ids[1]]
+    assert trained.combine(scores, rule="mean-log-prob")[0].track_id == ids[4]
     tie = np.full((2, 6), -5.0)
-    tie[0, 1], tie[1, 3] = -0.1, -0.4
+    tie[0, 1], tie[1, 3] = -0.1, -0.4  # one vote each: the better mean wins
     tie[1, 1] = -1.0
-    assert voting.combine(tie)[0].track_id == voting.track_ids[1]
-    assert voting.combine(tie)[0].votes == 1
+    winner = trained.combine(tie, rule="majority-vote")[0]
+    assert (winner.track_id, winner.votes) == (ids[1], 1)
+    with pytest.raises(ConfigError, match="combine"):
+        trained.combine(tie, rule="loudest")
 
 
 def test_bad_queries_are_clear_errors(trained):
