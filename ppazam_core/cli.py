@@ -4,7 +4,8 @@
     ppazam library build-debian DEST       real music from Debian's packages
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
     ppazam train [--library ...]           train every stage of the identifier
-    ppazam identify CLIP|FOLDER            top-3 tracks of each clip
+    ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
+    ppazam identify CLIP|FOLDER            top-3 tracks of each clip (--mode fhe: with per-stage costs)
     ppazam evaluate [--library ...]        top-1/top-3 and cluster accuracy per level and mode
 """
 
@@ -29,11 +30,14 @@ from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_libra
 from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamError
 from ppazam_core.identifier import Identifier, Mode, evaluate
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
-from ppazam_core.pipeline import model_folder, noise_folder, train_identifier
+from ppazam_core.deployment import KeySetup, StageCost
+from ppazam_core.fhe import SECONDS_PER_PBS
+from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
 
 console = Console()
+DEFAULT_FHE_QUERIES = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--refresh", action="store_true", help="retrain even if the cache holds the models")
     train.set_defaults(run=_train)
 
+    compile_command = commands.add_parser("compile", help="compile the QAT classifiers with Concrete ML")
+    _experiment_options(compile_command)
+    compile_command.add_argument("--refresh", action="store_true", help="recompile even if the cache holds circuits")
+    compile_command.set_defaults(run=_compile)
+
     identify = commands.add_parser("identify", help="print the top-3 tracks of a clip or of every clip in a folder")
     identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
     _experiment_options(identify)
@@ -90,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     _experiment_options(evaluate_command)
     evaluate_command.add_argument("--mode", dest="modes", action="append", choices=[m.value for m in Mode],
                                   help="mode to evaluate (repeatable; default: all)")
+    evaluate_command.add_argument("--fhe-queries", type=int, default=DEFAULT_FHE_QUERIES,
+                                  help=f"queries per level run truly encrypted (default {DEFAULT_FHE_QUERIES})")
     evaluate_command.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
     evaluate_command.set_defaults(run=_evaluate)
     return parser
@@ -196,13 +207,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identify(args: argparse.Namespace) -> int:
+def _compile(args: argparse.Namespace) -> int:
+    config, library, cache_dir = _experiment(args)
+    circuits = compile_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
+    summary = json.loads((circuits / "circuits.json").read_text())
+    table = Table(title=f"circuits of {library.name} ({summary['quant']}, fhe {summary['fhe']})")
+    for column in ("classifier", "PBS", "max bits", "est. FHE s", "eval keys MB", "query KB", "result KB", "compile s"):
+        table.add_column(column)
+    for name, c in summary["circuits"].items():
+        table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]), f"{c['pbs_count'] * SECONDS_PER_PBS:.1f}",
+                      f"{(c['bootstrap_key_bytes'] + c['keyswitch_key_bytes']) / 1e6:.0f}",
+                      f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
+                      f"{c['compile_s']:.1f}")
+    console.print(table)
+    console.print(f"circuits: {circuits}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _identifier(args: argparse.Namespace, mode: Mode) -> tuple[Identifier, Library, ExperimentConfig]:
     config, library, cache_dir = _experiment(args)
     folder = model_folder(library, config, cache_dir)
     if not folder.is_dir():
         raise ArtifactError(f"no identifier trained for {library.name} with this config; "
                             f"run `ppazam train --library {args.library}` first")
-    identifier = Identifier(folder)
+    circuits = compile_identifier(library, config, cache_dir, args.workers) if mode.needs_circuits else None
+    return Identifier(folder, circuits), library, config
+
+
+def _identify(args: argparse.Namespace) -> int:
+    mode = Mode(args.mode)
+    identifier, library, config = _identifier(args, mode)
     titles = {t.id: t.title for t in library}
     if args.clips.is_dir():
         clips = sorted(p for p in args.clips.rglob("*") if p.is_file() and is_audio_path(p))
@@ -214,47 +248,98 @@ def _identify(args: argparse.Namespace) -> int:
     for clip in clips:
         try:
             audio = load_audio(clip, config.data.features.sample_rate)
-            matches = identifier.identify(audio, args.mode)
+            started = time.perf_counter()
+            patches = identifier.patches(audio)
+            feature_s = time.perf_counter() - started
+            costs_before = len(identifier.channel.costs) if identifier.channel else 0
+            started = time.perf_counter()
+            matches = identifier.combine(identifier.scores(patches, mode).track_scores)
+            total_s = time.perf_counter() - started
         except AudioError as e:
             failures += 1
             console.print(f"{clip}: skipped ({e.reason})", highlight=False, soft_wrap=True)
             continue
-        console.print(f"[bold]{clip}[/] ({args.mode}, cluster top-{min(config.cluster_top_k, identifier.n_clusters)})",
+        console.print(f"[bold]{clip}[/] ({mode}, cluster top-{min(config.cluster_top_k, identifier.n_clusters)}, "
+                      f"{len(patches)} segment(s); features {feature_s:.3f} s, classifiers {total_s:.2f} s)",
                       highlight=False, soft_wrap=True)
         for rank, match in enumerate(matches, start=1):
             console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
                           highlight=False, soft_wrap=True)
+        if mode is Mode.FHE:
+            _print_costs(identifier.channel.costs[costs_before:], identifier.channel.key_setups)
     return 1 if failures == len(clips) else 0
+
+
+def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup]) -> None:
+    table = Table(title="encrypted stages (client -> server -> client)")
+    for column in ("classifier", "PBS", "encrypt s", "sent KB", "server s", "ms/PBS", "received KB", "decrypt s"):
+        table.add_column(column)
+    for c in costs:
+        table.add_row(c.classifier, str(c.pbs_count), f"{c.encrypt_s:.3f}", f"{c.request_bytes / 1e3:.0f}",
+                      f"{c.server_s:.2f}", f"{1000 * c.server_s / c.pbs_count:.1f}", f"{c.response_bytes / 1e3:.0f}",
+                      f"{c.decrypt_s:.3f}")
+    console.print(table)
+    for s in setups.values():
+        console.print(f"  keys {s.classifier}: {'generated' if s.generated else 'loaded'} in {s.keys_s:.1f} s, "
+                      f"evaluation keys {s.evaluation_key_bytes / 1e6:.0f} MB", highlight=False, soft_wrap=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
+    modes = [Mode(m) for m in args.modes or [m.value for m in Mode]]
     folder = train_identifier(library, config, cache_dir, args.workers)
-    identifier = Identifier(folder)
+    needs_circuits = any(m.needs_circuits for m in modes)
+    circuits = compile_identifier(library, config, cache_dir, args.workers) if needs_circuits else None
+    identifier = Identifier(folder, circuits)
     noise_dir = noise_folder(library, config.data, cache_dir)
     run_id = new_run_id()
     out = args.out or Path("reports") / run_id
     rows = []
     for level in config.data.eval_levels:
         dataset = build_dataset(library, config.data.eval_spec(level), cache_dir, noise_dir, args.workers)
-        for mode in args.modes or [m.value for m in Mode]:
-            rows.append(asdict(evaluate(identifier, dataset, mode)))
+        for mode in modes:
+            started = time.perf_counter()
+            if mode is Mode.FHE:
+                result = evaluate(identifier, dataset, mode, limit=args.fhe_queries, agreement_with=Mode.FHE_SIM)
+            else:
+                result = evaluate(identifier, dataset, mode)
+            rows.append({**asdict(result), "seconds": round(time.perf_counter() - started, 3)})
     provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
                   "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
-    training = {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")}
-    atomic_write_text(out / "evaluation.json", json.dumps({**provenance, "results": rows, "training": training,
-                                                           "environment": environment()}, indent=2))
+    report = {**provenance, "results": rows,
+              "training": {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")},
+              "environment": environment()}
+    if circuits is not None:
+        report["circuits"] = json.loads((circuits / "circuits.json").read_text())
+    if identifier.channel is not None and identifier.channel.costs:
+        report["key_setups"] = [asdict(k) for k in identifier.channel.key_setups.values()]
+        atomic_write_text(out / "fhe_costs.csv", pd.DataFrame(
+            [{**provenance, **asdict(c)} for c in identifier.channel.costs]).to_csv(index=False))
+    atomic_write_text(out / "evaluation.json", json.dumps(report, indent=2))
     atomic_write_text(out / "evaluation.csv", pd.DataFrame([{**provenance, **r} for r in rows]).to_csv(index=False))
-    table = Table(title=f"{library.name}: {len(library)} tracks, {identifier.n_clusters} clusters")
-    for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "cluster top-k"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["mode"], r["level"], str(r["n"]), f"{r['top1']:.3f}", f"{r['top3']:.3f}",
-                      f"{r['cluster_accuracy']:.3f}", str(r["cluster_top_k"]))
-    console.print(table)
+    _print_evaluation(library, identifier, rows, config)
     console.print(f"report: {out / 'evaluation.csv'} (run {run_id}, config {folder.name})", highlight=False,
                   soft_wrap=True)
     return 0
+
+
+def _print_evaluation(library: Library, identifier: Identifier, rows: list[dict], config: ExperimentConfig) -> None:
+    table = Table(title=f"{library.name}: {len(library)} tracks, {identifier.n_clusters} clusters, "
+                        f"cluster top-{min(config.cluster_top_k, identifier.n_clusters)}")
+    for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "agreement", "time s"):
+        table.add_column(column)
+    for r in rows:
+        agreement = "" if r["agreement"] is None else f"{r['agreement']:.2f} with {r['agreement_with']}"
+        table.add_row(r["mode"], r["level"], str(r["n"]), f"{r['top1']:.3f}", f"{r['top3']:.3f}",
+                      f"{r['cluster_accuracy']:.3f}", agreement, f"{r['seconds']:.1f}")
+    console.print(table)
+    if identifier.channel is not None and identifier.channel.costs:
+        costs = pd.DataFrame([asdict(c) for c in identifier.channel.costs])
+        per_query = costs["server_s"].sum() / max(1, sum(r["n"] for r in rows if r["mode"] == Mode.FHE.value))
+        console.print(f"fhe: {len(costs)} encrypted classifier calls, server {costs['server_s'].median():.2f} s "
+                      f"median per call, {per_query:.1f} s server time per query, "
+                      f"{1000 * (costs['server_s'] / costs['pbs_count']).median():.1f} ms per PBS "
+                      f"(p_error {config.fhe.p_error})", highlight=False, soft_wrap=True)
 
 
 def _print_prepare(library: Library, report: dict, out: Path) -> None:

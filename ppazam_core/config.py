@@ -12,6 +12,7 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [training]              # TrainConfig of the fp32 classifiers
     [qat]                   # TrainConfig of the QAT fine-tuning
     [identify]              # cluster_top_k, combine
+    [fhe]                   # FheConfig: rounding_bits, rounding_method, p_error, calibration_rows
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ppazam_core.training import TrainConfig
 
 DATA_TABLES = {"synthetic", "features", "data", "policies"}
 COMBINE_RULES = ("mean-log-prob", "majority-vote")
+ROUNDING_METHODS = ("approximate", "exact")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,33 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class FheConfig:
+    """Compilation settings. ``rounding_bits=None`` disables accumulator rounding."""
+
+    rounding_bits: int | None = 6
+    rounding_method: str = "approximate"
+    p_error: float = 0.01
+    calibration_rows: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounding_bits is not None and not (isinstance(self.rounding_bits, int) and 2 <= self.rounding_bits <= 16):
+            raise ConfigError.bad_value("fhe.rounding_bits", self.rounding_bits, "an integer from 2 to 16, or omit it")
+        if self.rounding_method not in ROUNDING_METHODS:
+            raise ConfigError.bad_value("fhe.rounding_method", self.rounding_method, ROUNDING_METHODS)
+        if not 0.0 < self.p_error < 1.0:
+            raise ConfigError.bad_value("fhe.p_error", self.p_error, "0 < p_error < 1")
+        if self.calibration_rows < 1:
+            raise ConfigError.bad_value("fhe.calibration_rows", self.calibration_rows, "an integer >= 1")
+
+    def rounding(self) -> dict | None:
+        """The ``rounding_threshold_bits`` argument of Concrete ML."""
+        if self.rounding_bits is None:
+            return None
+        return {"n_bits": self.rounding_bits, "method": self.rounding_method}
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that determines a trained identifier; its hash names the artifacts."""
 
@@ -117,12 +146,17 @@ class ExperimentConfig:
     qat: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, learning_rate=5e-4, patience=3))
     cluster_top_k: int = 2
     combine: str = COMBINE_RULES[0]
+    fhe: FheConfig = field(default_factory=FheConfig)
 
     def __post_init__(self) -> None:
         if self.cluster_top_k < 1:
             raise ConfigError.bad_value("identify.cluster_top_k", self.cluster_top_k, "an integer >= 1")
         if self.combine not in COMBINE_RULES:
             raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
+
+    def trained_parts(self) -> dict[str, Any]:
+        """Everything but the FHE compilation settings: what the trained models depend on."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fhe"}
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "ExperimentConfig":
@@ -137,7 +171,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
-        tables = {"embedding", "clusters", "model", "training", "qat", "identify"}
+        tables = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe"}
         _only(data, DATA_TABLES | tables, "top-level table")
         model = dict(data.get("model", {}))
         _only(model, {f.name for f in fields(ModelSpec)}, "model")
@@ -156,6 +190,7 @@ class ExperimentConfig:
             model=ModelSpec(**model),
             training=TrainConfig(**_checked(data.get("training", {}), TrainConfig, "training")),
             qat=TrainConfig(**_checked(data.get("qat", {}), TrainConfig, "qat")),
+            fhe=FheConfig(**_checked(data.get("fhe", {}), FheConfig, "fhe")),
             **identify,
         )
 

@@ -39,3 +39,8 @@ class DebianError(PpazamError):
 
 class ArtifactError(PpazamError):
     """A trained-model folder that is missing, incomplete or does not fit the request."""
+
+
+class FheError(PpazamError):
+    """An encrypted exchange that cannot go on: a truncated or tampered message, keys of
+    another circuit, or an input the circuit does not take."""

@@ -20,9 +20,12 @@ import torch
 from ppazam_core.audio import SILENCE_DBFS, is_silent
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.dataset import Dataset
+from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
+from ppazam_core.fhe import SimulatedClassifier
 from ppazam_core.models import build_model
+from ppazam_core.pipeline import key_folder
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
@@ -34,6 +37,12 @@ class Mode(str, enum.Enum):
 
     FP32 = "fp32"
     QUANT = "quant"
+    FHE_SIM = "fhe-sim"
+    FHE = "fhe"
+
+    @property
+    def needs_circuits(self) -> bool:
+        return self in (Mode.FHE_SIM, Mode.FHE)
 
     def __str__(self) -> str:
         return self.value
@@ -55,9 +64,12 @@ class Match:
 
 
 class Identifier:
-    """A trained identifier loaded from its artifact folder."""
+    """A trained identifier loaded from its artifact folder; ``circuits`` (a folder made by
+    :func:`~ppazam_core.pipeline.compile_identifier`) and ``keys`` enable the ``fhe-sim`` and
+    ``fhe`` modes. In ``fhe`` mode every classifier call is a client/server exchange of
+    encrypted bytes whose costs land in :attr:`channel`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, circuits: Path | None = None, keys: Path | None = None) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
@@ -74,6 +86,11 @@ class Identifier:
         self.normalizer = Normalizer.load(folder / "normalizer.npz")
         self.front_end = FrontEnd(self.config.data.features)
         self._models: dict[tuple[Mode, str], torch.nn.Module] = {}
+        self.circuits = None if circuits is None else Path(circuits)
+        if self.circuits is not None and not is_complete(self.circuits):
+            raise ArtifactError(f"circuits folder {self.circuits} is missing or incomplete; run `ppazam compile`")
+        self._simulated: dict[str, SimulatedClassifier] = {}
+        self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, keys or key_folder(self.circuits))
 
     @property
     def segment_samples(self) -> int:
@@ -86,7 +103,7 @@ class Identifier:
         X = self.normalizer(np.asarray(patches))
         n = X.shape[0]
         if self.n_clusters > 1:
-            cluster_log_probs = _log_softmax(predict_logits(self._model(mode, "cluster"), X))
+            cluster_log_probs = _log_softmax(self._logits(mode, "cluster", X))
         else:
             cluster_log_probs = np.zeros((n, 1), dtype=np.float32)
         searched = np.argsort(-cluster_log_probs, axis=1, kind="stable")[:, :k]
@@ -96,22 +113,25 @@ class Identifier:
             if rows.size == 0:
                 continue
             if members.size > 1:
-                intra = _log_softmax(predict_logits(self._model(mode, f"intra_{cluster:03d}"), X[rows]))
+                intra = _log_softmax(self._logits(mode, f"intra_{cluster:03d}", X[rows]))
             else:
                 intra = np.zeros((rows.size, 1))
             track_scores[np.ix_(rows, members)] = cluster_log_probs[rows, cluster : cluster + 1] + intra
         return Scores(cluster_log_probs, track_scores)
 
-    def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
-        """Rank tracks for a mono clip at the front-end's sample rate."""
+    def patches(self, audio: np.ndarray) -> np.ndarray:
+        """Raw patches of the consecutive segments of a mono clip at the front-end's rate."""
         if audio.shape[0] < self.segment_samples:
             raise AudioError("<query>", f"clip is {audio.shape[0] / self.config.data.features.sample_rate:.2f} s; "
                                         f"queries need at least {self.config.data.segment_s:g} s")
         if is_silent(audio):
             raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
         n_segments = audio.shape[0] // self.segment_samples
-        segments = audio[: n_segments * self.segment_samples].reshape(n_segments, self.segment_samples)
-        return self.combine(self.scores(self.front_end(segments), mode).track_scores, top)
+        return self.front_end(audio[: n_segments * self.segment_samples].reshape(n_segments, self.segment_samples))
+
+    def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
+        """Rank tracks for a mono clip at the front-end's sample rate."""
+        return self.combine(self.scores(self.patches(audio), mode).track_scores, top)
 
     def combine(self, segment_scores: np.ndarray, top: int = 3, rule: str | None = None) -> list[Match]:
         """Combine the track scores of one query's segments into a ranking, by ``rule``
@@ -127,6 +147,17 @@ class Identifier:
         order = np.argsort(-mean, kind="stable")[:top]
         return [Match(self.track_ids[i], float(mean[i])) for i in order]
 
+    def _logits(self, mode: Mode, name: str, X: np.ndarray) -> np.ndarray:
+        if not mode.needs_circuits:
+            return predict_logits(self._model(mode, name), X)
+        if self.channel is None:
+            raise ArtifactError(f"mode {mode} needs compiled circuits; run `ppazam compile` and load them")
+        if mode is Mode.FHE:
+            return self.channel.logits(name, X)
+        if name not in self._simulated:
+            self._simulated[name] = SimulatedClassifier(self.circuits / name)
+        return self._simulated[name].logits(X)
+
     def _model(self, mode: Mode, name: str) -> torch.nn.Module:
         key = (mode, name)
         if key not in self._models:
@@ -141,7 +172,8 @@ class Identifier:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy of one mode on one evaluation dataset (one query per row)."""
+    """Accuracy of one mode on one evaluation dataset (one query per row). ``agreement`` is
+    the fraction of queries whose top-1 equals that of mode ``agreement_with``."""
 
     mode: str
     level: str
@@ -150,15 +182,24 @@ class Evaluation:
     top3: float
     cluster_accuracy: float
     cluster_top_k: int
+    agreement: float | None = None
+    agreement_with: str | None = None
 
 
-def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str) -> Evaluation:
-    """Top-1, top-3 and first-stage accuracy of single-segment queries."""
+def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None,
+             agreement_with: Mode | str | None = None) -> Evaluation:
+    """Top-1, top-3 and first-stage accuracy of single-segment queries: all of them, or
+    ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode)."""
     if tuple(dataset.track_ids) != identifier.track_ids:
         raise ArtifactError("the evaluation dataset was built from another library than the identifier")
-    scores = identifier.scores(dataset.X, mode)
+    rows = spread_rows(len(dataset), limit)
+    X, truth = np.asarray(dataset.X[rows]), dataset.y[rows]
+    scores = identifier.scores(X, mode)
     ranking = np.argsort(-scores.track_scores, axis=1, kind="stable")[:, :3]
-    truth = dataset.y
+    agreement = None
+    if agreement_with is not None:
+        reference = identifier.scores(X, agreement_with).track_scores.argmax(axis=1)
+        agreement = float((reference == ranking[:, 0]).mean())
     return Evaluation(
         mode=str(Mode(mode)),
         level=dataset.info["spec"]["policy"]["name"],
@@ -167,7 +208,18 @@ def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str) -> Eval
         top3=float((ranking == truth[:, None]).any(axis=1).mean()),
         cluster_accuracy=float((scores.cluster_log_probs.argmax(axis=1) == identifier.assignment[truth]).mean()),
         cluster_top_k=min(identifier.config.cluster_top_k, identifier.n_clusters),
+        agreement=agreement,
+        agreement_with=None if agreement_with is None else str(Mode(agreement_with)),
     )
+
+
+def spread_rows(n: int, limit: int | None) -> np.ndarray:
+    """All ``n`` row indices, or ``limit`` of them evenly spaced (so they span the tracks)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 1:
+        raise ConfigError.bad_value("queries", limit, "an integer >= 1")
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -191,4 +243,5 @@ def _toml_layout(config: dict) -> dict:
         "training": config["training"],
         "qat": config["qat"],
         "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
+        "fhe": config.get("fhe", {}),
     }

@@ -1,9 +1,11 @@
-"""Training every stage of an identifier into one artifact folder.
+"""Training every stage of an identifier into one artifact folder, and compiling it for FHE.
 
 library -> training dataset -> contrastive embeddings -> clusters -> fp32 cluster and
-intra-cluster classifiers -> their QAT twins. The folder lives in ``cache_dir/models`` under
-the hash of the experiment config and the library's fingerprint, and is written atomically:
-an interrupted run leaves nothing that :class:`~ppazam_core.identifier.Identifier` would load.
+intra-cluster classifiers -> their QAT twins -> compiled circuits. The folder lives in
+``cache_dir/models`` under the hash of the experiment config (less its ``fhe`` table) and the
+library's fingerprint, and is written atomically: an interrupted run leaves nothing that
+:class:`~ppazam_core.identifier.Identifier` would load. Compiled circuits go to
+``circuits/<quant>-<hash of the fhe table>`` inside it, the client's keys to ``client-keys/``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.embeddings import track_embeddings, train_embedding_model
 from ppazam_core.library import Library
-from ppazam_core.models import FloatCNN, qat_from_fp32
+from ppazam_core.fhe import compile_classifier
+from ppazam_core.models import FloatCNN, build_model, qat_from_fp32
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
@@ -33,13 +36,23 @@ logger = logging.getLogger(__name__)
 
 def model_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
     """Where the artifacts of ``config`` trained on ``library`` live."""
-    return cache_dir / "models" / config_hash({"library": library.fingerprint(), "config": config})
+    return cache_dir / "models" / config_hash({"library": library.fingerprint(), "config": config.trained_parts()})
 
 
 def quant_name(config: ExperimentConfig) -> str:
     """Sub-folder of the QAT classifiers, named by their bit widths."""
     spec = config.model
     return f"quant-w{spec.weight_bits}a{spec.activation_bits}i{spec.input_bits}"
+
+
+def circuits_folder(model: Path, config: ExperimentConfig) -> Path:
+    """Where the circuits compiled from the QAT classifiers of ``model`` with ``config.fhe`` live."""
+    return model / "circuits" / f"{quant_name(config)}-{config_hash(config.fhe)}"
+
+
+def key_folder(circuits: Path) -> Path:
+    """The client's keys for ``circuits`` (secret: they never go to the server)."""
+    return circuits.parent.parent / "client-keys" / circuits.name
 
 
 def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
@@ -125,3 +138,33 @@ def _classification_tasks(assignment: np.ndarray, y: np.ndarray) -> dict[str, tu
         rows = np.flatnonzero(np.isin(y, members))
         tasks[f"intra_{cluster:03d}"] = (rows, np.searchsorted(members, y[rows]), len(members))
     return tasks
+
+
+def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                       refresh: bool = False) -> Path:
+    """Compile every QAT classifier of the trained identifier (training it first if needed)
+    with Concrete ML; returns the circuits folder. A stored compilation is reused."""
+    model = train_identifier(library, config, cache_dir, workers)
+    folder = circuits_folder(model, config)
+    if is_complete(folder) and not refresh:
+        logger.info("loaded circuits from %s", folder)
+        return folder
+    dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_folder(library, config.data, cache_dir),
+                            workers)
+    X = dataset.normalizer(np.asarray(dataset.X))
+    assignment = np.load(model / "clusters.npz")["assignment"]
+    stats = {}
+    with atomic_folder(folder) as tmp:
+        for name, (rows, _, n_classes) in _classification_tasks(assignment, dataset.y).items():
+            if n_classes < 2:
+                continue
+            qat = build_model(config.model.cnn(n_classes, config.data.features.shape), quantized=True)
+            qat.load_state_dict(torch.load(model / quant_name(config) / f"{name}.pt", weights_only=True))
+            rng = np.random.default_rng(derive_seed(config.fhe.seed, "calibration", name))
+            calibration = X[np.sort(rng.choice(rows, size=min(config.fhe.calibration_rows, rows.size), replace=False))]
+            (tmp / name).mkdir()
+            stats[name] = asdict(compile_classifier(qat, calibration, n_classes, config.fhe, tmp / name))
+            logger.info("compiled %s: %d PBS, %d bits", name, stats[name]["pbs_count"], stats[name]["max_bit_width"])
+        (tmp / "circuits.json").write_text(json.dumps({"fhe": json.loads(canonical_json(config.fhe)),
+                                                       "quant": quant_name(config), "circuits": stats}, indent=2))
+    return folder

@@ -1,0 +1,137 @@
+"""Concrete ML compilation of the QAT classifiers, their costs, and FHE simulation.
+
+Each QAT classifier is compiled with ``compile_brevitas_qat_model`` over a calibration set of
+training patches. One compiled classifier is a folder::
+
+    client/    client.zip (client specs + quantizers) and circuit.json   -> the user's device
+    server/    server.zip (the compiled circuit, no secret) and circuit.json -> the server
+    simulator.zip                                                         -> ``fhe-sim`` mode
+
+``circuit.json`` records what the circuit costs (PBS count, maximum integer bit width,
+complexity, key and ciphertext sizes, compile time) and a ``circuit_id`` that client and
+server use to check they speak about the same circuit. Folders are written atomically by the
+caller and loaded without recompiling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from concrete import fhe
+from concrete.ml.deployment import FHEModelClient, FHEModelDev
+from concrete.ml.torch.compile import compile_brevitas_qat_model
+
+from ppazam_core.config import FheConfig
+from ppazam_core.errors import ArtifactError, FheError
+
+CIRCUIT_FILE = "circuit.json"
+SECONDS_PER_PBS = 0.016  # DESIGN.md's figure for this 2-core machine: a rough estimate before running
+
+
+@dataclass(frozen=True)
+class CircuitStats:
+    """What one compiled circuit costs; sizes in bytes."""
+
+    circuit_id: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    pbs_count: int
+    max_bit_width: int
+    complexity: float
+    p_error: float
+    compile_s: float
+    bootstrap_key_bytes: int
+    keyswitch_key_bytes: int
+    secret_key_bytes: int
+    input_ciphertext_bytes: int
+    output_ciphertext_bytes: int
+
+    @property
+    def evaluation_key_bytes(self) -> int:
+        return self.bootstrap_key_bytes + self.keyswitch_key_bytes
+
+    @classmethod
+    def load(cls, folder: Path) -> "CircuitStats":
+        """Read ``circuit.json`` of a client, server or compiled-classifier folder."""
+        path = Path(folder) / CIRCUIT_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{folder} holds no compiled circuit ({CIRCUIT_FILE} is missing)")
+        data = json.loads(path.read_text())
+        return cls(**{**data, "input_shape": tuple(data["input_shape"])})
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / CIRCUIT_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+def compile_classifier(model: torch.nn.Module, calibration: np.ndarray, n_classes: int, config: FheConfig,
+                       folder: Path) -> CircuitStats:
+    """Compile a QAT classifier on normalized ``calibration`` patches into ``folder`` (empty)."""
+    started = time.perf_counter()
+    module = compile_brevitas_qat_model(model.eval(), np.ascontiguousarray(calibration, dtype=np.float32),
+                                        rounding_threshold_bits=config.rounding(), p_error=config.p_error)
+    compile_s = time.perf_counter() - started
+    circuit = module.fhe_circuit
+    stats = CircuitStats(
+        circuit_id=uuid.uuid4().hex,
+        input_shape=tuple(int(d) for d in calibration.shape[1:]),
+        n_classes=n_classes,
+        pbs_count=int(circuit.programmable_bootstrap_count),
+        max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
+        complexity=float(circuit.complexity),
+        p_error=float(circuit.p_error),
+        compile_s=round(compile_s, 3),
+        bootstrap_key_bytes=int(circuit.size_of_bootstrap_keys),
+        keyswitch_key_bytes=int(circuit.size_of_keyswitch_keys),
+        secret_key_bytes=int(circuit.size_of_secret_keys),
+        input_ciphertext_bytes=int(circuit.size_of_inputs),
+        output_ciphertext_bytes=int(circuit.size_of_outputs),
+    )
+    deployment = folder / "deployment"
+    FHEModelDev(str(deployment), module).save(via_mlir=False)
+    for side in ("client", "server"):
+        (folder / side).mkdir()
+        (deployment / f"{side}.zip").rename(folder / side / f"{side}.zip")
+        stats.save(folder / side)
+    deployment.rmdir()
+    circuit.simulator.save(folder / "simulator.zip", via_mlir=False)
+    stats.save(folder)
+    return stats
+
+
+class SimulatedClassifier:
+    """A compiled classifier run in FHE simulation: same integers and error model as the
+    encrypted circuit, without encryption."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        self.stats = CircuitStats.load(folder)
+        for part in ("client/client.zip", "simulator.zip"):
+            if not (folder / part).is_file():
+                raise ArtifactError(f"compiled classifier {folder} is missing {part}")
+        self._quantizer = FHEModelClient(str(folder / "client")).model
+        self._client = fhe.Client.load(folder / "client" / "client.zip", is_simulated=True)
+        self._server = fhe.Server.load(folder / "simulator.zip")
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Dequantized outputs for normalized patches ``(n, *input_shape)``, one circuit run each."""
+        X = np.asarray(X, dtype=np.float32)
+        check_input_shape(X, self.stats)
+        rows = []
+        for x in X:
+            q_x = self._quantizer.quantize_input(x[None])
+            q_y = self._client.simulate_decrypt(self._server.run(self._client.simulate_encrypt(q_x)))
+            rows.append(self._quantizer.dequantize_output(np.asarray(q_y)))
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.stats.n_classes), np.float32)
+
+
+def check_input_shape(X: np.ndarray, stats: CircuitStats) -> None:
+    """Refuse patches whose shape is not the circuit's input shape."""
+    if X.ndim != len(stats.input_shape) + 1 or tuple(X.shape[1:]) != stats.input_shape:
+        raise FheError(f"input of shape {tuple(X.shape)} does not fit the circuit, which takes "
+                          f"(n, {', '.join(map(str, stats.input_shape))})")

@@ -1,0 +1,181 @@
+"""A tiny identifier compiled with Concrete ML, simulated and run truly encrypted."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SPEC
+from ppazam_core.cli import main
+from ppazam_core.config import ExperimentConfig, FheConfig
+from ppazam_core.dataset import build_dataset
+from ppazam_core.deployment import ClassifierClient, ClassifierServer, EncryptedChannel, frame, QUERY
+from ppazam_core.errors import ArtifactError, ConfigError, FheError
+from ppazam_core.fhe import CircuitStats, SimulatedClassifier
+from ppazam_core.identifier import Identifier, evaluate
+from ppazam_core.pipeline import compile_identifier, key_folder, noise_folder, train_identifier
+
+# one 8x8-strided block of 4 channels: 64 ReLUs, so each circuit costs well under 100 PBS
+FHE_TOML = f"""
+[synthetic]
+seed = {TINY_SPEC.seed}
+n_tracks = {TINY_SPEC.n_tracks}
+duration_s = {TINY_SPEC.duration_s}
+[data]
+train_augmentations = 24
+eval_queries = 3
+eval_levels = ["none"]
+[embedding]
+epochs = 2
+batch_tracks = 6
+[clusters]
+n_clusters = 2
+[model]
+blocks = [{{ channels = 4, kernel = 8, stride = 8 }}]
+[training]
+epochs = 10
+[qat]
+epochs = 3
+[fhe]
+calibration_rows = 64
+rounding_bits = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def fhe_config(tmp_path_factory) -> tuple[ExperimentConfig, Path]:
+    path = tmp_path_factory.mktemp("fhe-config") / "fhe.toml"
+    path.write_text(FHE_TOML)
+    return ExperimentConfig.from_toml(path), path
+
+
+@pytest.fixture(scope="session")
+def circuits(tiny_library, fhe_config, session_cache) -> Path:
+    config, _ = fhe_config
+    return compile_identifier(tiny_library, config, session_cache, workers=1)
+
+
+@pytest.fixture(scope="session")
+def identifier(tiny_library, fhe_config, session_cache, circuits) -> Identifier:
+    config, _ = fhe_config
+    return Identifier(train_identifier(tiny_library, config, session_cache, workers=1), circuits)
+
+
+@pytest.fixture(scope="session")
+def queries(tiny_library, fhe_config, session_cache):
+    config, _ = fhe_config
+    noise = noise_folder(tiny_library, config.data, session_cache)
+    return build_dataset(tiny_library, config.data.eval_spec("none"), session_cache, noise, workers=1)
+
+
+def test_compilation_records_costs_and_is_cached(circuits, tiny_library, fhe_config, session_cache, monkeypatch):
+    summary = json.loads((circuits / "circuits.json").read_text())
+    assert set(summary["circuits"]) == {"cluster", "intra_000", "intra_001"}
+    for name, stats in summary["circuits"].items():
+        assert 0 < stats["pbs_count"] < 300 and 2 <= stats["max_bit_width"] <= 16
+        assert stats["bootstrap_key_bytes"] > 0 and stats["input_ciphertext_bytes"] > 0
+        assert CircuitStats.load(circuits / name / "server").circuit_id == stats["circuit_id"]
+    import ppazam_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "compile_classifier", lambda *a, **k: pytest.fail("recompiled a stored circuit"))
+    config, _ = fhe_config
+    assert compile_identifier(tiny_library, config, session_cache) == circuits
+
+
+def test_simulation_matches_concrete_and_stays_close_to_quant(identifier, queries):
+    quant = evaluate(identifier, queries, "quant")
+    simulated = evaluate(identifier, queries, "fhe-sim", agreement_with="quant")
+    assert simulated.n == quant.n == 18
+    assert simulated.agreement >= 0.6 and simulated.agreement_with == "quant"
+
+
+def test_encrypted_run_equals_simulation(identifier, queries):
+    X = identifier.normalizer(np.asarray(queries.X[:3]))
+    simulated = SimulatedClassifier(identifier.circuits / "cluster").logits(X)
+    encrypted = identifier.channel.logits("cluster", X)
+    # p_error allows an occasional off-by-one of a table lookup; the ranking must agree
+    np.testing.assert_array_equal(simulated.argmax(axis=1), encrypted.argmax(axis=1))
+    costs = identifier.channel.costs[-3:]
+    assert all(c.classifier == "cluster" and c.request_bytes > 0 and c.response_bytes > 0 and c.server_s > 0
+               for c in costs)
+    setup = identifier.channel.key_setups["cluster"]
+    assert setup.evaluation_key_bytes > 0
+
+
+def test_server_never_holds_a_secret_key(identifier, circuits):
+    for name in ("cluster", "intra_000"):
+        server_dir = circuits / name / "server"
+        assert sorted(p.name for p in server_dir.iterdir()) == ["circuit.json", "server.zip"]
+        with zipfile.ZipFile(server_dir / "server.zip") as archive:
+            assert not any("key" in member.lower() for member in archive.namelist())
+    client = ClassifierClient(circuits / "cluster" / "client", key_folder(circuits) / "cluster")
+    client.ensure_keys()
+    secret = client._fhe.client.keys.serialize()
+    evaluation = client.evaluation_keys()
+    assert len(evaluation) < len(secret)  # the full key set carries the secret keys besides the public ones
+    lwe_secret = secret[-256:]
+    assert lwe_secret not in evaluation
+
+
+def test_tampered_messages_are_refused(identifier, circuits, queries):
+    client = ClassifierClient(circuits / "cluster" / "client", key_folder(circuits) / "cluster")
+    server = ClassifierServer(circuits / "cluster" / "server")
+    with pytest.raises(FheError, match="no evaluation keys"):
+        server.run(client.encrypt(identifier.normalizer(np.asarray(queries.X[:1]))))
+    server.receive_keys(client.evaluation_keys())
+    query = client.encrypt(identifier.normalizer(np.asarray(queries.X[:1])))
+    with pytest.raises(FheError, match="truncated"):
+        server.run(query[: len(query) // 2])
+    flipped = bytearray(query)
+    flipped[-100] ^= 0xFF
+    with pytest.raises(FheError, match="altered"):
+        server.run(bytes(flipped))
+    with pytest.raises(FheError, match="too short"):
+        server.run(b"")
+    with pytest.raises(FheError, match="evaluation keys"):
+        server.run(client.evaluation_keys())
+    other = ClassifierClient(circuits / "intra_000" / "client", key_folder(circuits) / "intra_000")
+    with pytest.raises(FheError, match="another model"):
+        server.receive_keys(other.evaluation_keys())
+    with pytest.raises(FheError, match="another model"):
+        server.run(frame(QUERY, other.stats.circuit_id, b"x"))
+    garbage = frame(QUERY, server.stats.circuit_id, b"not a ciphertext")
+    with pytest.raises(FheError, match="cannot be evaluated"):
+        server.run(garbage)
+    with pytest.raises(FheError, match="does not fit the circuit"):
+        client.encrypt(np.zeros((1, 1, 16, 16), dtype=np.float32))
+    assert client.decrypt(server.run(query)).shape == (1, 2)
+
+
+def test_missing_artifacts_are_clear_errors(circuits, tmp_path, identifier):
+    with pytest.raises(ArtifactError, match="server.zip"):
+        ClassifierServer(tmp_path)
+    with pytest.raises(ArtifactError, match="client.zip"):
+        ClassifierClient(tmp_path, tmp_path / "keys")
+    with pytest.raises(ArtifactError, match="incomplete"):
+        Identifier(identifier.folder, tmp_path)
+    with pytest.raises(ArtifactError, match="compile"):
+        Identifier(identifier.folder).scores(np.zeros((1, 1, 32, 32), dtype=np.float32), "fhe-sim")
+
+
+def test_fhe_config_is_validated():
+    with pytest.raises(ConfigError, match="fhe.rounding_method"):
+        FheConfig(rounding_method="nearest")
+    with pytest.raises(ConfigError, match="fhe.p_error"):
+        FheConfig(p_error=0.0)
+    with pytest.raises(ConfigError, match="fhe"):
+        ExperimentConfig.from_dict({"fhe": {"n_bits": 6}})
+
+
+def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_config, session_cache, tmp_path, capsys):
+    from conftest import write_audio
+
+    _, toml = fhe_config
+    audio = tiny_library.load(tiny_library.tracks[1], 16_000, offset_s=2.0, duration_s=3.0)
+    clip = write_audio(tmp_path / "clip.wav", audio, 16_000)
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    assert main(["identify", str(clip), "--mode", "fhe", *common]) == 0
+    out = capsys.readouterr().out
+    assert "1." in out and "server" in out and "cluster" in out and "PBS" in out
