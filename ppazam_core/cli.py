@@ -7,6 +7,8 @@
     ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
     ppazam identify CLIP|FOLDER            top-3 tracks of each clip (--mode fhe: with per-stage costs)
     ppazam evaluate [--library ...]        top-1/top-3 and cluster accuracy per level and mode
+    ppazam report RUN_DIR                  (harness) rebuild report.html and tables from the CSVs
+    ppazam compare RUN_DIR BASELINE_DIR    (harness) regression check against a baseline run
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +41,7 @@ from ppazam_core.store import atomic_write_text, canonical_json, config_hash, de
 
 console = Console()
 DEFAULT_FHE_QUERIES = 2
+COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                                   help=f"queries per level run truly encrypted (default {DEFAULT_FHE_QUERIES})")
     evaluate_command.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
     evaluate_command.set_defaults(run=_evaluate)
+    for entry in entry_points(group=COMMAND_PLUGINS):
+        entry.load()(commands)
     return parser
 
 

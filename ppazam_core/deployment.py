@@ -178,7 +178,7 @@ class EncryptedChannel:
 
     def logits(self, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` for normalized patches, each one encrypted on its own."""
-        client, server = self._pair(name)
+        client, server = self.connect(name)
         rows = []
         for x in np.asarray(X, dtype=np.float32):
             started = time.perf_counter()
@@ -191,7 +191,9 @@ class EncryptedChannel:
                                         served - encrypted, len(response), time.perf_counter() - served))
         return np.concatenate(rows) if rows else np.zeros((0, client.stats.n_classes), np.float32)
 
-    def _pair(self, name: str) -> tuple[ClassifierClient, ClassifierServer]:
+    def connect(self, name: str) -> tuple[ClassifierClient, ClassifierServer]:
+        """Client and server of classifier ``name``; the first call loads or generates the
+        client's keys and sends the evaluation keys to the server."""
         if name not in self._clients:
             client = ClassifierClient(self.circuits / name / "client", self.key_dir / name)
             server = ClassifierServer(self.circuits / name / "server")

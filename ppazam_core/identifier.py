@@ -186,27 +186,49 @@ class Evaluation:
     agreement_with: str | None = None
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Rankings of evaluation queries: ``rows`` of the dataset, their true track, top-3 track
+    indices, and the true and predicted first-stage cluster."""
+
+    rows: np.ndarray
+    truth: np.ndarray
+    ranking: np.ndarray
+    cluster_truth: np.ndarray
+    cluster_predicted: np.ndarray
+
+    def hits(self, k: int) -> np.ndarray:
+        """Whether the true track is among the top ``k`` (k <= 3), per query."""
+        return (self.ranking[:, :k] == self.truth[:, None]).any(axis=1)
+
+
+def predict(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None) -> Predictions:
+    """Rank every query of ``dataset`` (or ``limit`` of them, spread evenly) in ``mode``."""
+    if tuple(dataset.track_ids) != identifier.track_ids:
+        raise ArtifactError("the evaluation dataset was built from another library than the identifier")
+    rows = spread_rows(len(dataset), limit)
+    truth = dataset.y[rows]
+    scores = identifier.scores(np.asarray(dataset.X[rows]), mode)
+    return Predictions(rows, truth, np.argsort(-scores.track_scores, axis=1, kind="stable")[:, :3],
+                       identifier.assignment[truth], scores.cluster_log_probs.argmax(axis=1))
+
+
 def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None,
              agreement_with: Mode | str | None = None) -> Evaluation:
     """Top-1, top-3 and first-stage accuracy of single-segment queries: all of them, or
     ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode)."""
-    if tuple(dataset.track_ids) != identifier.track_ids:
-        raise ArtifactError("the evaluation dataset was built from another library than the identifier")
-    rows = spread_rows(len(dataset), limit)
-    X, truth = np.asarray(dataset.X[rows]), dataset.y[rows]
-    scores = identifier.scores(X, mode)
-    ranking = np.argsort(-scores.track_scores, axis=1, kind="stable")[:, :3]
+    result = predict(identifier, dataset, mode, limit)
     agreement = None
     if agreement_with is not None:
-        reference = identifier.scores(X, agreement_with).track_scores.argmax(axis=1)
-        agreement = float((reference == ranking[:, 0]).mean())
+        reference = predict(identifier, dataset, agreement_with, limit)
+        agreement = float((reference.ranking[:, 0] == result.ranking[:, 0]).mean())
     return Evaluation(
         mode=str(Mode(mode)),
         level=dataset.info["spec"]["policy"]["name"],
-        n=len(truth),
-        top1=float((ranking[:, 0] == truth).mean()),
-        top3=float((ranking == truth[:, None]).any(axis=1).mean()),
-        cluster_accuracy=float((scores.cluster_log_probs.argmax(axis=1) == identifier.assignment[truth]).mean()),
+        n=len(result.truth),
+        top1=float(result.hits(1).mean()),
+        top3=float(result.hits(3).mean()),
+        cluster_accuracy=float((result.cluster_predicted == result.cluster_truth).mean()),
         cluster_top_k=min(identifier.config.cluster_top_k, identifier.n_clusters),
         agreement=agreement,
         agreement_with=None if agreement_with is None else str(Mode(agreement_with)),

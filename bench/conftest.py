@@ -1,0 +1,12 @@
+"""The bench runs under the ppazam plugin (options, suite parametrization, report at the end)."""
+
+from fixtures.plugin import (  # noqa: F401  (pytest finds hooks and fixtures by name here)
+    ppazam_identifier,
+    ppazam_queries,
+    ppazam_run,
+    pytest_addoption,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)

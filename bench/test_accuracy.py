@@ -1,0 +1,34 @@
+"""Accuracy by augmentation level and mode, overall, per cluster and for the first stage."""
+
+import numpy as np
+import pytest
+
+from ppazam_core.identifier import Mode, predict
+from reports.tables import CLUSTER_STAGE
+
+AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}
+
+
+def test_accuracy(ppazam_run, ppazam_point, ppazam_identifier, ppazam_queries, ppazam_level, ppazam_mode):
+    mode = Mode(ppazam_mode)
+    limit = ppazam_run.fhe_queries if mode is Mode.FHE else None
+    if limit == 0:
+        pytest.skip("--fhe-queries 0: no truly encrypted queries in this run")
+    result = predict(ppazam_identifier, ppazam_queries, mode, limit)
+    n = len(result.truth)
+    condition = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level)
+    rows = [condition.proportion("top1", result.hits(1).sum(), n),
+            condition.proportion("top3", result.hits(3).sum(), n),
+            condition.proportion("cluster_accuracy", (result.cluster_predicted == result.cluster_truth).sum(), n)]
+    reference = AGREEMENT_REFERENCE.get(mode)
+    if reference is not None and reference.value in ppazam_run.suite.modes:
+        baseline = predict(ppazam_identifier, ppazam_queries, reference, limit)
+        rows.append(condition.proportion("agreement", (baseline.ranking[:, 0] == result.ranking[:, 0]).sum(), n))
+    for cluster in np.unique(result.cluster_truth):
+        members = result.cluster_truth == cluster
+        per_cluster = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level,
+                                           f"{CLUSTER_STAGE}{int(cluster)}")
+        rows += [per_cluster.proportion("top1", result.hits(1)[members].sum(), int(members.sum())),
+                 per_cluster.proportion("top3", result.hits(3)[members].sum(), int(members.sum()))]
+    ppazam_run.record.results.extend(rows)
+    assert n > 0 and 0.0 <= result.hits(1).mean() <= result.hits(3).mean() <= 1.0

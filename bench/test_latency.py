@@ -1,0 +1,92 @@
+"""Latency per stage and mode through pytest-benchmark, with PBS counts and bytes in extra_info.
+
+Stages: ``features`` (front-end of one 3 s clip), ``first-stage`` (cluster classifier),
+``second-stage`` (the classifier of the predicted cluster), ``query`` (features and both stages
+with the suite's cluster top-k). In ``fhe`` mode each classifier call is a full client/server
+exchange, so slow calls run ``pedantic`` with one round; the encrypt / server / decrypt split of
+every encrypted call of the session is summarised at the end.
+"""
+
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from ppazam_core.identifier import Mode
+
+STAGES = ("features", "first-stage", "second-stage", "query")
+PARTS = (("encrypt", "encrypt_s", "median_s", "s"), ("server", "server_s", "median_s", "s"),
+         ("decrypt", "decrypt_s", "median_s", "s"), ("sent", "request_bytes", "median_bytes", "bytes"),
+         ("received", "response_bytes", "median_bytes", "bytes"))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_latency(benchmark, ppazam_run, ppazam_point, ppazam_identifier, ppazam_mode, stage):
+    mode = Mode(ppazam_mode)
+    if mode is Mode.FHE and ppazam_run.fhe_queries == 0:
+        pytest.skip("--fhe-queries 0: no encrypted timing in this run")
+    identifier = ppazam_identifier
+    config = ppazam_point.config
+    library = ppazam_run.stages.library(config)
+    clip = library.load(library.tracks[0], config.data.features.sample_rate, 0.0, config.data.segment_s)
+    patch = identifier.patches(clip)[:1]
+    normalized = identifier.normalizer(patch)
+    cluster = int(identifier.scores(patch, Mode.QUANT).cluster_log_probs.argmax())
+    intra = f"intra_{cluster:03d}" if identifier.members[cluster].size > 1 else None
+    calls = {
+        "features": lambda: identifier.patches(clip),
+        "first-stage": lambda: identifier._logits(mode, "cluster", normalized),
+        "second-stage": lambda: identifier._logits(mode, intra, normalized),
+        "query": lambda: identifier.scores(identifier.patches(clip), mode),
+    }
+    if stage == "first-stage" and identifier.n_clusters == 1 or stage == "second-stage" and intra is None:
+        pytest.skip("single-stage identifier or one-track cluster: no such stage")
+    if mode.needs_circuits and stage != "features":
+        identifier.channel.connect("cluster")  # keys are set up before timing
+        if intra is not None:
+            identifier.channel.connect(intra)
+    rounds = 1 if mode is Mode.FHE and stage != "features" else ppazam_run.suite.latency_rounds
+    seconds: list[float] = []
+
+    def timed():
+        started = time.perf_counter()
+        calls[stage]()
+        seconds.append(time.perf_counter() - started)
+
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0 if mode is Mode.FHE else 1)
+    benchmark.extra_info.update({"mode": mode.value, "stage": stage, "bit_width": ppazam_point.bit_width})
+    if mode.needs_circuits and stage in ("first-stage", "second-stage"):
+        stats = identifier.channel.connect("cluster" if stage == "first-stage" else intra)[0].stats
+        benchmark.extra_info.update({"pbs_count": stats.pbs_count, "input_bytes": stats.input_ciphertext_bytes,
+                                     "output_bytes": stats.output_ciphertext_bytes})
+    condition = ppazam_run.condition(ppazam_point, identifier, mode.value, stage=stage)
+    measured = seconds[-rounds:]
+    ppazam_run.record.latency.append(condition.row("median_s", statistics.median(measured), len(measured), "s",
+                                                   (min(measured), max(measured))))
+    assert all(s > 0 for s in measured)
+
+
+def test_encrypted_breakdown(ppazam_run, ppazam_point, ppazam_identifier):
+    """Encrypt / server / decrypt split, bytes and ms per PBS of every encrypted call so far."""
+    channel = ppazam_identifier.channel
+    if channel is None or not channel.costs:
+        pytest.skip("no encrypted call in this run")
+    for role, costs in (("first-stage", [c for c in channel.costs if c.classifier == "cluster"]),
+                        ("second-stage", [c for c in channel.costs if c.classifier != "cluster"])):
+        if not costs:
+            continue
+        for part, field, metric, unit in PARTS:
+            values = [getattr(c, field) for c in costs]
+            condition = ppazam_run.condition(ppazam_point, ppazam_identifier, "fhe", stage=f"{role}:{part}")
+            ppazam_run.record.latency.append(condition.row(metric, statistics.median(values), len(values), unit,
+                                                           (min(values), max(values))))
+        per_pbs = [1000 * c.server_s / c.pbs_count for c in costs]
+        condition = ppazam_run.condition(ppazam_point, ppazam_identifier, "fhe", stage=f"{role}:server")
+        ppazam_run.record.latency.append(condition.row("ms_per_pbs", statistics.median(per_pbs), len(per_pbs), "ms"))
+    for setup in channel.key_setups.values():
+        condition = ppazam_run.condition(ppazam_point, ppazam_identifier, "fhe", stage=f"keys:{setup.classifier}")
+        ppazam_run.record.latency.append(condition.row("keys_s", setup.keys_s, 1, "s"))
+        ppazam_run.record.results.append(condition.row("evaluation_key_bytes_sent", setup.evaluation_key_bytes, 1,
+                                                       "bytes"))
+    assert np.isfinite([c.server_s for c in channel.costs]).all()

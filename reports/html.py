@@ -1,0 +1,156 @@
+"""``report.html``: one self-contained page (figures embedded as PNG data), no network needed.
+
+Sections: provenance, summary table, accuracy against augmentation level per mode, bit-width
+curves (accuracy and encrypted latency on two axes), latency per stage (stacked bars), key and
+ciphertext sizes, and the regression verdict when a baseline was given.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import jinja2
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from reports.tables import MODE_ORDER, first_point, mode_comparison
+
+FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes")
+SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
+
+TEMPLATE = jinja2.Template("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ppazam report {{ run.run_id }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border-bottom: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { margin: 1.5rem 0; } img { max-width: 100%; }
+.pass { color: #1a7f37; } .fail { color: #cf222e; } code { font-size: 0.85rem; }
+</style></head><body>
+<h1>ppazam: {{ run.suite.name }} suite</h1>
+<p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
+started {{ run.timestamp }}. Machine: {{ run.environment.processor }}, {{ run.environment.cpu_count }} cores,
+Python {{ run.environment.python }}; concrete-ml {{ run.environment.packages["concrete-ml"] }},
+torch {{ run.environment.packages.torch }}, brevitas {{ run.environment.packages.brevitas }}.</p>
+<h2>Summary</h2>
+{{ summary }}
+{% if verdict %}
+<h2 id="verdict">Regression check</h2>
+<p class="{{ 'pass' if verdict.passed else 'fail' }}">{{ 'PASSED' if verdict.passed else 'REGRESSED' }}:
+{{ verdict.compared }} metrics compared with <code>{{ verdict.baseline }}</code>
+(max accuracy drop {{ verdict.tolerance.max_accuracy_drop }}, max latency growth
+{{ verdict.tolerance.max_latency_growth }}); {{ verdict.regressions | length }} regressed.</p>
+{% if verdict.regressions %}<table><tr><th>condition</th><th>metric</th><th>baseline</th><th>run</th><th>why</th></tr>
+{% for r in verdict.regressions %}<tr><td>{{ r.condition }}</td><td>{{ r.metric }}</td><td>{{ '%.4g' % r.baseline }}</td>
+<td>{{ '%.4g' % r.current }}</td><td>{{ r.reason }}</td></tr>{% endfor %}</table>{% endif %}
+{% endif %}
+{% for figure in figures %}
+<figure id="{{ figure.id }}"><h2>{{ figure.title }}</h2>
+{% if figure.png %}<img alt="{{ figure.title }}" src="data:image/png;base64,{{ figure.png }}">
+{% else %}<p>No rows for this figure in this run.</p>{% endif %}</figure>
+{% endfor %}
+<h2>All accuracy rows</h2>
+{{ details }}
+</body></html>
+""")
+
+
+def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdict: dict | None = None) -> str:
+    """The whole page as a string."""
+    summary = mode_comparison(results, latency)
+    overall = results[results["stage"] == ""]
+    details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
+                       "ci_high", "n"]]
+    figures = [
+        {"id": "accuracy-by-level", "title": "Top-1 accuracy by augmentation level and mode",
+         "png": _png(_accuracy_by_level, results)},
+        {"id": "bit-width-sweep", "title": "Bit-width sweep: fhe-sim top-1 and encrypted latency",
+         "png": _png(_bit_width_sweep, results, latency)},
+        {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
+         "png": _png(_latency_by_stage, latency)},
+        {"id": "sizes", "title": "Key and ciphertext sizes per circuit", "png": _png(_sizes, results)},
+    ]
+    return TEMPLATE.render(run=run, verdict=verdict, figures=figures,
+                           summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
+                           details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
+
+
+def _png(draw, *frames: pd.DataFrame) -> str | None:
+    """Run ``draw`` on a fresh figure; the PNG as base64, or None when it had nothing to draw."""
+    figure = Figure(figsize=(9, 4.5))
+    if not draw(figure, *frames):
+        return None
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
+    rows = first_point(results)
+    rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")]
+    if rows.empty:
+        return False
+    ax = figure.add_subplot()
+    order = [m for m in MODE_ORDER if m in set(rows["mode"])]
+    sns.pointplot(data=rows, x="level", y="value", hue="mode", hue_order=order, ax=ax, dodge=0.3,
+                  linestyles="-", errorbar=None)
+    for (mode, level), row in rows.set_index(["mode", "level"]).iterrows():
+        if not math.isnan(row["ci_low"]):
+            x = list(dict.fromkeys(rows["level"])).index(level) + (order.index(mode) - (len(order) - 1) / 2) * 0.3 / max(
+                1, len(order) - 1)
+            ax.vlines(x, row["ci_low"], row["ci_high"], color="grey", alpha=0.6)
+    ax.set_ylabel("top-1 (95% CI)")
+    ax.set_ylim(0, 1.02)
+    return True
+
+
+def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
+    accuracy = results[(results["mode"] == "fhe-sim") & (results["metric"] == "top1") & (results["stage"] == "")]
+    if accuracy.empty:
+        return False
+    ax = figure.add_subplot()
+    sns.lineplot(data=accuracy, x="bit_width", y="value", hue="level", marker="o", ax=ax)
+    ax.set_ylabel("fhe-sim top-1")
+    ax.set_ylim(0, 1.02)
+    twin = ax.twinx()
+    estimated = results[results["metric"] == "estimated_fhe_s"].groupby("bit_width")["value"].sum()
+    measured = latency[(latency["mode"] == "fhe") & (latency["stage"] == "query") & (latency["metric"] == "median_s")]
+    if not estimated.empty:
+        twin.plot(estimated.index, estimated.values, "k--", marker="s", label="estimated FHE s (all circuits)")
+    if not measured.empty:
+        by_bits = measured.groupby("bit_width")["value"].median()
+        twin.plot(by_bits.index, by_bits.values, "k-", marker="D", label="measured FHE s / query")
+    twin.set_ylabel("seconds")
+    twin.legend(loc="lower right")
+    ax.set_xlabel("weight and activation bits")
+    return True
+
+
+def _latency_by_stage(figure, latency: pd.DataFrame) -> bool:
+    rows = latency[(latency["metric"] == "median_s") & (latency["stage"] != "query")]
+    if rows.empty:
+        return False
+    table = rows.pivot_table(index="mode", columns="stage", values="value", aggfunc="median")
+    table = table.reindex([m for m in MODE_ORDER if m in table.index])
+    ax = figure.add_subplot()
+    table.plot.bar(stacked=True, ax=ax, logy=True)
+    ax.set_ylabel("seconds (median, log scale)")
+    ax.set_xlabel("")
+    return True
+
+
+def _sizes(figure, results: pd.DataFrame) -> bool:
+    rows = results[results["metric"].isin(SIZE_METRICS)]
+    if rows.empty:
+        return False
+    ax = figure.add_subplot()
+    sns.barplot(data=rows.assign(MB=rows["value"] / 1e6), x="stage", y="MB", hue="metric", ax=ax, errorbar=None)
+    ax.set_yscale("log")
+    ax.set_xlabel("circuit")
+    ax.set_ylabel("MB (log scale)")
+    return True
