@@ -41,6 +41,7 @@ from ppazam_core.store import atomic_write_text, canonical_json, config_hash, de
 
 console = Console()
 DEFAULT_FHE_QUERIES = 2
+DEFAULT_EVALUATE_MODES = ("fp32", "quant", "fhe-sim")
 COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
 
 
@@ -102,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")
     _experiment_options(evaluate_command)
     evaluate_command.add_argument("--mode", dest="modes", action="append", choices=[m.value for m in Mode],
-                                  help="mode to evaluate (repeatable; default: all)")
+                                  help="mode to evaluate (repeatable; default: fp32, quant, fhe-sim; "
+                                       "fhe runs --fhe-queries truly encrypted queries per level)")
     evaluate_command.add_argument("--fhe-queries", type=int, default=DEFAULT_FHE_QUERIES,
                                   help=f"queries per level run truly encrypted (default {DEFAULT_FHE_QUERIES})")
     evaluate_command.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
@@ -292,7 +294,7 @@ def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
-    modes = [Mode(m) for m in args.modes or [m.value for m in Mode]]
+    modes = [Mode(m) for m in args.modes or DEFAULT_EVALUATE_MODES]
     folder = train_identifier(library, config, cache_dir, args.workers)
     needs_circuits = any(m.needs_circuits for m in modes)
     circuits = compile_identifier(library, config, cache_dir, args.workers) if needs_circuits else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import enum
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,13 +190,15 @@ class Evaluation:
 @dataclass(frozen=True)
 class Predictions:
     """Rankings of evaluation queries: ``rows`` of the dataset, their true track, top-3 track
-    indices, and the true and predicted first-stage cluster."""
+    indices, the true and predicted first-stage cluster, and the seconds each query took (in
+    ``fhe`` mode each query runs on its own; otherwise the batch time is shared out)."""
 
     rows: np.ndarray
     truth: np.ndarray
     ranking: np.ndarray
     cluster_truth: np.ndarray
     cluster_predicted: np.ndarray
+    seconds: np.ndarray
 
     def hits(self, k: int) -> np.ndarray:
         """Whether the true track is among the top ``k`` (k <= 3), per query."""
@@ -208,9 +211,17 @@ def predict(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: i
         raise ArtifactError("the evaluation dataset was built from another library than the identifier")
     rows = spread_rows(len(dataset), limit)
     truth = dataset.y[rows]
-    scores = identifier.scores(np.asarray(dataset.X[rows]), mode)
-    return Predictions(rows, truth, np.argsort(-scores.track_scores, axis=1, kind="stable")[:, :3],
-                       identifier.assignment[truth], scores.cluster_log_probs.argmax(axis=1))
+    X = np.asarray(dataset.X[rows])
+    batches = [X[i : i + 1] for i in range(len(X))] if Mode(mode) is Mode.FHE else [X]
+    parts, seconds = [], []
+    for batch in batches:
+        started = time.perf_counter()
+        parts.append(identifier.scores(batch, mode))
+        seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
+    track_scores = np.concatenate([p.track_scores for p in parts])
+    cluster_log_probs = np.concatenate([p.cluster_log_probs for p in parts])
+    return Predictions(rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3],
+                       identifier.assignment[truth], cluster_log_probs.argmax(axis=1), np.asarray(seconds))
 
 
 def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None,

@@ -12,6 +12,7 @@ import io
 import math
 
 import jinja2
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -31,11 +32,9 @@ th:first-child, td:first-child { text-align: left; }
 figure { margin: 1.5rem 0; } img { max-width: 100%; }
 .pass { color: #1a7f37; } .fail { color: #cf222e; } code { font-size: 0.85rem; }
 </style></head><body>
-<h1>ppazam: {{ run.suite.name }} suite</h1>
+<h1>ppazam: {{ suite }} suite</h1>
 <p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
-started {{ run.timestamp }}. Machine: {{ run.environment.processor }}, {{ run.environment.cpu_count }} cores,
-Python {{ run.environment.python }}; concrete-ml {{ run.environment.packages["concrete-ml"] }},
-torch {{ run.environment.packages.torch }}, brevitas {{ run.environment.packages.brevitas }}.</p>
+started {{ run.timestamp }}. {{ machine }}</p>
 <h2>Summary</h2>
 {{ summary }}
 {% if verdict %}
@@ -74,9 +73,18 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
          "png": _png(_latency_by_stage, latency)},
         {"id": "sizes", "title": "Key and ciphertext sizes per circuit", "png": _png(_sizes, results)},
     ]
-    return TEMPLATE.render(run=run, verdict=verdict, figures=figures,
+    return TEMPLATE.render(run=run, suite=run.get("suite", {}).get("name", "?"), machine=_machine(run),
+                           verdict=verdict, figures=figures,
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
                            details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
+
+
+def _machine(run: dict) -> str:
+    env = run.get("environment", {})
+    packages = env.get("packages", {})
+    versions = ", ".join(f"{name} {packages[name]}" for name in ("concrete-ml", "torch", "brevitas") if packages.get(name))
+    return (f"Machine: {env.get('processor', '?')}, {env.get('cpu_count', '?')} cores, Python {env.get('python', '?')}"
+            + (f"; {versions}." if versions else "."))
 
 
 def _png(draw, *frames: pd.DataFrame) -> str | None:
@@ -96,16 +104,20 @@ def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
     if rows.empty:
         return False
     ax = figure.add_subplot()
-    order = [m for m in MODE_ORDER if m in set(rows["mode"])]
-    sns.pointplot(data=rows, x="level", y="value", hue="mode", hue_order=order, ax=ax, dodge=0.3,
-                  linestyles="-", errorbar=None)
-    for (mode, level), row in rows.set_index(["mode", "level"]).iterrows():
-        if not math.isnan(row["ci_low"]):
-            x = list(dict.fromkeys(rows["level"])).index(level) + (order.index(mode) - (len(order) - 1) / 2) * 0.3 / max(
-                1, len(order) - 1)
-            ax.vlines(x, row["ci_low"], row["ci_high"], color="grey", alpha=0.6)
-    ax.set_ylabel("top-1 (95% CI)")
+    levels = list(dict.fromkeys(rows["level"]))
+    modes = [m for m in MODE_ORDER if m in set(rows["mode"])]
+    width = 0.6 / len(modes)
+    for i, mode in enumerate(modes):
+        part = rows[rows["mode"] == mode].set_index("level").reindex(levels)
+        x = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))]
+        below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
+        above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
+        ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode)
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_xlabel("augmentation level")
+    ax.set_ylabel("top-1 (95% Wilson CI)")
     ax.set_ylim(0, 1.02)
+    ax.legend(title="mode")
     return True
 
 

@@ -43,8 +43,9 @@ def mode_comparison(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFram
     seconds = query.groupby("mode")["value"].median()
     cells = {}
     for level in _level_order(rows):
-        cells[level] = {mode: f"{table.loc[mode, (level, 'top1')]:.2f} / {table.loc[mode, (level, 'top3')]:.2f} "
-                              f"(n={int(n.loc[mode, level])})" for mode in table.index}
+        cells[level] = {mode: " / ".join(f"{table.loc[mode, (level, metric)]:.2f}" for metric in ("top1", "top3")
+                                         if (level, metric) in table.columns and pd.notna(table.loc[mode, (level, metric)]))
+                        + f" (n={int(n.loc[mode, level])})" for mode in table.index}
     frame = pd.DataFrame(cells)
     frame["latency / query"] = [f"{seconds[m]:.3g} s" if m in seconds else "-" for m in frame.index]
     order = [m for m in MODE_ORDER if m in frame.index] + [m for m in frame.index if m not in MODE_ORDER]

@@ -66,9 +66,15 @@ class Suite:
             raise ConfigError.bad_value(f"suite {self.name}: fhe_queries", self.fhe_queries, "an integer >= 0")
         if set(self.seeds) != {"train", "eval"}:
             raise ConfigError.bad_value(f"suite {self.name}: seeds", dict(self.seeds), "a table with train and eval")
+        base = ExperimentConfig.from_dict(self.experiment)
+        for level in self.levels:
+            try:
+                base.data.policy(level)
+            except ConfigError as e:
+                raise ConfigError(f"suite {self.name}: levels: {e}") from e
         for bits in self.bit_widths:
             for rounding in self.rounding_bits:
-                self.config(bits, rounding)  # every level, seed and experiment key is checked here
+                self.config(bits, rounding)  # seeds and the bit widths against the experiment
 
     def config(self, bit_width: int, rounding_bits: int) -> ExperimentConfig:
         """The experiment of one (bit width, rounding) point of the suite."""

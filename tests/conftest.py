@@ -1,4 +1,5 @@
-"""Shared fixtures: a private cache per test, a tiny synthetic library, audio file writers."""
+"""Shared fixtures: a private cache per test, a tiny synthetic library and a tiny identifier
+trained on it, audio file writers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,53 @@ import numpy as np
 import pytest
 import soundfile
 
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import build_dataset
+from ppazam_core.identifier import Identifier
 from ppazam_core.library import Library, SyntheticSpec, synthetic_library
+from ppazam_core.pipeline import noise_folder, train_identifier
 
 TINY_SPEC = SyntheticSpec(seed=7, n_tracks=6, duration_s=8.0)
+
+TINY_TOML = f"""
+[synthetic]
+seed = {TINY_SPEC.seed}
+n_tracks = {TINY_SPEC.n_tracks}
+duration_s = {TINY_SPEC.duration_s}
+[data]
+train_augmentations = 24
+eval_queries = 5
+eval_levels = ["none"]
+[embedding]
+epochs = 3
+batch_tracks = 6
+[clusters]
+n_clusters = 2
+[training]
+epochs = 12
+[qat]
+epochs = 3
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> tuple[ExperimentConfig, Path]:
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return ExperimentConfig.from_toml(path), path
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_library, tiny_config, session_cache) -> Identifier:
+    config, _ = tiny_config
+    return Identifier(train_identifier(tiny_library, config, session_cache, workers=1))
+
+
+@pytest.fixture(scope="session")
+def clean_queries(tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    noise = noise_folder(tiny_library, config.data, session_cache)
+    return build_dataset(tiny_library, config.data.eval_spec("none"), session_cache, noise, workers=1)
 
 
 def tone(freq: float, seconds: float, rate: int, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:

@@ -11,14 +11,16 @@ from conftest import TINY_SPEC
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import ClassifierClient, ClassifierServer, EncryptedChannel, frame, QUERY
+from ppazam_core.deployment import ClassifierClient, ClassifierServer, frame, QUERY
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier
 from ppazam_core.identifier import Identifier, Mode, evaluate
 from ppazam_core.pipeline import compile_identifier, key_folder, noise_folder, train_identifier
 from ppazam_core.seeding import derive_seed
 
-# one 8x8-strided block of 4 channels: 64 ReLUs, so each circuit costs well under 100 PBS
+# one 8x8-strided block of 2 channels (32 ReLUs, 256 PBS with exact rounding); exact rounding and
+# a tiny p_error make the encrypted integers equal to the simulated ones (approximate rounding is
+# randomised in FHE); one cluster searched, so an encrypted query costs two circuit runs
 FHE_TOML = f"""
 [synthetic]
 seed = {TINY_SPEC.seed}
@@ -33,14 +35,19 @@ epochs = 2
 batch_tracks = 6
 [clusters]
 n_clusters = 2
+[identify]
+cluster_top_k = 1
 [model]
-blocks = [{{ channels = 4, kernel = 8, stride = 8 }}]
+blocks = [{{ channels = 2, kernel = 8, stride = 8 }}]
 [training]
 epochs = 10
 [qat]
 epochs = 3
 [fhe]
 calibration_rows = 64
+rounding_bits = 6
+rounding_method = "exact"
+p_error = 1e-5
 """
 
 
@@ -100,27 +107,31 @@ def test_cached_simulation_equals_concrete_ml_simulation(identifier, queries, fh
     module = compile_brevitas_qat_model(identifier._model(Mode.QUANT, "cluster"), calibration,
                                         rounding_threshold_bits=config.fhe.rounding(), p_error=config.fhe.p_error)
     X = identifier.normalizer(np.asarray(queries.X))
-    cached = SimulatedClassifier(identifier.circuits / "cluster").logits(X)
-    fresh = module.forward(X, fhe="simulate")
+    simulator = SimulatedClassifier(identifier.circuits / "cluster")
+    # simulation draws p_error's table-lookup errors at random (rarely, at 1e-5): compare averages
+    # of 5 runs, with the clear quantized graph (approximate rounding done exactly) as yardstick
+    cached = np.mean([simulator.logits(X) for _ in range(5)], axis=0)
+    fresh = np.mean([module.forward(X, fhe="simulate") for _ in range(5)], axis=0)
+    clear = module.forward(X, fhe="disable")
     assert cached.shape == fresh.shape == (18, 2)
-    assert (cached.argmax(axis=1) == fresh.argmax(axis=1)).mean() >= 0.9  # p_error: rare off-by-one lookups
-    np.testing.assert_allclose(np.median(np.abs(cached - fresh)), 0.0, atol=1e-6)
+    assert np.abs(cached - fresh).mean() < 0.5 * np.abs(clear - fresh).mean()
+    assert (cached.argmax(axis=1) == fresh.argmax(axis=1)).mean() >= 0.8
 
 
 def test_fhe_sim_evaluation_reports_agreement(identifier, queries):
     simulated = evaluate(identifier, queries, "fhe-sim", agreement_with="quant")
     assert simulated.n == 18 and simulated.agreement_with == "quant" and 0.0 <= simulated.agreement <= 1.0
-    encrypted = evaluate(identifier, queries, "fhe", limit=2, agreement_with="fhe-sim")
-    assert encrypted.n == 2 and encrypted.agreement >= 0.5  # p_error can flip a near-tie, rarely
+    encrypted = evaluate(identifier, queries, "fhe", limit=1, agreement_with="fhe-sim")
+    assert encrypted.n == 1 and encrypted.agreement == 1.0 and encrypted.cluster_top_k == 1
 
 
 def test_encrypted_run_equals_simulation(identifier, queries):
-    X = identifier.normalizer(np.asarray(queries.X[:3]))
+    X = identifier.normalizer(np.asarray(queries.X[:2]))
     simulated = SimulatedClassifier(identifier.circuits / "cluster").logits(X)
     encrypted = identifier.channel.logits("cluster", X)
-    # p_error allows an occasional off-by-one of a table lookup; the ranking must agree
-    np.testing.assert_array_equal(simulated.argmax(axis=1), encrypted.argmax(axis=1))
-    costs = identifier.channel.costs[-3:]
+    # at p_error 1e-5 no table lookup of these 64-PBS circuits goes wrong: the integers agree exactly
+    np.testing.assert_array_equal(simulated, encrypted)
+    costs = identifier.channel.costs[-2:]
     assert all(c.classifier == "cluster" and c.request_bytes > 0 and c.response_bytes > 0 and c.server_s > 0
                for c in costs)
     setup = identifier.channel.key_setups["cluster"]

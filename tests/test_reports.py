@@ -1,0 +1,98 @@
+"""Report writers on a small results table: CSV -> HTML -> tables, rebuilt from the CSVs alone."""
+
+import math
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from ppazam_core.cli import main
+from reports.tidy import Condition, RunRecord, read_run, wilson_interval
+from reports.writer import REPORT_FILE, write_report
+
+FIGURES = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes")
+
+
+def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
+    """A plausible run: two modes, two levels, two bit widths, per-cluster rows, latencies, sizes."""
+    record = RunRecord({"run_id": "r1", "timestamp": "2026-01-01T00:00:00Z", "git_commit": "abc", "library": "lib",
+                        "suite": {"name": "unit"},
+                        "environment": {"processor": "x86_64", "cpu_count": 2, "python": "3.11",
+                                        "packages": {"concrete-ml": "1.9.0", "torch": "2.3.1", "brevitas": "0.10.2"}}})
+    for bits in (3, 4):
+        for mode in ("fp32", "fhe-sim"):
+            for level, correct in (("small", 180), ("large", 120)):
+                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level)
+                hits = int(correct * top1_scale * (0.9 if mode == "fhe-sim" else 1.0))
+                record.results += [c.proportion("top1", hits, 200), c.proportion("top3", min(200, hits + 15), 200)]
+                for cluster in (0, 1):
+                    per = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level,
+                                    f"cluster:{cluster}")
+                    record.results.append(per.proportion("top1", hits // 2, 100))
+                    record.results.append(per.proportion("top3", min(100, hits // 2 + 7), 100))
+            for stage, seconds in (("features", 0.002), ("first-stage", 0.01), ("second-stage", 0.01),
+                                   ("query", 0.03)):
+                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, stage=stage)
+                record.latency.append(c.row("median_s", seconds * latency_scale * (10 if mode == "fhe-sim" else 1), 5,
+                                            "s"))
+        circuit = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", "fhe", bits, 6, stage="cluster")
+        record.results += [circuit.row("pbs_count", 100 * bits, 1, "count"),
+                           circuit.row("estimated_fhe_s", 1.6 * bits, 1, "s"),
+                           circuit.row("evaluation_key_bytes", 2e8, 1, "bytes"),
+                           circuit.row("input_ciphertext_bytes", 2.5e4, 1, "bytes")]
+    return record
+
+
+def test_wilson_interval_is_sane():
+    low, high = wilson_interval(50, 100)
+    assert low < 0.5 < high and math.isclose(low + high, 1.0, abs_tol=1e-9)
+    assert wilson_interval(0, 10)[0] == 0.0 and math.isclose(wilson_interval(10, 10)[1], 1.0)
+
+
+def test_csv_html_tables_round_trip(tmp_path):
+    out = tmp_path / "run"
+    assert write_report(small_run(), out) is None
+    results, latency, run = read_run(out)
+    assert len(results) == len(small_run().results) and run["run_id"] == "r1"
+    assert {"run_id", "git_commit", "config_hash", "bit_width", "level", "metric", "ci_low", "ci_high", "n"} <= set(
+        results.columns)
+    page = (out / REPORT_FILE).read_text()
+    for figure in FIGURES:
+        assert f'id="{figure}"' in page
+    assert page.count("data:image/png;base64,") == len(FIGURES) and "http" not in page.split("<body>")[1]
+    mode_table = (out / "tables" / "mode-comparison.md").read_text()
+    assert "fhe-sim" in mode_table and "0.90 / 0.97 (n=200)" in mode_table
+    layout = (out / "tables" / "original-layout-fp32.tex").read_text()
+    assert r"\toprule" in layout and "Top-1" in layout and "Top-3" in layout and "cluster" not in layout.split(
+        r"\midrule")[1].split("\n")[0]
+    (out / REPORT_FILE).unlink()
+    shutil.rmtree(out / "tables")
+    assert main(["report", str(out)]) == 0
+    assert (out / REPORT_FILE).read_text().count("data:image/png") == len(FIGURES)
+    assert (out / "tables" / "mode-comparison.tex").is_file()
+
+
+def test_report_of_a_folder_without_csvs_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    assert "not a ppazam run folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    out = tmp_path / "run"
+    write_report(small_run(), out)
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000",
+               "--dump-dom", (out / REPORT_FILE).as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    for figure in FIGURES:
+        assert f'id="{figure}"' in dom
+    assert dom.count('src="data:image/png;base64,') == len(FIGURES)
+    console_errors = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "error" in line.lower()]
+    assert not console_errors, console_errors
+    assert "Uncaught" not in done.stderr

@@ -1,0 +1,59 @@
+"""Suite files: the shipped ones load, bad ones are errors naming the key and allowed values."""
+
+import pytest
+
+from ppazam_core.errors import ConfigError
+from suites import Suite, available_suites, load_suite
+
+
+def test_shipped_suites_load():
+    assert {"quick", "default", "nightly", "paper"} <= set(available_suites())
+    for name in available_suites():
+        suite = load_suite(name)
+        assert suite.name == name and suite.points()
+        for bits, rounding in suite.points():
+            config = suite.config(bits, rounding)
+            assert config.model.weight_bits == config.model.activation_bits == bits
+            assert config.fhe.rounding_bits == rounding and config.data.eval_levels == suite.levels
+
+
+def test_paper_suite_sweeps_two_to_eight_bits():
+    assert set(range(2, 9)) <= set(load_suite("paper").bit_widths)
+
+
+def test_nightly_suite_uses_the_debian_library():
+    assert load_suite("nightly").library != "synthetic"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('modes = ["fp32", "gpu"]', "modes = 'gpu' is not allowed; allowed: fp32, quant, fhe-sim, fhe"),
+    ("bit_widths = [1]", "bit_widths = 1 is not allowed"),
+    ('levels = ["loud"]', "levels: policy = 'loud' is not allowed; allowed: none, small, medium, large"),
+    ("queries_per_track = 0", "queries_per_track = 0 is not allowed"),
+    ("colour = 1", "'colour' is not allowed; allowed: bit_widths"),
+    ('[experiment.model]\nweight_bits = 9', "model.weight_bits = 9"),
+    ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn"),
+    ("modes = []", "modes is empty"),
+])
+def test_bad_suite_files_name_key_and_allowed_values(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_suite(path)
+    assert message in str(error.value)
+
+
+def test_unknown_suite_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="quick"):
+        load_suite("nonexistent")
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("modes = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_suite(path)
+
+
+def test_suite_defaults_are_a_valid_suite():
+    assert Suite(name="defaults").points() == [(4, 6)]
