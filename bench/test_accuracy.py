@@ -31,6 +31,8 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_identifier, ppazam_queries, p
         rows += [per_cluster.proportion("top1", result.hits(1)[members].sum(), int(members.sum())),
                  per_cluster.proportion("top3", result.hits(3)[members].sum(), int(members.sum()))]
     ppazam_run.record.results.extend(rows)
+    if mode.needs_circuits:
+        rows.append(condition.row("p_error", ppazam_point.config.fhe.p_error, n, "probability"))
     if mode is Mode.FHE:  # one encrypted query end to end (both stages, cluster top-k), keys already made
         latency = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level, "query")
         ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n, "s",

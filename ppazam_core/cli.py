@@ -34,7 +34,7 @@ from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamEr
 from ppazam_core.identifier import Identifier, Mode, evaluate
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.deployment import KeySetup, StageCost
-from ppazam_core.fhe import SECONDS_PER_PBS
+from ppazam_core.fhe import SECONDS_PER_COMPLEXITY
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
@@ -223,7 +223,7 @@ def _compile(args: argparse.Namespace) -> int:
     for column in ("classifier", "PBS", "max bits", "est. FHE s", "eval keys MB", "query KB", "result KB", "compile s"):
         table.add_column(column)
     for name, c in summary["circuits"].items():
-        table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]), f"{c['pbs_count'] * SECONDS_PER_PBS:.1f}",
+        table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]), f"{c['complexity'] * SECONDS_PER_COMPLEXITY:.1f}",
                       f"{(c['bootstrap_key_bytes'] + c['keyswitch_key_bytes']) / 1e6:.0f}",
                       f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
                       f"{c['compile_s']:.1f}")

@@ -31,7 +31,10 @@ from ppazam_core.config import FheConfig
 from ppazam_core.errors import ArtifactError, FheError
 
 CIRCUIT_FILE = "circuit.json"
-SECONDS_PER_PBS = 0.016  # DESIGN.md's figure for this 2-core machine: a rough estimate before running
+# Server seconds per unit of Concrete's cost model ("complexity"), fitted on the 2-core machine
+# this project is developed on: 23.6 ms/PBS at 1.6e8 per PBS (6 rounding bits), 42.9 ms/PBS at
+# 3.35e8 (7 bits). An estimate before running; the fhe mode measures the truth.
+SECONDS_PER_COMPLEXITY = 1.35e-10
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class CircuitStats:
     @property
     def evaluation_key_bytes(self) -> int:
         return self.bootstrap_key_bytes + self.keyswitch_key_bytes
+
+    @property
+    def estimated_seconds(self) -> float:
+        """Expected server time of one run on a machine like the development one."""
+        return self.complexity * SECONDS_PER_COMPLEXITY
 
     @classmethod
     def load(cls, folder: Path) -> "CircuitStats":

@@ -104,7 +104,7 @@ class Identifier:
         X = self.normalizer(np.asarray(patches))
         n = X.shape[0]
         if self.n_clusters > 1:
-            cluster_log_probs = _log_softmax(self._logits(mode, "cluster", X))
+            cluster_log_probs = _log_softmax(self.classifier_logits(mode, "cluster", X))
         else:
             cluster_log_probs = np.zeros((n, 1), dtype=np.float32)
         searched = np.argsort(-cluster_log_probs, axis=1, kind="stable")[:, :k]
@@ -114,7 +114,7 @@ class Identifier:
             if rows.size == 0:
                 continue
             if members.size > 1:
-                intra = _log_softmax(self._logits(mode, f"intra_{cluster:03d}", X[rows]))
+                intra = _log_softmax(self.classifier_logits(mode, f"intra_{cluster:03d}", X[rows]))
             else:
                 intra = np.zeros((rows.size, 1))
             track_scores[np.ix_(rows, members)] = cluster_log_probs[rows, cluster : cluster + 1] + intra
@@ -148,7 +148,9 @@ class Identifier:
         order = np.argsort(-mean, kind="stable")[:top]
         return [Match(self.track_ids[i], float(mean[i])) for i in order]
 
-    def _logits(self, mode: Mode, name: str, X: np.ndarray) -> np.ndarray:
+    def classifier_logits(self, mode: Mode | str, name: str, X: np.ndarray) -> np.ndarray:
+        """Logits of classifier ``name`` (``cluster`` or ``intra_NNN``) for normalized patches."""
+        mode = Mode(mode)
         if not mode.needs_circuits:
             return predict_logits(self._model(mode, name), X)
         if self.channel is None:

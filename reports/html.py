@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 
 import jinja2
 import numpy as np
@@ -21,6 +20,8 @@ from reports.tables import MODE_ORDER, first_point, mode_comparison
 
 FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
+STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage:server", "first-stage:decrypt",
+                  "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt")
 
 TEMPLATE = jinja2.Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ppazam report {{ run.run_id }}</title>
@@ -130,10 +131,11 @@ def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bo
     ax.set_ylabel("fhe-sim top-1")
     ax.set_ylim(0, 1.02)
     twin = ax.twinx()
-    estimated = results[results["metric"] == "estimated_fhe_s"].groupby("bit_width")["value"].sum()
+    estimated = results[(results["metric"] == "estimated_fhe_s") & (results["stage"] == "query")]
+    estimated = estimated.groupby("bit_width")["value"].median()
     measured = latency[(latency["mode"] == "fhe") & (latency["stage"] == "query") & (latency["metric"] == "median_s")]
     if not estimated.empty:
-        twin.plot(estimated.index, estimated.values, "k--", marker="s", label="estimated FHE s (all circuits)")
+        twin.plot(estimated.index, estimated.values, "k--", marker="s", label="estimated FHE s / query")
     if not measured.empty:
         by_bits = measured.groupby("bit_width")["value"].median()
         twin.plot(by_bits.index, by_bits.values, "k-", marker="D", label="measured FHE s / query")
@@ -144,15 +146,23 @@ def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bo
 
 
 def _latency_by_stage(figure, latency: pd.DataFrame) -> bool:
-    rows = latency[(latency["metric"] == "median_s") & (latency["stage"] != "query")]
+    """Each mode's query split into its stages, as shares of the summed stage medians; the
+    encrypted stages are split further into encrypt / server / decrypt where measured."""
+    rows = latency[(latency["metric"] == "median_s") & latency["stage"].isin(STACKED_STAGES)]
     if rows.empty:
         return False
+    split = {stage.split(":")[0] for stage in rows["stage"] if ":" in stage}
+    rows = rows[~((rows["mode"] == "fhe") & rows["stage"].isin(split))]
     table = rows.pivot_table(index="mode", columns="stage", values="value", aggfunc="median")
-    table = table.reindex([m for m in MODE_ORDER if m in table.index])
+    table = table.reindex(index=[m for m in MODE_ORDER if m in table.index],
+                          columns=[s for s in STACKED_STAGES if s in table.columns])
+    totals = table.sum(axis=1)
     ax = figure.add_subplot()
-    table.plot.bar(stacked=True, ax=ax, logy=True)
-    ax.set_ylabel("seconds (median, log scale)")
-    ax.set_xlabel("")
+    (table.div(totals, axis=0)).plot.barh(stacked=True, ax=ax, colormap="tab20")
+    ax.set_yticks(range(len(table)), [f"{mode} ({totals[mode]:.3g} s)" for mode in table.index])
+    ax.set_xlabel("share of the summed stage medians (total in brackets)")
+    ax.set_ylabel("")
+    ax.legend(title="stage", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
     return True
 
 

@@ -26,7 +26,10 @@ def original_layout(results: pd.DataFrame, mode: str) -> pd.DataFrame:
         return pd.DataFrame()
     rows = rows.assign(cluster=rows["stage"].map(lambda s: s.removeprefix(CLUSTER_STAGE) if s else "all"))
     table = rows.pivot_table(index="metric", columns=["level", "cluster"], values="value", aggfunc="first")
-    table = table.reindex(columns=_level_order(rows), level=0)
+    clusters = sorted({c for c in rows["cluster"] if c != "all"}, key=lambda c: int(c) if c.isdigit() else c)
+    order = [(level, cluster) for level in _level_order(rows) for cluster in ["all", *clusters]
+             if (level, cluster) in table.columns]
+    table = table[order]
     table.index = table.index.map({"top1": "Top-1", "top3": "Top-3"})
     return table.applymap(lambda v: f"{v:.2f}")
 
