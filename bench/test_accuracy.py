@@ -14,6 +14,9 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_identifier, ppazam_queries, p
     limit = ppazam_run.fhe_queries if mode is Mode.FHE else None
     if limit == 0:
         pytest.skip("--fhe-queries 0: no truly encrypted queries in this run")
+    if mode is Mode.FHE:  # keys are made (or loaded) and sent before any query is timed
+        for circuit in ppazam_identifier.circuit_names():
+            ppazam_identifier.channel.connect(circuit)
     result = predict(ppazam_identifier, ppazam_queries, mode, limit)
     n = len(result.truth)
     condition = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level)

@@ -15,7 +15,7 @@ FACTS = ("pbs_count", "max_bit_width", "complexity", "compile_s", "evaluation_ke
 def test_circuit_costs(ppazam_run, ppazam_point, ppazam_identifier):
     if ppazam_identifier.circuits is None:
         pytest.skip("the suite has no FHE mode, so nothing was compiled")
-    names = sorted(p.name for p in ppazam_identifier.circuits.iterdir() if (p / "server").is_dir())
+    names = ppazam_identifier.circuit_names()
     estimates: dict[str, float] = {}
     for name in names:
         stats = CircuitStats.load(ppazam_identifier.circuits / name)

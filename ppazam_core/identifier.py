@@ -148,6 +148,12 @@ class Identifier:
         order = np.argsort(-mean, kind="stable")[:top]
         return [Match(self.track_ids[i], float(mean[i])) for i in order]
 
+    def circuit_names(self) -> list[str]:
+        """Names of the compiled classifiers (none without circuits)."""
+        if self.circuits is None:
+            return []
+        return sorted(p.name for p in self.circuits.iterdir() if (p / "server").is_dir())
+
     def classifier_logits(self, mode: Mode | str, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` (``cluster`` or ``intra_NNN``) for normalized patches."""
         mode = Mode(mode)
