@@ -26,6 +26,7 @@ from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import SimulatedClassifier
 from ppazam_core.models import build_model
+from ppazam_core.parallel import progress_bar
 from ppazam_core.pipeline import key_folder
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
@@ -222,10 +223,13 @@ def predict(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: i
     X = np.asarray(dataset.X[rows])
     batches = [X[i : i + 1] for i in range(len(X))] if Mode(mode) is Mode.FHE else [X]
     parts, seconds = [], []
-    for batch in batches:
-        started = time.perf_counter()
-        parts.append(identifier.scores(batch, mode))
-        seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
+    with progress_bar() as progress:
+        bar = progress.add_task(f"{Mode(mode)} queries", total=len(X))
+        for batch in batches:
+            started = time.perf_counter()
+            parts.append(identifier.scores(batch, mode))
+            seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
+            progress.advance(bar, len(batch))
     track_scores = np.concatenate([p.track_scores for p in parts])
     cluster_log_probs = np.concatenate([p.cluster_log_probs for p in parts])
     return Predictions(rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3],

@@ -27,6 +27,7 @@ from ppazam_core.library import Library
 from ppazam_core.fhe import compile_classifier
 from ppazam_core.models import FloatCNN, build_model, qat_from_fp32
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
+from ppazam_core.parallel import progress_bar
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
@@ -154,10 +155,10 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
     X = dataset.normalizer(np.asarray(dataset.X))
     assignment = np.load(model / "clusters.npz")["assignment"]
     stats = {}
-    with atomic_folder(folder) as tmp:
-        for name, (rows, _, n_classes) in _classification_tasks(assignment, dataset.y).items():
-            if n_classes < 2:
-                continue
+    tasks = {name: task for name, task in _classification_tasks(assignment, dataset.y).items() if task[2] >= 2}
+    with atomic_folder(folder) as tmp, progress_bar() as progress:
+        bar = progress.add_task("compiling for FHE", total=len(tasks))
+        for name, (rows, _, n_classes) in tasks.items():
             qat = build_model(config.model.cnn(n_classes, config.data.features.shape), quantized=True)
             qat.load_state_dict(torch.load(model / quant_name(config) / f"{name}.pt", weights_only=True))
             rng = np.random.default_rng(derive_seed(config.fhe.seed, "calibration", name))
@@ -165,6 +166,7 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
             (tmp / name).mkdir()
             stats[name] = asdict(compile_classifier(qat, calibration, n_classes, config.fhe, tmp / name))
             logger.info("compiled %s: %d PBS, %d bits", name, stats[name]["pbs_count"], stats[name]["max_bit_width"])
+            progress.update(bar, advance=1, description=f"compiling for FHE ({name}: {stats[name]['pbs_count']} PBS)")
         (tmp / "circuits.json").write_text(json.dumps({"fhe": json.loads(canonical_json(config.fhe)),
                                                        "quant": quant_name(config), "circuits": stats}, indent=2))
     return folder
