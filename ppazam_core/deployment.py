@@ -43,9 +43,11 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
     """The payload of ``message``, after checking it is whole, unaltered and meant for this
     circuit; otherwise an :class:`FheError` saying which check failed."""
     expected = KIND_NAMES[kind]
-    if not isinstance(message, (bytes, bytearray)) or len(message) < HEADER.size:
-        raise FheError(f"{expected}: message of {len(message) if isinstance(message, (bytes, bytearray)) else 0} "
-                       f"bytes is too short to hold a header ({HEADER.size} bytes); truncated?")
+    if not isinstance(message, (bytes, bytearray)):
+        raise FheError(f"{expected}: expected bytes, got {type(message).__name__}")
+    if len(message) < HEADER.size:
+        raise FheError(f"{expected}: message of {len(message)} bytes is too short to hold a header "
+                       f"({HEADER.size} bytes); truncated?")
     magic, got_kind, got_id, length, digest = HEADER.unpack_from(message)
     if magic != MAGIC:
         raise FheError(f"{expected}: not a ppazam message (bad magic {magic!r})")

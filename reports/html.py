@@ -127,7 +127,8 @@ def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bo
     if accuracy.empty:
         return False
     ax = figure.add_subplot()
-    sns.lineplot(data=accuracy, x="bit_width", y="value", hue="level", marker="o", ax=ax)
+    sns.lineplot(data=accuracy, x="bit_width", y="value", hue="level", style="rounding_bits", marker="o", ax=ax,
+                 errorbar=None)
     ax.set_ylabel("fhe-sim top-1")
     ax.set_ylim(0, 1.02)
     twin = ax.twinx()
