@@ -103,7 +103,7 @@ class ClassifierClient:
         if not (client_dir / "client.zip").is_file():
             raise ArtifactError(f"client folder {client_dir} is missing client.zip")
         self.stats = CircuitStats.load(client_dir)
-        self.key_dir = Path(key_dir)
+        self.key_dir = Path(key_dir) / self.stats.circuit_id  # keys of a recompiled circuit never match
         self._fhe = FHEModelClient(str(client_dir))
 
     def ensure_keys(self) -> tuple[float, bool]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -150,6 +151,7 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
     if is_complete(folder) and not refresh:
         logger.info("loaded circuits from %s", folder)
         return folder
+    shutil.rmtree(key_folder(folder), ignore_errors=True)  # keys of the circuits about to be replaced
     dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_folder(library, config.data, cache_dir),
                             workers)
     X = dataset.normalizer(np.asarray(dataset.X))
