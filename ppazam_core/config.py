@@ -18,7 +18,7 @@ A file may hold any of these tables; every key is optional and unknown keys are 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -189,14 +189,15 @@ class ExperimentConfig:
             embedding["blocks"] = tuple(_block(b) for b in embedding["blocks"])
         identify = dict(data.get("identify", {}))
         _only(identify, {"cluster_top_k", "combine"}, "identify")
+        default = cls()  # a key left out keeps the experiment's default, e.g. the QAT fine-tuning settings
         return cls(
             data=DataConfig.from_dict({k: v for k, v in data.items() if k in DATA_TABLES}),
-            embedding=EmbeddingConfig(**embedding),
-            clusters=ClusterConfig(**_checked(data.get("clusters", {}), ClusterConfig, "clusters")),
-            model=ModelSpec(**model),
-            training=TrainConfig(**_checked(data.get("training", {}), TrainConfig, "training")),
-            qat=TrainConfig(**_checked(data.get("qat", {}), TrainConfig, "qat")),
-            fhe=FheConfig(**_checked(data.get("fhe", {}), FheConfig, "fhe")),
+            embedding=replace(default.embedding, **embedding),
+            clusters=replace(default.clusters, **_checked(data.get("clusters", {}), ClusterConfig, "clusters")),
+            model=replace(default.model, **model),
+            training=replace(default.training, **_checked(data.get("training", {}), TrainConfig, "training")),
+            qat=replace(default.qat, **_checked(data.get("qat", {}), TrainConfig, "qat")),
+            fhe=replace(default.fhe, **_checked(data.get("fhe", {}), FheConfig, "fhe")),
             **identify,
         )
 

@@ -7,9 +7,11 @@ import pytest
 
 from conftest import TINY_SPEC, TINY_TOML, tone, write_audio
 from ppazam_core.cli import main
+from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.identifier import Identifier, evaluate
 from ppazam_core.pipeline import train_identifier
+
 
 @pytest.mark.parametrize("mode", ["fp32", "quant"])
 def test_tiny_library_is_identified_well_above_chance(trained, clean_queries, mode):
@@ -114,3 +116,15 @@ def test_training_is_reproducible_from_scratch(trained, tiny_library, tiny_confi
     for mode in ("fp32", "quant"):
         np.testing.assert_array_equal(again.scores(clean_queries.X, mode).track_scores,
                                       trained.scores(clean_queries.X, mode).track_scores)
+
+
+def test_a_config_file_keeps_the_defaults_of_keys_it_leaves_out(tmp_path):
+    path = tmp_path / "partial.toml"
+    path.write_text("[qat]\nepochs = 3\n[model]\nweight_bits = 3\n")
+    config = ExperimentConfig.from_toml(path)
+    default = ExperimentConfig()
+    assert config.qat.epochs == 3 and config.qat.learning_rate == default.qat.learning_rate
+    assert config.model.weight_bits == 3 and config.model.blocks == default.model.blocks
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert ExperimentConfig.from_toml(empty).trained_parts() == default.trained_parts()
