@@ -67,11 +67,11 @@ class Match:
 
 class Identifier:
     """A trained identifier loaded from its artifact folder; ``circuits`` (a folder made by
-    :func:`~ppazam_core.pipeline.compile_identifier`) and ``keys`` enable the ``fhe-sim`` and
-    ``fhe`` modes. In ``fhe`` mode every classifier call is a client/server exchange of
+    :func:`~ppazam_core.pipeline.compile_identifier`) enables the ``fhe-sim`` and ``fhe`` modes,
+    the client's keys living in :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a client/server exchange of
     encrypted bytes whose costs land in :attr:`channel`."""
 
-    def __init__(self, folder: Path, circuits: Path | None = None, keys: Path | None = None) -> None:
+    def __init__(self, folder: Path, circuits: Path | None = None) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
@@ -92,7 +92,7 @@ class Identifier:
         if self.circuits is not None and not is_complete(self.circuits):
             raise ArtifactError(f"circuits folder {self.circuits} is missing or incomplete; run `ppazam compile`")
         self._simulated: dict[str, SimulatedClassifier] = {}
-        self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, keys or key_folder(self.circuits))
+        self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, key_folder(self.circuits))
 
     @property
     def segment_samples(self) -> int:
