@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ppazam_core.identifier import Mode, predict
+from ppazam_core.recognition import Mode, predict
 from reports.tables import CLUSTER_STAGE
 
 AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from ppazam_core.identifier import Mode
+from ppazam_core.recognition import Mode
 
 STAGES = ("features", "first-stage", "second-stage", "query")
 PARTS = (("encrypt", "encrypt_s", "median_s", "s"), ("server", "server_s", "median_s", "s"),

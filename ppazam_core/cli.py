@@ -31,7 +31,8 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamError
-from ppazam_core.identifier import Identifier, Mode, evaluate
+from ppazam_core.identifier import Identifier
+from ppazam_core.recognition import Mode, evaluate
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.deployment import KeySetup, StageCost
 from ppazam_core.fhe import SECONDS_PER_COMPLEXITY

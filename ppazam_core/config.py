@@ -13,10 +13,15 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [qat]                   # TrainConfig of the QAT fine-tuning
     [identify]              # cluster_top_k, combine
     [fhe]                   # FheConfig: rounding_bits, rounding_method, p_error, calibration_rows
+    [head]                  # HeadConfig of the embedding-head family
+    [mfcc]                  # MfccConfig of the mfcc-logreg family
+    [landmark]              # LandmarkConfig of the landmark-fp family
+    [knn]                   # KnnConfig of the embedding-knn family
 """
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +32,7 @@ from ppazam_core.clustering import ClusterConfig
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
+from ppazam_core.family_configs import HeadConfig, KnnConfig, LandmarkConfig, MfccConfig
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
 from ppazam_core.models import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
@@ -35,6 +41,7 @@ from ppazam_core.training import TrainConfig
 
 DATA_TABLES = {"synthetic", "features", "data", "policies"}
 COMBINE_RULES = ("mean-log-prob", "majority-vote")
+FAMILY_TABLES = {"head": HeadConfig, "mfcc": MfccConfig, "landmark": LandmarkConfig, "knn": KnnConfig}
 ROUNDING_METHODS = ("approximate", "exact")
 
 
@@ -156,6 +163,10 @@ class ExperimentConfig:
     cluster_top_k: int = 2
     combine: str = COMBINE_RULES[0]
     fhe: FheConfig = field(default_factory=FheConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mfcc: MfccConfig = field(default_factory=MfccConfig)
+    landmark: LandmarkConfig = field(default_factory=LandmarkConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
 
     def __post_init__(self) -> None:
         if self.cluster_top_k < 1:
@@ -164,8 +175,26 @@ class ExperimentConfig:
             raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
 
     def trained_parts(self) -> dict[str, Any]:
-        """Everything but the FHE compilation settings: what the trained models depend on."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fhe"}
+        """What the trained two-stage models depend on: everything but the FHE compilation
+        settings and the other families' tables."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fhe" and f.name not in FAMILY_TABLES}
+
+    @classmethod
+    def from_canonical(cls, config: Mapping[str, Any]) -> "ExperimentConfig":
+        """The config whose canonical JSON (as stored in artifact manifests) is ``config``."""
+        data = copy.deepcopy(dict(config["data"]))
+        policies = {p["name"]: {"some_of": p["some_of"],
+                                "transforms": [{"name": t["name"], **dict(t["params"])} for t in p["transforms"]]}
+                    for p in data.pop("policies")}
+        return cls.from_dict({
+            "synthetic": data.pop("synthetic"),
+            "features": data.pop("features"),
+            "data": data,
+            "policies": policies,
+            **{name: config[name] for name in ("embedding", "clusters", "model", "training", "qat")},
+            "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
+            **{name: config[name] for name in ("fhe", *FAMILY_TABLES) if name in config},
+        })
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "ExperimentConfig":
@@ -180,7 +209,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
-        tables = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe"}
+        tables = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe", *FAMILY_TABLES}
         _only(data, DATA_TABLES | tables, "top-level table")
         model = dict(data.get("model", {}))
         _only(model, {f.name for f in fields(ModelSpec)}, "model")
@@ -201,6 +230,8 @@ class ExperimentConfig:
             training=replace(default.training, **_checked(data.get("training", {}), TrainConfig, "training")),
             qat=replace(default.qat, **_checked(data.get("qat", {}), TrainConfig, "qat")),
             fhe=replace(default.fhe, **_checked(data.get("fhe", {}), FheConfig, "fhe")),
+            **{name: replace(getattr(default, name), **_checked(data.get(name, {}), cls, name))
+               for name, cls in FAMILY_TABLES.items()},
             **identify,
         )
 

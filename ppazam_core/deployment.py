@@ -135,10 +135,12 @@ class ClassifierClient:
         return frame(QUERY, self.stats.circuit_id, self._fhe.quantize_encrypt_serialize(x))
 
     def decrypt(self, message: bytes) -> np.ndarray:
-        """Decrypt and dequantize a framed result into logits ``(1, n_classes)``."""
+        """Decrypt and dequantize a framed result into logits ``(1, n_classes)`` (no
+        post-processing: a linear head gives its decision values, as in the other modes)."""
         payload = unframe(message, RESULT, self.stats.circuit_id)
         try:
-            return np.asarray(self._fhe.deserialize_decrypt_dequantize(payload), dtype=np.float32)
+            return np.asarray(self._fhe.model.dequantize_output(self._fhe.deserialize_decrypt(payload)),
+                              dtype=np.float32)
         except RuntimeError as e:
             raise FheError(f"result of circuit {self.stats.circuit_id} cannot be decrypted: {e}") from e
 

@@ -92,6 +92,10 @@ class FrontEnd:
 
     def __call__(self, clips: np.ndarray) -> np.ndarray:
         """``(n,)`` or ``(N, n)`` clips to ``(N, 1, H, W)`` float32 patches."""
+        return np.stack([self._fit_width(p) for p in self.spectrogram(clips)])[:, None]
+
+    def spectrogram(self, clips: np.ndarray) -> np.ndarray:
+        """``(n,)`` or ``(N, n)`` clips to ``(N, H, frames)`` float32: every frame, no patch cropping."""
         batch = np.atleast_2d(np.asarray(clips, dtype=np.float32))
         with torch.no_grad():
             spec = self._transform(torch.from_numpy(batch)).double()
@@ -102,8 +106,7 @@ class FrontEnd:
                 for _ in range(self.config.deltas):
                     rows.append(torchaudio.functional.compute_deltas(rows[-1]))
                 spec = torch.cat(rows, dim=1)
-            patches = self._fit_height(spec.float())
-        return np.stack([self._fit_width(p) for p in patches.numpy()])[:, None]
+            return self._fit_height(spec.float()).numpy()
 
     def _fit_height(self, spec: torch.Tensor) -> torch.Tensor:
         height = self.config.patch_height

@@ -1,7 +1,8 @@
 """Concrete ML compilation of the QAT classifiers, their costs, and FHE simulation.
 
 Each QAT classifier is compiled with ``compile_brevitas_qat_model`` over a calibration set of
-training patches. One compiled classifier is a folder::
+training patches; a linear head (Concrete ML ``LogisticRegression``) with its own ``compile``.
+One compiled classifier is a folder::
 
     client/    client.zip (client specs + quantizers) and circuit.json   -> the user's device
     server/    server.zip (the compiled circuit, no secret) and circuit.json -> the server
@@ -20,6 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,11 +85,25 @@ def compile_classifier(model: torch.nn.Module, calibration: np.ndarray, n_classe
     started = time.perf_counter()
     module = compile_brevitas_qat_model(model.eval(), np.ascontiguousarray(calibration, dtype=np.float32),
                                         rounding_threshold_bits=config.rounding(), p_error=config.p_error)
-    compile_s = time.perf_counter() - started
-    circuit = module.fhe_circuit
+    return save_compiled(module, calibration.shape[1:], n_classes, time.perf_counter() - started, folder)
+
+
+def compile_linear(model: Any, calibration: np.ndarray, n_classes: int, config: FheConfig, folder: Path) -> CircuitStats:
+    """Compile a fitted Concrete ML linear model (e.g. ``LogisticRegression``) on ``calibration``
+    rows into ``folder`` (empty). Linear models need no rounding: their circuits hold no PBS."""
+    started = time.perf_counter()
+    model.compile(np.ascontiguousarray(calibration, dtype=np.float32), p_error=config.p_error)
+    return save_compiled(model, calibration.shape[1:], n_classes, time.perf_counter() - started, folder)
+
+
+def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, compile_s: float,
+                  folder: Path) -> CircuitStats:
+    """Record the costs of a compiled Concrete ML model and save its client, server and
+    simulator artifacts into ``folder``."""
+    circuit = model.fhe_circuit
     stats = CircuitStats(
         circuit_id=uuid.uuid4().hex,
-        input_shape=tuple(int(d) for d in calibration.shape[1:]),
+        input_shape=tuple(int(d) for d in input_shape),
         n_classes=n_classes,
         pbs_count=int(circuit.programmable_bootstrap_count),
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
@@ -101,7 +117,7 @@ def compile_classifier(model: torch.nn.Module, calibration: np.ndarray, n_classe
         output_ciphertext_bytes=int(circuit.size_of_outputs),
     )
     deployment = folder / "deployment"
-    FHEModelDev(str(deployment), module).save(via_mlir=False)
+    FHEModelDev(str(deployment), model).save(via_mlir=False)
     for side in ("client", "server"):
         (folder / side).mkdir()
         (deployment / f"{side}.zip").rename(folder / side / f"{side}.zip")

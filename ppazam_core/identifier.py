@@ -8,10 +8,7 @@ log-probabilities, or by majority vote over the segments' top-1 with ties broken
 
 from __future__ import annotations
 
-import copy
-import enum
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,42 +17,17 @@ import torch
 
 from ppazam_core.audio import SILENCE_DBFS, is_silent
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
-from ppazam_core.dataset import Dataset
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import SimulatedClassifier
 from ppazam_core.models import build_model
-from ppazam_core.parallel import progress_bar
 from ppazam_core.pipeline import key_folder
+from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
 SCORE_FLOOR = -1e3  # log-score of tracks outside the searched clusters when segments are averaged
-
-
-class Mode(str, enum.Enum):
-    """How the classifiers are evaluated."""
-
-    FP32 = "fp32"
-    QUANT = "quant"
-    FHE_SIM = "fhe-sim"
-    FHE = "fhe"
-
-    @property
-    def needs_circuits(self) -> bool:
-        return self in (Mode.FHE_SIM, Mode.FHE)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Per segment: cluster log-probabilities ``(n, K)`` and track log-scores ``(n, T)``."""
-
-    cluster_log_probs: np.ndarray
-    track_scores: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -66,7 +38,7 @@ class Match:
 
 
 class Identifier:
-    """A trained identifier loaded from its artifact folder; ``circuits`` (a folder made by
+    """The ``two-stage-cnn`` family: a trained identifier loaded from its artifact folder; ``circuits`` (a folder made by
     :func:`~ppazam_core.pipeline.compile_identifier`) enables the ``fhe-sim`` and ``fhe`` modes,
     the client's keys living in :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a client/server exchange of
     encrypted bytes whose costs land in :attr:`channel`."""
@@ -77,16 +49,20 @@ class Identifier:
             raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
         if not is_complete(folder):
             raise ArtifactError(f"model folder {folder} is incomplete (interrupted training?); train again")
+        self.family = "two-stage-cnn"
         self.folder = folder
         self.manifest = json.loads((folder / "identifier.json").read_text())
-        self.config = ExperimentConfig.from_dict(_toml_layout(self.manifest["config"]))
+        self.config = ExperimentConfig.from_canonical(self.manifest["config"])
         self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
         with np.load(folder / "clusters.npz") as clusters:
             self.assignment = clusters["assignment"]
         self.n_clusters = int(self.assignment.max()) + 1
         self.members = [np.flatnonzero(self.assignment == c) for c in range(self.n_clusters)]
         self.normalizer = Normalizer.load(folder / "normalizer.npz")
-        self.front_end = FrontEnd(self.config.data.features)
+        self.features = self.config.data.features
+        self.front_end = FrontEnd(self.features)
+        self.cluster_top_k = min(self.config.cluster_top_k, self.n_clusters)
+        self.modes = tuple(Mode)
         self._models: dict[tuple[Mode, str], torch.nn.Module] = {}
         self.circuits = None if circuits is None else Path(circuits)
         if self.circuits is not None and not is_complete(self.circuits):
@@ -105,7 +81,7 @@ class Identifier:
         X = self.normalizer(np.asarray(patches))
         n = X.shape[0]
         if self.n_clusters > 1:
-            cluster_log_probs = _log_softmax(self.classifier_logits(mode, "cluster", X))
+            cluster_log_probs = log_softmax(self.classifier_logits(mode, "cluster", X))
         else:
             cluster_log_probs = np.zeros((n, 1), dtype=np.float32)
         searched = np.argsort(-cluster_log_probs, axis=1, kind="stable")[:, :k]
@@ -115,11 +91,11 @@ class Identifier:
             if rows.size == 0:
                 continue
             if members.size > 1:
-                intra = _log_softmax(self.classifier_logits(mode, f"intra_{cluster:03d}", X[rows]))
+                intra = log_softmax(self.classifier_logits(mode, f"intra_{cluster:03d}", X[rows]))
             else:
                 intra = np.zeros((rows.size, 1))
             track_scores[np.ix_(rows, members)] = cluster_log_probs[rows, cluster : cluster + 1] + intra
-        return Scores(cluster_log_probs, track_scores)
+        return Scores(track_scores, np.exp(track_scores.max(axis=1)), cluster_log_probs)
 
     def patches(self, audio: np.ndarray) -> np.ndarray:
         """Raw patches of the consecutive segments of a mono clip at the front-end's rate."""
@@ -178,115 +154,3 @@ class Identifier:
             model.load_state_dict(torch.load(self.folder / subfolder / f"{name}.pt", weights_only=True))
             self._models[key] = model.eval()
         return self._models[key]
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Accuracy of one mode on one evaluation dataset (one query per row). ``agreement`` is
-    the fraction of queries whose top-1 equals that of mode ``agreement_with``."""
-
-    mode: str
-    level: str
-    n: int
-    top1: float
-    top3: float
-    cluster_accuracy: float
-    cluster_top_k: int
-    agreement: float | None = None
-    agreement_with: str | None = None
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Rankings of evaluation queries: ``rows`` of the dataset, their true track, top-3 track
-    indices, the true and predicted first-stage cluster, and the seconds each query took (in
-    ``fhe`` mode each query runs on its own; otherwise the batch time is shared out)."""
-
-    rows: np.ndarray
-    truth: np.ndarray
-    ranking: np.ndarray
-    cluster_truth: np.ndarray
-    cluster_predicted: np.ndarray
-    seconds: np.ndarray
-
-    def hits(self, k: int) -> np.ndarray:
-        """Whether the true track is among the top ``k`` (k <= 3), per query."""
-        return (self.ranking[:, :k] == self.truth[:, None]).any(axis=1)
-
-
-def predict(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None) -> Predictions:
-    """Rank every query of ``dataset`` (or ``limit`` of them, spread evenly) in ``mode``."""
-    if tuple(dataset.track_ids) != identifier.track_ids:
-        raise ArtifactError("the evaluation dataset was built from another library than the identifier")
-    rows = spread_rows(len(dataset), limit)
-    truth = dataset.y[rows]
-    X = np.asarray(dataset.X[rows])
-    batches = [X[i : i + 1] for i in range(len(X))] if Mode(mode) is Mode.FHE else [X]
-    parts, seconds = [], []
-    with progress_bar() as progress:
-        bar = progress.add_task(f"{Mode(mode)} queries", total=len(X))
-        for batch in batches:
-            started = time.perf_counter()
-            parts.append(identifier.scores(batch, mode))
-            seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
-            progress.advance(bar, len(batch))
-    track_scores = np.concatenate([p.track_scores for p in parts])
-    cluster_log_probs = np.concatenate([p.cluster_log_probs for p in parts])
-    return Predictions(rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3],
-                       identifier.assignment[truth], cluster_log_probs.argmax(axis=1), np.asarray(seconds))
-
-
-def evaluate(identifier: Identifier, dataset: Dataset, mode: Mode | str, limit: int | None = None,
-             agreement_with: Mode | str | None = None) -> Evaluation:
-    """Top-1, top-3 and first-stage accuracy of single-segment queries: all of them, or
-    ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode)."""
-    result = predict(identifier, dataset, mode, limit)
-    agreement = None
-    if agreement_with is not None:
-        reference = predict(identifier, dataset, agreement_with, limit)
-        agreement = float((reference.ranking[:, 0] == result.ranking[:, 0]).mean())
-    return Evaluation(
-        mode=str(Mode(mode)),
-        level=dataset.info["spec"]["policy"]["name"],
-        n=len(result.truth),
-        top1=float(result.hits(1).mean()),
-        top3=float(result.hits(3).mean()),
-        cluster_accuracy=float((result.cluster_predicted == result.cluster_truth).mean()),
-        cluster_top_k=min(identifier.config.cluster_top_k, identifier.n_clusters),
-        agreement=agreement,
-        agreement_with=None if agreement_with is None else str(Mode(agreement_with)),
-    )
-
-
-def spread_rows(n: int, limit: int | None) -> np.ndarray:
-    """All ``n`` row indices, or ``limit`` of them evenly spaced (so they span the tracks)."""
-    if limit is None or limit >= n:
-        return np.arange(n)
-    if limit < 1:
-        raise ConfigError.bad_value("queries", limit, "an integer >= 1")
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.log_softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)), dim=1).numpy()
-
-
-def _toml_layout(config: dict) -> dict:
-    """The canonical JSON of an ExperimentConfig in the TOML layout ``from_dict`` reads."""
-    data = copy.deepcopy(config["data"])
-    policies = {p["name"]: {"some_of": p["some_of"],
-                            "transforms": [{"name": t["name"], **dict(t["params"])} for t in p["transforms"]]}
-                for p in data.pop("policies")}
-    return {
-        "synthetic": data.pop("synthetic"),
-        "features": data.pop("features"),
-        "data": data,
-        "policies": policies,
-        "embedding": config["embedding"],
-        "clusters": config["clusters"],
-        "model": config["model"],
-        "training": config["training"],
-        "qat": config["qat"],
-        "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
-        "fhe": config.get("fhe", {}),
-    }

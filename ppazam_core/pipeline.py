@@ -22,15 +22,15 @@ import torch
 
 from ppazam_core.clustering import cluster_tracks
 from ppazam_core.config import DataConfig, ExperimentConfig
-from ppazam_core.dataset import build_dataset
-from ppazam_core.embeddings import track_embeddings, train_embedding_model
+from ppazam_core.dataset import Dataset, build_dataset
+from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.fhe import compile_classifier
 from ppazam_core.models import FloatCNN, build_model, qat_from_fp32
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
 from ppazam_core.seeding import derive_seed
-from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
+from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,34 @@ def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
     return synthetic_noise_bank(cache_dir, seed=data.train_seed, sample_rate=rate)
 
 
+def training_dataset(library: Library, data: DataConfig, cache_dir: Path, workers: int | None = None) -> Dataset:
+    """The augmented training segments of ``data`` (built once, then read from the store)."""
+    return build_dataset(library, data.train_spec(), cache_dir, noise_folder(library, data, cache_dir), workers)
+
+
+def embedding_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
+    """Where the contrastive embedding model of ``config`` trained on ``library`` lives; every
+    family that embeds (two-stage clustering, embedding head, embedding k-NN) shares it."""
+    key = {"library": library.fingerprint(), "data": config.data.train_spec(), "embedding": config.embedding}
+    return cache_dir / "embeddings" / config_hash(key)
+
+
+def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                    refresh: bool = False) -> Path:
+    """Train (or find in the store) the contrastive embedding model; returns its folder, which
+    :func:`~ppazam_core.embeddings.load_model` opens (its loss per epoch in ``losses.json``)."""
+    folder = embedding_folder(library, config, cache_dir)
+    if is_complete(folder) and not refresh:
+        return folder
+    dataset = training_dataset(library, config.data, cache_dir, workers)
+    with atomic_folder(folder) as tmp:
+        embedder, losses = train_embedding_model(dataset.X, dataset.y, dataset.normalizer, config.data.features,
+                                                 config.data.segment_s, config.embedding)
+        embedder.save(tmp)
+        (tmp / "losses.json").write_text(json.dumps(losses))
+    return folder
+
+
 def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                      refresh: bool = False) -> Path:
     """Train (or find in the cache) every stage; returns the artifact folder."""
@@ -76,8 +104,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
         return folder
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    noise_dir = noise_folder(library, config.data, cache_dir)
-    dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_dir, workers)
+    dataset = training_dataset(library, config.data, cache_dir, workers)
     timings["dataset_s"] = time.perf_counter() - started
     X = dataset.normalizer(np.asarray(dataset.X))
     y = dataset.y
@@ -85,10 +112,10 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
 
     with atomic_folder(folder) as tmp:
         started = time.perf_counter()
-        embedder, losses = train_embedding_model(dataset.X, y, dataset.normalizer, config.data.features,
-                                                 config.data.segment_s, config.embedding)
-        embedder.save(tmp / "embedding")
-        histories["embedding"] = losses
+        embedding = train_embedding(library, config, cache_dir, workers, refresh)
+        shutil.copytree(embedding, tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
+        embedder = load_model(embedding)
+        histories["embedding"] = json.loads((embedding / "losses.json").read_text())
         clustering = cluster_tracks(track_embeddings(embedder, dataset.X, y, len(library)), config.clusters)
         np.savez(tmp / "clusters.npz", assignment=clustering.assignment, centroids=clustering.centroids)
         timings["embedding_and_clusters_s"] = time.perf_counter() - started
@@ -152,8 +179,7 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
         logger.info("loaded circuits from %s", folder)
         return folder
     shutil.rmtree(key_folder(folder), ignore_errors=True)  # keys of the circuits about to be replaced
-    dataset = build_dataset(library, config.data.train_spec(), cache_dir, noise_folder(library, config.data, cache_dir),
-                            workers)
+    dataset = training_dataset(library, config.data, cache_dir, workers)
     X = dataset.normalizer(np.asarray(dataset.X))
     assignment = np.load(model / "clusters.npz")["assignment"]
     stats = {}

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
-from ppazam_core.identifier import Mode
+from ppazam_core.recognition import Mode
 from ppazam_core.models import MAX_BITS, MIN_BITS
 
 SUITE_DIR = Path(__file__).resolve().parent

@@ -8,7 +8,8 @@ import torch
 
 from ppazam_core.cli import main
 from ppazam_core.errors import ConfigError
-from ppazam_core.identifier import Identifier, predict
+from ppazam_core.identifier import Identifier
+from ppazam_core.recognition import predict
 from reports.compare import Tolerance, compare_runs
 from reports.tidy import Condition, RunRecord
 from reports.writer import write_report

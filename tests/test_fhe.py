@@ -14,7 +14,8 @@ from ppazam_core.dataset import build_dataset
 from ppazam_core.deployment import ClassifierClient, ClassifierServer, frame, QUERY
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier
-from ppazam_core.identifier import Identifier, Mode, evaluate
+from ppazam_core.identifier import Identifier
+from ppazam_core.recognition import Mode, evaluate
 from ppazam_core.pipeline import compile_identifier, key_folder, noise_folder, train_identifier
 from ppazam_core.seeding import derive_seed
 

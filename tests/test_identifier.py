@@ -9,7 +9,8 @@ from conftest import TINY_SPEC, TINY_TOML, tone, write_audio
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
-from ppazam_core.identifier import Identifier, evaluate
+from ppazam_core.identifier import Identifier
+from ppazam_core.recognition import evaluate
 from ppazam_core.pipeline import train_identifier
 
 

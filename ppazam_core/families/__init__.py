@@ -1,0 +1,69 @@
+"""Model families: each trains into its own artifact folder and loads as a
+:class:`~ppazam_core.recognition.Recognizer`, so the same suites, modes and reports cover all.
+
+* ``two-stage-cnn``: cluster classifier + intra-cluster classifiers, whole CNNs under FHE
+  (:mod:`ppazam_core.identifier`);
+* ``embedding-head``: clear-text embedding on the client, encrypted linear head on the server;
+* ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
+* ``landmark-fp`` and ``embedding-knn``: clear-text references (``fp32`` mode only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.errors import ConfigError
+from ppazam_core.families import embedding_head, embedding_knn, landmark, mfcc_logreg
+from ppazam_core.features import FrontEndConfig
+from ppazam_core.identifier import Identifier
+from ppazam_core.library import Library
+from ppazam_core.pipeline import circuits_folder, compile_identifier, train_identifier
+from ppazam_core.recognition import Mode, Recognizer
+
+TWO_STAGE = "two-stage-cnn"
+FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
+CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
+
+_TRAIN: dict[str, Callable[..., Path]] = {embedding_head.FAMILY: embedding_head.train,
+                                          mfcc_logreg.FAMILY: mfcc_logreg.train, landmark.FAMILY: landmark.train,
+                                          embedding_knn.FAMILY: embedding_knn.train}
+_LOAD: dict[str, Callable[[Path], Recognizer]] = {embedding_head.FAMILY: embedding_head.EmbeddingHead,
+                                                   mfcc_logreg.FAMILY: mfcc_logreg.MfccLogReg,
+                                                   landmark.FAMILY: landmark.LandmarkIndex,
+                                                   embedding_knn.FAMILY: embedding_knn.EmbeddingKnn}
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ConfigError.bad_value("family", family, FAMILIES)
+    return family
+
+
+def family_modes(family: str) -> tuple[Mode, ...]:
+    """The modes a family runs in."""
+    return (Mode.FP32,) if check_family(family) in CLEAR_ONLY else tuple(Mode)
+
+
+def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
+    """The front-end of the patches the family reads (its evaluation datasets are built with it)."""
+    rate, segment_s = config.data.features.sample_rate, config.data.segment_s
+    if check_family(family) == mfcc_logreg.FAMILY:
+        return config.mfcc.front_end(rate, segment_s)
+    if family == landmark.FAMILY:
+        return config.landmark.front_end(rate, segment_s)
+    return config.data.features
+
+
+def train_family(family: str, library: Library, config: ExperimentConfig, cache_dir: Path,
+                 workers: int | None = None, refresh: bool = False, compiled: bool = True) -> Recognizer:
+    """Train (or load from the store) the model of ``family``; the two-stage CNN is also
+    compiled when ``compiled`` (the other families compile as part of training)."""
+    if check_family(family) != TWO_STAGE:
+        return _LOAD[family](_TRAIN[family](library, config, cache_dir, workers, refresh))
+    folder = train_identifier(library, config, cache_dir, workers, refresh)
+    if not compiled:
+        return Identifier(folder)
+    compile_identifier(library, config, cache_dir, workers, refresh)
+    return Identifier(folder, circuits_folder(folder, config))

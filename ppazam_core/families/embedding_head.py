@@ -1,0 +1,69 @@
+"""``embedding-head``: the client embeds its query in the clear on its own device (the audio
+never leaves it); the server evaluates an encrypted linear head over all tracks.
+
+Artifacts: ``embedding/`` (the shared contrastive model, see
+:func:`~ppazam_core.pipeline.train_embedding`), the head of :mod:`.linear_head`, and
+``family.json`` (config, library, track ids, timings).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.embeddings import load_model
+from ppazam_core.families.linear_head import LinearHead, fit_linear_head
+from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.library import Library
+from ppazam_core.pipeline import train_embedding, training_dataset
+from ppazam_core.recognition import Mode, Scores, log_softmax
+
+FAMILY = "embedding-head"
+
+
+def settings(config: ExperimentConfig) -> dict:
+    """The parts of ``config`` the trained head depends on."""
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "head": config.head,
+            "p_error": config.fhe.p_error, "seed": config.fhe.seed}
+
+
+def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> Path:
+    """Fit (or find in the store) the head over the training segments' embeddings."""
+    folder = family_folder(FAMILY, library, settings(config), cache_dir)
+    if FamilyModel.is_trained(folder) and not refresh:
+        return folder
+    started = time.perf_counter()
+    embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    dataset = training_dataset(library, config.data, cache_dir, workers)
+    embedded = load_model(embedding).embed_patches(dataset.X)
+    timings = {"embedding_s": time.perf_counter() - started}
+    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
+        started = time.perf_counter()
+        head = config.head
+        stats = fit_linear_head(embedded, dataset.y, len(library), head.n_bits, head.C, head.max_iter,
+                                head.calibration_rows, config.fhe, tmp)
+        timings["head_s"] = time.perf_counter() - started
+        timings["compile_s"] = stats.compile_s
+    return folder
+
+
+class EmbeddingHead(FamilyModel):
+    """A trained ``embedding-head`` model."""
+
+    family = FAMILY
+    modes = tuple(Mode)
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.embedder = load_model(self.folder / "embedding")
+        self.features = self.embedder.features
+        self.head = LinearHead(self.folder)
+        self.channel = self.head.channel
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        log_probs = log_softmax(self.head.logits(self.embedder.embed_patches(patches), mode))
+        return Scores(log_probs, np.exp(log_probs.max(axis=1)))

@@ -1,0 +1,89 @@
+"""``embedding-knn``: a clear-text reference (no privacy). Clean segments of every track, one
+every ``hop_s``, are embedded with the shared contrastive model; a query segment's embedding is
+searched exactly (faiss inner product on unit vectors) among them. A track scores the best
+cosine similarity of its segments among the ``neighbours`` nearest (-2 when none is near); the
+confidence is the best similarity.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ppazam_core.audio import crop_or_pad
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.embeddings import load_model
+from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.features import FrontEnd
+from ppazam_core.library import Library
+from ppazam_core.parallel import progress_bar
+from ppazam_core.pipeline import train_embedding
+from ppazam_core.recognition import Mode, Scores
+
+FAMILY = "embedding-knn"
+REFERENCES_FILE = "references.npz"
+NO_MATCH = -2.0
+
+
+def settings(config: ExperimentConfig) -> dict:
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "knn": config.knn}
+
+
+def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> Path:
+    """Embed (or find in the store) the reference segments of every track."""
+    folder = family_folder(FAMILY, library, settings(config), cache_dir)
+    if FamilyModel.is_trained(folder) and not refresh:
+        return folder
+    started = time.perf_counter()
+    embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    timings = {"embedding_s": time.perf_counter() - started}
+    embedder = load_model(embedding)
+    front_end = FrontEnd(config.data.features)
+    rate = config.data.features.sample_rate
+    window, hop = int(round(config.data.segment_s * rate)), int(round(config.knn.hop_s * rate))
+    vectors, tracks, offsets = [], [], []
+    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp, progress_bar() as progress:
+        started = time.perf_counter()
+        bar = progress.add_task("embedding reference segments", total=len(library))
+        for label, track in enumerate(library):
+            audio = library.load(track, rate)
+            starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
+            clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
+            vectors.append(embedder.embed_patches(front_end(clips)))
+            tracks.append(np.full(starts.size, label))
+            offsets.append(starts / rate)
+            progress.advance(bar)
+        np.savez(tmp / REFERENCES_FILE, vectors=np.concatenate(vectors).astype(np.float32),
+                 tracks=np.concatenate(tracks), offsets_s=np.concatenate(offsets))
+        timings["references_s"] = time.perf_counter() - started
+    return folder
+
+
+class EmbeddingKnn(FamilyModel):
+    """A built ``embedding-knn`` index."""
+
+    family = FAMILY
+    modes = (Mode.FP32,)
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.embedder = load_model(self.folder / "embedding")
+        self.features = self.embedder.features
+        with np.load(self.folder / REFERENCES_FILE) as references:
+            vectors, self.reference_tracks = references["vectors"], references["tracks"]
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(vectors)
+        self.neighbours = min(self.config.knn.neighbours, self.index.ntotal)
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        similarity, nearest = self.index.search(self.embedder.embed_patches(patches), self.neighbours)
+        track_scores = np.full((len(nearest), len(self.track_ids)), NO_MATCH)
+        for column in range(nearest.shape[1]):  # nearest first: keep each track's best similarity
+            rows = np.arange(len(nearest))
+            tracks = self.reference_tracks[nearest[:, column]]
+            track_scores[rows, tracks] = np.maximum(track_scores[rows, tracks], similarity[:, column])
+        return Scores(track_scores, track_scores.max(axis=1))

@@ -1,0 +1,134 @@
+"""``landmark-fp``: clear-text landmark fingerprinting in the style of Wang (2003), our own
+implementation (no privacy; the accuracy and speed a user would get without FHE).
+
+Peaks are the strongest local maxima of a fine log-mel spectrogram (``peaks_per_s`` of them);
+each peak is paired with up to ``fan_out`` later peaks within ``max_dt`` frames and ``max_df``
+mel bins, and a pair hashes to ``(f1, f2, dt)``. A query's pairs are looked up in the index of
+every track's pairs; a match votes for ``(track, reference time - query time)``, and a track
+scores the votes of its most popular offset: a true match lines up at one offset, chance
+matches scatter. The confidence is the best track's score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import maximum_filter
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.family_configs import LandmarkConfig
+from ppazam_core.features import FrontEnd
+from ppazam_core.library import Library
+from ppazam_core.parallel import progress_bar
+from ppazam_core.recognition import Mode, Scores
+
+FAMILY = "landmark-fp"
+INDEX_FILE = "landmarks.npz"
+
+
+def settings(config: ExperimentConfig) -> dict:
+    return {"landmark": config.landmark, "sample_rate": config.data.features.sample_rate}
+
+
+def landmarks(spectrogram: np.ndarray, config: LandmarkConfig, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pair hashes and anchor frames of a ``(H, T)`` log spectrogram."""
+    is_peak = maximum_filter(spectrogram, size=config.neighbourhood, mode="nearest") == spectrogram
+    freqs, times = np.nonzero(is_peak)
+    keep = int(np.ceil(config.peaks_per_s * spectrogram.shape[1] * config.hop_length / sample_rate))
+    strongest = np.argsort(-spectrogram[freqs, times], kind="stable")[:keep]
+    order = strongest[np.lexsort((freqs[strongest], times[strongest]))]
+    freqs, times = freqs[order], times[order]
+    hashes, anchors = [], []
+    horizon = np.searchsorted(times, times + config.max_dt, side="right")
+    for i in range(len(times)):
+        later = np.arange(i + 1, horizon[i])
+        later = later[(times[later] > times[i]) & (np.abs(freqs[later] - freqs[i]) <= config.max_df)][: config.fan_out]
+        hashes.append((freqs[i] * 1024 + freqs[later]) * 1024 + (times[later] - times[i]))
+        anchors.append(np.full(later.size, times[i]))
+    if not hashes:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(hashes).astype(np.int64), np.concatenate(anchors).astype(np.int64)
+
+
+def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> Path:
+    """Index (or find in the store) the landmarks of every track."""
+    folder = family_folder(FAMILY, library, settings(config), cache_dir)
+    if FamilyModel.is_trained(folder) and not refresh:
+        return folder
+    rate = config.data.features.sample_rate
+    front_end = FrontEnd(config.landmark.front_end(rate, config.data.segment_s))
+    timings: dict[str, float] = {}
+    hashes, tracks, times = [], [], []
+    with write_family(folder, FAMILY, library, config, timings) as tmp, progress_bar() as progress:
+        started = time.perf_counter()
+        bar = progress.add_task("indexing landmarks", total=len(library))
+        for label, track in enumerate(library):
+            track_hashes, anchors = landmarks(front_end.spectrogram(library.load(track, rate))[0], config.landmark, rate)
+            hashes.append(track_hashes)
+            tracks.append(np.full(track_hashes.size, label, np.int32))
+            times.append(anchors)
+            progress.advance(bar)
+        hashes_all = np.concatenate(hashes)
+        order = np.argsort(hashes_all, kind="stable")
+        np.savez(tmp / INDEX_FILE, hashes=hashes_all[order], tracks=np.concatenate(tracks)[order],
+                 times=np.concatenate(times)[order])
+        timings["index_s"] = time.perf_counter() - started
+    return folder
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a query was found: the track's index, the query's start in it, and the votes."""
+
+    track: int
+    offset_s: float
+    votes: int
+
+
+class LandmarkIndex(FamilyModel):
+    """A built ``landmark-fp`` index."""
+
+    family = FAMILY
+    modes = (Mode.FP32,)
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.landmark = self.config.landmark
+        self.features = self.landmark.front_end(self.config.data.features.sample_rate, self.config.data.segment_s)
+        with np.load(self.folder / INDEX_FILE) as index:
+            self.hashes, self.tracks, self.times = index["hashes"], index["tracks"], index["times"]
+
+    def votes(self, spectrogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per track: the votes of its most popular offset, and that offset (frames)."""
+        query, anchors = landmarks(spectrogram, self.landmark, self.features.sample_rate)
+        best = np.zeros(len(self.track_ids), np.int64)
+        offsets = np.zeros(len(self.track_ids), np.int64)
+        starts = np.searchsorted(self.hashes, query, side="left")
+        counts = np.searchsorted(self.hashes, query, side="right") - starts
+        if counts.sum() == 0:
+            return best, offsets
+        which = np.repeat(np.arange(query.size), counts)
+        matched = np.repeat(starts, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        shift = self.times[matched] - anchors[which]
+        pairs, votes = np.unique(np.stack([self.tracks[matched], shift], axis=1), axis=0, return_counts=True)
+        order = np.lexsort((-votes, pairs[:, 0]))  # per track, its most voted offset first
+        first = np.unique(pairs[order, 0], return_index=True)[1]
+        best[pairs[order[first], 0]] = votes[order[first]]
+        offsets[pairs[order[first], 0]] = pairs[order[first], 1]
+        return best, offsets
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        track_scores = np.stack([self.votes(p[0])[0] for p in np.asarray(patches)]).astype(np.float64)
+        return Scores(track_scores, track_scores.max(axis=1))
+
+    def locate(self, patch: np.ndarray) -> Location:
+        """The best track for one ``(1, H, W)`` patch and where in it the query starts."""
+        votes, offsets = self.votes(np.asarray(patch)[0])
+        track = int(votes.argmax())
+        return Location(track, float(offsets[track]) * self.landmark.hop_length / self.features.sample_rate,
+                        int(votes[track]))

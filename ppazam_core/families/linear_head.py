@@ -1,0 +1,77 @@
+"""An encrypted-evaluable linear classifier over client-side features, in every mode.
+
+A Concrete ML ``LogisticRegression`` is fitted on clear-text feature vectors, compiled over a
+calibration sample, and stored in an artifact folder::
+
+    head.json           the fitted model (Concrete ML's own serialization)
+    circuits/fhe/head/  client, server and simulator artifacts (see ppazam_core.fhe)
+
+``fp32`` runs the float scikit-learn model, ``quant`` the quantized model in the clear,
+``fhe-sim`` the stored simulator, ``fhe`` a client/server exchange of encrypted bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from concrete.ml.common.serialization.loaders import loads
+from concrete.ml.sklearn import LogisticRegression
+
+from ppazam_core.config import FheConfig
+from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.errors import ArtifactError
+from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear
+from ppazam_core.pipeline import key_folder
+from ppazam_core.recognition import Mode
+from ppazam_core.seeding import derive_seed
+
+HEAD_FILE = "head.json"
+HEAD = "head"
+
+
+def fit_linear_head(X: np.ndarray, y: np.ndarray, n_classes: int, n_bits: int, C: float, max_iter: int,
+                    calibration_rows: int, fhe: FheConfig, folder: Path) -> CircuitStats:
+    """Fit ``LogisticRegression(n_bits)`` on ``X, y`` and compile it into ``folder``."""
+    model = LogisticRegression(n_bits=n_bits, C=C, max_iter=max_iter)
+    model.fit(np.asarray(X, dtype=np.float32), y)
+    rng = np.random.default_rng(derive_seed(fhe.seed, "calibration", HEAD))
+    calibration = X[np.sort(rng.choice(len(X), size=min(calibration_rows, len(X)), replace=False))]
+    circuit = circuits_of(folder) / HEAD
+    circuit.mkdir(parents=True)
+    stats = compile_linear(model, calibration, n_classes, fhe, circuit)
+    (folder / HEAD_FILE).write_text(model.dumps())
+    return stats
+
+
+def circuits_of(folder: Path) -> Path:
+    """The compiled head of a model folder (its client keys: ``key_folder`` of it)."""
+    return Path(folder) / "circuits" / "fhe"
+
+
+class LinearHead:
+    """The fitted head of a model folder, evaluable in every mode."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        if not (folder / HEAD_FILE).is_file():
+            raise ArtifactError(f"{folder} holds no linear head ({HEAD_FILE} is missing)")
+        self.model = loads((folder / HEAD_FILE).read_text())
+        self.circuits = circuits_of(folder)
+        self.stats = CircuitStats.load(self.circuits / HEAD)
+        self.channel = EncryptedChannel(self.circuits, key_folder(self.circuits))
+        self._simulated: SimulatedClassifier | None = None
+
+    def logits(self, X: np.ndarray, mode: Mode | str) -> np.ndarray:
+        """Decision values ``(n, n_classes)`` of feature rows ``X``."""
+        X = np.asarray(X, dtype=np.float32)
+        mode = Mode(mode)
+        if mode is Mode.FP32:
+            return self.model.sklearn_model.decision_function(X)
+        if mode is Mode.QUANT:
+            return self.model.decision_function(X, fhe="disable")
+        if mode is Mode.FHE_SIM:
+            if self._simulated is None:
+                self._simulated = SimulatedClassifier(self.circuits / HEAD)
+            return self._simulated.logits(X)
+        return self.channel.logits(HEAD, X)

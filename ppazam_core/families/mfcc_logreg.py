@@ -1,0 +1,104 @@
+"""``mfcc-logreg``: the winning Concrete ML "encrypted Shazam" recipe as a baseline.
+
+Each query is cut into ``window_s`` windows; a window's descriptor is its ``n_mfcc`` MFCCs
+summed over its frames, standardized on the client. The server's encrypted
+``LogisticRegression(n_bits)`` classifies every window; the client decrypts, and the windows
+vote. A track's score is its vote count plus its mean probability over the windows (below one
+vote, so it only breaks ties); the confidence is the best score over ``windows + 1``, and the
+answer is "unknown" when the best track holds fewer than ``vote_threshold`` of the votes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import DatasetSpec, build_dataset
+from ppazam_core.families.linear_head import LinearHead, fit_linear_head
+from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.library import Library
+from ppazam_core.pipeline import noise_folder
+from ppazam_core.recognition import Mode, Scores, log_softmax
+from ppazam_core.seeding import Split
+
+FAMILY = "mfcc-logreg"
+SCALER_FILE = "scaler.npz"
+
+
+def training_spec(config: ExperimentConfig) -> DatasetSpec:
+    data, mfcc = config.data, config.mfcc
+    front_end = mfcc.front_end(data.features.sample_rate, data.segment_s)
+    return DatasetSpec(data.policy(data.train_policy), mfcc.train_augmentations, data.segment_s, front_end,
+                       data.train_seed, Split.TRAIN.value)
+
+
+def settings(config: ExperimentConfig) -> dict:
+    return {"data": training_spec(config), "mfcc": config.mfcc, "p_error": config.fhe.p_error,
+            "seed": config.fhe.seed}
+
+
+def window_descriptors(patches: np.ndarray, window_frames: int) -> np.ndarray:
+    """``(n, 1, n_mfcc, W * window_frames)`` MFCC patches to ``(n, W, n_mfcc)`` window sums."""
+    n, _, height, width = patches.shape
+    windows = width // window_frames
+    cut = np.asarray(patches, dtype=np.float64)[:, 0, :, : windows * window_frames]
+    return cut.reshape(n, height, windows, window_frames).sum(axis=3).transpose(0, 2, 1)
+
+
+def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> Path:
+    """Fit (or find in the store) the window classifier on augmented training clips."""
+    folder = family_folder(FAMILY, library, settings(config), cache_dir)
+    if FamilyModel.is_trained(folder) and not refresh:
+        return folder
+    started = time.perf_counter()
+    spec = training_spec(config)
+    dataset = build_dataset(library, spec, cache_dir, noise_folder(library, config.data, cache_dir), workers)
+    descriptors = window_descriptors(dataset.X, config.mfcc.window_frames(spec.features.sample_rate))
+    windows = descriptors.shape[1]
+    X = descriptors.reshape(-1, descriptors.shape[2])
+    mean, std = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-6)
+    timings = {"dataset_s": time.perf_counter() - started}
+    with write_family(folder, FAMILY, library, config, timings) as tmp:
+        started = time.perf_counter()
+        np.savez(tmp / SCALER_FILE, mean=mean, std=std)
+        mfcc = config.mfcc
+        stats = fit_linear_head(((X - mean) / std).astype(np.float32), np.repeat(dataset.y, windows), len(library),
+                                mfcc.n_bits, mfcc.C, mfcc.max_iter, config.head.calibration_rows, config.fhe, tmp)
+        timings["head_s"] = time.perf_counter() - started
+        timings["compile_s"] = stats.compile_s
+    return folder
+
+
+class MfccLogReg(FamilyModel):
+    """A trained ``mfcc-logreg`` model."""
+
+    family = FAMILY
+    modes = tuple(Mode)
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        data, self.mfcc = self.config.data, self.config.mfcc
+        self.features = self.mfcc.front_end(data.features.sample_rate, data.segment_s)
+        self.window_frames = self.mfcc.window_frames(self.features.sample_rate)
+        with np.load(self.folder / SCALER_FILE) as scaler:
+            self.mean, self.std = scaler["mean"], scaler["std"]
+        self.head = LinearHead(self.folder)
+        self.channel = self.head.channel
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        descriptors = window_descriptors(np.asarray(patches), self.window_frames)
+        n, windows, dims = descriptors.shape
+        rows = ((descriptors.reshape(-1, dims) - self.mean) / self.std).astype(np.float32)
+        log_probs = log_softmax(self.head.logits(rows, mode)).reshape(n, windows, -1)
+        votes = np.stack([np.bincount(q.argmax(axis=1), minlength=q.shape[1]) for q in log_probs])
+        track_scores = votes + np.exp(log_probs).mean(axis=1)
+        return Scores(track_scores, track_scores.max(axis=1) / (windows + 1))
+
+    def is_unknown(self, scores: Scores) -> np.ndarray:
+        """Per query: whether the best track holds fewer than ``vote_threshold`` of the votes."""
+        windows = self.features.patch_width // self.window_frames
+        return np.floor(scores.track_scores.max(axis=1)) < self.mfcc.vote_threshold * windows
