@@ -1,7 +1,7 @@
 """The bench runs under the ppazam plugin (options, suite parametrization, report at the end)."""
 
 from fixtures.plugin import (  # noqa: F401  (pytest finds hooks and fixtures by name here)
-    ppazam_identifier,
+    ppazam_model,
     ppazam_queries,
     ppazam_run,
     pytest_addoption,

@@ -9,35 +9,45 @@ from reports.tables import CLUSTER_STAGE
 AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}
 
 
-def test_accuracy(ppazam_run, ppazam_point, ppazam_identifier, ppazam_queries, ppazam_level, ppazam_mode):
-    mode = Mode(ppazam_mode)
-    limit = ppazam_run.fhe_queries if mode is Mode.FHE else None
+def check_mode(run, model, mode: Mode) -> int | None:
+    """Skip modes the family cannot run; returns the query limit of the mode."""
+    if mode not in model.modes:
+        pytest.skip(f"family {model.family} runs in {', '.join(m.value for m in model.modes)} only")
+    limit = run.fhe_queries if mode is Mode.FHE else None
     if limit == 0:
         pytest.skip("--fhe-queries 0: no truly encrypted queries in this run")
     if mode is Mode.FHE:  # keys are made (or loaded) and sent before any query is timed
-        for circuit in ppazam_identifier.circuit_names():
-            ppazam_identifier.channel.connect(circuit)
-    result = predict(ppazam_identifier, ppazam_queries, mode, limit)
+        for circuit in model.circuit_names():
+            model.channel.connect(circuit)
+    return limit
+
+
+def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam_level, ppazam_mode):
+    mode = Mode(ppazam_mode)
+    limit = check_mode(ppazam_run, ppazam_model, mode)
+    result = predict(ppazam_model, ppazam_queries, mode, limit)
     n = len(result.truth)
-    condition = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level)
+    condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level)
     rows = [condition.proportion("top1", result.hits(1).sum(), n),
-            condition.proportion("top3", result.hits(3).sum(), n),
-            condition.proportion("cluster_accuracy", (result.cluster_predicted == result.cluster_truth).sum(), n)]
+            condition.proportion("top3", result.hits(3).sum(), n)]
+    if result.cluster_predicted is not None:
+        rows.append(condition.proportion("cluster_accuracy", (result.cluster_predicted == result.cluster_truth).sum(),
+                                         n))
     reference = AGREEMENT_REFERENCE.get(mode)
     if reference is not None and reference.value in ppazam_run.suite.modes:
-        baseline = predict(ppazam_identifier, ppazam_queries, reference, limit)
+        baseline = predict(ppazam_model, ppazam_queries, reference, limit)
         rows.append(condition.proportion("agreement", (baseline.ranking[:, 0] == result.ranking[:, 0]).sum(), n))
-    for cluster in np.unique(result.cluster_truth):
+    for cluster in np.unique(result.cluster_truth) if result.cluster_truth is not None else []:
         members = result.cluster_truth == cluster
-        per_cluster = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level,
+        per_cluster = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level,
                                            f"{CLUSTER_STAGE}{int(cluster)}")
         rows += [per_cluster.proportion("top1", result.hits(1)[members].sum(), int(members.sum())),
                  per_cluster.proportion("top3", result.hits(3)[members].sum(), int(members.sum()))]
-    ppazam_run.record.results.extend(rows)
     if mode.needs_circuits:
         rows.append(condition.row("p_error", ppazam_point.config.fhe.p_error, n, "probability"))
-    if mode is Mode.FHE:  # one encrypted query end to end (both stages, cluster top-k), keys already made
-        latency = ppazam_run.condition(ppazam_point, ppazam_identifier, mode.value, ppazam_level, "query")
+    ppazam_run.record.results.extend(rows)
+    if mode is Mode.FHE:  # one encrypted query end to end (every classifier call), keys already made
+        latency = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level, "query")
         ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n, "s",
                                                      (float(result.seconds.min()), float(result.seconds.max()))))
     assert n > 0 and 0.0 <= result.hits(1).mean() <= result.hits(3).mean() <= 1.0

@@ -180,6 +180,10 @@ class EncryptedChannel:
         self.costs: list[StageCost] = []
         self.key_setups: dict[str, KeySetup] = {}
 
+    def names(self) -> list[str]:
+        """The compiled classifiers this channel can reach."""
+        return sorted(p.name for p in self.circuits.iterdir() if (p / "server").is_dir())
+
     def logits(self, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` for normalized patches, each one encrypted on its own."""
         client, server = self.connect(name)

@@ -127,9 +127,7 @@ class Identifier:
 
     def circuit_names(self) -> list[str]:
         """Names of the compiled classifiers (none without circuits)."""
-        if self.circuits is None:
-            return []
-        return sorted(p.name for p in self.circuits.iterdir() if (p / "server").is_dir())
+        return [] if self.channel is None else self.channel.names()
 
     def classifier_logits(self, mode: Mode | str, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` (``cluster`` or ``intra_NNN``) for normalized patches."""

@@ -97,3 +97,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def dir_size(folder: Path, skip: tuple[str, ...] = ()) -> int:
+    """Bytes of the files under ``folder``, leaving out sub-folders named in ``skip``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*")
+               if p.is_file() and not set(p.relative_to(folder).parts[:-1]) & set(skip))

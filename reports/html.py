@@ -1,8 +1,9 @@
 """``report.html``: one self-contained page (figures embedded as PNG data), no network needed.
 
-Sections: provenance, summary table, accuracy against augmentation level per mode, bit-width
-curves (accuracy and encrypted latency on two axes), latency per stage (stacked bars), key and
-ciphertext sizes, and the regression verdict when a baseline was given.
+Sections: provenance, summary table (every family side by side), accuracy against augmentation
+level per mode, bit-width curves (accuracy and encrypted latency on two axes), latency per stage
+(stacked bars), key and ciphertext sizes, open-set rejection, cost and accuracy against library
+size (log axes), and the regression verdict when a baseline was given.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from reports.tables import MODE_ORDER, first_point, mode_comparison
+from reports.tables import MODE_ORDER, family_points, labelled, mode_comparison, open_set
 
-FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes")
+FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes", "open-set", "scaling")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
 STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage:server", "first-stage:decrypt",
-                  "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt")
+                  "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt",
+                  "query", "head:encrypt", "head:server", "head:decrypt")
+SPLIT_STAGES = ("first-stage", "second-stage", "query")  # in fhe mode, shown as encrypt / server / decrypt
 
 TEMPLATE = jinja2.Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ppazam report {{ run.run_id }}</title>
@@ -38,6 +41,9 @@ figure { margin: 1.5rem 0; } img { max-width: 100%; }
 started {{ run.timestamp }}. {{ machine }}</p>
 <h2>Summary</h2>
 {{ summary }}
+{% if open_set %}<h2>Open-set rejection</h2>
+<p>ROC-AUC / PR-AUC of the confidence for library vs distractor queries, and top-1 at 1% false accepts.</p>
+{{ open_set }}{% endif %}
 {% if verdict %}
 <h2 id="verdict">Regression check</h2>
 <p class="{{ 'pass' if verdict.passed else 'fail' }}">{{ 'PASSED' if verdict.passed else 'REGRESSED' }}:
@@ -62,6 +68,7 @@ started {{ run.timestamp }}. {{ machine }}</p>
 def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdict: dict | None = None) -> str:
     """The whole page as a string."""
     summary = mode_comparison(results, latency)
+    rejection = open_set(results)
     overall = results[results["stage"] == ""]
     details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
                        "ci_high", "n"]]
@@ -73,9 +80,14 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
         {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
          "png": _png(_latency_by_stage, latency)},
         {"id": "sizes", "title": "Key and ciphertext sizes per circuit", "png": _png(_sizes, results)},
+        {"id": "open-set", "title": "Open-set rejection: ROC-AUC of the confidence, library vs distractor queries",
+         "png": _png(_open_set, results)},
+        {"id": "scaling", "title": "Cost and accuracy against library size",
+         "png": _png(_scaling, results, latency)},
     ]
     return TEMPLATE.render(run=run, suite=run.get("suite", {}).get("name", "?"), machine=_machine(run),
                            verdict=verdict, figures=figures,
+                           open_set=None if rejection.empty else rejection.to_html(border=0),
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
                            details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
 
@@ -100,17 +112,17 @@ def _png(draw, *frames: pd.DataFrame) -> str | None:
 
 
 def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
-    rows = first_point(results)
+    rows = labelled(family_points(results))
     rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")]
     if rows.empty:
         return False
     ax = figure.add_subplot()
     levels = list(dict.fromkeys(rows["level"]))
-    modes = [m for m in MODE_ORDER if m in set(rows["mode"])]
-    width = 0.6 / len(modes)
-    for i, mode in enumerate(modes):
-        part = rows[rows["mode"] == mode].set_index("level").reindex(levels)
-        x = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))]
+    labels = list(dict.fromkeys(rows["row"]))
+    width = 0.6 / len(labels)
+    for i, mode in enumerate(labels):
+        part = rows[rows["row"] == mode].set_index("level").reindex(levels)
+        x = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(levels))]
         below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
         above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
         ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode)
@@ -118,11 +130,16 @@ def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
     ax.set_xlabel("augmentation level")
     ax.set_ylabel("top-1 (95% Wilson CI)")
     ax.set_ylim(0, 1.02)
-    ax.legend(title="mode")
+    ax.legend(title="mode", fontsize="small")
     return True
 
 
 def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
+    """The family swept over bit widths (the two-stage CNN; the run's first family)."""
+    if results.empty:
+        return False
+    family = results["family"].iloc[0]
+    results, latency = results[results["family"] == family], latency[latency["family"] == family]
     accuracy = results[(results["mode"] == "fhe-sim") & (results["metric"] == "top1") & (results["stage"] == "")]
     if accuracy.empty:
         return False
@@ -150,12 +167,16 @@ def _latency_by_stage(figure, latency: pd.DataFrame) -> bool:
     """Each mode's query split into its stages, as shares of the summed stage medians; the
     encrypted stages are split further into encrypt / server / decrypt where measured."""
     rows = latency[(latency["metric"] == "median_s") & latency["stage"].isin(STACKED_STAGES)]
+    staged = set(rows.loc[rows["stage"].isin(["first-stage", "second-stage"]), "family"])
+    rows = rows[~(rows["family"].isin(staged) & (rows["stage"] == "query"))]  # there, query = sum of stages
+    rows = rows[~((rows["mode"] == "fhe") & rows["stage"].isin(SPLIT_STAGES))]
     if rows.empty:
         return False
-    split = {stage.split(":")[0] for stage in rows["stage"] if ":" in stage}
-    rows = rows[~((rows["mode"] == "fhe") & rows["stage"].isin(split))]
-    table = rows.pivot_table(index="mode", columns="stage", values="value", aggfunc="median")
-    table = table.reindex(index=[m for m in MODE_ORDER if m in table.index],
+    rows = labelled(rows)
+    table = rows.pivot_table(index="row", columns="stage", values="value", aggfunc="median")
+    rank = {mode: i for i, mode in enumerate(MODE_ORDER)}
+    order = rows.drop_duplicates("row").sort_values("mode", key=lambda m: m.map(rank), kind="stable")
+    table = table.reindex(index=list(dict.fromkeys(order.sort_values("family", kind="stable")["row"])),
                           columns=[s for s in STACKED_STAGES if s in table.columns])
     totals = table.sum(axis=1)
     ax = figure.add_subplot()
@@ -176,4 +197,48 @@ def _sizes(figure, results: pd.DataFrame) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("circuit")
     ax.set_ylabel("MB (log scale)")
+    return True
+
+
+def _open_set(figure, results: pd.DataFrame) -> bool:
+    rows = labelled(family_points(results))
+    rows = rows[rows["metric"] == "roc_auc"]
+    if rows.empty:
+        return False
+    ax = figure.add_subplot()
+    sns.barplot(data=rows, x="row", y="value", hue="level", ax=ax, errorbar=None)
+    ax.set_xlabel("")
+    ax.set_ylabel("ROC-AUC")
+    ax.set_ylim(0, 1.02)
+    ax.tick_params(axis="x", labelrotation=30)
+    return True
+
+
+def _scaling(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
+    """fhe-sim (else fp32) top-1 and the encrypted (else clear) query latency per family against
+    the library size, on log axes; only for runs over several library sizes."""
+    sizes = results[results["metric"] == "library_tracks"][["config_hash", "value"]].drop_duplicates("config_hash")
+    if sizes["value"].nunique() < 2:
+        return False
+    sizes = sizes.rename(columns={"value": "tracks"})
+    accuracy = results[(results["metric"] == "top1") & (results["stage"] == "")].merge(sizes, on="config_hash")
+    accuracy = accuracy[accuracy["mode"] == accuracy.groupby("family")["mode"].transform(
+        lambda m: "fhe-sim" if (m == "fhe-sim").any() else "fp32")]
+    timing = latency[(latency["stage"] == "query") & (latency["metric"] == "median_s")].merge(sizes, on="config_hash")
+    timing = timing[timing["mode"] == timing.groupby("family")["mode"].transform(
+        lambda m: "fhe" if (m == "fhe").any() else "fp32")]
+    left, right = figure.subplots(1, 2)
+    sns.lineplot(data=accuracy, x="tracks", y="value", hue="family", style="level", marker="o", ax=left, errorbar=None)
+    left.set_xscale("log")
+    left.set_ylim(0, 1.02)
+    left.set_ylabel("top-1 (fhe-sim; clear families: fp32)")
+    left.legend(fontsize="x-small")
+    if not timing.empty:
+        sns.lineplot(data=timing, x="tracks", y="value", hue="family", marker="o", ax=right, errorbar=None)
+        right.set_yscale("log")
+        right.legend(fontsize="x-small")
+    right.set_xscale("log")
+    right.set_ylabel("s / query (fhe; clear families: fp32)")
+    for ax in (left, right):
+        ax.set_xlabel("library tracks")
     return True

@@ -2,8 +2,10 @@
 
 * ``original-layout``: the original system's layout, rows Top-1 / Top-3, columns cluster x
   level (the first column of each level is all clusters together), one table per mode;
-* ``mode-comparison``: rows modes, columns levels, cells ``top-1 / top-3`` and the median
-  latency of one query in that mode.
+* ``mode-comparison``: rows modes (of every family, side by side), columns levels, cells
+  ``top-1 / top-3`` and the median latency of one query in that mode;
+* ``open-set``: rows modes of every family, columns levels, cells ROC-AUC / PR-AUC of the
+  confidence for library vs distractor queries and the top-1 at 1% false accepts.
 """
 
 from __future__ import annotations
@@ -35,24 +37,39 @@ def original_layout(results: pd.DataFrame, mode: str) -> pd.DataFrame:
 
 
 def mode_comparison(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
-    """Rows modes, columns levels: ``top-1 / top-3`` and the median seconds of one query."""
-    rows = first_point(results)
+    """Rows modes (``family mode`` when the run holds several families), columns levels:
+    ``top-1 / top-3`` and the median seconds of one query, at each family's first point."""
+    rows = labelled(family_points(results))
     rows = rows[(rows["stage"] == "") & rows["metric"].isin(["top1", "top3"])]
     if rows.empty:
         return pd.DataFrame()
-    table = rows.pivot_table(index="mode", columns=["level", "metric"], values="value", aggfunc="first")
-    n = rows[rows["metric"] == "top1"].pivot_table(index="mode", columns="level", values="n", aggfunc="first")
-    query = latency[(latency["stage"] == "query") & (latency["metric"] == "median_s")]
-    seconds = query.groupby("mode")["value"].median()
+    table = rows.pivot_table(index="row", columns=["level", "metric"], values="value", aggfunc="first")
+    n = rows[rows["metric"] == "top1"].pivot_table(index="row", columns="level", values="n", aggfunc="first")
+    query = labelled(family_points(latency, results))
+    seconds = query[(query["stage"] == "query") & (query["metric"] == "median_s")].groupby("row")["value"].median()
     cells = {}
     for level in _level_order(rows):
-        cells[level] = {mode: " / ".join(f"{table.loc[mode, (level, metric)]:.2f}" for metric in ("top1", "top3")
-                                         if (level, metric) in table.columns and pd.notna(table.loc[mode, (level, metric)]))
-                        + f" (n={int(n.loc[mode, level])})" for mode in table.index}
+        cells[level] = {row: " / ".join(f"{table.loc[row, (level, metric)]:.2f}" for metric in ("top1", "top3")
+                                        if (level, metric) in table.columns and pd.notna(table.loc[row, (level, metric)]))
+                        + (f" (n={int(n.loc[row, level])})" if pd.notna(n.loc[row, level]) else "-")
+                        for row in table.index}
     frame = pd.DataFrame(cells)
-    frame["latency / query"] = [f"{seconds[m]:.3g} s" if m in seconds else "-" for m in frame.index]
-    order = [m for m in MODE_ORDER if m in frame.index] + [m for m in frame.index if m not in MODE_ORDER]
-    return frame.loc[order]
+    frame["latency / query"] = [f"{seconds[r]:.3g} s" if r in seconds else "-" for r in frame.index]
+    return frame.loc[_row_order(rows)]
+
+
+def open_set(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows modes of every family, columns levels: ``ROC-AUC / PR-AUC, top-1 @ 1% false accepts``."""
+    rows = labelled(family_points(results))
+    rows = rows[rows["metric"].isin(["roc_auc", "pr_auc", "top1_at_far"])]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.pivot_table(index="row", columns=["level", "metric"], values="value", aggfunc="first")
+    cells = {level: {row: f"{table.loc[row, (level, 'roc_auc')]:.2f} / {table.loc[row, (level, 'pr_auc')]:.2f}, "
+                          f"{table.loc[row, (level, 'top1_at_far')]:.2f}"
+                     if pd.notna(table.loc[row, (level, "roc_auc")]) else "-" for row in table.index}
+             for level in _level_order(rows)}
+    return pd.DataFrame(cells).loc[_row_order(rows)]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -75,7 +92,8 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
 def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> list[Path]:
     """Write every table as ``.md`` and ``.tex`` into ``folder``; returns the files."""
     written = []
-    tables = {"mode-comparison": (mode_comparison(results, latency), "Top-1 / top-3 and latency per mode")}
+    tables = {"mode-comparison": (mode_comparison(results, latency), "Top-1 / top-3 and latency per mode"),
+              "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:
         tables[f"original-layout-{mode}"] = (original_layout(results, mode),
                                              f"Top-1 and top-3 per cluster and level ({mode})")
@@ -94,6 +112,30 @@ def first_point(results: pd.DataFrame) -> pd.DataFrame:
     first = results.iloc[0]
     return results[(results["family"] == first["family"]) & (results["bit_width"] == first["bit_width"])
                    & (results["rounding_bits"] == first["rounding_bits"])]
+
+
+def family_points(rows: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of each family's first (bit width, rounding, library) point in ``reference``
+    (default: ``rows`` itself): the families side by side."""
+    reference = rows if reference is None else reference
+    if rows.empty or reference.empty:
+        return rows.iloc[:0]
+    firsts = reference.drop_duplicates("family")[["family", "bit_width", "rounding_bits", "library"]]
+    return rows.merge(firsts, on=["family", "bit_width", "rounding_bits", "library"])
+
+
+def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with a ``row`` label: the mode, prefixed by the family when there are several."""
+    several = rows["family"].nunique() > 1
+    return rows.assign(row=[f"{f} {m}" if several else m for f, m in zip(rows["family"], rows["mode"])])
+
+
+def _row_order(rows: pd.DataFrame) -> list[str]:
+    """Labels by family in run order, then modes in :data:`MODE_ORDER`."""
+    rank = {mode: i for i, mode in enumerate(MODE_ORDER)}
+    families = list(dict.fromkeys(rows["family"]))
+    keys = rows.drop_duplicates("row").set_index("row")
+    return sorted(keys.index, key=lambda r: (families.index(keys.loc[r, "family"]), rank.get(keys.loc[r, "mode"], 99)))
 
 
 def _level_order(rows: pd.DataFrame) -> list[str]:

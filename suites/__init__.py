@@ -5,7 +5,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
 
     description = "..."
     library = "synthetic"                  # or a folder
-    families = ["two-stage-cnn"]
+    families = ["two-stage-cnn"]           # also embedding-head, mfcc-logreg, landmark-fp, embedding-knn
     modes = ["fp32", "quant", "fhe-sim", "fhe"]
     bit_widths = [4]                        # QAT weight and activation bits, one model each
     rounding_bits = [6]                     # Concrete ML rounding_threshold_bits, one compilation each
@@ -15,6 +15,11 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     fhe_queries = 2                         # truly encrypted queries per level
     latency_rounds = 5                      # repetitions of each timed stage
     seeds = { train = 0, eval = 1 }
+    distractor_tracks = 0                   # tracks held out of training, for open-set rejection
+    library_sizes = []                      # synthetic track counts to scale over (scaling suite)
+
+The bit widths and rounding bits sweep the two-stage CNN; the linear heads use the ``n_bits`` of
+their ``[head]``/``[mfcc]`` tables and the clear-text families run once, in ``fp32``.
 
 Every key is checked; an unknown key or value is an error naming the allowed ones.
 """
@@ -28,11 +33,11 @@ from typing import Any, Mapping
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
-from ppazam_core.recognition import Mode
+from ppazam_core.families import FAMILIES
 from ppazam_core.models import MAX_BITS, MIN_BITS
+from ppazam_core.recognition import Mode
 
 SUITE_DIR = Path(__file__).resolve().parent
-FAMILIES = ("two-stage-cnn",)
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Suite:
     name: str
     description: str = ""
     library: str = "synthetic"
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = FAMILIES[:1]
     modes: tuple[str, ...] = tuple(m.value for m in Mode)
     bit_widths: tuple[int, ...] = (4,)
     rounding_bits: tuple[int, ...] = (6,)
@@ -52,6 +57,8 @@ class Suite:
     fhe_queries: int = 2
     latency_rounds: int = 5
     seeds: Mapping[str, int] = field(default_factory=lambda: {"train": 0, "eval": 1})
+    distractor_tracks: int = 0
+    library_sizes: tuple[int, ...] = ()
     experiment: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,8 +69,14 @@ class Suite:
         for key in ("queries_per_track", "latency_rounds"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 1")
-        if not (isinstance(self.fhe_queries, int) and self.fhe_queries >= 0):
-            raise ConfigError.bad_value(f"suite {self.name}: fhe_queries", self.fhe_queries, "an integer >= 0")
+        for key in ("fhe_queries", "distractor_tracks"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
+                raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
+        if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):
+            raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes, "integers >= 2")
+        if self.library_sizes and self.library != "synthetic":
+            raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes,
+                                        "only with library = \"synthetic\"")
         if set(self.seeds) != {"train", "eval"}:
             raise ConfigError.bad_value(f"suite {self.name}: seeds", dict(self.seeds), "a table with train and eval")
         base = ExperimentConfig.from_dict(self.experiment)
@@ -76,10 +89,11 @@ class Suite:
             for rounding in self.rounding_bits:
                 self.config(bits, rounding)  # seeds and the bit widths against the experiment
 
-    def config(self, bit_width: int, rounding_bits: int) -> ExperimentConfig:
-        """The experiment of one (bit width, rounding) point of the suite."""
+    def config(self, bit_width: int, rounding_bits: int, n_tracks: int | None = None) -> ExperimentConfig:
+        """The experiment of one (bit width, rounding, library size) point of the suite."""
         base = ExperimentConfig.from_dict(self.experiment)
-        data = replace(base.data, eval_levels=self.levels, eval_queries=self.queries_per_track,
+        synthetic = base.data.synthetic if n_tracks is None else replace(base.data.synthetic, n_tracks=n_tracks)
+        data = replace(base.data, eval_levels=self.levels, eval_queries=self.queries_per_track, synthetic=synthetic,
                        segment_s=self.query_s, train_seed=self.seeds["train"], eval_seed=self.seeds["eval"])
         model = replace(base.model, weight_bits=bit_width, activation_bits=bit_width)
         return replace(base, data=data, model=model, fhe=replace(base.fhe, rounding_bits=rounding_bits))
@@ -87,6 +101,10 @@ class Suite:
     def points(self) -> list[tuple[int, int]]:
         """Every (bit width, rounding bits) pair, in suite order."""
         return [(b, r) for b in self.bit_widths for r in self.rounding_bits]
+
+    def sizes(self) -> tuple[int | None, ...]:
+        """The synthetic library sizes to run (``None``: the suite's library as it is)."""
+        return self.library_sizes or (None,)
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Suite":

@@ -67,3 +67,14 @@ def train_family(family: str, library: Library, config: ExperimentConfig, cache_
         return Identifier(folder)
     compile_identifier(library, config, cache_dir, workers, refresh)
     return Identifier(folder, circuits_folder(folder, config))
+
+
+def family_bits(family: str, config: ExperimentConfig) -> int:
+    """The bit width a family's model is quantized to (32 for the clear-text families)."""
+    if check_family(family) == TWO_STAGE:
+        return config.model.weight_bits
+    if family == embedding_head.FAMILY:
+        return config.head.n_bits
+    if family == mfcc_logreg.FAMILY:
+        return config.mfcc.n_bits
+    return 32

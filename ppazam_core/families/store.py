@@ -51,6 +51,11 @@ class FamilyModel:
     assignment: np.ndarray | None = None
     cluster_top_k: int | None = None
     channel: EncryptedChannel | None = None
+    calls_per_query: int = 1  # encrypted classifier calls one query makes
+
+    def circuit_names(self) -> list[str]:
+        """Names of the compiled classifiers (none for clear-text families)."""
+        return [] if self.channel is None else self.channel.names()
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)
