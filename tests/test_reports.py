@@ -11,7 +11,7 @@ from ppazam_core.cli import main
 from reports.tidy import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
-FIGURES = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes")
+FIGURES = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes", "open-set", "scaling")
 
 
 def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
@@ -43,6 +43,19 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
                                      stage="query").row("estimated_fhe_s", 4.8 * bits, 1, "s"),
                            circuit.row("evaluation_key_bytes", 2e8, 1, "bytes"),
                            circuit.row("input_ciphertext_bytes", 2.5e4, 1, "bytes")]
+    for tracks, library in ((64, "lib"), (1000, "lib-1000")):  # a second family, at two library sizes
+        for mode in ("fp32", "fhe-sim"):
+            for level in ("small", "large"):
+                c = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", mode, 8, 0, level)
+                record.results += [c.proportion("top1", int(170 * top1_scale), 200), c.proportion("top3", 195, 200),
+                                   c.row("roc_auc", 0.93, 400, "fraction"), c.row("pr_auc", 0.95, 400, "fraction"),
+                                   c.proportion("top1_at_far", 120, 200)]
+        build = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", "fp32", 8, 0,
+                          stage="build")
+        record.results.append(build.row("library_tracks", tracks, 1, "count"))
+        query = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", "fhe", 8, 0,
+                          stage="query")
+        record.latency.append(query.row("median_s", 0.02 * tracks / 64 * latency_scale, 2, "s"))
     return record
 
 
@@ -64,7 +77,10 @@ def test_csv_html_tables_round_trip(tmp_path):
         assert f'id="{figure}"' in page
     assert page.count("data:image/png;base64,") == len(FIGURES) and "http" not in page.split("<body>")[1]
     mode_table = (out / "tables" / "mode-comparison.md").read_text()
-    assert "fhe-sim" in mode_table and "0.90 / 0.97 (n=200)" in mode_table
+    assert "two-stage-cnn fhe-sim" in mode_table and "0.90 / 0.97 (n=200)" in mode_table
+    assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
+    open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
+    assert ["embedding-head fp32", "0.93 / 0.95, 0.60"] == [cell.strip() for cell in open_set[-2][1:3]]
     layout = (out / "tables" / "original-layout-fp32.tex").read_text()
     assert r"\toprule" in layout and "Top-1" in layout and "Top-3" in layout and "cluster" not in layout.split(
         r"\midrule")[1].split("\n")[0]

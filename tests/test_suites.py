@@ -7,7 +7,7 @@ from suites import Suite, available_suites, load_suite
 
 
 def test_shipped_suites_load():
-    assert {"quick", "default", "nightly", "paper"} <= set(available_suites())
+    assert {"quick", "default", "nightly", "paper", "scaling"} <= set(available_suites())
     for name in available_suites():
         suite = load_suite(name)
         assert suite.name == name and suite.points()
@@ -32,7 +32,10 @@ def test_nightly_suite_uses_the_debian_library():
     ("queries_per_track = 0", "queries_per_track = 0 is not allowed"),
     ("colour = 1", "'colour' is not allowed; allowed: bit_widths"),
     ('[experiment.model]\nweight_bits = 9', "model.weight_bits = 9"),
-    ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn"),
+    ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn, embedding-head, mfcc-logreg"),
+    ("distractor_tracks = -1", "distractor_tracks = -1 is not allowed"),
+    ('library = "music"\nlibrary_sizes = [100]', 'only with library = "synthetic"'),
+    ("library_sizes = [1]", "library_sizes = (1,) is not allowed"),
     ("modes = []", "modes is empty"),
 ])
 def test_bad_suite_files_name_key_and_allowed_values(tmp_path, text, message):
@@ -57,3 +60,15 @@ def test_invalid_toml_is_a_config_error(tmp_path):
 
 def test_suite_defaults_are_a_valid_suite():
     assert Suite(name="defaults").points() == [(4, 6)]
+
+
+def test_paper_suite_compares_every_family():
+    from ppazam_core.families import FAMILIES
+
+    assert set(load_suite("paper").families) == set(FAMILIES)
+
+
+def test_scaling_suite_sizes_set_the_synthetic_library():
+    suite = load_suite("scaling")
+    assert suite.sizes() == (100, 1000, 10000)
+    assert [suite.config(4, 7, n).data.synthetic.n_tracks for n in suite.sizes()] == [100, 1000, 10000]

@@ -1,0 +1,124 @@
+"""The families beside the two-stage CNN: each trains and identifies on the tiny library, the
+encrypted heads agree across modes, landmarks locate an excerpt, open-set metrics are right on a
+constructed case."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import build_dataset
+from ppazam_core.errors import ArtifactError, ConfigError
+from ppazam_core.families import CLEAR_ONLY, FAMILIES, TWO_STAGE, family_features, train_family
+from ppazam_core.families.embedding_head import EmbeddingHead
+from ppazam_core.families.mfcc_logreg import window_descriptors
+from ppazam_core.features import FrontEnd
+from ppazam_core.open_set import open_set_metrics
+from ppazam_core.pipeline import noise_folder
+from ppazam_core.recognition import Mode, predict
+from ppazam_core.store import canonical_json
+
+OTHER_FAMILIES = [f for f in FAMILIES if f != TWO_STAGE]
+
+
+def queries_for(family, library, config, cache, level="none"):
+    spec = replace(config.data.eval_spec(level), features=family_features(family, config))
+    return build_dataset(library, spec, cache, noise_folder(library, config.data, cache), workers=1)
+
+
+@pytest.fixture(scope="session")
+def family_models(tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    return {family: train_family(family, tiny_library, config, session_cache, workers=1) for family in OTHER_FAMILIES}
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_family_identifies_clean_queries_well_above_chance(family, family_models, tiny_library, tiny_config,
+                                                           session_cache):
+    config, _ = tiny_config
+    model = family_models[family]
+    queries = queries_for(family, tiny_library, config, session_cache)
+    result = predict(model, queries, Mode.FP32)
+    assert result.hits(1).mean() >= 0.6  # chance is 1/6
+    assert result.confidence.shape == (len(queries),) and np.isfinite(result.confidence).all()
+    again = predict(type(model)(model.folder), queries, Mode.FP32)  # reloaded from its folder
+    assert np.array_equal(again.ranking, result.ranking)
+    assert train_family(family, tiny_library, config, session_cache, workers=1).folder == model.folder
+
+
+@pytest.mark.parametrize("family", ["embedding-head", "mfcc-logreg"])
+def test_encrypted_head_agrees_with_its_simulation(family, family_models, tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    model = family_models[family]
+    queries = queries_for(family, tiny_library, config, session_cache)
+    quant = predict(model, queries, Mode.QUANT)
+    simulated = predict(model, queries, Mode.FHE_SIM)
+    assert np.array_equal(quant.ranking[:, 0], simulated.ranking[:, 0])  # a linear head has no PBS to err
+    encrypted = predict(model, queries, Mode.FHE, limit=2)
+    assert np.array_equal(encrypted.ranking[:, 0], simulated.ranking[encrypted.rows, 0])
+    costs = model.channel.costs
+    assert len(costs) == 2 * model.calls_per_query and all(c.request_bytes > 0 and c.server_s > 0 for c in costs)
+
+
+@pytest.mark.parametrize("family", CLEAR_ONLY)
+def test_clear_families_refuse_the_encrypted_modes(family, family_models, tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    queries = queries_for(family, tiny_library, config, session_cache)
+    with pytest.raises(ConfigError, match="fp32"):
+        predict(family_models[family], queries, Mode.FHE_SIM)
+
+
+def test_queries_of_another_front_end_are_refused(family_models, tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    with pytest.raises(ArtifactError, match="mfcc-logreg reads"):
+        predict(family_models["mfcc-logreg"], queries_for(TWO_STAGE, tiny_library, config, session_cache), Mode.FP32)
+
+
+def test_landmarks_find_an_exact_excerpt_at_its_offset(family_models, tiny_library, tiny_config):
+    config, _ = tiny_config
+    index = family_models["landmark-fp"]
+    rate = index.features.sample_rate
+    for track, offset_s in ((3, 2.3), (5, 4.0)):
+        audio = tiny_library.load(tiny_library.tracks[track], rate)
+        start = int(offset_s * rate)
+        excerpt = audio[start : start + int(config.data.segment_s * rate)]
+        found = index.locate(FrontEnd(index.features)(excerpt)[0])
+        assert found.track == track and found.votes > 10
+        assert abs(found.offset_s - offset_s) <= 1.5 * index.landmark.hop_length / rate
+
+
+def test_mfcc_windows_sum_the_frames_of_each_window():
+    patches = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 1, 3, 8)
+    windows = window_descriptors(patches, 4)
+    assert windows.shape == (2, 2, 3)
+    assert windows[0, 1, 2] == patches[0, 0, 2, 4:8].sum()
+
+
+def test_a_missing_or_unfinished_family_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="not a finished embedding-head model"):
+        EmbeddingHead(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ArtifactError, match="train it"):
+        EmbeddingHead(tmp_path / "half")
+
+
+def test_open_set_metrics_on_a_known_case():
+    metrics = open_set_metrics(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), np.array([0.1, 0.2, 0.75]),
+                               far=0.01)
+    assert metrics.roc_auc == pytest.approx(8 / 9)
+    assert metrics.threshold == 0.75 and metrics.false_accepts == 0.0
+    assert metrics.top1_at_far == pytest.approx(1 / 3)  # 0.9 accepted and right; 0.8 accepted but wrong
+    perfect = open_set_metrics(np.array([0.9, 0.8]), np.array([True, True]), np.array([0.1, 0.2]))
+    assert perfect.roc_auc == perfect.pr_auc == perfect.top1_at_far == 1.0
+
+
+def test_family_tables_are_checked_and_leave_the_two_stage_models_alone():
+    with pytest.raises(ConfigError, match="head.n_bits"):
+        ExperimentConfig.from_dict({"head": {"n_bits": 1}})
+    with pytest.raises(ConfigError, match="colour"):
+        ExperimentConfig.from_dict({"mfcc": {"colour": 1}})
+    changed = ExperimentConfig.from_dict({"head": {"n_bits": 6}, "landmark": {"fan_out": 3}})
+    assert changed.trained_parts() == ExperimentConfig().trained_parts()
+    assert ExperimentConfig.from_canonical(json.loads(canonical_json(changed))) == changed
