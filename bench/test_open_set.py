@@ -28,4 +28,10 @@ def test_open_set(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
         condition.proportion("top1_at_far", round(metrics.top1_at_far * metrics.n_library), metrics.n_library),
         condition.row("false_accepts", metrics.false_accepts, metrics.n_distractors, "fraction"),
     ]
+    if hasattr(ppazam_model, "rejects"):  # the family's own "unknown" rule (mfcc-logreg's vote threshold)
+        accepted = ~ppazam_model.rejects(known.confidence)
+        ppazam_run.record.results += [
+            condition.proportion("own_rule_top1", (accepted & known.hits(1)).sum(), metrics.n_library),
+            condition.proportion("own_rule_false_accepts", (~ppazam_model.rejects(unknown.confidence)).sum(),
+                                 metrics.n_distractors)]
     assert 0.0 <= metrics.roc_auc <= 1.0 and metrics.false_accepts <= FALSE_ACCEPTS

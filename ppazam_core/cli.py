@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
@@ -30,14 +30,15 @@ from ppazam_core.audio import is_audio_path, load_audio
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
-from ppazam_core.errors import ArtifactError, AudioError, LibraryError, PpazamError
-from ppazam_core.identifier import Identifier
-from ppazam_core.recognition import Mode, evaluate
-from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.deployment import KeySetup, StageCost
-from ppazam_core.fhe import SECONDS_PER_COMPLEXITY
+from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
+from ppazam_core.families import FAMILIES, TWO_STAGE, family_features, family_modes, train_family
+from ppazam_core.fhe import SECONDS_PER_COMPLEXITY, CircuitStats
+from ppazam_core.identifier import Identifier
+from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
+from ppazam_core.recognition import Mode, Recognizer, evaluate
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
 
 console = Console()
@@ -85,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
     prepare.set_defaults(run=_prepare)
 
-    train = commands.add_parser("train", help="train embeddings, clusters and classifiers (fp32 and QAT)")
+    train = commands.add_parser("train", help="train a family's models (default: the two-stage CNN's embeddings, "
+                                              "clusters and classifiers, fp32 and QAT)")
     _experiment_options(train)
+    _family_option(train)
     train.add_argument("--refresh", action="store_true", help="retrain even if the cache holds the models")
     train.set_defaults(run=_train)
 
@@ -103,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")
     _experiment_options(evaluate_command)
+    _family_option(evaluate_command)
     evaluate_command.add_argument("--mode", dest="modes", action="append", choices=[m.value for m in Mode],
                                   help="mode to evaluate (repeatable; default: fp32, quant, fhe-sim; "
                                        "fhe runs --fhe-queries truly encrypted queries per level)")
@@ -120,6 +124,10 @@ def _experiment_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--config", type=Path, help="TOML experiment configuration")
     command.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
     command.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+
+
+def _family_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--family", choices=FAMILIES, default=TWO_STAGE, help=f"model family (default {TWO_STAGE})")
 
 
 def _library_options(command: argparse.ArgumentParser) -> None:
@@ -207,6 +215,12 @@ def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Pa
 def _train(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
     started = time.perf_counter()
+    if args.family != TWO_STAGE:
+        model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh)
+        console.print(f"{args.family} for {library.name} ({len(library)} tracks) in {model.folder} "
+                      f"[{time.perf_counter() - started:.1f} s]; stage times {model.manifest['timings']}",
+                      highlight=False, soft_wrap=True)
+        return 0
     folder = train_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
     identifier = Identifier(folder)
     console.print(f"identifier for {library.name} ({len(library)} tracks) in {folder} "
@@ -295,17 +309,21 @@ def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
-    modes = [Mode(m) for m in args.modes or DEFAULT_EVALUATE_MODES]
-    folder = train_identifier(library, config, cache_dir, args.workers)
+    allowed = family_modes(args.family)
+    for mode in args.modes or []:
+        if Mode(mode) not in allowed:
+            raise ConfigError.bad_value(f"--mode of family {args.family}", mode, [m.value for m in allowed])
+    modes = [Mode(m) for m in args.modes or DEFAULT_EVALUATE_MODES if Mode(m) in allowed]
     needs_circuits = any(m.needs_circuits for m in modes)
-    circuits = compile_identifier(library, config, cache_dir, args.workers) if needs_circuits else None
-    identifier = Identifier(folder, circuits)
+    identifier = train_family(args.family, library, config, cache_dir, args.workers, compiled=needs_circuits)
+    folder = identifier.folder
     noise_dir = noise_folder(library, config.data, cache_dir)
     run_id = new_run_id()
     out = args.out or Path("reports") / run_id
     rows = []
     for level in config.data.eval_levels:
-        dataset = build_dataset(library, config.data.eval_spec(level), cache_dir, noise_dir, args.workers)
+        spec = replace(config.data.eval_spec(level), features=family_features(args.family, config))
+        dataset = build_dataset(library, spec, cache_dir, noise_dir, args.workers)
         for mode in modes:
             started = time.perf_counter()
             if mode is Mode.FHE:
@@ -314,12 +332,14 @@ def _evaluate(args: argparse.Namespace) -> int:
                 result = evaluate(identifier, dataset, mode)
             rows.append({**asdict(result), "seconds": round(time.perf_counter() - started, 3)})
     provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
-                  "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
+                  "family": args.family, "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
     report = {**provenance, "results": rows,
-              "training": {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")},
+              "training": {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")
+                           if key in identifier.manifest},
               "environment": environment()}
-    if circuits is not None:
-        report["circuits"] = json.loads((circuits / "circuits.json").read_text())
+    if needs_circuits:
+        report["circuits"] = {name: asdict(CircuitStats.load(identifier.channel.circuits / name))
+                              for name in identifier.circuit_names()}
     if identifier.channel is not None and identifier.channel.costs:
         report["key_setups"] = [asdict(k) for k in identifier.channel.key_setups.values()]
         atomic_write_text(out / "fhe_costs.csv", pd.DataFrame(
@@ -332,23 +352,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_evaluation(library: Library, identifier: Identifier, rows: list[dict], config: ExperimentConfig) -> None:
-    table = Table(title=f"{library.name}: {len(library)} tracks, {identifier.n_clusters} clusters, "
-                        f"cluster top-{min(config.cluster_top_k, identifier.n_clusters)}")
+def _print_evaluation(library: Library, identifier: Recognizer, rows: list[dict], config: ExperimentConfig) -> None:
+    stages = "" if identifier.cluster_top_k is None else \
+        f", {len(identifier.manifest['cluster_sizes'])} clusters, cluster top-{identifier.cluster_top_k}"
+    table = Table(title=f"{identifier.family} on {library.name}: {len(library)} tracks{stages}")
     for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "agreement", "time s"):
         table.add_column(column)
     for r in rows:
         agreement = "" if r["agreement"] is None else f"{r['agreement']:.2f} with {r['agreement_with']}"
         table.add_row(r["mode"], r["level"], str(r["n"]), f"{r['top1']:.3f}", f"{r['top3']:.3f}",
-                      f"{r['cluster_accuracy']:.3f}", agreement, f"{r['seconds']:.1f}")
+                      "-" if r["cluster_accuracy"] is None else f"{r['cluster_accuracy']:.3f}", agreement,
+                      f"{r['seconds']:.1f}")
     console.print(table)
     if identifier.channel is not None and identifier.channel.costs:
         costs = pd.DataFrame([asdict(c) for c in identifier.channel.costs])
         per_query = costs["server_s"].sum() / max(1, sum(r["n"] for r in rows if r["mode"] == Mode.FHE.value))
         console.print(f"fhe: {len(costs)} encrypted classifier calls, server {costs['server_s'].median():.2f} s "
                       f"median per call, {per_query:.1f} s server time per query, "
-                      f"{1000 * (costs['server_s'] / costs['pbs_count']).median():.1f} ms per PBS "
-                      f"(p_error {config.fhe.p_error})", highlight=False, soft_wrap=True)
+                      f"{_ms_per_pbs(costs)} (p_error {config.fhe.p_error})", highlight=False, soft_wrap=True)
+
+
+def _ms_per_pbs(costs: pd.DataFrame) -> str:
+    bootstrapped = costs[costs["pbs_count"] > 0]
+    if bootstrapped.empty:
+        return "no PBS in these circuits"
+    return f"{1000 * (bootstrapped['server_s'] / bootstrapped['pbs_count']).median():.1f} ms per PBS"
 
 
 def _print_prepare(library: Library, report: dict, out: Path) -> None:

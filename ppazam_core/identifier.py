@@ -27,6 +27,7 @@ from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
+FAMILY = "two-stage-cnn"
 SCORE_FLOOR = -1e3  # log-score of tracks outside the searched clusters when segments are averaged
 
 
@@ -38,10 +39,11 @@ class Match:
 
 
 class Identifier:
-    """The ``two-stage-cnn`` family: a trained identifier loaded from its artifact folder; ``circuits`` (a folder made by
-    :func:`~ppazam_core.pipeline.compile_identifier`) enables the ``fhe-sim`` and ``fhe`` modes,
-    the client's keys living in :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a client/server exchange of
-    encrypted bytes whose costs land in :attr:`channel`."""
+    """The ``two-stage-cnn`` family: a trained identifier loaded from its artifact folder.
+    ``circuits`` (a folder made by :func:`~ppazam_core.pipeline.compile_identifier`) enables the
+    ``fhe-sim`` and ``fhe`` modes, the client's keys living in
+    :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a
+    client/server exchange of encrypted bytes whose costs land in :attr:`channel`."""
 
     def __init__(self, folder: Path, circuits: Path | None = None) -> None:
         folder = Path(folder)
@@ -49,7 +51,7 @@ class Identifier:
             raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
         if not is_complete(folder):
             raise ArtifactError(f"model folder {folder} is incomplete (interrupted training?); train again")
-        self.family = "two-stage-cnn"
+        self.family = FAMILY
         self.folder = folder
         self.manifest = json.loads((folder / "identifier.json").read_text())
         self.config = ExperimentConfig.from_canonical(self.manifest["config"])

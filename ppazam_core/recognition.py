@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from ppazam_core.dataset import Dataset
+from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.parallel import progress_bar
@@ -61,8 +62,11 @@ class Recognizer(Protocol):
     modes: tuple[Mode, ...]  # the modes this family can run in
     assignment: np.ndarray | None  # track -> cluster, for two-stage models
     cluster_top_k: int | None
+    channel: EncryptedChannel | None  # the client/server exchange of the ``fhe`` mode
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores: ...
+
+    def circuit_names(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)

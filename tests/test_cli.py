@@ -51,3 +51,18 @@ def test_no_command_prints_help(capsys):
     assert "library" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["library", "info"])
+
+
+def test_evaluate_another_family(tiny_config, session_cache, tmp_path, capsys):
+    _, config_path = tiny_config
+    common = ["--config", str(config_path), "--cache-dir", str(session_cache), "--workers", "1"]
+    assert main(["train", "--family", "mfcc-logreg", *common]) == 0
+    assert "mfcc-logreg for synthetic-6x8s-seed7" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["evaluate", "--family", "mfcc-logreg", "--mode", "fp32", "--mode", "fhe-sim", "--out", str(out),
+                 *common]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["family"] == "mfcc-logreg" and [r["mode"] for r in report["results"]] == ["fp32", "fhe-sim"]
+    assert report["results"][0]["cluster_accuracy"] is None and report["circuits"]["head"]["pbs_count"] == 0
+    assert main(["evaluate", "--family", "landmark-fp", "--mode", "fhe", *common]) == 1
+    assert "allowed: fp32" in capsys.readouterr().err

@@ -122,3 +122,11 @@ def test_family_tables_are_checked_and_leave_the_two_stage_models_alone():
     changed = ExperimentConfig.from_dict({"head": {"n_bits": 6}, "landmark": {"fan_out": 3}})
     assert changed.trained_parts() == ExperimentConfig().trained_parts()
     assert ExperimentConfig.from_canonical(json.loads(canonical_json(changed))) == changed
+
+
+def test_mfcc_votes_below_the_threshold_answer_unknown(family_models):
+    model = family_models["mfcc-logreg"]
+    windows = model.calls_per_query
+    needed = int(np.ceil(model.mfcc.vote_threshold * windows))
+    confidence = np.array([needed - 1, needed, windows]) / (windows + 1) + 0.5 / (windows + 1)
+    assert model.rejects(confidence).tolist() == [True, False, False]

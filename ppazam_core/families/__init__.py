@@ -17,18 +17,24 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import embedding_head, embedding_knn, landmark, mfcc_logreg
 from ppazam_core.features import FrontEndConfig
+from ppazam_core.identifier import FAMILY as TWO_STAGE
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import Library
-from ppazam_core.pipeline import circuits_folder, compile_identifier, train_identifier
+from ppazam_core.families.store import FamilyModel, family_folder
+from ppazam_core.pipeline import circuits_folder, compile_identifier, model_folder, train_identifier
 from ppazam_core.recognition import Mode, Recognizer
+from ppazam_core.store import is_complete
 
-TWO_STAGE = "two-stage-cnn"
 FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
 CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
 
 _TRAIN: dict[str, Callable[..., Path]] = {embedding_head.FAMILY: embedding_head.train,
                                           mfcc_logreg.FAMILY: mfcc_logreg.train, landmark.FAMILY: landmark.train,
                                           embedding_knn.FAMILY: embedding_knn.train}
+_SETTINGS: dict[str, Callable[[ExperimentConfig], dict]] = {embedding_head.FAMILY: embedding_head.settings,
+                                                            mfcc_logreg.FAMILY: mfcc_logreg.settings,
+                                                            landmark.FAMILY: landmark.settings,
+                                                            embedding_knn.FAMILY: embedding_knn.settings}
 _LOAD: dict[str, Callable[[Path], Recognizer]] = {embedding_head.FAMILY: embedding_head.EmbeddingHead,
                                                    mfcc_logreg.FAMILY: mfcc_logreg.MfccLogReg,
                                                    landmark.FAMILY: landmark.LandmarkIndex,
@@ -54,6 +60,15 @@ def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
     if family == landmark.FAMILY:
         return config.landmark.front_end(rate, segment_s)
     return config.data.features
+
+
+def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> bool:
+    """Whether the store holds the trained model of ``family`` (for the two-stage CNN: trained
+    and, for its FHE modes, compiled)."""
+    if check_family(family) == TWO_STAGE:
+        folder = model_folder(library, config, cache_dir)
+        return is_complete(folder) and is_complete(circuits_folder(folder, config))
+    return FamilyModel.is_trained(family_folder(family, library, _SETTINGS[family](config), cache_dir))
 
 
 def train_family(family: str, library: Library, config: ExperimentConfig, cache_dir: Path,

@@ -98,6 +98,8 @@ class MfccLogReg(FamilyModel):
         track_scores = votes + np.exp(log_probs).mean(axis=1)
         return Scores(track_scores, track_scores.max(axis=1) / (windows + 1))
 
-    def is_unknown(self, scores: Scores) -> np.ndarray:
-        """Per query: whether the best track holds fewer than ``vote_threshold`` of the votes."""
-        return np.floor(scores.track_scores.max(axis=1)) < self.mfcc.vote_threshold * self.calls_per_query
+    def rejects(self, confidence: np.ndarray) -> np.ndarray:
+        """Per query, from its confidence: whether the answer is "unknown" because the best track
+        holds fewer than ``vote_threshold`` of the window votes."""
+        votes = np.floor(np.asarray(confidence) * (self.calls_per_query + 1))
+        return votes < self.mfcc.vote_threshold * self.calls_per_query
