@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from reports.tables import MODE_ORDER, family_points, labelled, mode_comparison, open_set
+from reports.tables import MODE_ORDER, family_points, labelled, mode_comparison, open_set, row_order
 
 FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes", "open-set", "scaling")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
@@ -112,25 +112,32 @@ def _png(draw, *frames: pd.DataFrame) -> str | None:
 
 
 def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
-    rows = labelled(family_points(results))
+    """One panel per family (its first point), one line per mode, with 95% Wilson intervals."""
+    rows = family_points(results)
     rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")]
     if rows.empty:
         return False
-    ax = figure.add_subplot()
+    families = list(dict.fromkeys(rows["family"]))
     levels = list(dict.fromkeys(rows["level"]))
-    labels = list(dict.fromkeys(rows["row"]))
-    width = 0.6 / len(labels)
-    for i, mode in enumerate(labels):
-        part = rows[rows["row"] == mode].set_index("level").reindex(levels)
-        x = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(levels))]
-        below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
-        above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
-        ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode)
-    ax.set_xticks(range(len(levels)), levels)
-    ax.set_xlabel("augmentation level")
-    ax.set_ylabel("top-1 (95% Wilson CI)")
-    ax.set_ylim(0, 1.02)
-    ax.legend(title="mode", fontsize="small")
+    colours = dict(zip(MODE_ORDER, sns.color_palette(n_colors=len(MODE_ORDER))))
+    axes = np.atleast_1d(figure.subplots(1, len(families), sharey=True))
+    for ax, family in zip(axes, families):
+        part_rows = rows[rows["family"] == family]
+        modes = [m for m in MODE_ORDER if m in set(part_rows["mode"])]
+        width = 0.6 / len(modes)
+        for i, mode in enumerate(modes):
+            part = part_rows[part_rows["mode"] == mode].set_index("level").reindex(levels)
+            x = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))]
+            below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
+            above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
+            ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3,
+                        label=mode, color=colours[mode])
+        ax.set_xticks(range(len(levels)), levels, fontsize="small")
+        ax.set_title(family, fontsize="small")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("top-1 (95% Wilson CI)")
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
     return True
 
 
@@ -206,7 +213,7 @@ def _open_set(figure, results: pd.DataFrame) -> bool:
     if rows.empty:
         return False
     ax = figure.add_subplot()
-    sns.barplot(data=rows, x="row", y="value", hue="level", ax=ax, errorbar=None)
+    sns.barplot(data=rows, x="row", y="value", hue="level", order=row_order(rows), ax=ax, errorbar=None)
     ax.set_xlabel("")
     ax.set_ylabel("ROC-AUC")
     ax.set_ylim(0, 1.02)
@@ -227,14 +234,18 @@ def _scaling(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
     timing = latency[(latency["stage"] == "query") & (latency["metric"] == "median_s")].merge(sizes, on="config_hash")
     timing = timing[timing["mode"] == timing.groupby("family")["mode"].transform(
         lambda m: "fhe" if (m == "fhe").any() else "fp32")]
+    families = list(dict.fromkeys(results["family"]))
+    palette = dict(zip(families, sns.color_palette(n_colors=len(families))))
     left, right = figure.subplots(1, 2)
-    sns.lineplot(data=accuracy, x="tracks", y="value", hue="family", style="level", marker="o", ax=left, errorbar=None)
+    sns.lineplot(data=accuracy, x="tracks", y="value", hue="family", style="level", marker="o", ax=left, errorbar=None,
+                 palette=palette)
     left.set_xscale("log")
     left.set_ylim(0, 1.02)
     left.set_ylabel("top-1 (fhe-sim; clear families: fp32)")
     left.legend(fontsize="x-small")
     if not timing.empty:
-        sns.lineplot(data=timing, x="tracks", y="value", hue="family", marker="o", ax=right, errorbar=None)
+        sns.lineplot(data=timing, x="tracks", y="value", hue="family", marker="o", ax=right, errorbar=None,
+                     palette=palette)
         right.set_yscale("log")
         right.legend(fontsize="x-small")
     right.set_xscale("log")

@@ -55,7 +55,7 @@ def mode_comparison(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFram
                         for row in table.index}
     frame = pd.DataFrame(cells)
     frame["latency / query"] = [f"{seconds[r]:.3g} s" if r in seconds else "-" for r in frame.index]
-    return frame.loc[_row_order(rows)]
+    return frame.loc[row_order(rows)]
 
 
 def open_set(results: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +69,7 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
                           f"{table.loc[row, (level, 'top1_at_far')]:.2f}"
                      if pd.notna(table.loc[row, (level, "roc_auc")]) else "-" for row in table.index}
              for level in _level_order(rows)}
-    return pd.DataFrame(cells).loc[_row_order(rows)]
+    return pd.DataFrame(cells).loc[row_order(rows)]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -130,7 +130,7 @@ def labelled(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(row=[f"{f} {m}" if several else m for f, m in zip(rows["family"], rows["mode"])])
 
 
-def _row_order(rows: pd.DataFrame) -> list[str]:
+def row_order(rows: pd.DataFrame) -> list[str]:
     """Labels by family in run order, then modes in :data:`MODE_ORDER`."""
     rank = {mode: i for i, mode in enumerate(MODE_ORDER)}
     families = list(dict.fromkeys(rows["family"]))
