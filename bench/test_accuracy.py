@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ppazam_core.recognition import Mode, predict
+from ppazam_core.recognition import Mode
 from reports.tables import CLUSTER_STAGE
 
 AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}
@@ -25,7 +25,7 @@ def check_mode(run, model, mode: Mode) -> int | None:
 def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam_level, ppazam_mode):
     mode = Mode(ppazam_mode)
     limit = check_mode(ppazam_run, ppazam_model, mode)
-    result = predict(ppazam_model, ppazam_queries, mode, limit)
+    result = ppazam_run.stages.predict(ppazam_model, ppazam_queries, mode, limit)
     n = len(result.truth)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level)
     rows = [condition.proportion("top1", result.hits(1).sum(), n),
@@ -35,7 +35,7 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
                                          n))
     reference = AGREEMENT_REFERENCE.get(mode)
     if reference is not None and reference.value in ppazam_run.suite.modes:
-        baseline = predict(ppazam_model, ppazam_queries, reference, limit)
+        baseline = ppazam_run.stages.predict(ppazam_model, ppazam_queries, reference, limit)
         rows.append(condition.proportion("agreement", (baseline.ranking[:, 0] == result.ranking[:, 0]).sum(), n))
     for cluster in np.unique(result.cluster_truth) if result.cluster_truth is not None else []:
         members = result.cluster_truth == cluster

@@ -5,7 +5,7 @@ too few queries for these metrics, and fhe-sim stands for it (see the agreement 
 import pytest
 
 from ppazam_core.open_set import open_set_metrics
-from ppazam_core.recognition import Mode, predict
+from ppazam_core.recognition import Mode
 
 FALSE_ACCEPTS = 0.01
 
@@ -17,8 +17,8 @@ def test_open_set(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
     if mode not in ppazam_model.modes or mode is Mode.FHE:
         pytest.skip(f"open-set figures are measured in {', '.join(m.value for m in ppazam_model.modes if m is not Mode.FHE)}")
     distractors = ppazam_run.stages.queries(ppazam_point.family, ppazam_point.config, ppazam_level, distractors=True)
-    known = predict(ppazam_model, ppazam_queries, mode)
-    unknown = predict(ppazam_model, distractors, mode, in_library=False)
+    known = ppazam_run.stages.predict(ppazam_model, ppazam_queries, mode)
+    unknown = ppazam_run.stages.predict(ppazam_model, distractors, mode, in_library=False)
     metrics = open_set_metrics(known.confidence, known.hits(1), unknown.confidence, FALSE_ACCEPTS)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level)
     n = metrics.n_library + metrics.n_distractors
