@@ -67,11 +67,16 @@ class LinearHead:
         X = np.asarray(X, dtype=np.float32)
         mode = Mode(mode)
         if mode is Mode.FP32:
-            return self.model.sklearn_model.decision_function(X)
-        if mode is Mode.QUANT:
-            return self.model.decision_function(X, fhe="disable")
-        if mode is Mode.FHE_SIM:
+            values = self.model.sklearn_model.decision_function(X)
+        elif mode is Mode.QUANT:
+            values = self.model.decision_function(X, fhe="disable")
+        elif mode is Mode.FHE_SIM:
             if self._simulated is None:
                 self._simulated = SimulatedClassifier(self.circuits / HEAD)
-            return self._simulated.logits(X)
-        return self.channel.logits(HEAD, X)
+            values = self._simulated.logits(X)
+        else:
+            values = self.channel.logits(HEAD, X)
+        values = np.asarray(values, dtype=np.float64).reshape(len(X), -1)
+        if values.shape[1] == 1:  # two tracks: one decision value, the second class's logit
+            values = np.column_stack([np.zeros(len(X)), values[:, 0]])
+        return values
