@@ -21,9 +21,8 @@ from ppazam_core.identifier import FAMILY as TWO_STAGE
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import Library
 from ppazam_core.families.store import FamilyModel, family_folder
-from ppazam_core.pipeline import circuits_folder, compile_identifier, model_folder, train_identifier
+from ppazam_core.pipeline import circuits_folder, compile_identifier, train_identifier
 from ppazam_core.recognition import Mode, Recognizer
-from ppazam_core.store import is_complete
 
 FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
 CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
@@ -63,11 +62,10 @@ def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
 
 
 def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> bool:
-    """Whether the store holds the trained model of ``family`` (for the two-stage CNN: trained
-    and, for its FHE modes, compiled)."""
+    """Whether the store holds the trained model of ``family``, one of the single-model families
+    (the two-stage CNN's folders: :func:`~ppazam_core.pipeline.model_folder`)."""
     if check_family(family) == TWO_STAGE:
-        folder = model_folder(library, config, cache_dir)
-        return is_complete(folder) and is_complete(circuits_folder(folder, config))
+        raise ConfigError.bad_value("family", family, FAMILIES[1:])
     return FamilyModel.is_trained(family_folder(family, library, _SETTINGS[family](config), cache_dir))
 
 
