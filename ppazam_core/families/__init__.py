@@ -27,13 +27,7 @@ from ppazam_core.recognition import Mode, Recognizer
 FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
 CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
 
-_TRAIN: dict[str, Callable[..., Path]] = {embedding_head.FAMILY: embedding_head.train,
-                                          mfcc_logreg.FAMILY: mfcc_logreg.train, landmark.FAMILY: landmark.train,
-                                          embedding_knn.FAMILY: embedding_knn.train}
-_SETTINGS: dict[str, Callable[[ExperimentConfig], dict]] = {embedding_head.FAMILY: embedding_head.settings,
-                                                            mfcc_logreg.FAMILY: mfcc_logreg.settings,
-                                                            landmark.FAMILY: landmark.settings,
-                                                            embedding_knn.FAMILY: embedding_knn.settings}
+_MODULES = {module.FAMILY: module for module in (embedding_head, mfcc_logreg, landmark, embedding_knn)}
 _LOAD: dict[str, Callable[[Path], Recognizer]] = {embedding_head.FAMILY: embedding_head.EmbeddingHead,
                                                    mfcc_logreg.FAMILY: mfcc_logreg.MfccLogReg,
                                                    landmark.FAMILY: landmark.LandmarkIndex,
@@ -64,9 +58,13 @@ def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
 def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> bool:
     """Whether the store holds the trained model of ``family``, one of the single-model families
     (the two-stage CNN's folders: :func:`~ppazam_core.pipeline.model_folder`)."""
+    return FamilyModel.is_trained(_folder(family, library, config, cache_dir))
+
+
+def _folder(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
     if check_family(family) == TWO_STAGE:
         raise ConfigError.bad_value("family", family, FAMILIES[1:])
-    return FamilyModel.is_trained(family_folder(family, library, _SETTINGS[family](config), cache_dir))
+    return family_folder(family, library, _MODULES[family].settings(config), cache_dir)
 
 
 def train_family(family: str, library: Library, config: ExperimentConfig, cache_dir: Path,
@@ -74,7 +72,10 @@ def train_family(family: str, library: Library, config: ExperimentConfig, cache_
     """Train (or load from the store) the model of ``family``; the two-stage CNN is also
     compiled when ``compiled`` (the other families compile as part of training)."""
     if check_family(family) != TWO_STAGE:
-        return _LOAD[family](_TRAIN[family](library, config, cache_dir, workers, refresh))
+        folder = _folder(family, library, config, cache_dir)
+        if refresh or not FamilyModel.is_trained(folder):
+            _MODULES[family].train(library, config, folder, cache_dir, workers, refresh)
+        return _LOAD[family](folder)
     folder = train_identifier(library, config, cache_dir, workers, refresh)
     if not compiled:
         return Identifier(folder)

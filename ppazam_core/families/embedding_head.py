@@ -15,8 +15,8 @@ import numpy as np
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.embeddings import load_model
-from ppazam_core.families.linear_head import LinearHead, fit_linear_head
-from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
+from ppazam_core.families.store import write_family
 from ppazam_core.library import Library
 from ppazam_core.pipeline import train_embedding, training_dataset
 from ppazam_core.recognition import Mode, Scores, log_softmax
@@ -30,12 +30,9 @@ def settings(config: ExperimentConfig) -> dict:
             "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 
-def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-          refresh: bool = False) -> Path:
-    """Fit (or find in the store) the head over the training segments' embeddings."""
-    folder = family_folder(FAMILY, library, settings(config), cache_dir)
-    if FamilyModel.is_trained(folder) and not refresh:
-        return folder
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Fit the head over the training segments' embeddings into ``folder``."""
     started = time.perf_counter()
     embedding = train_embedding(library, config, cache_dir, workers, refresh)
     dataset = training_dataset(library, config.data, cache_dir, workers)
@@ -45,23 +42,19 @@ def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: 
         started = time.perf_counter()
         head = config.head
         fit_linear_head(embedded, dataset.y, len(library), head.n_bits, head.C, head.max_iter,
-                                head.calibration_rows, config.fhe, tmp)
+                        head.calibration_rows, config.fhe, tmp)
         timings["head_s"] = time.perf_counter() - started
-    return folder
 
 
-class EmbeddingHead(FamilyModel):
+class EmbeddingHead(LinearHeadModel):
     """A trained ``embedding-head`` model."""
 
     family = FAMILY
-    modes = tuple(Mode)
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.embedder = load_model(self.folder / "embedding")
         self.features = self.embedder.features
-        self.head = LinearHead(self.folder)
-        self.channel = self.head.channel
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         log_probs = log_softmax(self.head.logits(self.embedder.embed_patches(patches), mode))

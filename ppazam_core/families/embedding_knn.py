@@ -16,7 +16,7 @@ import numpy as np
 from ppazam_core.audio import crop_or_pad
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.embeddings import load_model
-from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.families.store import FamilyModel, write_family
 from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
 from ppazam_core.parallel import progress_bar
@@ -32,12 +32,9 @@ def settings(config: ExperimentConfig) -> dict:
     return {"data": config.data.train_spec(), "embedding": config.embedding, "knn": config.knn}
 
 
-def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-          refresh: bool = False) -> Path:
-    """Embed (or find in the store) the reference segments of every track."""
-    folder = family_folder(FAMILY, library, settings(config), cache_dir)
-    if FamilyModel.is_trained(folder) and not refresh:
-        return folder
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Embed the reference segments of every track into ``folder``."""
     started = time.perf_counter()
     embedding = train_embedding(library, config, cache_dir, workers, refresh)
     timings = {"embedding_s": time.perf_counter() - started}
@@ -60,7 +57,6 @@ def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: 
         np.savez(tmp / REFERENCES_FILE, vectors=np.concatenate(vectors).astype(np.float32),
                  tracks=np.concatenate(tracks), offsets_s=np.concatenate(offsets))
         timings["references_s"] = time.perf_counter() - started
-    return folder
 
 
 class EmbeddingKnn(FamilyModel):

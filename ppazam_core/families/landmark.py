@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.families.store import FamilyModel, write_family
 from ppazam_core.family_configs import LandmarkConfig
 from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
@@ -54,12 +54,9 @@ def landmarks(spectrogram: np.ndarray, config: LandmarkConfig, sample_rate: int)
     return np.concatenate(hashes).astype(np.int64), np.concatenate(anchors).astype(np.int64)
 
 
-def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-          refresh: bool = False) -> Path:
-    """Index (or find in the store) the landmarks of every track."""
-    folder = family_folder(FAMILY, library, settings(config), cache_dir)
-    if FamilyModel.is_trained(folder) and not refresh:
-        return folder
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Index the landmarks of every track into ``folder``."""
     rate = config.data.features.sample_rate
     front_end = FrontEnd(config.landmark.front_end(rate, config.data.segment_s))
     timings: dict[str, float] = {}
@@ -78,7 +75,6 @@ def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: 
         np.savez(tmp / INDEX_FILE, hashes=hashes_all[order], tracks=np.concatenate(tracks)[order],
                  times=np.concatenate(times)[order])
         timings["index_s"] = time.perf_counter() - started
-    return folder
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from concrete.ml.sklearn import LogisticRegression
 from ppazam_core.config import FheConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
+from ppazam_core.families.store import FamilyModel
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear
 from ppazam_core.pipeline import key_folder
 from ppazam_core.recognition import Mode
@@ -80,3 +81,14 @@ class LinearHead:
         if values.shape[1] == 1:  # two tracks: one decision value, the second class's logit
             values = np.column_stack([np.zeros(len(X)), values[:, 0]])
         return values
+
+
+class LinearHeadModel(FamilyModel):
+    """A family whose server side is the encrypted linear head of its folder: every mode."""
+
+    modes = tuple(Mode)
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.head = LinearHead(self.folder)
+        self.channel = self.head.channel

@@ -17,8 +17,8 @@ import numpy as np
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import DatasetSpec, build_dataset
-from ppazam_core.families.linear_head import LinearHead, fit_linear_head
-from ppazam_core.families.store import FamilyModel, family_folder, write_family
+from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
+from ppazam_core.families.store import write_family
 from ppazam_core.library import Library
 from ppazam_core.pipeline import noise_folder
 from ppazam_core.recognition import Mode, Scores, log_softmax
@@ -48,12 +48,9 @@ def window_descriptors(patches: np.ndarray, window_frames: int) -> np.ndarray:
     return cut.reshape(n, height, windows, window_frames).sum(axis=3).transpose(0, 2, 1)
 
 
-def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-          refresh: bool = False) -> Path:
-    """Fit (or find in the store) the window classifier on augmented training clips."""
-    folder = family_folder(FAMILY, library, settings(config), cache_dir)
-    if FamilyModel.is_trained(folder) and not refresh:
-        return folder
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Fit the window classifier on augmented training clips into ``folder``."""
     started = time.perf_counter()
     spec = training_spec(config)
     dataset = build_dataset(library, spec, cache_dir, noise_folder(library, config.data, cache_dir), workers)
@@ -67,16 +64,14 @@ def train(library: Library, config: ExperimentConfig, cache_dir: Path, workers: 
         np.savez(tmp / SCALER_FILE, mean=mean, std=std)
         mfcc = config.mfcc
         fit_linear_head(((X - mean) / std).astype(np.float32), np.repeat(dataset.y, windows), len(library),
-                                mfcc.n_bits, mfcc.C, mfcc.max_iter, config.head.calibration_rows, config.fhe, tmp)
+                        mfcc.n_bits, mfcc.C, mfcc.max_iter, config.head.calibration_rows, config.fhe, tmp)
         timings["head_s"] = time.perf_counter() - started
-    return folder
 
 
-class MfccLogReg(FamilyModel):
+class MfccLogReg(LinearHeadModel):
     """A trained ``mfcc-logreg`` model."""
 
     family = FAMILY
-    modes = tuple(Mode)
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
@@ -86,8 +81,6 @@ class MfccLogReg(FamilyModel):
         self.calls_per_query = self.features.patch_width // self.window_frames
         with np.load(self.folder / SCALER_FILE) as scaler:
             self.mean, self.std = scaler["mean"], scaler["std"]
-        self.head = LinearHead(self.folder)
-        self.channel = self.head.channel
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         descriptors = window_descriptors(np.asarray(patches), self.window_frames)
