@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,9 +73,11 @@ class Dataset:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
 
-def dataset_key(library: Library, spec: DatasetSpec, noise_dir: Path | None) -> str:
+def dataset_key(library: Library, spec: DatasetSpec, noise_dir: Path | None,
+                tracks: tuple[int, ...] | None = None) -> str:
     """The cache key: every input that changes a single byte of the dataset."""
-    return config_hash({"library": library.fingerprint(), "spec": spec, "noise": _noise_fingerprint(spec, noise_dir)})
+    key = {"library": library.fingerprint(), "spec": spec, "noise": _noise_fingerprint(spec, noise_dir)}
+    return config_hash(key if tracks is None else {**key, "tracks": list(tracks)})
 
 
 def build_dataset(
@@ -84,24 +86,32 @@ def build_dataset(
     cache_dir: Path,
     noise_dir: Path | None = None,
     workers: int | None = None,
+    tracks: Sequence[int] | None = None,
 ) -> Dataset:
-    """Load the dataset from ``cache_dir/datasets`` or build it there."""
-    folder = cache_dir / "datasets" / dataset_key(library, spec, noise_dir)
+    """Load the dataset from ``cache_dir/datasets`` or build it there. ``tracks`` (positions in
+    ``library``) draws clips from those tracks only; labels and ``track_ids`` stay the whole
+    library's, and each clip is the one the whole-library dataset holds for its track."""
+    chosen = None if tracks is None else tuple(sorted(set(int(t) for t in tracks)))
+    if chosen is not None and (not chosen or chosen[0] < 0 or chosen[-1] >= len(library)):
+        raise ConfigError.bad_value("dataset tracks", tracks, f"positions 0 to {len(library) - 1}, at least one")
+    folder = cache_dir / "datasets" / dataset_key(library, spec, noise_dir, chosen)
     if is_complete(folder):
         return load_dataset(folder)
     if len(library) == 0:
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
     workers = default_workers() if workers is None else workers
     n_per = spec.augmentations_per_track
+    labels = range(len(library)) if chosen is None else chosen
     started = time.perf_counter()
     with atomic_folder(folder) as tmp:
         X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
-                                      shape=(len(library) * n_per, *spec.features.shape))
+                                      shape=(len(labels) * n_per, *spec.features.shape))
         rows: list[dict] = []
-        jobs = [(track, spec, None if noise_dir is None else str(noise_dir)) for track in library]
+        jobs = [(library.tracks[label], spec, None if noise_dir is None else str(noise_dir)) for label in labels]
         described = f"dataset {spec.policy.name} x{n_per} ({spec.split})"
-        for label, (patches, track_rows) in enumerate(parallel_map(_track_rows, jobs, workers, described)):
-            X[label * n_per : (label + 1) * n_per] = patches
+        for slot, (label, (patches, track_rows)) in enumerate(zip(labels, parallel_map(_track_rows, jobs, workers,
+                                                                                          described))):
+            X[slot * n_per : (slot + 1) * n_per] = patches
             rows.extend({**row, "label": label} for row in track_rows)
         X.flush()
         meta = pd.DataFrame(rows)
@@ -115,6 +125,7 @@ def build_dataset(
             "noise_dir": None if noise_dir is None else str(noise_dir),
             "spec": json.loads(canonical_json(spec)),
             "track_ids": [t.id for t in library],
+            "tracks_drawn_from": len(labels),
             "n_rows": len(meta),
             "build_seconds": round(time.perf_counter() - started, 3),
         }

@@ -11,6 +11,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     rounding_bits = [6]                     # Concrete ML rounding_threshold_bits, one compilation each
     levels = ["small", "medium", "large"]   # augmentation levels of the queries
     queries_per_track = 10
+    query_tracks = 0                        # query this many tracks (a seeded choice); 0: every track
     query_s = 3.0
     fhe_queries = 2                         # truly encrypted queries per level
     latency_rounds = 5                      # repetitions of each timed stage
@@ -53,6 +54,7 @@ class Suite:
     rounding_bits: tuple[int, ...] = (6,)
     levels: tuple[str, ...] = ("small", "medium", "large")
     queries_per_track: int = 10
+    query_tracks: int = 0
     query_s: float = 3.0
     fhe_queries: int = 2
     latency_rounds: int = 5
@@ -69,7 +71,7 @@ class Suite:
         for key in ("queries_per_track", "latency_rounds"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 1")
-        for key in ("fhe_queries", "distractor_tracks"):
+        for key in ("fhe_queries", "distractor_tracks", "query_tracks"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
         if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):

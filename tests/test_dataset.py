@@ -50,6 +50,23 @@ def test_second_build_loads_from_cache(tiny_library, cache_dir, noise_dir, monke
     np.testing.assert_array_equal(np.asarray(again.X), np.asarray(first.X))
 
 
+def test_a_dataset_of_some_tracks_holds_their_clips_of_the_whole_dataset(tiny_library, cache_dir, noise_dir):
+    whole = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
+    some = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1, tracks=[4, 1])
+    assert some.folder != whole.folder and some.track_ids == whole.track_ids
+    np.testing.assert_array_equal(some.y, np.repeat([1, 4], 4))
+    rows = np.flatnonzero(np.isin(whole.y, [1, 4]))
+    np.testing.assert_array_equal(np.asarray(some.X), np.asarray(whole.X[rows]))
+    assert some.meta["track_id"].tolist() == whole.meta["track_id"].iloc[rows].tolist()
+    assert some.info["tracks_drawn_from"] == 2
+
+
+@pytest.mark.parametrize("tracks", [[], [6], [-1]])
+def test_dataset_tracks_outside_the_library_are_refused(tiny_library, cache_dir, noise_dir, tracks):
+    with pytest.raises(ConfigError, match="positions 0 to 5"):
+        build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1, tracks=tracks)
+
+
 def test_worker_pool_gives_identical_rows(tiny_library, tmp_path, noise_dir):
     serial = build_dataset(tiny_library, _spec(), tmp_path / "a", noise_dir, workers=1)
     pooled = build_dataset(tiny_library, _spec(), tmp_path / "b", noise_dir, workers=2)

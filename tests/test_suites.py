@@ -34,6 +34,7 @@ def test_nightly_suite_uses_the_debian_library():
     ('[experiment.model]\nweight_bits = 9', "model.weight_bits = 9"),
     ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn, embedding-head, mfcc-logreg"),
     ("distractor_tracks = -1", "distractor_tracks = -1 is not allowed"),
+    ("query_tracks = 2.5", "query_tracks = 2.5 is not allowed"),
     ('library = "music"\nlibrary_sizes = [100]', 'only with library = "synthetic"'),
     ("library_sizes = [1]", "library_sizes = (1,) is not allowed"),
     ("modes = []", "modes is empty"),
