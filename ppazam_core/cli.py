@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +32,7 @@ from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.deployment import KeySetup, StageCost
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import FAMILIES, TWO_STAGE, family_features, family_modes, train_family
+from ppazam_core.families import FAMILIES, TWO_STAGE, family_eval_spec, family_modes, train_family
 from ppazam_core.fhe import SECONDS_PER_COMPLEXITY, CircuitStats
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
@@ -322,8 +322,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = args.out or Path("reports") / run_id
     rows = []
     for level in config.data.eval_levels:
-        spec = replace(config.data.eval_spec(level), features=family_features(args.family, config))
-        dataset = build_dataset(library, spec, cache_dir, noise_dir, args.workers)
+        dataset = build_dataset(library, family_eval_spec(args.family, config, level), cache_dir, noise_dir,
+                                args.workers)
         for mode in modes:
             started = time.perf_counter()
             if mode is Mode.FHE:

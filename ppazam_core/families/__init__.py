@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import DatasetSpec
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import embedding_head, embedding_knn, landmark, mfcc_logreg
 from ppazam_core.features import FrontEndConfig
@@ -53,6 +55,12 @@ def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
     if family == landmark.FAMILY:
         return config.landmark.front_end(rate, segment_s)
     return config.data.features
+
+
+def family_eval_spec(family: str, config: ExperimentConfig, level: str) -> DatasetSpec:
+    """The evaluation queries of ``level`` through the family's front-end: the same clips (same
+    offsets and augmentation seeds) for every family."""
+    return replace(config.data.eval_spec(level), features=family_features(family, config))
 
 
 def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> bool:

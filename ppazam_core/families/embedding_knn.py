@@ -78,8 +78,8 @@ class EmbeddingKnn(FamilyModel):
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         similarity, nearest = self.index.search(self.embedder.embed_patches(patches), self.neighbours)
         track_scores = np.full((len(nearest), len(self.track_ids)), NO_MATCH)
+        rows = np.arange(len(nearest))
         for column in range(nearest.shape[1]):  # nearest first: keep each track's best similarity
-            rows = np.arange(len(nearest))
             tracks = self.reference_tracks[nearest[:, column]]
             track_scores[rows, tracks] = np.maximum(track_scores[rows, tracks], similarity[:, column])
         return Scores(track_scores, track_scores.max(axis=1))

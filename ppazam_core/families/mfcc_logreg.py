@@ -37,7 +37,7 @@ def training_spec(config: ExperimentConfig) -> DatasetSpec:
 
 def settings(config: ExperimentConfig) -> dict:
     return {"data": training_spec(config), "mfcc": config.mfcc, "p_error": config.fhe.p_error,
-            "seed": config.fhe.seed}
+            "seed": config.fhe.seed, "calibration_rows": config.head.calibration_rows}
 
 
 def window_descriptors(patches: np.ndarray, window_frames: int) -> np.ndarray:
