@@ -35,6 +35,8 @@ n_clusters = 2
 epochs = 12
 [qat]
 epochs = 3
+[identify]
+cluster_top_k = 2
 """
 
 
