@@ -156,7 +156,7 @@ class ExperimentConfig:
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
     # 60 epochs: at 30 the fp32 classifiers still improved (best epochs 21-28) and top-1 on the
-    # default synthetic suite was 2-4 points lower
+    # default synthetic suite was 1-4 points lower
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, patience=8))
     # QAT fine-tuning with the fp32 settings: measured on the default synthetic suite, a shorter,
     # gentler fine-tune (8 epochs, lr 5e-4) left the 4-bit twin 5-8 points of top-1 behind fp32,
