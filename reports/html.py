@@ -38,7 +38,7 @@ figure { margin: 1.5rem 0; } img { max-width: 100%; }
 </style></head><body>
 <h1>ppazam: {{ suite }} suite</h1>
 <p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
-started {{ run.timestamp }}. {{ machine }}</p>
+started {{ run.timestamp }}{% if run.command %}, command <code>{{ run.command }}</code>{% endif %}. {{ machine }}</p>
 <h2>Summary</h2>
 {{ summary }}
 {% if open_set %}<h2>Open-set rejection</h2>
