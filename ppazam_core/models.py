@@ -5,12 +5,16 @@ MaxPool, no non-linearity but ReLU, so Concrete ML can compile the QAT twin. Und
 ReLU output element costs one programmable bootstrap, so the cost of a block is roughly
 ``channels x (H / stride) x (W / stride)``: :meth:`CNNConfig.activation_count` gives it before
 anything is compiled. The QAT twin is initialised from trained fp32 weights
-(:func:`qat_from_fp32`) and fine-tuned.
+(:func:`qat_from_fp32`) and fine-tuned, optionally under :func:`rounding_emulated`, which
+rounds its convolution accumulators as the compiled circuit will.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import brevitas.nn as qnn
 import torch
@@ -165,3 +169,41 @@ def qat_from_fp32(fp32: FloatCNN, **bits: int) -> QuantCNN:
     for source, target in zip(float_layers, quant_layers, strict=True):
         target.load_state_dict(source.state_dict())
     return qat
+
+
+@contextmanager
+def rounding_emulated(model: nn.Module, bits: int | None) -> Iterator[nn.Module]:
+    """Inside the block, every quantized convolution of ``model`` keeps only the ``bits`` most
+    significant bits of its integer accumulator, as Concrete ML's ``rounding_threshold_bits``
+    does in the compiled circuit (the width comes from the batch's range, as Concrete ML's comes
+    from the calibration set's). Gradients pass straight through, so QAT fine-tuning and its
+    validation see the rounding the encrypted model will suffer. ``None`` changes nothing.
+    Forward hooks only: the state dict stays that of the plain QAT twin."""
+    convs = [m for m in model.modules() if isinstance(m, qnn.QuantConv2d)] if bits is not None else []
+    handles = [conv.register_forward_hook(lambda conv, inputs, output: _round_accumulator(conv, inputs[0], output,
+                                                                                          bits))
+               for conv in convs]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _round_accumulator(conv: qnn.QuantConv2d, x, output: torch.Tensor, bits: int) -> torch.Tensor:
+    """``output`` with the integer part of ``conv`` (bias excluded: Concrete ML adds a float
+    bias after rounding) rounded to ``bits`` most significant bits."""
+    if getattr(x, "scale", None) is None:
+        raise TypeError("rounding emulation needs quantized convolution inputs (a QuantTensor with a scale)")
+    unit = (x.scale * conv.quant_weight().scale).detach()
+    bias = 0.0 if conv.bias is None else conv.bias.view(1, -1, *([1] * (output.dim() - 2)))
+    accumulator = output - bias
+    integers = (accumulator / unit).detach()
+    peak = float(integers.abs().max())
+    if peak < 1:
+        return output
+    width = math.floor(math.log2(peak)) + 1 + int(float(integers.min()) < 0)
+    if width <= bits:
+        return output
+    step = unit * 2 ** (width - bits)
+    return output + (torch.round(accumulator / step) * step - accumulator).detach()

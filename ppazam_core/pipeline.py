@@ -1,8 +1,9 @@
 """Training every stage of an identifier into one artifact folder, and compiling it for FHE.
 
 library -> training dataset -> contrastive embeddings -> clusters -> fp32 cluster and
-intra-cluster classifiers -> their QAT twins -> compiled circuits. The folder lives in
-``cache_dir/models`` under the hash of the experiment config (less its ``fhe`` table) and the
+intra-cluster classifiers -> their QAT twins (fine-tuned under the accumulator rounding they
+will be compiled with) -> compiled circuits. The folder lives in ``cache_dir/models`` under the
+hash of the experiment config (less its ``fhe`` table but for the rounding bits) and the
 library's fingerprint, and is written atomically: an interrupted run leaves nothing that
 :class:`~ppazam_core.identifier.Identifier` would load. Compiled circuits go to
 ``circuits/<quant>-<hash of the fhe table>`` inside it, the client's keys to ``client-keys/``.
@@ -26,7 +27,7 @@ from ppazam_core.dataset import Dataset, build_dataset
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.fhe import compile_classifier
-from ppazam_core.models import FloatCNN, build_model, qat_from_fp32
+from ppazam_core.models import FloatCNN, build_model, qat_from_fp32, rounding_emulated
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
 from ppazam_core.seeding import derive_seed
@@ -136,7 +137,8 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
                     fp32 = FloatCNN(cnn)
                     fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
                     model, train = qat_from_fp32(fp32), config.qat
-                history = train_classifier(model, X[rows], labels, train, f"{precision} {name}")
+                with rounding_emulated(model, None if precision == "fp32" else config.qat_rounding_bits()):
+                    history = train_classifier(model, X[rows], labels, train, f"{precision} {name}")
                 torch.save(model.state_dict(), tmp / precision / f"{name}.pt")
                 histories[f"{precision}/{name}"] = [asdict(e) for e in history.epochs]
             timings[f"{precision}_s"] = time.perf_counter() - started
