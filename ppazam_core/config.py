@@ -166,9 +166,10 @@ class ExperimentConfig:
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, patience=8))
     # QAT fine-tuning with the fp32 settings: measured on the default synthetic suite, a shorter,
     # gentler fine-tune (8 epochs, lr 5e-4) left the 4-bit twin 5-8 points of top-1 behind fp32,
-    # this one 0-2 points (30 epochs) and 2-3 points (60)
+    # this one 0-2 points (30 epochs) and 2-3 points (60), before model.rounding_aware; under the
+    # rounding emulation it ends 5-7 points behind in the clear, and lr 5e-4 did no better
     qat: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, patience=8))
-    # one cluster: each cluster searched costs one more encrypted classifier call (~27 s here);
+    # one cluster: each cluster searched costs one more encrypted classifier call (19-27 s here);
     # with 2 the default model answered in ~81 s, fhe-sim top-1 within 2 points, top-3 8-11 points higher
     cluster_top_k: int = 1
     combine: str = COMBINE_RULES[0]

@@ -36,7 +36,7 @@ class ConvBlock:
     pool: int = 1
 
 
-# 8 x 8 x 8 + 3 x 3 x 16 = 656 ReLUs (PBS) on a 32 x 32 patch: ~28 s per encrypted classifier
+# 8 x 8 x 8 + 3 x 3 x 16 = 656 ReLUs (PBS) on a 32 x 32 patch: 19-28 s per encrypted classifier
 # call here at 7 rounding bits; twice the width (1,312 PBS) gains ~5 points of fp32 top-1
 DEFAULT_BLOCKS = (ConvBlock(8, 4, 4), ConvBlock(16, 3, 2))
 
