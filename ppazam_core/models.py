@@ -179,10 +179,11 @@ def rounding_emulated(model: nn.Module, bits: int | None) -> Iterator[nn.Module]
     from the calibration set's). Gradients pass straight through, so QAT fine-tuning and its
     validation see the rounding the encrypted model will suffer. ``None`` changes nothing.
     Forward hooks only: the state dict stays that of the plain QAT twin."""
+    def hook(conv: qnn.QuantConv2d, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return _round_accumulator(conv, inputs[0], output, bits)
+
     convs = [m for m in model.modules() if isinstance(m, qnn.QuantConv2d)] if bits is not None else []
-    handles = [conv.register_forward_hook(lambda conv, inputs, output: _round_accumulator(conv, inputs[0], output,
-                                                                                          bits))
-               for conv in convs]
+    handles = [conv.register_forward_hook(hook) for conv in convs]
     try:
         yield model
     finally:
