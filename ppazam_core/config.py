@@ -190,6 +190,12 @@ class ExperimentConfig:
         parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fhe" and f.name not in FAMILY_TABLES}
         return {**parts, "qat_rounding_bits": self.qat_rounding_bits()}
 
+    def float_parts(self) -> dict[str, Any]:
+        """What the fp32 stages (embedding, clusters, fp32 classifiers) depend on: the trained
+        parts less the QAT fine-tuning and every bit width, so all QAT twins of one architecture share them."""
+        parts = {k: v for k, v in self.trained_parts().items() if k not in ("qat", "qat_rounding_bits")}
+        return {**parts, "model": {"blocks": self.model.blocks}}
+
     def qat_rounding_bits(self) -> int | None:
         """The accumulator rounding the QAT fine-tuning emulates (``None``: none)."""
         return self.fhe.rounding_bits if self.model.rounding_aware else None

@@ -5,7 +5,9 @@ intra-cluster classifiers -> their QAT twins (fine-tuned under the accumulator r
 will be compiled with) -> compiled circuits. The folder lives in ``cache_dir/models`` under the
 hash of the experiment config (less its ``fhe`` table but for the rounding bits) and the
 library's fingerprint, and is written atomically: an interrupted run leaves nothing that
-:class:`~ppazam_core.identifier.Identifier` would load. Compiled circuits go to
+:class:`~ppazam_core.identifier.Identifier` would load. The fp32 stages are trained once into
+``cache_dir/fp32`` (keyed without the bit widths and the QAT settings) and copied into every
+model folder that shares them, so a bit-width sweep trains only QAT twins. Compiled circuits go to
 ``circuits/<quant>-<hash of the fhe table>`` inside it, the client's keys to ``client-keys/``.
 """
 
@@ -96,52 +98,84 @@ def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path,
     return folder
 
 
-def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-                     refresh: bool = False) -> Path:
-    """Train (or find in the cache) every stage; returns the artifact folder."""
-    folder = model_folder(library, config, cache_dir)
-    if is_complete(folder) and not refresh:
-        logger.info("loaded identifier from %s", folder)
-        return folder
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    dataset = training_dataset(library, config.data, cache_dir, workers)
-    timings["dataset_s"] = time.perf_counter() - started
-    X = dataset.normalizer(np.asarray(dataset.X))
-    y = dataset.y
-    histories: dict[str, object] = {}
+def float_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
+    """Where the fp32 stages of ``config`` trained on ``library`` live: embedding, clusters and
+    fp32 classifiers, which every bit width and rounding of the QAT twins shares."""
+    return cache_dir / "fp32" / config_hash({"library": library.fingerprint(), "config": config.float_parts()})
 
+
+def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                       refresh: bool = False) -> Path:
+    """Train (or find in the store) the embedding, the clusters and the fp32 classifiers; returns
+    their folder (``embedding/``, ``clusters.npz``, ``fp32/``, ``histories.json``, ``timings.json``)."""
+    folder = float_folder(library, config, cache_dir)
+    if is_complete(folder) and not refresh:
+        return folder
+    dataset = training_dataset(library, config.data, cache_dir, workers)
+    X = dataset.normalizer(np.asarray(dataset.X))
+    timings: dict[str, float] = {}
     with atomic_folder(folder) as tmp:
         started = time.perf_counter()
         embedding = train_embedding(library, config, cache_dir, workers, refresh)
         shutil.copytree(embedding, tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
-        embedder = load_model(embedding)
-        histories["embedding"] = json.loads((embedding / "losses.json").read_text())
-        clustering = cluster_tracks(track_embeddings(embedder, dataset.X, y, len(library)), config.clusters)
+        histories: dict[str, object] = {"embedding": json.loads((embedding / "losses.json").read_text())}
+        clustering = cluster_tracks(track_embeddings(load_model(embedding), dataset.X, dataset.y, len(library)),
+                                    config.clusters)
         np.savez(tmp / "clusters.npz", assignment=clustering.assignment, centroids=clustering.centroids)
         timings["embedding_and_clusters_s"] = time.perf_counter() - started
         logger.info("clusters: %s", clustering.sizes())
+        started = time.perf_counter()
+        (tmp / "fp32").mkdir()
+        for name, (rows, labels, n_classes) in _classification_tasks(clustering.assignment, dataset.y).items():
+            if n_classes < 2:
+                continue  # a one-track cluster needs no classifier
+            torch.manual_seed(derive_seed(config.training.seed, "fp32", name))
+            model = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
+            history = train_classifier(model, X[rows], labels, config.training, f"fp32 {name}")
+            torch.save(model.state_dict(), tmp / "fp32" / f"{name}.pt")
+            histories[f"fp32/{name}"] = [asdict(e) for e in history.epochs]
+        timings["fp32_s"] = time.perf_counter() - started
+        (tmp / "histories.json").write_text(json.dumps(histories))
+        (tmp / "timings.json").write_text(json.dumps(timings))
+    return folder
 
-        tasks = _classification_tasks(clustering.assignment, y)
-        for precision in ("fp32", quant_name(config)):
-            started = time.perf_counter()
-            (tmp / precision).mkdir()
-            for name, (rows, labels, n_classes) in tasks.items():
-                if n_classes < 2:
-                    continue  # a one-track cluster needs no classifier
-                cnn = config.model.cnn(n_classes, config.data.features.shape)
-                torch.manual_seed(derive_seed(config.training.seed, precision, name))
-                if precision == "fp32":
-                    model, train = FloatCNN(cnn), config.training
-                else:
-                    fp32 = FloatCNN(cnn)
-                    fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
-                    model, train = qat_from_fp32(fp32), config.qat
-                with rounding_emulated(model, None if precision == "fp32" else config.qat_rounding_bits()):
-                    history = train_classifier(model, X[rows], labels, train, f"{precision} {name}")
-                torch.save(model.state_dict(), tmp / precision / f"{name}.pt")
-                histories[f"{precision}/{name}"] = [asdict(e) for e in history.epochs]
-            timings[f"{precision}_s"] = time.perf_counter() - started
+
+def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                     refresh: bool = False) -> Path:
+    """Train (or find in the cache) every stage; returns the artifact folder. The fp32 stages
+    come from :func:`train_float_stages`, so only the QAT twins are new for another bit width."""
+    folder = model_folder(library, config, cache_dir)
+    if is_complete(folder) and not refresh:
+        logger.info("loaded identifier from %s", folder)
+        return folder
+    started = time.perf_counter()
+    dataset = training_dataset(library, config.data, cache_dir, workers)
+    timings = {"dataset_s": time.perf_counter() - started}
+    X = dataset.normalizer(np.asarray(dataset.X))
+    float_stages = train_float_stages(library, config, cache_dir, workers, refresh)
+    timings.update(json.loads((float_stages / "timings.json").read_text()))
+
+    with atomic_folder(folder) as tmp:
+        shutil.copytree(float_stages, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(DONE_MARKER, "timings.json"))
+        histories = json.loads((tmp / "histories.json").read_text())
+        clusters = np.load(tmp / "clusters.npz")
+        assignment = clusters["assignment"]
+        precision = quant_name(config)
+        started = time.perf_counter()
+        (tmp / precision).mkdir()
+        for name, (rows, labels, n_classes) in _classification_tasks(assignment, dataset.y).items():
+            if n_classes < 2:
+                continue
+            torch.manual_seed(derive_seed(config.training.seed, precision, name))
+            fp32 = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
+            fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
+            model = qat_from_fp32(fp32)
+            with rounding_emulated(model, config.qat_rounding_bits()):
+                history = train_classifier(model, X[rows], labels, config.qat, f"{precision} {name}")
+            torch.save(model.state_dict(), tmp / precision / f"{name}.pt")
+            histories[f"{precision}/{name}"] = [asdict(e) for e in history.epochs]
+        timings[f"{precision}_s"] = time.perf_counter() - started
         dataset.normalizer.save(tmp / "normalizer.npz")
         (tmp / "histories.json").write_text(json.dumps(histories))
         manifest = {
@@ -150,8 +184,8 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
             "library": library.name,
             "library_fingerprint": library.fingerprint(),
             "track_ids": [t.id for t in library],
-            "cluster_sizes": clustering.sizes(),
-            "quant": quant_name(config),
+            "cluster_sizes": np.bincount(assignment, minlength=len(clusters["centroids"])).tolist(),
+            "quant": precision,
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         (tmp / "identifier.json").write_text(json.dumps(manifest, indent=2))

@@ -1,9 +1,11 @@
 """A tiny synthetic library trained end to end, then identified, reloaded and mistreated."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_SPEC, TINY_TOML, tone, write_audio
 from ppazam_core.cli import main
@@ -35,6 +37,26 @@ def test_second_training_run_loads_from_the_store(trained, tiny_library, tiny_co
     monkeypatch.setattr(pipeline, "train_classifier", lambda *a, **k: pytest.fail("retrained a stored model"))
     config, _ = tiny_config
     assert train_identifier(tiny_library, config, session_cache) == trained.folder
+
+
+def test_another_bit_width_trains_only_qat_twins(trained, tiny_library, tiny_config, session_cache, monkeypatch):
+    import ppazam_core.pipeline as pipeline
+
+    trained_now = []
+    real = pipeline.train_classifier
+    monkeypatch.setattr(pipeline, "train_classifier",
+                        lambda model, X, y, config, description: trained_now.append(description) or
+                        real(model, X, y, config, description))
+    config, _ = tiny_config
+    other = Identifier(train_identifier(tiny_library, replace(config, model=replace(config.model, weight_bits=3)),
+                                        session_cache))
+    assert other.folder != trained.folder
+    assert trained_now and all(d.startswith("quant-w3") for d in trained_now)
+    np.testing.assert_array_equal(other.assignment, trained.assignment)
+    for name in ("cluster", "intra_000"):
+        for key, value in torch.load(trained.folder / "fp32" / f"{name}.pt", weights_only=True).items():
+            torch.testing.assert_close(torch.load(other.folder / "fp32" / f"{name}.pt", weights_only=True)[key], value)
+    assert json.loads((other.folder / "identifier.json").read_text())["timings"]["fp32_s"] > 0
 
 
 def test_cluster_top_k_widens_the_search(trained, clean_queries):
