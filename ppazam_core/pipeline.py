@@ -127,8 +127,6 @@ def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Pa
         started = time.perf_counter()
         (tmp / "fp32").mkdir()
         for name, (rows, labels, n_classes) in _classification_tasks(clustering.assignment, dataset.y).items():
-            if n_classes < 2:
-                continue  # a one-track cluster needs no classifier
             torch.manual_seed(derive_seed(config.training.seed, "fp32", name))
             model = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
             history = train_classifier(model, X[rows], labels, config.training, f"fp32 {name}")
@@ -165,8 +163,6 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
         started = time.perf_counter()
         (tmp / precision).mkdir()
         for name, (rows, labels, n_classes) in _classification_tasks(assignment, dataset.y).items():
-            if n_classes < 2:
-                continue
             torch.manual_seed(derive_seed(config.training.seed, precision, name))
             fp32 = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
             fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
@@ -193,7 +189,8 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
 
 
 def _classification_tasks(assignment: np.ndarray, y: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """Rows, labels and class count of the cluster classifier and of each intra classifier."""
+    """Rows, labels and class count of the cluster classifier and of each intra classifier (a
+    one-track cluster needs none)."""
     n_clusters = int(assignment.max()) + 1
     tasks = {}
     if n_clusters > 1:
@@ -201,7 +198,8 @@ def _classification_tasks(assignment: np.ndarray, y: np.ndarray) -> dict[str, tu
     for cluster in range(n_clusters):
         members = np.flatnonzero(assignment == cluster)
         rows = np.flatnonzero(np.isin(y, members))
-        tasks[f"intra_{cluster:03d}"] = (rows, np.searchsorted(members, y[rows]), len(members))
+        if members.size > 1:
+            tasks[f"intra_{cluster:03d}"] = (rows, np.searchsorted(members, y[rows]), len(members))
     return tasks
 
 
@@ -219,7 +217,7 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
     X = dataset.normalizer(np.asarray(dataset.X))
     assignment = np.load(model / "clusters.npz")["assignment"]
     stats = {}
-    tasks = {name: task for name, task in _classification_tasks(assignment, dataset.y).items() if task[2] >= 2}
+    tasks = _classification_tasks(assignment, dataset.y)
     with atomic_folder(folder) as tmp, progress_bar() as progress:
         bar = progress.add_task("compiling for FHE", total=len(tasks))
         for name, (rows, _, n_classes) in tasks.items():
