@@ -105,13 +105,15 @@ def float_folder(library: Library, config: ExperimentConfig, cache_dir: Path) ->
 
 
 def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-                       refresh: bool = False) -> Path:
+                       refresh: bool = False, dataset: Dataset | None = None) -> Path:
     """Train (or find in the store) the embedding, the clusters and the fp32 classifiers; returns
-    their folder (``embedding/``, ``clusters.npz``, ``fp32/``, ``histories.json``, ``timings.json``)."""
+    their folder (``embedding/``, ``clusters.npz``, ``fp32/``, ``histories.json``, ``timings.json``).
+    ``dataset``: the training dataset, when the caller has already loaded it."""
     folder = float_folder(library, config, cache_dir)
     if is_complete(folder) and not refresh:
         return folder
-    dataset = training_dataset(library, config.data, cache_dir, workers)
+    if dataset is None:
+        dataset = training_dataset(library, config.data, cache_dir, workers)
     X = dataset.normalizer(np.asarray(dataset.X))
     timings: dict[str, float] = {}
     with atomic_folder(folder) as tmp:
@@ -150,7 +152,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
     dataset = training_dataset(library, config.data, cache_dir, workers)
     timings = {"dataset_s": time.perf_counter() - started}
     X = dataset.normalizer(np.asarray(dataset.X))
-    float_stages = train_float_stages(library, config, cache_dir, workers, refresh)
+    float_stages = train_float_stages(library, config, cache_dir, workers, refresh, dataset)
     timings.update(json.loads((float_stages / "timings.json").read_text()))
 
     with atomic_folder(folder) as tmp:
