@@ -119,7 +119,7 @@ class Suite:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A suite by name (``quick``, ``default``, ``nightly``, ``paper``) or from a TOML path."""
+    """A suite by name (one of :func:`available_suites`) or from a TOML path."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = SUITE_DIR / f"{name_or_path}.toml"

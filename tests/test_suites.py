@@ -7,7 +7,7 @@ from suites import Suite, available_suites, load_suite
 
 
 def test_shipped_suites_load():
-    assert {"quick", "default", "nightly", "paper", "scaling"} <= set(available_suites())
+    assert {"quick", "default", "accurate", "nightly", "paper", "scaling"} <= set(available_suites())
     for name in available_suites():
         suite = load_suite(name)
         assert suite.name == name and suite.points()
@@ -19,6 +19,18 @@ def test_shipped_suites_load():
 
 def test_paper_suite_sweeps_two_to_eight_bits():
     assert set(range(2, 9)) <= set(load_suite("paper").bit_widths)
+
+
+def test_accurate_suite_is_a_larger_cnn_without_true_fhe():
+    accurate, default = load_suite("accurate"), load_suite("default")
+    assert accurate.library == default.library and accurate.levels == default.levels
+
+    def activations(suite):
+        config = suite.config(*suite.points()[0])
+        return config.model.cnn(12, config.data.features.shape).activation_count()
+
+    assert activations(accurate) == 5744 and activations(default) == 656
+    assert "fhe" not in accurate.modes
 
 
 def test_nightly_suite_uses_the_debian_library():
