@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppazam_core.clustering import cluster_tracks
+from ppazam_core.clustering import Clustering, cluster_tracks
 from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import Dataset, build_dataset
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
@@ -159,12 +159,12 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
         shutil.copytree(float_stages, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(DONE_MARKER, "timings.json"))
         histories = json.loads((tmp / "histories.json").read_text())
-        clusters = np.load(tmp / "clusters.npz")
-        assignment = clusters["assignment"]
+        with np.load(tmp / "clusters.npz") as clusters:
+            clustering = Clustering(clusters["assignment"], clusters["centroids"])
         precision = quant_name(config)
         started = time.perf_counter()
         (tmp / precision).mkdir()
-        for name, (rows, labels, n_classes) in _classification_tasks(assignment, dataset.y).items():
+        for name, (rows, labels, n_classes) in _classification_tasks(clustering.assignment, dataset.y).items():
             torch.manual_seed(derive_seed(config.training.seed, precision, name))
             fp32 = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
             fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
@@ -182,7 +182,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
             "library": library.name,
             "library_fingerprint": library.fingerprint(),
             "track_ids": [t.id for t in library],
-            "cluster_sizes": np.bincount(assignment, minlength=len(clusters["centroids"])).tolist(),
+            "cluster_sizes": clustering.sizes(),
             "quant": precision,
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
