@@ -47,7 +47,7 @@ NOISE_FOLDER_PARAM = "sounds_path"
 class Level(str, enum.Enum):
     """The built-in augmentation levels."""
 
-    NONE = "none"
+    CLEAN = "clean"
     SMALL = "small"
     MEDIUM = "medium"
     LARGE = "large"
@@ -110,10 +110,11 @@ class AugmentationPolicy:
 
 
 def builtin_policy(level: Level | str) -> AugmentationPolicy:
-    """The original system's ``augment_policies``, exactly as DESIGN.md lists them."""
+    """The original system's ``augment_policies``, exactly as DESIGN.md lists them, and ``clean``
+    (no transform: a clip cut straight out of the track)."""
     level = _level(level)
-    if level is Level.NONE:
-        return AugmentationPolicy("none")
+    if level is Level.CLEAN:
+        return AugmentationPolicy("clean")
     if level is Level.SMALL:
         return AugmentationPolicy(
             "small", (TransformSpec.of("AddGaussianNoise", min_amplitude=0.001, max_amplitude=0.005, p=0.5),)

@@ -327,9 +327,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         for mode in modes:
             started = time.perf_counter()
             if mode is Mode.FHE:
-                result = evaluate(identifier, dataset, mode, limit=args.fhe_queries, agreement_with=Mode.FHE_SIM)
+                result = evaluate(identifier, dataset, mode, limit=args.fhe_queries, agreement_with=Mode.FHE_SIM,
+                                  condition=level)
             else:
-                result = evaluate(identifier, dataset, mode)
+                result = evaluate(identifier, dataset, mode, condition=level)
             rows.append({**asdict(result), "seconds": round(time.perf_counter() - started, 3)})
     provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
                   "family": args.family, "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}

@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 from ppazam_core.augment import AugmentationPolicy, get_policy
 from ppazam_core.clustering import ClusterConfig
+from ppazam_core.conditions import QueryCondition, check_gain_range
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
@@ -54,16 +55,22 @@ class DataConfig:
     segment_s: float = 3.0
     train_policy: str = "large"
     train_augmentations: int = 150
-    eval_levels: tuple[str, ...] = ("small", "medium", "large")
+    eval_levels: tuple[str, ...] = ("clean", "small", "medium", "large")  # query conditions (see conditions)
     eval_queries: int = 10
     train_seed: int = 0
     eval_seed: int = 1
     noise_dir: str | None = None
     policies: tuple[AugmentationPolicy, ...] = ()
+    # recording gains (dB), drawn per clip: a phone's level is arbitrary, and +10 dB clips loud tracks
+    train_gain_db: tuple[float, float] = (-20.0, 10.0)
+    query_gain_db: tuple[float, float] = (-20.0, 10.0)
 
     def __post_init__(self) -> None:
-        for name in (self.train_policy, *self.eval_levels):
-            self.policy(name)  # raises a ConfigError naming the allowed policies
+        for key in ("train_gain_db", "query_gain_db"):
+            object.__setattr__(self, key, check_gain_range(f"data.{key}", tuple(getattr(self, key))))
+        self.policy(self.train_policy)  # raises a ConfigError naming the allowed policies
+        for name in self.eval_levels:
+            self.policy(QueryCondition.parse(name).level)
         if self.train_seed == self.eval_seed:
             raise ConfigError.bad_value("data.eval_seed", self.eval_seed, f"any seed but train_seed ({self.train_seed})")
 
@@ -72,11 +79,14 @@ class DataConfig:
 
     def train_spec(self) -> DatasetSpec:
         return DatasetSpec(self.policy(self.train_policy), self.train_augmentations, self.segment_s,
-                           self.features, self.train_seed, Split.TRAIN.value)
+                           self.features, self.train_seed, Split.TRAIN.value, self.train_gain_db)
 
-    def eval_spec(self, level: str) -> DatasetSpec:
-        return DatasetSpec(self.policy(level), self.eval_queries, self.segment_s, self.features,
-                           self.eval_seed, Split.EVAL.value)
+    def eval_spec(self, condition: str) -> DatasetSpec:
+        """The queries of a condition: ``LEVEL`` at random gains, or ``LEVEL@GAINdB``."""
+        parsed = QueryCondition.parse(condition)
+        gain = self.query_gain_db if parsed.gain_db is None else (parsed.gain_db, parsed.gain_db)
+        return DatasetSpec(self.policy(parsed.level), self.eval_queries, self.segment_s, self.features,
+                           self.eval_seed, Split.EVAL.value, gain)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataConfig":
@@ -84,8 +94,9 @@ class DataConfig:
         data_table = dict(data.get("data", {}))
         scalar_keys = {f.name for f in fields(cls)} - {"synthetic", "features", "policies"}
         _only(data_table, scalar_keys, "data")
-        if "eval_levels" in data_table:
-            data_table["eval_levels"] = tuple(data_table["eval_levels"])
+        for key in ("eval_levels", "train_gain_db", "query_gain_db"):
+            if key in data_table:
+                data_table[key] = tuple(data_table[key])
         synthetic = dict(data.get("synthetic", {}))
         _only(synthetic, {f.name for f in fields(SyntheticSpec)}, "synthetic")
         return cls(

@@ -2,8 +2,8 @@
 ``X, y`` plus metadata, cached on disk under a hash of all inputs.
 
 Each row is one clip named by ``(seed, split, track id, augmentation index)``: the offset in
-the track and the augmentation seed are both derived from that name, so a row can be rebuilt
-on its own. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
+the track, the augmentation seed and the recording gain are all derived from that name, so a
+row can be rebuilt on its own. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
 memory does not grow with the library. The folder is written atomically
 (:func:`ppazam_core.store.atomic_folder`).
 """
@@ -24,6 +24,7 @@ import torch
 
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
+from ppazam_core.conditions import apply_gain, check_gain_range
 from ppazam_core.errors import ConfigError, LibraryError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
@@ -34,7 +35,9 @@ from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_com
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a dataset is made of (the library and noise folder are given separately)."""
+    """What a dataset is made of (the library and noise folder are given separately). Each clip
+    is heard at a gain drawn uniformly from ``gain_db`` (dB; ``(g, g)`` fixes it) after the
+    policy's transforms, hard-clipped to full scale."""
 
     policy: AugmentationPolicy
     augmentations_per_track: int = 50
@@ -42,8 +45,10 @@ class DatasetSpec:
     features: FrontEndConfig = field(default_factory=FrontEndConfig)
     seed: int = 0
     split: str = Split.TRAIN.value
+    gain_db: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "gain_db", check_gain_range("gain_db", tuple(self.gain_db)))
         if self.augmentations_per_track < 1:
             raise ConfigError.bad_value("augmentations_per_track", self.augmentations_per_track, "an integer >= 1")
         if not self.segment_s > 0:
@@ -155,6 +160,14 @@ def clip_offset(track: Track, spec: DatasetSpec, index: int, audio_s: float) -> 
     return float(rng.uniform(0.0, max(audio_s - spec.segment_s, 0.0)))
 
 
+def clip_gain(track: Track, spec: DatasetSpec, index: int) -> float:
+    """Gain (dB) of clip ``index`` of ``track``: uniform over ``spec.gain_db``, named by its seed."""
+    low, high = spec.gain_db
+    if low == high:
+        return low
+    return float(np.random.default_rng(derive_seed(spec.seed, spec.split, track.id, index, "gain")).uniform(low, high))
+
+
 def _track_rows(job: tuple[Track, DatasetSpec, str | None]) -> tuple[np.ndarray, list[dict]]:
     """Every clip of one track. Runs on one torch thread in workers and inline alike, since
     reduction order changes with the thread count and rows must not depend on ``workers``."""
@@ -181,9 +194,10 @@ def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str 
     for index in range(spec.augmentations_per_track):
         offset = clip_offset(track, spec, index, audio.shape[0] / rate)
         seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
-        clips.append(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed))
+        gain = clip_gain(track, spec, index)
+        clips.append(apply_gain(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed), gain))
         rows.append({"track_id": track.id, "augmentation": index, "offset_s": round(offset, 4),
-                     "seed": seed, "policy": spec.policy.name, "split": spec.split})
+                     "seed": seed, "gain_db": round(gain, 3), "policy": spec.policy.name, "split": spec.split})
     return front_end(np.stack(clips)), rows
 
 

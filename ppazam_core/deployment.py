@@ -24,7 +24,7 @@ from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
 
 from ppazam_core.errors import ArtifactError, FheError
-from ppazam_core.fhe import CircuitStats, check_input_shape
+from ppazam_core.fhe import CircuitStats, fhe_input
 from ppazam_core.store import atomic_folder, is_complete
 
 MAGIC = b"PPZM"
@@ -127,8 +127,7 @@ class ClassifierClient:
 
     def encrypt(self, x: np.ndarray) -> bytes:
         """Quantize and encrypt one normalized patch ``(1, *input_shape)``."""
-        x = np.asarray(x, dtype=np.float32)
-        check_input_shape(x, self.stats)
+        x = fhe_input(x, self.stats)
         if x.shape[0] != 1:
             raise FheError(f"one patch per query, got {x.shape[0]}")
         self.ensure_keys()

@@ -1,7 +1,10 @@
 """Front-ends: clips to CNN-ready patches (``N x 1 x H x W``) and their normalization.
 
 Two kinds share one config: ``logmel`` (log-scaled mel power spectrogram) and ``mfcc`` (with
-optional delta and delta-delta rows). The frequency axis is resampled to the patch height when
+optional delta and delta-delta rows). Every clip is first scaled to ``level_dbfs`` RMS, so a
+query recorded louder or quieter gives the same patch (up to clipping and the noise floor): a
+constant gain is a constant in the dB domain, which the global per-bin normalization alone
+does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency axis is resampled to the patch height when
 the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
 ``max-energy`` window) or padded with the lowest value when the clip is short.
 """
@@ -21,6 +24,7 @@ from ppazam_core.audio import DEFAULT_SAMPLE_RATE
 from ppazam_core.errors import ConfigError
 
 LOG_FLOOR = 1e-10
+SILENT_RMS = 1e-6  # clips quieter than this (-120 dBFS) are left as they are, not amplified
 
 
 class PatchSelect(str, enum.Enum):
@@ -47,6 +51,7 @@ class FrontEndConfig:
     patch_height: int = 32
     patch_width: int = 32
     patch_select: str = PatchSelect.CENTER.value
+    level_dbfs: float | None = -20.0  # RMS level every clip is scaled to; None keeps the recorded level
 
     def __post_init__(self) -> None:
         _require(self.kind in ("logmel", "mfcc"), "kind", self.kind, "logmel, mfcc")
@@ -63,6 +68,8 @@ class FrontEndConfig:
         _require(self.deltas in (0, 1, 2), "deltas", self.deltas, "0, 1, 2")
         _require(self.patch_height >= 4 and self.patch_width >= 4, "patch size",
                  (self.patch_height, self.patch_width), "both >= 4")
+        _require(self.level_dbfs is None or -60.0 <= self.level_dbfs <= 0.0, "level_dbfs", self.level_dbfs,
+                 "a level from -60 to 0 dBFS, or omit it")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FrontEndConfig":
@@ -91,12 +98,14 @@ class FrontEnd:
                 config.sample_rate, n_mfcc=config.n_mfcc, log_mels=True, melkwargs=mel)
 
     def __call__(self, clips: np.ndarray) -> np.ndarray:
-        """``(n,)`` or ``(N, n)`` clips to ``(N, 1, H, W)`` float32 patches."""
-        return np.stack([self._fit_width(p) for p in self.spectrogram(clips)])[:, None]
+        """``(n,)`` or ``(N, n)`` clips (float, full scale 1.0) to ``(N, 1, H, W)`` C-contiguous
+        float32 patches."""
+        return np.ascontiguousarray(np.stack([self._fit_width(p) for p in self.spectrogram(clips)])[:, None])
 
     def spectrogram(self, clips: np.ndarray) -> np.ndarray:
-        """``(n,)`` or ``(N, n)`` clips to ``(N, H, frames)`` float32: every frame, no patch cropping."""
-        batch = np.atleast_2d(np.asarray(clips, dtype=np.float32))
+        """``(n,)`` or ``(N, n)`` clips to ``(N, H, frames)`` C-contiguous float32: every frame,
+        no patch cropping."""
+        batch = self.leveled(np.atleast_2d(np.asarray(clips, dtype=np.float32)))
         with torch.no_grad():
             spec = self._transform(torch.from_numpy(batch)).double()
             if self.config.kind == "logmel":
@@ -106,7 +115,15 @@ class FrontEnd:
                 for _ in range(self.config.deltas):
                     rows.append(torchaudio.functional.compute_deltas(rows[-1]))
                 spec = torch.cat(rows, dim=1)
-            return self._fit_height(spec.float()).numpy()
+            return np.ascontiguousarray(self._fit_height(spec.float()).numpy())
+
+    def leveled(self, batch: np.ndarray) -> np.ndarray:
+        """Each row of ``(N, n)`` clips scaled to ``level_dbfs`` RMS (near-silent rows unchanged)."""
+        if self.config.level_dbfs is None:
+            return batch
+        rms = np.sqrt(np.mean(np.square(batch, dtype=np.float64), axis=1, keepdims=True))
+        target = 10.0 ** (self.config.level_dbfs / 20.0)
+        return (batch * np.where(rms > SILENT_RMS, target / np.maximum(rms, SILENT_RMS), 1.0)).astype(np.float32)
 
     def _fit_height(self, spec: torch.Tensor) -> torch.Tensor:
         height = self.config.patch_height

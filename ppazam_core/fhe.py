@@ -7,11 +7,17 @@ One compiled classifier is a folder::
     client/    client.zip (client specs + quantizers) and circuit.json   -> the user's device
     server/    server.zip (the compiled circuit, no secret) and circuit.json -> the server
     simulator.zip                                                         -> ``fhe-sim`` mode
+    clear.json    the quantized model as compiled (Concrete ML serialization) -> ``fhe-disable`` mode
 
 ``circuit.json`` records what the circuit costs (PBS count, maximum integer bit width,
 complexity, key and ciphertext sizes, compile time) and a ``circuit_id`` that client and
 server use to check they speak about the same circuit. Folders are written atomically by the
 caller and loaded without recompiling.
+
+Every array handed to Concrete goes through :func:`fhe_input`: Concrete reads an input's buffer
+in C order whatever its strides (concrete-ml 1.9.0 / concrete-python 2.10), so a transposed
+array -- torchaudio's mel spectrogram is one -- is encrypted with its pixels scrambled and the
+circuit answers at chance while Concrete ML's clear execution (which honours strides) is right.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from concrete import fhe
+from concrete.ml.common.serialization.loaders import loads
 from concrete.ml.deployment import FHEModelClient, FHEModelDev
 from concrete.ml.torch.compile import compile_brevitas_qat_model
 
@@ -33,6 +40,7 @@ from ppazam_core.config import FheConfig
 from ppazam_core.errors import ArtifactError, FheError
 
 CIRCUIT_FILE = "circuit.json"
+CLEAR_FILE = "clear.json"
 # Server seconds per unit of Concrete's cost model ("complexity"), fitted on the 2-core machine
 # this project is developed on: 23.6 ms/PBS at 1.6e8 per PBS (6 rounding bits), 42.9 ms/PBS at
 # 3.35e8 (7 bits). An estimate before running; the fhe mode measures the truth.
@@ -124,6 +132,7 @@ def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, comp
         stats.save(folder / side)
     deployment.rmdir()
     circuit.simulator.save(folder / "simulator.zip", via_mlir=False)
+    (folder / CLEAR_FILE).write_text(model.dumps())
     stats.save(folder)
     return stats
 
@@ -143,19 +152,46 @@ class SimulatedClassifier:
         self._server = fhe.Server.load(folder / "simulator.zip")
 
     def logits(self, X: np.ndarray) -> np.ndarray:
-        """Dequantized outputs for normalized patches ``(n, *input_shape)``, one circuit run each."""
-        X = np.asarray(X, dtype=np.float32)
-        check_input_shape(X, self.stats)
+        """Dequantized outputs ``(n, n_classes)`` float32 for normalized inputs
+        ``(n, *input_shape)``, one circuit run each. Raises :class:`FheError` on a wrong shape."""
+        X = fhe_input(X, self.stats)
         rows = []
         for x in X:
-            q_x = self._quantizer.quantize_input(x[None])
+            q_x = np.ascontiguousarray(self._quantizer.quantize_input(x[None]))
             q_y = self._client.simulate_decrypt(self._server.run(self._client.simulate_encrypt(q_x)))
             rows.append(self._quantizer.dequantize_output(np.asarray(q_y)))
         return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.stats.n_classes), np.float32)
 
 
-def check_input_shape(X: np.ndarray, stats: CircuitStats) -> None:
-    """Refuse patches whose shape is not the circuit's input shape."""
+class ClearCircuit:
+    """A compiled classifier executed in the clear by Concrete ML (``fhe="disable"``): the
+    integers the circuit computes, rounding included, without encryption or its error model.
+    Its top-1 against :class:`SimulatedClassifier`'s is the circuit agreement."""
+
+    def __init__(self, folder: Path) -> None:
+        folder = Path(folder)
+        self.stats = CircuitStats.load(folder)
+        if not (folder / CLEAR_FILE).is_file():
+            raise ArtifactError(f"compiled classifier {folder} is missing {CLEAR_FILE} (compiled by an older "
+                                "version); recompile it with --refresh")
+        self._model = loads((folder / CLEAR_FILE).read_text())
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Dequantized outputs ``(n, n_classes)`` float32 for normalized inputs ``(n, *input_shape)``."""
+        X = fhe_input(X, self.stats)
+        if hasattr(self._model, "decision_function"):  # a Concrete ML linear model
+            values = self._model.decision_function(X, fhe="disable")
+        else:  # a QuantizedModule
+            values = self._model.forward(X, fhe="disable")
+        return np.asarray(values, dtype=np.float32).reshape(len(X), -1)
+
+
+def fhe_input(X: np.ndarray, stats: CircuitStats) -> np.ndarray:
+    """``X`` as a C-contiguous float32 array of the circuit's input shape ``(n, *input_shape)``,
+    the only layout Concrete reads correctly (see the module docstring); an :class:`FheError`
+    when the shape does not fit."""
+    X = np.asarray(X, dtype=np.float32)
     if X.ndim != len(stats.input_shape) + 1 or tuple(X.shape[1:]) != stats.input_shape:
         raise FheError(f"input of shape {tuple(X.shape)} does not fit the circuit, which takes "
-                          f"(n, {', '.join(map(str, stats.input_shape))})")
+                       f"(n, {', '.join(map(str, stats.input_shape))})")
+    return np.ascontiguousarray(X)

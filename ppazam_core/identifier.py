@@ -20,7 +20,7 @@ from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
-from ppazam_core.fhe import SimulatedClassifier
+from ppazam_core.fhe import ClearCircuit, SimulatedClassifier
 from ppazam_core.models import build_model
 from ppazam_core.pipeline import key_folder
 from ppazam_core.recognition import Mode, Scores, log_softmax
@@ -69,7 +69,7 @@ class Identifier:
         self.circuits = None if circuits is None else Path(circuits)
         if self.circuits is not None and not is_complete(self.circuits):
             raise ArtifactError(f"circuits folder {self.circuits} is missing or incomplete; run `ppazam compile`")
-        self._simulated: dict[str, SimulatedClassifier] = {}
+        self._compiled: dict[tuple[Mode, str], SimulatedClassifier | ClearCircuit] = {}
         self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, key_folder(self.circuits))
 
     @property
@@ -140,9 +140,10 @@ class Identifier:
             raise ArtifactError(f"mode {mode} needs compiled circuits; run `ppazam compile` and load them")
         if mode is Mode.FHE:
             return self.channel.logits(name, X)
-        if name not in self._simulated:
-            self._simulated[name] = SimulatedClassifier(self.circuits / name)
-        return self._simulated[name].logits(X)
+        if (mode, name) not in self._compiled:
+            runner = SimulatedClassifier if mode is Mode.FHE_SIM else ClearCircuit
+            self._compiled[(mode, name)] = runner(self.circuits / name)
+        return self._compiled[(mode, name)].logits(X)
 
     def _model(self, mode: Mode, name: str) -> torch.nn.Module:
         key = (mode, name)

@@ -25,17 +25,20 @@ from ppazam_core.parallel import progress_bar
 
 
 class Mode(str, enum.Enum):
-    """How the models are evaluated: in the clear (``fp32``), quantized in the clear, FHE
-    simulation, or truly encrypted. Clear-text reference families run in ``fp32`` only."""
+    """How the models are evaluated: in the clear (``fp32``), quantized in the clear (``quant``:
+    the QAT twin, or a linear head's quantized model), the compiled circuit executed in the clear
+    by Concrete ML (``fhe-disable``: its integers and rounding, no encryption), FHE simulation,
+    or truly encrypted. Clear-text reference families run in ``fp32`` only."""
 
     FP32 = "fp32"
     QUANT = "quant"
+    FHE_DISABLE = "fhe-disable"
     FHE_SIM = "fhe-sim"
     FHE = "fhe"
 
     @property
     def needs_circuits(self) -> bool:
-        return self in (Mode.FHE_SIM, Mode.FHE)
+        return self in (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)
 
     def __str__(self) -> str:
         return self.value
@@ -141,9 +144,10 @@ def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: i
 
 
 def evaluate(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,
-             agreement_with: Mode | str | None = None) -> Evaluation:
+             agreement_with: Mode | str | None = None, condition: str | None = None) -> Evaluation:
     """Top-1, top-3 and (two-stage models) first-stage accuracy of single-segment queries: all
-    of them, or ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode)."""
+    of them, or ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode).
+    ``condition`` names the queries' condition (default: their augmentation level)."""
     result = predict(recognizer, dataset, mode, limit)
     agreement = None
     if agreement_with is not None:
@@ -152,7 +156,7 @@ def evaluate(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: 
     clustered = result.cluster_predicted is not None
     return Evaluation(
         mode=str(Mode(mode)),
-        level=dataset.info["spec"]["policy"]["name"],
+        level=condition or dataset.info["spec"]["policy"]["name"],
         n=len(result.truth),
         top1=float(result.hits(1).mean()),
         top3=float(result.hits(3).mean()),

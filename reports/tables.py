@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ppazam_core.recognition import Mode
 from ppazam_core.store import atomic_write_text
 
 CLUSTER_STAGE = "cluster:"
-MODE_ORDER = ("fp32", "quant", "fhe-sim", "fhe")
+MODE_ORDER = tuple(m.value for m in Mode)
 
 
 def original_layout(results: pd.DataFrame, mode: str) -> pd.DataFrame:

@@ -6,10 +6,11 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     description = "..."
     library = "synthetic"                  # or a folder
     families = ["two-stage-cnn"]           # also embedding-head, mfcc-logreg, landmark-fp, embedding-knn
-    modes = ["fp32", "quant", "fhe-sim", "fhe"]
+    modes = ["fp32", "quant", "fhe-sim", "fhe"]  # also fhe-disable (the circuit run in the clear)
     bit_widths = [4]                        # QAT weight and activation bits, one model each
     rounding_bits = [6]                     # Concrete ML rounding_threshold_bits, one compilation each
-    levels = ["small", "medium", "large"]   # augmentation levels of the queries
+    levels = ["clean", "small", "medium", "large"]   # augmentation levels, queries at random gains
+    gains = [-20, -10, 0, 10]               # a fixed-gain sweep (dB) of clean queries: clean@-20dB, ...
     queries_per_track = 10
     query_tracks = 0                        # query this many tracks (a seeded choice); 0: every track
     query_s = 3.0
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from ppazam_core.augment import Level
+from ppazam_core.conditions import QueryCondition, gain_sweep
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import FAMILIES
@@ -52,7 +55,8 @@ class Suite:
     modes: tuple[str, ...] = tuple(m.value for m in Mode)
     bit_widths: tuple[int, ...] = (4,)
     rounding_bits: tuple[int, ...] = (6,)
-    levels: tuple[str, ...] = ("small", "medium", "large")
+    levels: tuple[str, ...] = ("clean", "small", "medium", "large")
+    gains: tuple[float, ...] = ()  # a fixed-gain sweep (dB) of clean queries: conditions clean@GAINdB
     queries_per_track: int = 10
     query_tracks: int = 0
     query_s: float = 3.0
@@ -82,9 +86,9 @@ class Suite:
         if set(self.seeds) != {"train", "eval"}:
             raise ConfigError.bad_value(f"suite {self.name}: seeds", dict(self.seeds), "a table with train and eval")
         base = ExperimentConfig.from_dict(self.experiment)
-        for level in self.levels:
+        for level in self.conditions:
             try:
-                base.data.policy(level)
+                base.data.policy(QueryCondition.parse(level).level)
             except ConfigError as e:
                 raise ConfigError(f"suite {self.name}: levels: {e}") from e
         for bits in self.bit_widths:
@@ -95,10 +99,15 @@ class Suite:
         """The experiment of one (bit width, rounding, library size) point of the suite."""
         base = ExperimentConfig.from_dict(self.experiment)
         synthetic = base.data.synthetic if n_tracks is None else replace(base.data.synthetic, n_tracks=n_tracks)
-        data = replace(base.data, eval_levels=self.levels, eval_queries=self.queries_per_track, synthetic=synthetic,
+        data = replace(base.data, eval_levels=self.conditions, eval_queries=self.queries_per_track, synthetic=synthetic,
                        segment_s=self.query_s, train_seed=self.seeds["train"], eval_seed=self.seeds["eval"])
         model = replace(base.model, weight_bits=bit_width, activation_bits=bit_width)
         return replace(base, data=data, model=model, fhe=replace(base.fhe, rounding_bits=rounding_bits))
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The query conditions measured: every level at random gains, then the gain sweep."""
+        return self.levels + gain_sweep(Level.CLEAN.value, self.gains)
 
     def points(self) -> list[tuple[int, int]]:
         """Every (bit width, rounding bits) pair, in suite order."""

@@ -25,7 +25,7 @@ duration_s = {TINY_SPEC.duration_s}
 [data]
 train_augmentations = 24
 eval_queries = 5
-eval_levels = ["none"]
+eval_levels = ["clean"]
 [embedding]
 epochs = 3
 batch_tracks = 6
@@ -57,7 +57,7 @@ def trained(tiny_library, tiny_config, session_cache) -> Identifier:
 def clean_queries(tiny_library, tiny_config, session_cache):
     config, _ = tiny_config
     noise = noise_folder(tiny_library, config.data, session_cache)
-    return build_dataset(tiny_library, config.data.eval_spec("none"), session_cache, noise, workers=1)
+    return build_dataset(tiny_library, config.data.eval_spec("clean"), session_cache, noise, workers=1)
 
 
 def tone(freq: float, seconds: float, rate: int, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:

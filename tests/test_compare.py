@@ -22,7 +22,7 @@ def write_run(identifier: Identifier, queries, out, run_id: str, seconds: float 
     for mode in ("fp32", "quant"):
         result = predict(identifier, queries, mode)
         condition = Condition(run_id, "t", "c", identifier.folder.name, "unit", "tiny", "two-stage-cnn", mode, 4, 6,
-                              "none")
+                              "clean")
         n = len(result.truth)
         record.results += [condition.proportion("top1", result.hits(1).sum(), n),
                            condition.proportion("top3", result.hits(3).sum(), n)]

@@ -23,7 +23,7 @@ from ppazam_core.store import canonical_json
 OTHER_FAMILIES = [f for f in FAMILIES if f != TWO_STAGE]
 
 
-def queries_for(family, library, config, cache, level="none"):
+def queries_for(family, library, config, cache, level="clean"):
     spec = replace(config.data.eval_spec(level), features=family_features(family, config))
     return build_dataset(library, spec, cache, noise_folder(library, config.data, cache), workers=1)
 

@@ -30,7 +30,7 @@ duration_s = {TINY_SPEC.duration_s}
 [data]
 train_augmentations = 24
 eval_queries = 3
-eval_levels = ["none"]
+eval_levels = ["clean"]
 [embedding]
 epochs = 2
 batch_tracks = 6
@@ -75,7 +75,7 @@ def identifier(tiny_library, fhe_config, session_cache, circuits) -> Identifier:
 def queries(tiny_library, fhe_config, session_cache):
     config, _ = fhe_config
     noise = noise_folder(tiny_library, config.data, session_cache)
-    return build_dataset(tiny_library, config.data.eval_spec("none"), session_cache, noise, workers=1)
+    return build_dataset(tiny_library, config.data.eval_spec("clean"), session_cache, noise, workers=1)
 
 
 def test_compilation_records_costs_and_is_cached(circuits, tiny_library, fhe_config, session_cache, monkeypatch):

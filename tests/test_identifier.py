@@ -109,7 +109,7 @@ def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, c
     assert main(["train", *common]) == 0
     assert main(["evaluate", *common, "--mode", "fp32", "--mode", "quant", "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
-    assert [(r["mode"], r["level"], r["n"]) for r in report["results"]] == [("fp32", "none", 30), ("quant", "none", 30)]
+    assert [(r["mode"], r["level"], r["n"]) for r in report["results"]] == [("fp32", "clean", 30), ("quant", "clean", 30)]
     assert report["config_hash"] == trained.folder.name
     assert report["training"]["cluster_sizes"] == trained.manifest["cluster_sizes"]
     assert "git_commit" in report and (tmp_path / "report" / "evaluation.csv").is_file()

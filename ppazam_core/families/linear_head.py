@@ -6,8 +6,9 @@ calibration sample, and stored in an artifact folder::
     head.json           the fitted model (Concrete ML's own serialization)
     circuits/fhe/head/  client, server and simulator artifacts (see ppazam_core.fhe)
 
-``fp32`` runs the float scikit-learn model, ``quant`` the quantized model in the clear,
-``fhe-sim`` the stored simulator, ``fhe`` a client/server exchange of encrypted bytes.
+``fp32`` runs the float scikit-learn model, ``quant`` and ``fhe-disable`` the quantized model in
+the clear (Concrete ML's ``fhe="disable"``: for a linear model the QAT-free quantized model is the
+circuit), ``fhe-sim`` the stored simulator, ``fhe`` a client/server exchange of encrypted bytes.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class LinearHead:
         mode = Mode(mode)
         if mode is Mode.FP32:
             values = self.model.sklearn_model.decision_function(X)
-        elif mode is Mode.QUANT:
+        elif mode in (Mode.QUANT, Mode.FHE_DISABLE):
             values = self.model.decision_function(X, fhe="disable")
         elif mode is Mode.FHE_SIM:
             if self._simulated is None:
