@@ -19,13 +19,16 @@ AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QU
 CIRCUIT_AGREEMENT_FLOOR = {"exact": 0.99, "approximate": 0.75}
 
 
-def check_mode(run, model, mode: Mode) -> int | None:
+def check_mode(run, model, mode: Mode, condition: str) -> int | None:
     """Skip modes the family cannot run; returns the query limit of the mode."""
     if mode not in model.modes:
         pytest.skip(f"family {model.family} runs in {', '.join(m.value for m in model.modes)} only")
     limit = run.fhe_queries if mode is Mode.FHE else None
     if limit == 0:
         pytest.skip("--fhe-queries 0: no truly encrypted queries in this run")
+    if mode is Mode.FHE and run.suite.is_sweep(condition) and not run.suite.fhe_sweeps:
+        pytest.skip(f"suite {run.suite.name} runs its gain and length sweeps in fhe-sim, fhe on its levels only "
+                    "(fhe_sweeps = false)")
     if mode is Mode.FHE:  # keys are made (or loaded) and sent before any query is timed
         for circuit in model.circuit_names():
             model.channel.connect(circuit)
@@ -34,7 +37,7 @@ def check_mode(run, model, mode: Mode) -> int | None:
 
 def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam_level, ppazam_mode):
     mode = Mode(ppazam_mode)
-    limit = check_mode(ppazam_run, ppazam_model, mode)
+    limit = check_mode(ppazam_run, ppazam_model, mode, ppazam_level)
     result = ppazam_run.stages.predict(ppazam_model, ppazam_queries, mode, limit)
     n = len(result.truth)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level)

@@ -14,6 +14,8 @@ def test_open_set(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
     mode = Mode(ppazam_mode)
     if ppazam_run.suite.distractor_tracks == 0:
         pytest.skip("the suite holds no distractor tracks out")
+    if ppazam_run.suite.is_sweep(ppazam_level):
+        pytest.skip("open-set figures are measured on the suite's levels, not on its gain and length sweeps")
     if mode not in ppazam_model.modes or mode is Mode.FHE:
         pytest.skip(f"open-set figures are measured in {', '.join(m.value for m in ppazam_model.modes if m is not Mode.FHE)}")
     distractors = ppazam_run.stages.queries(ppazam_point.family, ppazam_point.config, ppazam_level, distractors=True)

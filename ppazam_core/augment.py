@@ -1,8 +1,14 @@
-"""Query augmentation: the original ``augment_policies`` plus custom policies from TOML.
+"""Query augmentation: the original ``augment_policies``, the conditions a user meets, and
+custom policies from TOML.
 
 A policy is plain data (:class:`AugmentationPolicy`); :class:`Augmenter` turns it into
 audiomentations transforms and applies them under a seed, so ``(seed, track id, index)``
-names exactly one noisy clip on every run and machine. audiomentations draws from Python's
+names exactly one noisy clip on every run and machine. Besides the original levels there are
+``clean`` (no transform), ``phone-in-room`` (a song played in a room and recorded by a phone,
+in the spirit of the Neural Audio Fingerprint protocol: tempo and pitch drift, a simulated room
+impulse response, background noise at 0-10 dB SNR, a phone microphone's band and MP3
+compression) and ``mixed``, the training policy: each clip is one of clean, large or
+phone-in-room, chosen by its seed. audiomentations draws from Python's
 ``random`` and numpy's global generator; the augmenter seeds both for one call and restores
 them afterwards.
 """
@@ -39,9 +45,12 @@ TRANSFORMS: dict[str, type] = {
         audiomentations.BandPassFilter,
         audiomentations.ClippingDistortion,
         audiomentations.TanhDistortion,
+        audiomentations.ApplyImpulseResponse,
+        audiomentations.Mp3Compression,
     )
 }
 NOISE_FOLDER_PARAM = "sounds_path"
+ROOMS_FOLDER_PARAM = "ir_path"
 
 
 class Level(str, enum.Enum):
@@ -51,6 +60,8 @@ class Level(str, enum.Enum):
     SMALL = "small"
     MEDIUM = "medium"
     LARGE = "large"
+    PHONE_IN_ROOM = "phone-in-room"
+    MIXED = "mixed"
 
     def __str__(self) -> str:
         return self.value
@@ -71,13 +82,18 @@ class TransformSpec:
 @dataclass(frozen=True)
 class AugmentationPolicy:
     """A named list of transforms; ``some_of=k`` applies k of them chosen at random (as
-    audiomentations' ``SomeOf``), otherwise all are applied in order, each with its own p."""
+    audiomentations' ``SomeOf``), otherwise all are applied in order, each with its own p.
+    A mixture instead names other policies in ``one_of``: each clip gets one of them, chosen
+    uniformly by its seed."""
 
     name: str
     transforms: tuple[TransformSpec, ...] = ()
     some_of: int | None = None
+    one_of: tuple["AugmentationPolicy", ...] = ()
 
     def __post_init__(self) -> None:
+        if self.one_of and (self.transforms or self.some_of is not None):
+            raise ConfigError(f"policies.{self.name}: give either transforms or one_of, not both")
         for spec in self.transforms:
             _check_transform(self.name, spec)
         if self.some_of is not None and not 1 <= self.some_of <= len(self.transforms):
@@ -89,17 +105,27 @@ class AugmentationPolicy:
     @property
     def needs_noise(self) -> bool:
         """Whether a background-noise folder must be supplied to apply the policy."""
-        return any(
-            t.name == "AddBackgroundNoise" and NOISE_FOLDER_PARAM not in dict(t.params)
-            for t in self.transforms
-        )
+        return self._needs("AddBackgroundNoise", NOISE_FOLDER_PARAM)
+
+    @property
+    def needs_rooms(self) -> bool:
+        """Whether a folder of room impulse responses must be supplied to apply the policy."""
+        return self._needs("ApplyImpulseResponse", ROOMS_FOLDER_PARAM)
+
+    def _needs(self, transform: str, folder_param: str) -> bool:
+        return (any(t.name == transform and folder_param not in dict(t.params) for t in self.transforms)
+                or any(p._needs(transform, folder_param) for p in self.one_of))
 
     @classmethod
-    def from_dict(cls, name: str, data: Mapping[str, Any]) -> "AugmentationPolicy":
-        """Build from a TOML table ``{some_of = k, transforms = [{name = ..., ...}, ...]}``."""
-        unknown = set(data) - {"some_of", "transforms"}
+    def from_dict(cls, name: str, data: Mapping[str, Any],
+                  known: Mapping[str, "AugmentationPolicy"] | None = None) -> "AugmentationPolicy":
+        """Build from a TOML table ``{some_of = k, transforms = [{name = ..., ...}, ...]}`` or
+        ``{one_of = ["clean", "large", ...]}`` (built-in levels or the ``known`` policies)."""
+        unknown = set(data) - {"some_of", "transforms", "one_of"}
         if unknown:
-            raise ConfigError.bad_value(f"policies.{name}", sorted(unknown)[0], "some_of, transforms")
+            raise ConfigError.bad_value(f"policies.{name}", sorted(unknown)[0], "some_of, transforms, one_of")
+        if "one_of" in data:
+            return cls(name, one_of=tuple(get_policy(other, known) for other in data["one_of"]))
         transforms = []
         for i, entry in enumerate(data.get("transforms", [])):
             entry = dict(entry)
@@ -110,11 +136,28 @@ class AugmentationPolicy:
 
 
 def builtin_policy(level: Level | str) -> AugmentationPolicy:
-    """The original system's ``augment_policies``, exactly as DESIGN.md lists them, and ``clean``
-    (no transform: a clip cut straight out of the track)."""
+    """The original system's ``augment_policies``, exactly as DESIGN.md lists them, ``clean``
+    (no transform: a clip cut straight out of the track), ``phone-in-room`` and the ``mixed``
+    training policy (see the module docstring)."""
     level = _level(level)
     if level is Level.CLEAN:
         return AugmentationPolicy("clean")
+    if level is Level.PHONE_IN_ROOM:
+        return AugmentationPolicy(
+            level.value,
+            (
+                TransformSpec.of("TimeStretch", min_rate=0.95, max_rate=1.05, p=0.5),
+                TransformSpec.of("PitchShift", min_semitones=-0.5, max_semitones=0.5, p=0.5),
+                TransformSpec.of("ApplyImpulseResponse", p=1.0),
+                TransformSpec.of("AddBackgroundNoise", min_snr_db=0.0, max_snr_db=10.0, p=1.0),
+                TransformSpec.of("HighPassFilter", min_cutoff_freq=150.0, max_cutoff_freq=400.0, p=1.0),
+                TransformSpec.of("LowPassFilter", min_cutoff_freq=3500.0, max_cutoff_freq=7000.0, p=1.0),
+                TransformSpec.of("Mp3Compression", min_bitrate=32, max_bitrate=96, p=1.0),
+            ),
+        )
+    if level is Level.MIXED:
+        return AugmentationPolicy(level.value, one_of=tuple(builtin_policy(other) for other in
+                                                            (Level.CLEAN, Level.LARGE, Level.PHONE_IN_ROOM)))
     if level is Level.SMALL:
         return AugmentationPolicy(
             "small", (TransformSpec.of("AddGaussianNoise", min_amplitude=0.001, max_amplitude=0.005, p=0.5),)
@@ -147,7 +190,16 @@ def load_policies(path: str | Path) -> dict[str, AugmentationPolicy]:
     clashes = sorted(set(tables) & {level.value for level in Level})
     if clashes:
         raise ConfigError(f"{path}: policy name {clashes[0]!r} is a built-in level; choose another name")
-    return {name: AugmentationPolicy.from_dict(name, table) for name, table in tables.items()}
+    return custom_policies(tables)
+
+
+def custom_policies(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, AugmentationPolicy]:
+    """Policies from ``[policies.NAME]`` tables; a mixture may name built-in levels and the
+    tables' policies that are not mixtures themselves."""
+    plain = {name: AugmentationPolicy.from_dict(name, table) for name, table in tables.items() if "one_of" not in table}
+    mixtures = {name: AugmentationPolicy.from_dict(name, table, plain) for name, table in tables.items()
+                if "one_of" in table}
+    return {name: {**plain, **mixtures}[name] for name in tables}
 
 
 def get_policy(name: str, custom: Mapping[str, AugmentationPolicy] | None = None) -> AugmentationPolicy:
@@ -161,14 +213,20 @@ def get_policy(name: str, custom: Mapping[str, AugmentationPolicy] | None = None
 
 
 class Augmenter:
-    """Applies one policy to mono float32 clips under explicit seeds."""
+    """Applies one policy to mono float32 clips under explicit seeds. ``noise_dir`` and
+    ``rooms_dir`` are the folders of background noise and room impulse responses the policy's
+    ``AddBackgroundNoise`` and ``ApplyImpulseResponse`` read when they name none."""
 
-    def __init__(self, policy: AugmentationPolicy, sample_rate: int, noise_dir: Path | None = None) -> None:
+    def __init__(self, policy: AugmentationPolicy, sample_rate: int, noise_dir: Path | None = None,
+                 rooms_dir: Path | None = None) -> None:
         if policy.needs_noise and noise_dir is None:
             raise ConfigError(f"policy {policy.name!r} adds background noise: give a noise folder")
+        if policy.needs_rooms and rooms_dir is None:
+            raise ConfigError(f"policy {policy.name!r} applies room impulse responses: give a rooms folder")
         self.policy = policy
         self.sample_rate = sample_rate
-        transforms = [_instantiate(spec, noise_dir) for spec in policy.transforms]
+        self._choices = [Augmenter(p, sample_rate, noise_dir, rooms_dir) for p in policy.one_of]
+        transforms = [_instantiate(spec, noise_dir, rooms_dir) for spec in policy.transforms]
         if not transforms:
             self._apply = None
         elif policy.some_of is None:
@@ -178,6 +236,8 @@ class Augmenter:
 
     def __call__(self, audio: np.ndarray, seed: int) -> np.ndarray:
         """The augmented clip; the same ``(audio, seed)`` always gives the same output."""
+        if self._choices:
+            return self._choices[int(np.random.default_rng([seed, 1]).integers(len(self._choices)))](audio, seed)
         if self._apply is None:
             return np.array(audio, dtype=np.float32, copy=True)
         python_state, numpy_state = random.getstate(), np.random.get_state()
@@ -210,12 +270,14 @@ def _check_transform(policy: str, spec: TransformSpec) -> None:
             raise ConfigError.bad_value(f"{where}.noise_transform", value, sorted(TRANSFORMS))
 
 
-def _instantiate(spec: TransformSpec, noise_dir: Path | None) -> Any:
+def _instantiate(spec: TransformSpec, noise_dir: Path | None, rooms_dir: Path | None) -> Any:
     params = dict(spec.params)
     if "noise_transform" in params:
         params["noise_transform"] = TRANSFORMS[params["noise_transform"]]()
     if spec.name == "AddBackgroundNoise" and NOISE_FOLDER_PARAM not in params:
         params[NOISE_FOLDER_PARAM] = str(noise_dir)
+    if spec.name == "ApplyImpulseResponse" and ROOMS_FOLDER_PARAM not in params:
+        params[ROOMS_FOLDER_PARAM] = str(rooms_dir)
     try:
         return TRANSFORMS[spec.name](**params)
     except (ValueError, TypeError, AssertionError) as e:

@@ -1,9 +1,11 @@
-"""Query conditions: an augmentation level and the recording gain a query is heard at.
+"""Query conditions: an augmentation level, the recording gain and the length of a query.
 
-A condition is named ``LEVEL`` (the level's clips, each at a seeded random gain from the
-configured range, as a phone's recording level is arbitrary) or ``LEVEL@GAINdB`` (every clip at
-that fixed gain, e.g. ``clean@-20dB``: the points of a gain sweep). Gains are applied after the
-level's transforms and the result is hard-clipped to full scale, as a recording device would.
+A condition is named ``LEVEL`` (the level's clips of the configured query length, each at a
+seeded random gain from the configured range, as a phone's recording level is arbitrary),
+optionally followed by a fixed gain ``@GAINdB`` (every clip at that gain, e.g. ``clean@-20dB``,
+the points of a gain sweep) and a query length ``@SECONDSs`` (e.g. ``phone-in-room@10s``, the
+points of a length sweep). Gains are applied after the level's transforms and the result is
+hard-clipped to full scale, as a recording device would.
 """
 
 from __future__ import annotations
@@ -16,36 +18,64 @@ import numpy as np
 from ppazam_core.errors import ConfigError
 
 GAIN_LIMITS_DB = (-60.0, 40.0)
-_NAME = re.compile(r"^(?P<level>[^@]+)@(?P<gain>[+-]?\d+(?:\.\d+)?)dB$")
+_NUMBER = r"[+-]?\d+(?:\.\d+)?"
+_GAIN = re.compile(rf"^(?P<value>{_NUMBER})dB$")
+_LENGTH = re.compile(r"^(?P<value>\d+(?:\.\d+)?)s$")
+_FORMAT = "LEVEL, LEVEL@GAINdB, LEVEL@SECONDSs or LEVEL@GAINdB@SECONDSs, e.g. clean@-20dB"
 
 
 @dataclass(frozen=True)
 class QueryCondition:
-    """An augmentation level (a policy name) and a fixed gain in dB (``None``: random)."""
+    """An augmentation level (a policy name), a fixed gain in dB (``None``: random) and a
+    query length in seconds (``None``: the configured one)."""
 
     level: str
     gain_db: float | None = None
+    length_s: float | None = None
 
     @property
     def name(self) -> str:
-        return self.level if self.gain_db is None else f"{self.level}@{self.gain_db:+g}dB"
+        gain = "" if self.gain_db is None else f"@{self.gain_db:+g}dB"
+        length = "" if self.length_s is None else f"@{self.length_s:g}s"
+        return f"{self.level}{gain}{length}"
 
     @classmethod
     def parse(cls, name: str) -> "QueryCondition":
-        """``"small"`` or ``"clean@-20dB"``; a :class:`ConfigError` for anything else."""
-        match = _NAME.match(name)
-        if match is None:
-            if "@" in name:
-                raise ConfigError.bad_value("query condition", name, "LEVEL or LEVEL@GAINdB, e.g. clean@-20dB")
-            return cls(name)
-        gain = float(match["gain"])
-        check_gain_range("query condition gain", (gain, gain))
-        return cls(match["level"], gain)
+        """``"small"``, ``"clean@-20dB"``, ``"phone-in-room@1s"``; a :class:`ConfigError` for
+        anything else."""
+        level, *parts = str(name).split("@")
+        gain = length = None
+        for part in parts:
+            if (match := _GAIN.match(part)) and gain is None and length is None:
+                gain = float(match["value"])
+                check_gain_range("query condition gain", (gain, gain))
+            elif (match := _LENGTH.match(part)) and length is None and float(match["value"]) > 0:
+                length = float(match["value"])
+            else:
+                raise ConfigError.bad_value("query condition", name, _FORMAT)
+        if not level:
+            raise ConfigError.bad_value("query condition", name, _FORMAT)
+        return cls(level, gain, length)
 
 
 def gain_sweep(level: str, gains_db: tuple[float, ...]) -> tuple[str, ...]:
     """The condition names of ``level`` at each fixed gain."""
-    return tuple(QueryCondition(level, float(g)).name for g in gains_db)
+    return tuple(QueryCondition(level, gain_db=float(g)).name for g in gains_db)
+
+
+def length_sweep(level: str, lengths_s: tuple[float, ...]) -> tuple[str, ...]:
+    """The condition names of ``level`` at each query length."""
+    return tuple(QueryCondition(level, length_s=float(s)).name for s in lengths_s)
+
+
+def segment_starts(query_s: float, segment_s: float) -> np.ndarray:
+    """Start times (s) of the segments a ``query_s`` query is cut into: one segment (padded
+    by the front-end) when it is no longer than ``segment_s``, else segments of ``segment_s``
+    every half segment, the last one ending at most at the query's end."""
+    if query_s <= segment_s:
+        return np.zeros(1)
+    hop = segment_s / 2
+    return np.arange(int((query_s - segment_s) // hop + 1e-9) + 1) * hop
 
 
 def check_gain_range(key: str, gain_db: tuple[float, float]) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppazam_core.augment import AugmentationPolicy, get_policy
+from ppazam_core.augment import AugmentationPolicy, custom_policies, get_policy
 from ppazam_core.clustering import ClusterConfig
 from ppazam_core.conditions import QueryCondition, check_gain_range
 from ppazam_core.dataset import DatasetSpec
@@ -53,7 +53,9 @@ class DataConfig:
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     features: FrontEndConfig = field(default_factory=FrontEndConfig)
     segment_s: float = 3.0
-    train_policy: str = "large"
+    # each training clip is clean, large or phone-in-room: the original "large" alone never trains
+    # on a clean clip, a room or a codec
+    train_policy: str = "mixed"
     train_augmentations: int = 150
     eval_levels: tuple[str, ...] = ("clean", "small", "medium", "large")  # query conditions (see conditions)
     eval_queries: int = 10
@@ -82,11 +84,12 @@ class DataConfig:
                            self.features, self.train_seed, Split.TRAIN.value, self.train_gain_db)
 
     def eval_spec(self, condition: str) -> DatasetSpec:
-        """The queries of a condition: ``LEVEL`` at random gains, or ``LEVEL@GAINdB``."""
+        """The queries of a condition (see :mod:`ppazam_core.conditions`): ``LEVEL`` clips of one
+        segment at random gains, ``@GAINdB`` at a fixed gain, ``@SECONDSs`` of that length."""
         parsed = QueryCondition.parse(condition)
         gain = self.query_gain_db if parsed.gain_db is None else (parsed.gain_db, parsed.gain_db)
         return DatasetSpec(self.policy(parsed.level), self.eval_queries, self.segment_s, self.features,
-                           self.eval_seed, Split.EVAL.value, gain)
+                           self.eval_seed, Split.EVAL.value, gain, parsed.length_s)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataConfig":
@@ -102,8 +105,7 @@ class DataConfig:
         return cls(
             synthetic=SyntheticSpec(**synthetic),
             features=FrontEndConfig.from_dict(data.get("features", {})),
-            policies=tuple(AugmentationPolicy.from_dict(name, table)
-                           for name, table in data.get("policies", {}).items()),
+            policies=tuple(custom_policies(data.get("policies", {})).values()),
             **data_table,
         )
 
@@ -215,9 +217,7 @@ class ExperimentConfig:
     def from_canonical(cls, config: Mapping[str, Any]) -> "ExperimentConfig":
         """The config whose canonical JSON (as stored in artifact manifests) is ``config``."""
         data = copy.deepcopy(dict(config["data"]))
-        policies = {p["name"]: {"some_of": p["some_of"],
-                                "transforms": [{"name": t["name"], **dict(t["params"])} for t in p["transforms"]]}
-                    for p in data.pop("policies")}
+        policies = {p["name"]: _policy_table(p) for p in data.pop("policies")}
         return cls.from_dict({
             "synthetic": data.pop("synthetic"),
             "features": data.pop("features"),
@@ -266,6 +266,14 @@ class ExperimentConfig:
                for name, cls in FAMILY_TABLES.items()},
             **identify,
         )
+
+
+def _policy_table(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The TOML table of a custom policy from its canonical JSON (a mixture names its parts)."""
+    if policy.get("one_of"):
+        return {"one_of": [part["name"] for part in policy["one_of"]]}
+    return {"some_of": policy["some_of"],
+            "transforms": [{"name": t["name"], **dict(t["params"])} for t in policy["transforms"]]}
 
 
 def _block(entry: Mapping[str, Any]) -> ConvBlock:

@@ -1,9 +1,10 @@
 """Datasets of augmented segments: ``(library, policy, count, segment, front-end, seed)`` to
 ``X, y`` plus metadata, cached on disk under a hash of all inputs.
 
-Each row is one clip named by ``(seed, split, track id, augmentation index)``: the offset in
+Each query is one clip named by ``(seed, split, track id, augmentation index)``: the offset in
 the track, the augmentation seed and the recording gain are all derived from that name, so a
-row can be rebuilt on its own. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
+query can be rebuilt on its own. A query longer than a segment is augmented whole, then cut
+into segments (:func:`~ppazam_core.conditions.segment_starts`), one row each, consecutive. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
 memory does not grow with the library. The folder is written atomically
 (:func:`ppazam_core.store.atomic_folder`).
 """
@@ -24,20 +25,22 @@ import torch
 
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
-from ppazam_core.conditions import apply_gain, check_gain_range
+from ppazam_core.conditions import apply_gain, check_gain_range, segment_starts
 from ppazam_core.errors import ConfigError, LibraryError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
 from ppazam_core.parallel import default_workers, parallel_map
+from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.seeding import Split, derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a dataset is made of (the library and noise folder are given separately). Each clip
-    is heard at a gain drawn uniformly from ``gain_db`` (dB; ``(g, g)`` fixes it) after the
-    policy's transforms, hard-clipped to full scale."""
+    """What a dataset is made of (the library and noise folder are given separately). Each
+    query clip lasts ``query_s`` (default: one segment of ``segment_s``) and is heard at a gain
+    drawn uniformly from ``gain_db`` (dB; ``(g, g)`` fixes it) after the policy's transforms,
+    hard-clipped to full scale."""
 
     policy: AugmentationPolicy
     augmentations_per_track: int = 50
@@ -46,9 +49,12 @@ class DatasetSpec:
     seed: int = 0
     split: str = Split.TRAIN.value
     gain_db: tuple[float, float] = (0.0, 0.0)
+    query_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gain_db", check_gain_range("gain_db", tuple(self.gain_db)))
+        if self.query_s is not None and not self.query_s > 0:
+            raise ConfigError.bad_value("query_s", self.query_s, "a number of seconds > 0")
         if self.augmentations_per_track < 1:
             raise ConfigError.bad_value("augmentations_per_track", self.augmentations_per_track, "an integer >= 1")
         if not self.segment_s > 0:
@@ -56,11 +62,22 @@ class DatasetSpec:
         if self.split not in {s.value for s in Split}:
             raise ConfigError.bad_value("split", self.split, [s.value for s in Split])
 
+    @property
+    def clip_s(self) -> float:
+        """Seconds of audio in one query."""
+        return self.segment_s if self.query_s is None else self.query_s
+
+    @property
+    def segments(self) -> int:
+        """Rows (segments) per query."""
+        return len(segment_starts(self.clip_s, self.segment_s))
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A built dataset. ``X`` is memory-mapped ``(N, 1, H, W)`` float32 (not normalized);
-    ``y[i]`` indexes ``track_ids``; ``normalizer`` was fitted on this dataset's ``X``."""
+    """A built dataset. ``X`` is memory-mapped ``(N, 1, H, W)`` float32 (not normalized), one
+    row per segment, the ``segments`` rows of a query consecutive; ``y[i]`` indexes
+    ``track_ids``; ``normalizer`` was fitted on this dataset's ``X``."""
 
     folder: Path
     X: np.ndarray
@@ -74,6 +91,15 @@ class Dataset:
         return int(self.y.shape[0])
 
     @property
+    def segments(self) -> int:
+        """Rows per query."""
+        return int(self.info.get("segments_per_query", 1))
+
+    @property
+    def queries(self) -> int:
+        return len(self) // self.segments
+
+    @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
 
@@ -81,7 +107,8 @@ class Dataset:
 def dataset_key(library: Library, spec: DatasetSpec, noise_dir: Path | None,
                 tracks: tuple[int, ...] | None = None) -> str:
     """The cache key: every input that changes a single byte of the dataset."""
-    key = {"library": library.fingerprint(), "spec": spec, "noise": _noise_fingerprint(spec, noise_dir)}
+    key = {"library": library.fingerprint(), "spec": spec, "noise": _noise_fingerprint(spec, noise_dir),
+           "rooms": rooms_spec(spec) if spec.policy.needs_rooms else None}
     return config_hash(key if tracks is None else {**key, "tracks": list(tracks)})
 
 
@@ -105,18 +132,21 @@ def build_dataset(
     if len(library) == 0:
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
     workers = default_workers() if workers is None else workers
+    rooms = room_bank(cache_dir, rooms_spec(spec)) if spec.policy.needs_rooms else None
     n_per = spec.augmentations_per_track
     labels = range(len(library)) if chosen is None else chosen
     started = time.perf_counter()
     with atomic_folder(folder) as tmp:
+        per_track = n_per * spec.segments
         X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
-                                      shape=(len(labels) * n_per, *spec.features.shape))
+                                      shape=(len(labels) * per_track, *spec.features.shape))
         rows: list[dict] = []
-        jobs = [(library.tracks[label], spec, None if noise_dir is None else str(noise_dir)) for label in labels]
+        jobs = [(library.tracks[label], spec, None if noise_dir is None else str(noise_dir),
+                 None if rooms is None else str(rooms)) for label in labels]
         described = f"dataset {spec.policy.name} x{n_per} ({spec.split})"
         for slot, (label, (patches, track_rows)) in enumerate(zip(labels, parallel_map(_track_rows, jobs, workers,
                                                                                           described))):
-            X[slot * n_per : (slot + 1) * n_per] = patches
+            X[slot * per_track : (slot + 1) * per_track] = patches
             rows.extend({**row, "label": label} for row in track_rows)
         X.flush()
         meta = pd.DataFrame(rows)
@@ -131,6 +161,7 @@ def build_dataset(
             "spec": json.loads(canonical_json(spec)),
             "track_ids": [t.id for t in library],
             "tracks_drawn_from": len(labels),
+            "segments_per_query": spec.segments,
             "n_rows": len(meta),
             "build_seconds": round(time.perf_counter() - started, 3),
         }
@@ -157,7 +188,7 @@ def load_dataset(folder: Path) -> Dataset:
 def clip_offset(track: Track, spec: DatasetSpec, index: int, audio_s: float) -> float:
     """Start (s) of clip ``index`` of ``track``: uniform over the track, named by its seed."""
     rng = np.random.default_rng(derive_seed(spec.seed, spec.split, track.id, index, "offset"))
-    return float(rng.uniform(0.0, max(audio_s - spec.segment_s, 0.0)))
+    return float(rng.uniform(0.0, max(audio_s - spec.clip_s, 0.0)))
 
 
 def clip_gain(track: Track, spec: DatasetSpec, index: int) -> float:
@@ -168,7 +199,12 @@ def clip_gain(track: Track, spec: DatasetSpec, index: int) -> float:
     return float(np.random.default_rng(derive_seed(spec.seed, spec.split, track.id, index, "gain")).uniform(low, high))
 
 
-def _track_rows(job: tuple[Track, DatasetSpec, str | None]) -> tuple[np.ndarray, list[dict]]:
+def rooms_spec(spec: DatasetSpec) -> RoomBankSpec:
+    """The room impulse responses a dataset's ``phone-in-room`` clips are played in."""
+    return RoomBankSpec(sample_rate=spec.features.sample_rate)
+
+
+def _track_rows(job: tuple[Track, DatasetSpec, str | None, str | None]) -> tuple[np.ndarray, list[dict]]:
     """Every clip of one track. Runs on one torch thread in workers and inline alike, since
     reduction order changes with the thread count and rows must not depend on ``workers``."""
     with _single_torch_thread():
@@ -185,26 +221,32 @@ def _single_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str | None) -> tuple[np.ndarray, list[dict]]:
-    augmenter, front_end = _tools(spec, noise_dir)
+def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str | None,
+                                rooms_dir: str | None) -> tuple[np.ndarray, list[dict]]:
+    augmenter, front_end = _tools(spec, noise_dir, rooms_dir)
     rate = spec.features.sample_rate
     audio = load_audio(track.source, rate)
-    n_samples = int(round(spec.segment_s * rate))
+    n_samples, segment = int(round(spec.clip_s * rate)), int(round(spec.segment_s * rate))
+    starts = np.round(segment_starts(spec.clip_s, spec.segment_s) * rate).astype(int)
     clips, rows = [], []
     for index in range(spec.augmentations_per_track):
         offset = clip_offset(track, spec, index, audio.shape[0] / rate)
         seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
         gain = clip_gain(track, spec, index)
-        clips.append(apply_gain(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed), gain))
-        rows.append({"track_id": track.id, "augmentation": index, "offset_s": round(offset, 4),
-                     "seed": seed, "gain_db": round(gain, 3), "policy": spec.policy.name, "split": spec.split})
+        clip = apply_gain(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed), gain)
+        for number, start in enumerate(starts):
+            clips.append(clip[start : start + segment] if spec.segments > 1 else clip)
+            rows.append({"track_id": track.id, "augmentation": index, "segment": number,
+                         "offset_s": round(offset + start / rate, 4), "seed": seed, "gain_db": round(gain, 3),
+                         "policy": spec.policy.name, "split": spec.split})
     return front_end(np.stack(clips)), rows
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(spec: DatasetSpec, noise_dir: str | None) -> tuple[Augmenter, FrontEnd]:
+def _tools(spec: DatasetSpec, noise_dir: str | None, rooms_dir: str | None) -> tuple[Augmenter, FrontEnd]:
     """Per-process augmenter and front-end (a worker builds them once)."""
-    augmenter = Augmenter(spec.policy, spec.features.sample_rate, None if noise_dir is None else Path(noise_dir))
+    augmenter = Augmenter(spec.policy, spec.features.sample_rate, None if noise_dir is None else Path(noise_dir),
+                          None if rooms_dir is None else Path(rooms_dir))
     return augmenter, FrontEnd(spec.features)
 
 

@@ -23,12 +23,11 @@ from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import ClearCircuit, SimulatedClassifier
 from ppazam_core.models import build_model
 from ppazam_core.pipeline import key_folder
-from ppazam_core.recognition import Mode, Scores, log_softmax
+from ppazam_core.recognition import Mode, Scores, combine_segments, log_softmax
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
 FAMILY = "two-stage-cnn"
-SCORE_FLOOR = -1e3  # log-score of tracks outside the searched clusters when segments are averaged
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class Identifier:
         rule = rule or self.config.combine
         if rule not in COMBINE_RULES:
             raise ConfigError.bad_value("identify.combine", rule, COMBINE_RULES)
-        mean = np.maximum(segment_scores, SCORE_FLOOR).mean(axis=0)
+        mean = combine_segments(segment_scores, len(segment_scores))[0]
         if rule == "majority-vote":
             votes = np.bincount(segment_scores.argmax(axis=1), minlength=segment_scores.shape[1])
             order = np.lexsort((-mean, -votes))[:top]

@@ -23,6 +23,8 @@ from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.parallel import progress_bar
 
+SCORE_FLOOR = -1e3  # a segment's score of tracks it did not search (two-stage: other clusters' tracks)
+
 
 class Mode(str, enum.Enum):
     """How the models are evaluated: in the clear (``fp32``), quantized in the clear (``quant``:
@@ -111,8 +113,10 @@ class Evaluation:
 def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,
             in_library: bool = True) -> Predictions:
     """Rank every query of ``dataset`` (or ``limit`` of them, spread evenly) in ``mode``.
-    ``in_library=False`` accepts queries of tracks outside the library (distractors); their
-    truth is -1."""
+    A query of several segments is scored segment by segment and ranked by
+    :func:`combine_segments`; in ``fhe`` mode each segment is one encrypted call (per classifier)
+    and a query's seconds are its segments' sum. ``in_library=False`` accepts queries of tracks
+    outside the library (distractors); their truth is -1."""
     mode = Mode(mode)
     if mode not in recognizer.modes:
         raise ConfigError.bad_value(f"mode of family {recognizer.family}", mode.value, [m.value for m in recognizer.modes])
@@ -121,26 +125,39 @@ def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: i
     if tuple(dataset.X.shape[1:]) != recognizer.features.shape:
         raise ArtifactError(f"the evaluation patches are {tuple(dataset.X.shape[1:])}; family {recognizer.family} "
                             f"reads {recognizer.features.shape}")
-    rows = spread_rows(len(dataset), limit)
-    truth = dataset.y[rows] if in_library else np.full(rows.size, -1)
-    X = np.asarray(dataset.X[rows])
-    batches = [X[i : i + 1] for i in range(len(X))] if mode is Mode.FHE else [X]
+    segments = dataset.segments
+    rows = spread_rows(dataset.queries, limit)
+    truth = dataset.y[rows * segments] if in_library else np.full(rows.size, -1)
+    X = np.asarray(dataset.X[(rows[:, None] * segments + np.arange(segments)).ravel()])
+    per_batch = segments if mode is Mode.FHE else len(X)
     parts, seconds = [], []
     with progress_bar() as progress:
-        bar = progress.add_task(f"{recognizer.family} {mode} queries", total=len(X))
-        for batch in batches:
+        bar = progress.add_task(f"{recognizer.family} {mode} queries", total=len(rows))
+        for start in range(0, len(X), max(per_batch, 1)):
             started = time.perf_counter()
-            parts.append(recognizer.scores(batch, mode))
-            seconds += [(time.perf_counter() - started) / len(batch)] * len(batch)
-            progress.advance(bar, len(batch))
-    track_scores = np.concatenate([p.track_scores for p in parts])
+            parts.append(recognizer.scores(X[start : start + per_batch], mode))
+            queries = max(len(X[start : start + per_batch]) // segments, 1)
+            seconds += [(time.perf_counter() - started) / queries] * queries
+            progress.advance(bar, queries)
+    track_scores = combine_segments(np.concatenate([p.track_scores for p in parts]), segments)
+    confidence = np.concatenate([p.confidence for p in parts]).reshape(-1, segments).mean(axis=1)
     clustered = recognizer.assignment is not None and parts[0].cluster_log_probs is not None
+    cluster_scores = combine_segments(np.concatenate([p.cluster_log_probs for p in parts]), segments) if clustered else None
     return Predictions(
-        rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3],
-        np.concatenate([p.confidence for p in parts]),
+        rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3], confidence,
         recognizer.assignment[truth] if clustered and in_library else None,
-        np.concatenate([p.cluster_log_probs for p in parts]).argmax(axis=1) if clustered else None,
+        cluster_scores.argmax(axis=1) if clustered else None,
         np.asarray(seconds))
+
+
+def combine_segments(scores: np.ndarray, segments: int) -> np.ndarray:
+    """Per-segment scores ``(n * segments, T)`` (higher is better, consecutive segments of a
+    query together) to per-query scores ``(n, T)``: their mean, each score floored at
+    :data:`SCORE_FLOOR` so that a track outside a segment's searched clusters (-inf) is heavily
+    penalised but can still win on the other segments. For log-probabilities this is the
+    mean log-probability rule; for vote counts, the summed votes (divided by ``segments``)."""
+    floored = np.maximum(np.asarray(scores, dtype=np.float64), SCORE_FLOOR)
+    return floored.reshape(-1, segments, floored.shape[1]).mean(axis=1)
 
 
 def evaluate(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,

@@ -1,7 +1,9 @@
 """``report.html``: one self-contained page (figures embedded as PNG data), no network needed.
 
-Sections: provenance, summary table (every family side by side), accuracy against augmentation
-level per mode, bit-width curves (accuracy and encrypted latency on two axes), latency per stage
+Sections: provenance, summary table (every family side by side), the Pareto figure (fhe-sim
+top-1 against encrypted seconds per query, one point per family, bit width and rounding),
+accuracy against augmentation level per mode, top-1 against recording gain and against query
+length, bit-width curves (accuracy and encrypted latency on two axes), latency per stage
 (stacked bars), key and ciphertext sizes, open-set rejection, cost and accuracy against library
 size (log axes), and the regression verdict when a baseline was given.
 """
@@ -17,9 +19,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from reports.tables import MODE_ORDER, family_points, labelled, mode_comparison, open_set, row_order
+from ppazam_core.augment import Level
+from ppazam_core.conditions import QueryCondition
+from reports.tables import MODE_ORDER, at_levels, family_points, labelled, mode_comparison, open_set, row_order
 
-FIGURE_IDS = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes", "open-set", "scaling")
+FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "bit-width-sweep", "latency-by-stage",
+              "sizes", "open-set", "scaling")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
 STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage:server", "first-stage:decrypt",
                   "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt",
@@ -72,9 +77,17 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
     overall = results[results["stage"] == ""]
     details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
                        "ci_high", "n"]]
+    query_s = float(run.get("suite", {}).get("query_s", 3.0))
     figures = [
+        {"id": "pareto", "title": "Accuracy against encrypted cost: fhe-sim top-1 per level against seconds per "
+                                  "truly encrypted query (filled: measured, hollow: Concrete's cost estimate)",
+         "png": _png(_pareto, results, latency)},
         {"id": "accuracy-by-level", "title": "Top-1 accuracy by augmentation level and mode",
          "png": _png(_accuracy_by_level, results)},
+        {"id": "gain-sweep", "title": "Top-1 against recording gain (clean queries)",
+         "png": _png(lambda f, r: _sweep(f, r, "gain_db", "recording gain (dB)"), results)},
+        {"id": "length-sweep", "title": "Top-1 against query length (phone-in-room queries)",
+         "png": _png(lambda f, r: _sweep(f, r, "length_s", "query length (s)", query_s), results)},
         {"id": "bit-width-sweep", "title": "Bit-width sweep: fhe-sim top-1 and encrypted latency",
          "png": _png(_bit_width_sweep, results, latency)},
         {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
@@ -113,7 +126,7 @@ def _png(draw, *frames: pd.DataFrame) -> str | None:
 
 def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
     """One panel per family (its first point), one line per mode, with 95% Wilson intervals."""
-    rows = family_points(results)
+    rows = at_levels(family_points(results))
     rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")]
     if rows.empty:
         return False
@@ -138,6 +151,77 @@ def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
     axes[0].set_ylabel("top-1 (95% Wilson CI)")
     handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
+    return True
+
+
+def _sweep(figure, results: pd.DataFrame, axis: str, label: str, query_s: float | None = None) -> bool:
+    """Top-1 against one condition axis (``gain_db`` of the gain sweep, ``length_s`` of the
+    length sweep, where the plain phone-in-room level is the point at the suite's ``query_s``):
+    one panel per family (its first point), one line per mode, with 95% Wilson intervals."""
+    rows = family_points(results)
+    rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")].copy()
+    conditions = rows["level"].map(QueryCondition.parse)
+    rows["x"] = [getattr(c, axis) for c in conditions]
+    if axis == "length_s":
+        plain = (rows["level"] == Level.PHONE_IN_ROOM.value) & rows["x"].isna()
+        rows.loc[plain, "x"] = query_s
+    rows = rows.dropna(subset=["x"])
+    if rows["x"].nunique() < 2:
+        return False
+    families = list(dict.fromkeys(rows["family"]))
+    colours = dict(zip(MODE_ORDER, sns.color_palette(n_colors=len(MODE_ORDER))))
+    axes = np.atleast_1d(figure.subplots(1, len(families), sharey=True))
+    for ax, family in zip(axes, families):
+        part_rows = rows[rows["family"] == family]
+        for mode in [m for m in MODE_ORDER if m in set(part_rows["mode"])]:
+            part = part_rows[part_rows["mode"] == mode].sort_values("x")
+            below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
+            above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
+            ax.errorbar(part["x"], part["value"], yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode,
+                        color=colours[mode])
+        ax.set_title(family, fontsize="small")
+        ax.set_xlabel(label, fontsize="small")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("top-1 (95% Wilson CI)")
+    handles = {name: handle for ax in axes for handle, name in zip(*ax.get_legend_handles_labels())}
+    axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
+    return True
+
+
+def _pareto(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
+    """One point per (family, bit width, rounding) and level: fhe-sim top-1 against the seconds
+    of one truly encrypted query, measured (median over the levels) or else estimated from
+    Concrete's cost model; log x axis."""
+    keys = ["family", "bit_width", "rounding_bits", "library"]
+    accuracy = at_levels(results)
+    accuracy = accuracy[(accuracy["mode"] == "fhe-sim") & (accuracy["metric"] == "top1") & (accuracy["stage"] == "")]
+    measured = at_levels(latency)
+    measured = measured[(measured["mode"] == "fhe") & (measured["stage"] == "query") & (measured["metric"] == "median_s")]
+    estimated = results[(results["metric"] == "estimated_fhe_s") & (results["stage"] == "query")]
+    cost = estimated.groupby(keys)["value"].median().rename("estimated").to_frame().join(
+        measured.groupby(keys)["value"].median().rename("measured"), how="outer").reset_index()
+    points = accuracy.merge(cost, on=keys)
+    if points.empty:
+        return False
+    points["seconds"] = points["measured"].fillna(points["estimated"])
+    points["label"] = [f"{f} w{b} r{r}" if f == points["family"].iloc[0] else f
+                       for f, b, r in zip(points["family"], points["bit_width"], points["rounding_bits"])]
+    ax = figure.add_subplot()
+    labels = list(dict.fromkeys(points["label"]))
+    levels = list(dict.fromkeys(points["level"]))
+    colours = dict(zip(labels, sns.color_palette(n_colors=len(labels))))
+    markers = dict(zip(levels, "osD^vP*X"))
+    for (label, level, is_measured), part in points.groupby(["label", "level", points["measured"].notna()],
+                                                             sort=False):
+        ax.scatter(part["seconds"], part["value"], marker=markers.get(level, "o"), s=50,
+                   facecolors=colours[label] if is_measured else "none", edgecolors=colours[label])
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("seconds per truly encrypted query (log scale)")
+    ax.set_ylabel("fhe-sim top-1")
+    handles = [ax.scatter([], [], color=colours[label], label=label) for label in labels]
+    handles += [ax.scatter([], [], marker=markers.get(level, "o"), color="grey", label=level) for level in levels]
+    ax.legend(handles=handles, fontsize="x-small", bbox_to_anchor=(1.01, 1), loc="upper left")
     return True
 
 

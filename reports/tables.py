@@ -5,7 +5,12 @@
 * ``mode-comparison``: rows modes (of every family, side by side), columns levels, cells
   ``top-1 / top-3`` and the median latency of one query in that mode;
 * ``open-set``: rows modes of every family, columns levels, cells ROC-AUC / PR-AUC of the
-  confidence for library vs distractor queries and the top-1 at 1% false accepts.
+  confidence for library vs distractor queries and the top-1 at 1% false accepts;
+* ``condition-sweeps``: rows modes of every family, columns the gain and length sweeps'
+  conditions (``clean@-20dB``, ``phone-in-room@1s``, ...), cells top-1.
+
+The level tables hold the suite's levels; its sweeps (conditions named ``LEVEL@...``) have a
+table and figures of their own.
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ CLUSTER_STAGE = "cluster:"
 MODE_ORDER = tuple(m.value for m in Mode)
 
 
+def at_levels(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the suite's levels, not of its gain or length sweeps (conditions ``LEVEL@...``)."""
+    return rows[~rows["level"].astype(str).str.contains("@")]
+
+
 def original_layout(results: pd.DataFrame, mode: str) -> pd.DataFrame:
     """Rows Top-1 / Top-3, columns (level, cluster) for one mode of the first suite point."""
-    rows = first_point(results)
+    rows = at_levels(first_point(results))
     rows = rows[(rows["mode"] == mode) & rows["metric"].isin(["top1", "top3"])]
     if rows.empty:
         return pd.DataFrame()
@@ -40,7 +50,7 @@ def original_layout(results: pd.DataFrame, mode: str) -> pd.DataFrame:
 def mode_comparison(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
     """Rows modes (``family mode`` when the run holds several families), columns levels:
     ``top-1 / top-3`` and the median seconds of one query, at each family's first point."""
-    rows = labelled(family_points(results))
+    rows = labelled(at_levels(family_points(results)))
     rows = rows[(rows["stage"] == "") & rows["metric"].isin(["top1", "top3"])]
     if rows.empty:
         return pd.DataFrame()
@@ -73,6 +83,17 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells).loc[row_order(rows)]
 
 
+def condition_sweeps(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows modes of every family, columns the sweep conditions in run order, cells top-1."""
+    rows = labelled(family_points(results))
+    rows = rows[(rows["stage"] == "") & (rows["metric"] == "top1") & rows["level"].astype(str).str.contains("@")]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.pivot_table(index="row", columns="level", values="value", aggfunc="first")
+    table = table[list(dict.fromkeys(rows["level"]))].loc[row_order(rows)]
+    return table.applymap(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     flat = _flatten(table)
     return flat.to_markdown() if not flat.empty else "(no rows)"
@@ -94,7 +115,8 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
     """Write every table as ``.md`` and ``.tex`` into ``folder``; returns the files."""
     written = []
     tables = {"mode-comparison": (mode_comparison(results, latency), "Top-1 / top-3 and latency per mode"),
-              "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts")}
+              "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts"),
+              "condition-sweeps": (condition_sweeps(results), "Top-1 against recording gain and query length")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:
         tables[f"original-layout-{mode}"] = (original_layout(results, mode),
                                              f"Top-1 and top-3 per cluster and level ({mode})")

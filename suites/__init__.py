@@ -11,6 +11,8 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     rounding_bits = [6]                     # Concrete ML rounding_threshold_bits, one compilation each
     levels = ["clean", "small", "medium", "large"]   # augmentation levels, queries at random gains
     gains = [-20, -10, 0, 10]               # a fixed-gain sweep (dB) of clean queries: clean@-20dB, ...
+    query_lengths = [1, 2, 3, 5, 10]        # a length sweep (s) of phone-in-room queries: phone-in-room@1s, ...
+    fhe_sweeps = false                      # the sweeps in fhe too (else fhe-sim stands for them)
     queries_per_track = 10
     query_tracks = 0                        # query this many tracks (a seeded choice); 0: every track
     query_s = 3.0
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppazam_core.augment import Level
-from ppazam_core.conditions import QueryCondition, gain_sweep
+from ppazam_core.conditions import QueryCondition, gain_sweep, length_sweep
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import FAMILIES
@@ -57,6 +59,8 @@ class Suite:
     rounding_bits: tuple[int, ...] = (6,)
     levels: tuple[str, ...] = ("clean", "small", "medium", "large")
     gains: tuple[float, ...] = ()  # a fixed-gain sweep (dB) of clean queries: conditions clean@GAINdB
+    query_lengths: tuple[float, ...] = ()  # a length sweep (s) of phone-in-room queries: phone-in-room@Ls
+    fhe_sweeps: bool = False  # whether the gain and length sweeps run truly encrypted too (fhe-sim always)
     queries_per_track: int = 10
     query_tracks: int = 0
     query_s: float = 3.0
@@ -83,6 +87,12 @@ class Suite:
         if self.library_sizes and self.library != "synthetic":
             raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes,
                                         "only with library = \"synthetic\"")
+        if any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in self.query_lengths):
+            raise ConfigError.bad_value(f"suite {self.name}: query_lengths", self.query_lengths, "seconds > 0")
+        if any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in self.gains):
+            raise ConfigError.bad_value(f"suite {self.name}: gains", self.gains, "numbers of dB")
+        if not isinstance(self.fhe_sweeps, bool):
+            raise ConfigError.bad_value(f"suite {self.name}: fhe_sweeps", self.fhe_sweeps, "true or false")
         if set(self.seeds) != {"train", "eval"}:
             raise ConfigError.bad_value(f"suite {self.name}: seeds", dict(self.seeds), "a table with train and eval")
         base = ExperimentConfig.from_dict(self.experiment)
@@ -106,8 +116,14 @@ class Suite:
 
     @property
     def conditions(self) -> tuple[str, ...]:
-        """The query conditions measured: every level at random gains, then the gain sweep."""
-        return self.levels + gain_sweep(Level.CLEAN.value, self.gains)
+        """The query conditions measured: every level at random gains, then the gain sweep, then
+        the length sweep (less the suite's own query length, which the level measures)."""
+        lengths = tuple(s for s in self.query_lengths if s != self.query_s)
+        return self.levels + gain_sweep(Level.CLEAN.value, self.gains) + length_sweep(Level.PHONE_IN_ROOM.value, lengths)
+
+    def is_sweep(self, condition: str) -> bool:
+        """Whether ``condition`` is a point of the gain or length sweep rather than a level."""
+        return condition not in self.levels
 
     def points(self) -> list[tuple[int, int]]:
         """Every (bit width, rounding bits) pair, in suite order."""

@@ -151,7 +151,7 @@ def test_bad_policy_files_name_the_problem(tmp_path, toml, message):
 
 
 def test_unknown_policy_name_lists_the_allowed_ones():
-    with pytest.raises(ConfigError, match="'loud'.*none, small, medium, large"):
+    with pytest.raises(ConfigError, match="'loud'.*clean, small, medium, large, phone-in-room, mixed"):
         get_policy("loud")
 
 

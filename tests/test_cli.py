@@ -40,7 +40,7 @@ def test_prepare_builds_the_data_path_and_writes_a_report(tmp_path, capsys):
                  "--workers", "1"]) == 0
     report = json.loads((out / "prepare.json").read_text())
     assert [(d["split"], d["policy"], d["rows"]) for d in report["datasets"]] == [
-        ("train", "large", 12), ("eval", "small", 8), ("eval", "large", 8)]
+        ("train", "mixed", 12), ("eval", "small", 8), ("eval", "large", 8)]
     assert report["library"]["n_tracks"] == 4 and len(report["config_hash"]) == 16
     assert report["environment"]["packages"]["concrete-ml"] == "1.9.0"
     assert "datasets" in capsys.readouterr().out

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -5,7 +7,8 @@ import ppazam_core.dataset as dataset_module
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import Augmenter, builtin_policy
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import DatasetSpec, build_dataset, clip_offset, dataset_key
+from ppazam_core.conditions import apply_gain
+from ppazam_core.dataset import DatasetSpec, build_dataset, clip_gain, clip_offset, dataset_key
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig
 from ppazam_core.noise import synthetic_noise_bank
@@ -24,22 +27,37 @@ def test_dataset_shapes_labels_and_metadata(tiny_library, cache_dir, noise_dir):
     dataset = build_dataset(tiny_library, _spec(), cache_dir, noise_dir, workers=1)
     assert dataset.X.shape == (24, 1, 32, 32) and dataset.X.dtype == np.float32
     np.testing.assert_array_equal(dataset.y, np.repeat(np.arange(6), 4))
-    assert list(dataset.meta.columns) == ["track_id", "augmentation", "offset_s", "seed", "policy", "split", "label"]
+    assert list(dataset.meta.columns) == ["track_id", "augmentation", "segment", "offset_s", "seed", "gain_db", "policy",
+                                          "split", "label"]
     assert dataset.track_ids == tuple(t.id for t in tiny_library)
     assert (dataset.meta["offset_s"] <= 8.0 - 3.0).all()
     assert dataset.normalizer.mean.shape == (32,) and dataset.size_bytes > dataset.X.nbytes
 
 
 def test_a_row_can_be_rebuilt_from_its_name(tiny_library, cache_dir, noise_dir):
-    spec = _spec()
+    spec = replace(_spec(), gain_db=(-20.0, 10.0))
     dataset = build_dataset(tiny_library, spec, cache_dir, noise_dir, workers=1)
     row = dataset.meta.iloc[9]
     track = tiny_library.tracks[int(row["label"])]
     audio = load_audio(track.source, 16_000)
-    assert clip_offset(track, spec, int(row["augmentation"]), audio.shape[0] / 16_000) == pytest.approx(row["offset_s"], abs=1e-4)
-    clip = crop_or_pad(audio, 48_000, int(round(clip_offset(track, spec, int(row["augmentation"]), 8.0) * 16_000)))
-    rebuilt = FrontEnd(spec.features)(Augmenter(spec.policy, 16_000, noise_dir)(clip, int(row["seed"])))
-    np.testing.assert_allclose(rebuilt[0], dataset.X[9], atol=1e-4)
+    index = int(row["augmentation"])
+    assert clip_offset(track, spec, index, audio.shape[0] / 16_000) == pytest.approx(row["offset_s"], abs=1e-4)
+    assert clip_gain(track, spec, index) == pytest.approx(row["gain_db"], abs=1e-3)
+    clip = crop_or_pad(audio, 48_000, int(round(clip_offset(track, spec, index, 8.0) * 16_000)))
+    heard = apply_gain(Augmenter(spec.policy, 16_000, noise_dir)(clip, int(row["seed"])), clip_gain(track, spec, index))
+    np.testing.assert_allclose(FrontEnd(spec.features)(heard)[0], dataset.X[9], atol=1e-4)
+
+
+def test_a_long_query_is_cut_into_half_overlapping_segments(tiny_library, cache_dir, noise_dir):
+    spec = replace(_spec(), query_s=6.0)
+    dataset = build_dataset(tiny_library, spec, cache_dir, noise_dir, workers=1)
+    assert spec.segments == dataset.segments == 3 and dataset.queries == 24 and len(dataset) == 72
+    first = dataset.meta.iloc[:3]
+    assert first["segment"].tolist() == [0, 1, 2] and first["augmentation"].nunique() == 1
+    np.testing.assert_allclose(np.diff(first["offset_s"]), 1.5, atol=1e-3)
+    assert (dataset.meta.groupby(["label", "augmentation"])["segment"].count() == 3).all()
+    short = build_dataset(tiny_library, replace(_spec(), query_s=1.0), cache_dir, noise_dir, workers=1)
+    assert short.segments == 1 and short.X.shape == (24, 1, 32, 32)  # one segment, padded by the front-end
 
 
 def test_second_build_loads_from_cache(tiny_library, cache_dir, noise_dir, monkeypatch):

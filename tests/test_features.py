@@ -40,7 +40,7 @@ def test_patch_selection_and_padding():
 @pytest.mark.parametrize(
     "kwargs, key",
     [({"kind": "cqt"}, "kind"), ({"patch_select": "loudest"}, "patch_select"), ({"deltas": 3}, "deltas"),
-     ({"f_min": 9000.0}, "f_min"), ({"n_mfcc": 80, "kind": "mfcc"}, "n_mfcc")],
+     ({"f_min": 9000.0}, "f_min"), ({"n_mfcc": 80, "kind": "mfcc"}, "n_mfcc"), ({"level_dbfs": 3.0}, "level_dbfs")],
 )
 def test_bad_front_end_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -60,3 +60,24 @@ def test_normalizer_fits_standardises_and_round_trips(tmp_path, clips):
     np.testing.assert_array_equal(loaded(patches), normed)
     with pytest.raises(ValueError):
         Normalizer.fit(patches[:0])
+
+
+@pytest.mark.parametrize("kind", ["logmel", "mfcc"])
+def test_a_gain_leaves_the_patch_unchanged(clips, kind):
+    """Clips are leveled to -20 dBFS RMS first: 20 dB quieter is the same patch (to float
+    rounding in the STFT: < 0.05 dB), while without leveling a logmel patch moves by 20 dB."""
+    front_end = FrontEnd(FrontEndConfig(kind=kind))
+    quiet = clips * np.float32(0.1)
+    np.testing.assert_allclose(front_end(quiet), front_end(clips), atol=0.05)
+    if kind == "logmel":
+        raw = FrontEnd(FrontEndConfig(level_dbfs=None))
+        assert np.median(raw(clips) - raw(quiet)) == pytest.approx(20.0, abs=0.01)  # bins above the floor
+    silent = np.zeros((1, 48_000), dtype=np.float32)
+    assert np.isfinite(front_end(silent)).all()  # nothing to amplify
+
+
+def test_patches_are_c_contiguous(clips):
+    """torchaudio's mel spectrogram is transposed in memory; Concrete misreads such arrays."""
+    for config in (FrontEndConfig(), FrontEndConfig(kind="mfcc", n_mfcc=20, patch_height=20)):
+        assert FrontEnd(config)(clips).flags["C_CONTIGUOUS"]
+        assert FrontEnd(config).spectrogram(clips).flags["C_CONTIGUOUS"]

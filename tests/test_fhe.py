@@ -115,6 +115,39 @@ def test_cached_simulation_equals_concrete_ml_simulation(identifier, queries, fh
     np.testing.assert_allclose(cached, fresh, atol=1e-5)
 
 
+def clean_clip_patches(identifier, library, per_track: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Clean 3-s clips cut straight out of every track and passed through the front-end in memory
+    (as ``identify`` does): raw patches and their true track indices."""
+    clips, truth = [], []
+    for index, track in enumerate(library.tracks):
+        for offset in np.linspace(0.5, track.duration_s - 3.5, per_track):
+            clips.append(library.load(track, 16_000, offset_s=float(offset), duration_s=3.0))
+            truth.append(index)
+    return identifier.front_end(np.stack(clips)), np.asarray(truth)
+
+
+def test_clean_clips_simulate_what_the_circuit_computes(identifier, tiny_library):
+    """Regression: a spectrogram straight from torchaudio is transposed in memory, and Concrete
+    read such arrays in C order, so fhe-sim (and fhe) answered at chance on clean clips while
+    the circuit's clear execution was right. With exact rounding and p_error 1e-5 the
+    simulated integers are the circuit's own: every top-1 agrees."""
+    patches, _ = clean_clip_patches(identifier, tiny_library)
+    simulated = identifier.scores(patches, Mode.FHE_SIM).track_scores.argmax(axis=1)
+    clear = identifier.scores(patches, Mode.FHE_DISABLE).track_scores.argmax(axis=1)
+    assert patches.flags["C_CONTIGUOUS"] and len(simulated) == 12
+    np.testing.assert_array_equal(simulated, clear)
+
+
+def test_simulation_reads_any_memory_layout(identifier, queries):
+    X = identifier.normalizer(np.asarray(queries.X[:4]))
+    transposed = np.ascontiguousarray(X.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, strided
+    assert not transposed.flags["C_CONTIGUOUS"] and np.array_equal(transposed, X)
+    simulator = SimulatedClassifier(identifier.circuits / "cluster")
+    np.testing.assert_array_equal(simulator.logits(transposed), simulator.logits(X))
+    np.testing.assert_array_equal(identifier.channel.logits("cluster", transposed[:1]),
+                                  identifier.channel.logits("cluster", X[:1]))
+
+
 def test_fhe_sim_evaluation_reports_agreement(identifier, queries):
     simulated = evaluate(identifier, queries, "fhe-sim", agreement_with="quant")
     assert simulated.n == 18 and simulated.agreement_with == "quant" and 0.0 <= simulated.agreement <= 1.0

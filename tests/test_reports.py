@@ -11,11 +11,15 @@ from ppazam_core.cli import main
 from reports.tidy import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
-FIGURES = ("accuracy-by-level", "bit-width-sweep", "latency-by-stage", "sizes", "open-set", "scaling")
+FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "bit-width-sweep", "latency-by-stage", "sizes",
+           "open-set", "scaling")
+SWEEPS = (("clean@-20dB", 170), ("clean@+10dB", 150), ("phone-in-room", 140), ("phone-in-room@1s", 90),
+          ("phone-in-room@10s", 190))
 
 
 def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
-    """A plausible run: two modes, two levels, two bit widths, per-cluster rows, latencies, sizes."""
+    """A plausible run: two modes, two levels, a gain and a length sweep, two bit widths, per-cluster
+    rows, latencies, sizes."""
     record = RunRecord({"run_id": "r1", "timestamp": "2026-01-01T00:00:00Z", "git_commit": "abc", "library": "lib",
                         "suite": {"name": "unit"},
                         "environment": {"processor": "x86_64", "cpu_count": 2, "python": "3.11",
@@ -31,6 +35,9 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
                                     f"cluster:{cluster}")
                     record.results.append(per.proportion("top1", hits // 2, 100))
                     record.results.append(per.proportion("top3", min(100, hits // 2 + 7), 100))
+            for level, correct in SWEEPS:
+                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level)
+                record.results.append(c.proportion("top1", int(correct * top1_scale), 200))
             for stage, seconds in (("features", 0.002), ("first-stage", 0.01), ("second-stage", 0.01),
                                    ("query", 0.03)):
                 c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, stage=stage)
@@ -78,6 +85,9 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert page.count("data:image/png;base64,") == len(FIGURES) and "http" not in page.split("<body>")[1]
     mode_table = (out / "tables" / "mode-comparison.md").read_text()
     assert "two-stage-cnn fhe-sim" in mode_table and "0.90 / 0.97 (n=200)" in mode_table
+    assert "@" not in mode_table  # the sweeps have a table of their own
+    sweeps = (out / "tables" / "condition-sweeps.md").read_text()
+    assert "clean@-20dB" in sweeps and "phone-in-room@1s" in sweeps and "0.45" in sweeps
     assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
     open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
     assert ["embedding-head fp32", "0.93 / 0.95, 0.60"] == [cell.strip() for cell in open_set[-2][1:3]]

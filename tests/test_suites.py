@@ -14,7 +14,15 @@ def test_shipped_suites_load():
         for bits, rounding in suite.points():
             config = suite.config(bits, rounding)
             assert config.model.weight_bits == config.model.activation_bits == bits
-            assert config.fhe.rounding_bits == rounding and config.data.eval_levels == suite.levels
+            assert config.fhe.rounding_bits == rounding and config.data.eval_levels == suite.conditions
+        assert suite.levels[0] == "clean"  # every suite measures queries as a user records them
+
+
+def test_default_suite_sweeps_the_recording_gain():
+    default = load_suite("default")
+    assert default.conditions == ("clean", "small", "medium", "large",
+                                  "clean@-20dB", "clean@-10dB", "clean@+0dB", "clean@+10dB")
+    assert default.config(4, 7).data.query_gain_db == (-20.0, 10.0)
 
 
 def test_paper_suite_sweeps_two_to_eight_bits():
@@ -38,9 +46,12 @@ def test_nightly_suite_uses_the_debian_library():
 
 
 @pytest.mark.parametrize("text, message", [
-    ('modes = ["fp32", "gpu"]', "modes = 'gpu' is not allowed; allowed: fp32, quant, fhe-sim, fhe"),
+    ('modes = ["fp32", "gpu"]', "modes = 'gpu' is not allowed; allowed: fp32, quant, fhe-disable, fhe-sim, fhe"),
     ("bit_widths = [1]", "bit_widths = 1 is not allowed"),
-    ('levels = ["loud"]', "levels: policy = 'loud' is not allowed; allowed: none, small, medium, large"),
+    ('levels = ["loud"]', "levels: policy = 'loud' is not allowed; allowed: clean, small, medium, large"),
+    ('gains = [-90]', "query condition gain = (-90.0, -90.0) is not allowed"),
+    ('query_lengths = [0]', "query_lengths = (0,) is not allowed"),
+    ('fhe_sweeps = "yes"', "fhe_sweeps = 'yes' is not allowed"),
     ("queries_per_track = 0", "queries_per_track = 0 is not allowed"),
     ("colour = 1", "'colour' is not allowed; allowed: bit_widths"),
     ('[experiment.model]\nweight_bits = 9', "model.weight_bits = 9"),
