@@ -9,7 +9,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     modes = ["fp32", "quant", "fhe-sim", "fhe"]  # also fhe-disable (the circuit run in the clear)
     bit_widths = [4]                        # QAT weight and activation bits, one model each
     rounding_bits = [6]                     # Concrete ML rounding_threshold_bits, one compilation each
-    levels = ["clean", "small", "medium", "large"]   # augmentation levels, queries at random gains
+    levels = ["clean", "small", "medium", "large", "phone-in-room"]  # augmentation levels, random gains
     gains = [-20, -10, 0, 10]               # a fixed-gain sweep (dB) of clean queries: clean@-20dB, ...
     query_lengths = [1, 2, 3, 5, 10]        # a length sweep (s) of phone-in-room queries: phone-in-room@1s, ...
     fhe_sweeps = false                      # the sweeps in fhe too (else fhe-sim stands for them)
@@ -57,9 +57,9 @@ class Suite:
     modes: tuple[str, ...] = tuple(m.value for m in Mode)
     bit_widths: tuple[int, ...] = (4,)
     rounding_bits: tuple[int, ...] = (6,)
-    levels: tuple[str, ...] = ("clean", "small", "medium", "large")
+    levels: tuple[str, ...] = ("clean", "small", "medium", "large", "phone-in-room")
     gains: tuple[float, ...] = ()  # a fixed-gain sweep (dB) of clean queries: conditions clean@GAINdB
-    query_lengths: tuple[float, ...] = ()  # a length sweep (s) of phone-in-room queries: phone-in-room@Ls
+    query_lengths: tuple[float, ...] = (1, 2, 3, 5, 10)  # a length sweep (s) of phone-in-room queries: phone-in-room@Ls
     fhe_sweeps: bool = False  # whether the gain and length sweeps run truly encrypted too (fhe-sim always)
     queries_per_track: int = 10
     query_tracks: int = 0
@@ -117,8 +117,10 @@ class Suite:
     @property
     def conditions(self) -> tuple[str, ...]:
         """The query conditions measured: every level at random gains, then the gain sweep, then
-        the length sweep (less the suite's own query length, which the level measures)."""
-        lengths = tuple(s for s in self.query_lengths if s != self.query_s)
+        the length sweep (less the suite's own query length when phone-in-room is a level:
+        that level measures it)."""
+        measured = self.query_s if Level.PHONE_IN_ROOM.value in self.levels else None
+        lengths = tuple(s for s in self.query_lengths if s != measured)
         return self.levels + gain_sweep(Level.CLEAN.value, self.gains) + length_sweep(Level.PHONE_IN_ROOM.value, lengths)
 
     def is_sweep(self, condition: str) -> bool:

@@ -20,8 +20,9 @@ def test_shipped_suites_load():
 
 def test_default_suite_sweeps_the_recording_gain():
     default = load_suite("default")
-    assert default.conditions == ("clean", "small", "medium", "large",
-                                  "clean@-20dB", "clean@-10dB", "clean@+0dB", "clean@+10dB")
+    assert default.conditions == ("clean", "small", "medium", "large", "phone-in-room",
+                                  "clean@-20dB", "clean@-10dB", "clean@+0dB", "clean@+10dB",
+                                  "phone-in-room@1s", "phone-in-room@2s", "phone-in-room@5s", "phone-in-room@10s")
     assert default.config(4, 7).data.query_gain_db == (-20.0, 10.0)
 
 
