@@ -5,18 +5,16 @@ the same circuit computes."""
 import numpy as np
 import pytest
 
-from ppazam_core.fhe import CircuitStats
 from ppazam_core.recognition import Mode
 from reports.tables import CLUSTER_STAGE
 from reports.tidy import wilson_interval
 
 AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}
-# Least top-1 agreement of fhe-sim with fhe-disable on any condition. Exact (or no) rounding:
-# the two differ only by PBS errors, p_error per PBS (1e-5 to 0.05 here), so 99%. Approximate
-# rounding may move any rounded accumulator by one step of its kept bits, by design
-# (Concrete's Exactness.APPROXIMATE): the default 656-PBS classifiers agreed on 80-91% of clean,
-# noisy, +10 dB and -20 dB queries; a strided input that Concrete misread gave 16-25%.
-CIRCUIT_AGREEMENT_FLOOR = {"exact": 0.99, "approximate": 0.75}
+# Queries simulated a second time to measure the simulator's agreement with itself: Concrete's
+# approximate rounding and p_error make each run of a circuit a random draw (the default
+# classifiers' cluster top-1 agreed with itself on 67% of phone-in-room queries, 87% of clean
+# ones), so the circuit is held to agree with its clear execution as well as with itself.
+SELF_AGREEMENT_QUERIES = 128
 
 
 def check_mode(run, model, mode: Mode, condition: str) -> int | None:
@@ -56,28 +54,26 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
                                            f"{CLUSTER_STAGE}{int(cluster)}")
         rows += [per_cluster.proportion("top1", result.hits(1)[members].sum(), int(members.sum())),
                  per_cluster.proportion("top3", result.hits(3)[members].sum(), int(members.sum()))]
+    rows.append(condition.row("segments_per_query", ppazam_queries.segments, n, "count"))
     if mode.needs_circuits:
         rows.append(condition.row("p_error", ppazam_point.config.fhe.p_error, n, "probability"))
     if mode is Mode.FHE_SIM:
         clear = ppazam_run.stages.predict(ppazam_model, ppazam_queries, Mode.FHE_DISABLE, limit)
         agreeing = int((clear.ranking[:, 0] == result.ranking[:, 0]).sum())
-        rows.append(condition.proportion("circuit_agreement", agreeing, n))
+        again = ppazam_run.stages.predict(ppazam_model, ppazam_queries, mode, SELF_AGREEMENT_QUERIES)
+        first = result.ranking[np.searchsorted(result.rows, again.rows), 0]
+        self_agreeing, m = int((again.ranking[:, 0] == first).sum()), len(again.rows)
+        rows += [condition.proportion("circuit_agreement", agreeing, n),
+                 condition.proportion("simulation_self_agreement", self_agreeing, m)]
     ppazam_run.record.results.extend(rows)
-    if mode is Mode.FHE_SIM:  # fails when the agreement is below the floor beyond its 95% Wilson interval
-        floor = circuit_agreement_floor(ppazam_point.config.fhe, ppazam_model)
-        assert wilson_interval(agreeing, n)[1] >= floor, (
+    if mode is Mode.FHE_SIM:  # the 95% Wilson intervals do not overlap: the circuit computes something else
+        assert wilson_interval(agreeing, n)[1] >= wilson_interval(self_agreeing, m)[0], (
             f"{ppazam_model.family} at {ppazam_level}: fhe-sim top-1 agrees with the circuit's clear execution "
-            f"(fhe-disable) on {agreeing} of {n} queries, significantly below {floor:.0%}")
+            f"(fhe-disable) on {agreeing} of {n} queries, with another simulation of the same queries on "
+            f"{self_agreeing} of {m}: the circuit does not compute what Concrete ML compiled")
     if mode is Mode.FHE:  # one encrypted query end to end (every classifier call), keys already made
         latency = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level, "query")
         ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n, "s",
                                                      (float(result.seconds.min()), float(result.seconds.max()))))
     assert n > 0 and 0.0 <= result.hits(1).mean() <= result.hits(3).mean() <= 1.0
 
-
-def circuit_agreement_floor(fhe, model) -> float:
-    """The least circuit agreement a sane compilation gives (see :data:`CIRCUIT_AGREEMENT_FLOOR`);
-    circuits without programmable bootstraps (linear heads) have no rounding to blame."""
-    bootstraps = any(CircuitStats.load(model.channel.circuits / name).pbs_count for name in model.circuit_names())
-    rounded = fhe.rounding_bits is not None and bootstraps
-    return CIRCUIT_AGREEMENT_FLOOR[fhe.rounding_method if rounded else "exact"]

@@ -6,7 +6,9 @@ query recorded louder or quieter gives the same patch (up to clipping and the no
 constant gain is a constant in the dB domain, which the global per-bin normalization alone
 does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency axis is resampled to the patch height when
 the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
-``max-energy`` window) or padded with the lowest value when the clip is short.
+``max-energy`` window) or, when the clip is short, filled by repeating its frames ("repeat
+padding"): a 1-s query padded with its lowest value instead was identified at chance (0.02
+top-1 on phone-in-room queries) by every learned family, repeated at 0.27-0.49.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class FrontEnd:
         width = self.config.patch_width
         frames = spec.shape[1]
         if frames <= width:
-            return np.pad(spec, ((0, 0), (0, width - frames)), constant_values=spec.min())
+            return np.pad(spec, ((0, 0), (0, width - frames)), mode="wrap")
         if self.config.patch_select == PatchSelect.START:
             start = 0
         elif self.config.patch_select == PatchSelect.CENTER:

@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
-from reports.tables import MODE_ORDER, at_levels, family_points, labelled, mode_comparison, open_set, row_order
+from reports.tables import (MODE_ORDER, at_levels, family_points, headline, labelled, mode_comparison, open_set,
+                            row_order)
 
-FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "bit-width-sweep", "latency-by-stage",
-              "sizes", "open-set", "scaling")
+FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
+              "latency-by-stage", "sizes", "open-set", "scaling")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
 STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage:server", "first-stage:decrypt",
                   "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt",
@@ -44,6 +45,10 @@ figure { margin: 1.5rem 0; } img { max-width: 100%; }
 <h1>ppazam: {{ suite }} suite</h1>
 <p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
 started {{ run.timestamp }}{% if run.command %}, command <code>{{ run.command }}</code>{% endif %}. {{ machine }}</p>
+<h2>At a glance</h2>
+<p>Each family in its most private mode: top-1 per level, its spread over the gain sweep, top-1
+at the shortest and longest query, and seconds per truly encrypted query (~: estimated).</p>
+{{ glance }}
 <h2>Summary</h2>
 {{ summary }}
 {% if open_set %}<h2>Open-set rejection</h2>
@@ -73,6 +78,7 @@ started {{ run.timestamp }}{% if run.command %}, command <code>{{ run.command }}
 def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdict: dict | None = None) -> str:
     """The whole page as a string."""
     summary = mode_comparison(results, latency)
+    glance = headline(results, latency)
     rejection = open_set(results)
     overall = results[results["stage"] == ""]
     details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
@@ -88,6 +94,9 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
          "png": _png(lambda f, r: _sweep(f, r, "gain_db", "recording gain (dB)"), results)},
         {"id": "length-sweep", "title": "Top-1 against query length (phone-in-room queries)",
          "png": _png(lambda f, r: _sweep(f, r, "length_s", "query length (s)", query_s), results)},
+        {"id": "length-cost", "title": "Encrypted seconds per query against query length: segments per query "
+                                       "x the seconds of a one-segment encrypted query (measured, else estimated)",
+         "png": _png(lambda f, r, l: _length_cost(f, r, l, query_s), results, latency)},
         {"id": "bit-width-sweep", "title": "Bit-width sweep: fhe-sim top-1 and encrypted latency",
          "png": _png(_bit_width_sweep, results, latency)},
         {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
@@ -100,6 +109,7 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
     ]
     return TEMPLATE.render(run=run, suite=run.get("suite", {}).get("name", "?"), machine=_machine(run),
                            verdict=verdict, figures=figures,
+                           glance=glance.to_html(border=0) if not glance.empty else "<p>No accuracy rows.</p>",
                            open_set=None if rejection.empty else rejection.to_html(border=0),
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
                            details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
@@ -186,6 +196,45 @@ def _sweep(figure, results: pd.DataFrame, axis: str, label: str, query_s: float 
     handles = {name: handle for ax in axes for handle, name in zip(*ax.get_legend_handles_labels())}
     axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
     return True
+
+
+def _length_cost(figure, results: pd.DataFrame, latency: pd.DataFrame, query_s: float) -> bool:
+    """Per encrypted family (its first point): the length sweep's segments per query times the
+    seconds of one encrypted one-segment query at the levels; log y axis."""
+    segments = family_points(results)
+    segments = segments[segments["metric"] == "segments_per_query"].drop_duplicates(["family", "level"]).copy()
+    segments["x"] = [QueryCondition.parse(level).length_s for level in segments["level"]]
+    segments.loc[(segments["level"] == Level.PHONE_IN_ROOM.value), "x"] = query_s
+    segments = segments.dropna(subset=["x"])
+    ax = None
+    for family, part in segments.groupby("family", sort=False):
+        seconds = _one_segment_seconds(results, latency, family)
+        if seconds is None or part["x"].nunique() < 2:
+            continue
+        ax = ax or figure.add_subplot()
+        part = part.sort_values("x")
+        ax.plot(part["x"], part["value"] * seconds[0], marker="o" if seconds[1] else "s",
+                label=f"{family} ({'measured' if seconds[1] else 'estimated'})")
+    if ax is None:
+        return False
+    ax.set_yscale("log")
+    ax.set_xlabel("query length (s)")
+    ax.set_ylabel("encrypted seconds per query (log scale)")
+    ax.legend(fontsize="small")
+    return True
+
+
+def _one_segment_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> tuple[float, bool] | None:
+    """Seconds of one encrypted one-segment query of ``family`` and whether they were measured."""
+    measured = at_levels(family_points(latency, results))
+    measured = measured[(measured["family"] == family) & (measured["mode"] == "fhe") & (measured["stage"] == "query")
+                        & (measured["metric"] == "median_s")]
+    if not measured.empty:
+        return float(measured["value"].median()), True
+    estimated = family_points(results)
+    estimated = estimated[(estimated["family"] == family) & (estimated["metric"] == "estimated_fhe_s")
+                          & (estimated["stage"] == "query")]
+    return (float(estimated["value"].median()), False) if not estimated.empty else None
 
 
 def _pareto(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:

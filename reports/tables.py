@@ -7,7 +7,10 @@
 * ``open-set``: rows modes of every family, columns levels, cells ROC-AUC / PR-AUC of the
   confidence for library vs distractor queries and the top-1 at 1% false accepts;
 * ``condition-sweeps``: rows modes of every family, columns the gain and length sweeps'
-  conditions (``clean@-20dB``, ``phone-in-room@1s``, ...), cells top-1.
+  conditions (``clean@-20dB``, ``phone-in-room@1s``, ...), cells top-1;
+* ``headline``: one row per family, the one-screen summary the bench prints: top-1 per level in
+  its most private mode, its spread over the gain sweep, top-1 at the shortest and longest
+  query, and the seconds of one truly encrypted query.
 
 The level tables hold the suite's levels; its sweeps (conditions named ``LEVEL@...``) have a
 table and figures of their own.
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ppazam_core.augment import Level
+from ppazam_core.conditions import QueryCondition
 from ppazam_core.recognition import Mode
 from ppazam_core.store import atomic_write_text
 
@@ -94,6 +99,45 @@ def condition_sweeps(results: pd.DataFrame) -> pd.DataFrame:
     return table.applymap(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
 
 
+def headline(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
+    """One row per family (its first point): the mode shown (``fhe-sim`` where the family has
+    it, else ``fp32``), top-1 per level, the spread (max - min, points) of top-1 over the gain
+    sweep, top-1 at the shortest and the longest query of the length sweep, and the seconds of
+    one truly encrypted query at the levels (measured median, else ``~`` Concrete's estimate)."""
+    rows = family_points(results)
+    rows = rows[(rows["stage"] == "") & (rows["metric"] == "top1")]
+    if rows.empty:
+        return pd.DataFrame()
+    lines = {}
+    for family, part in rows.groupby("family", sort=False):
+        mode = "fhe-sim" if (part["mode"] == "fhe-sim").any() else "fp32"
+        part = part[part["mode"] == mode].drop_duplicates("level").set_index("level")["value"]
+        levels = sorted(at_levels(part.to_frame().reset_index())["level"], key=_level_rank)
+        line = {"mode": mode, **{level: f"{part[level]:.2f}" for level in levels}}
+        gains = [v for level, v in part.items() if QueryCondition.parse(level).gain_db is not None]
+        if gains:
+            line["gain spread"] = f"{100 * (max(gains) - min(gains)):.0f} pts"
+        lengths = sorted((QueryCondition.parse(level).length_s, v) for level, v in part.items()
+                         if QueryCondition.parse(level).length_s is not None)
+        if lengths:
+            line[f"{lengths[0][0]:g} s"], line[f"{lengths[-1][0]:g} s"] = f"{lengths[0][1]:.2f}", f"{lengths[-1][1]:.2f}"
+        line["s / encrypted query"] = _encrypted_seconds(results, latency, family)
+        lines[family] = line
+    return pd.DataFrame(lines).T.fillna("-")
+
+
+def _encrypted_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> str:
+    measured = family_points(latency, results)
+    measured = at_levels(measured[(measured["family"] == family) & (measured["mode"] == "fhe")
+                                  & (measured["stage"] == "query") & (measured["metric"] == "median_s")])
+    if not measured.empty:
+        return f"{measured['value'].median():.3g}"
+    estimated = family_points(results)
+    estimated = estimated[(estimated["family"] == family) & (estimated["metric"] == "estimated_fhe_s")
+                          & (estimated["stage"] == "query")]
+    return f"~{estimated['value'].median():.3g}" if not estimated.empty else "-"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     flat = _flatten(table)
     return flat.to_markdown() if not flat.empty else "(no rows)"
@@ -116,7 +160,9 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
     written = []
     tables = {"mode-comparison": (mode_comparison(results, latency), "Top-1 / top-3 and latency per mode"),
               "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts"),
-              "condition-sweeps": (condition_sweeps(results), "Top-1 against recording gain and query length")}
+              "condition-sweeps": (condition_sweeps(results), "Top-1 against recording gain and query length"),
+              "headline": (headline(results, latency), "Each family in its most private mode: top-1 per level, "
+                                                       "over gain and length, and encrypted seconds per query")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:
         tables[f"original-layout-{mode}"] = (original_layout(results, mode),
                                              f"Top-1 and top-3 per cluster and level ({mode})")
@@ -159,6 +205,12 @@ def row_order(rows: pd.DataFrame) -> list[str]:
     families = list(dict.fromkeys(rows["family"]))
     keys = rows.drop_duplicates("row").set_index("row")
     return sorted(keys.index, key=lambda r: (families.index(keys.loc[r, "family"]), rank.get(keys.loc[r, "mode"], 99)))
+
+
+def _level_rank(level: str) -> int:
+    """Built-in levels in their own order (clean first), custom ones after them."""
+    order = [lv.value for lv in Level]
+    return order.index(level) if level in order else len(order)
 
 
 def _level_order(rows: pd.DataFrame) -> list[str]:

@@ -20,12 +20,18 @@ from ppazam_core.augment import (
 )
 from ppazam_core.errors import ConfigError
 from ppazam_core.noise import NOISE_KINDS, synthetic_noise_bank
+from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.synth import render_track
 
 
 @pytest.fixture(scope="module")
 def noise_dir(tmp_path_factory) -> Path:
     return synthetic_noise_bank(tmp_path_factory.mktemp("noise"), duration_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def rooms_dir(tmp_path_factory) -> Path:
+    return room_bank(tmp_path_factory.mktemp("rooms"), RoomBankSpec(rooms=4))
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +85,69 @@ _AUGMENT_SCRIPT = """
 import hashlib, sys
 from pathlib import Path
 from ppazam_core.augment import Augmenter, builtin_policy
+from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.synth import render_track
 clip = render_track(0, 1, 3.0, 16000)[0]
-augmenter = Augmenter(builtin_policy("large"), 16000, Path(sys.argv[1]))
+rooms = room_bank(Path(sys.argv[3]), RoomBankSpec(rooms=4))
+augmenter = Augmenter(builtin_policy(sys.argv[2]), 16000, Path(sys.argv[1]), rooms)
 print(hashlib.sha256(b"".join(augmenter(clip, s).tobytes() for s in range(8))).hexdigest())
 """
 
 
-def test_augmentation_is_identical_across_processes(noise_dir):
+@pytest.mark.parametrize("level", ["large", "phone-in-room"])
+def test_augmentation_is_identical_across_processes(noise_dir, tmp_path, level):
+    """Each process simulates its own rooms in its own cache: the clips still match byte for byte."""
     digests = {
-        subprocess.run([sys.executable, "-c", _AUGMENT_SCRIPT, str(noise_dir)],
+        subprocess.run([sys.executable, "-c", _AUGMENT_SCRIPT, str(noise_dir), level, str(tmp_path / f"cache{i}")],
                        capture_output=True, text=True, check=True).stdout.strip()
-        for _ in range(2)
+        for i in range(2)
     }
     assert len(digests) == 1
+
+
+def test_phone_in_room_is_seeded_and_changes_every_clip(noise_dir, rooms_dir, clip):
+    augmenter = Augmenter(builtin_policy(Level.PHONE_IN_ROOM), 16_000, noise_dir, rooms_dir)
+    first = augmenter(clip, seed=7)
+    np.testing.assert_array_equal(first, augmenter(clip, seed=7))
+    assert first.shape == clip.shape and first.dtype == np.float32 and np.isfinite(first).all()
+    outputs = [augmenter(clip, seed=s) for s in range(6)]
+    assert all(float(np.abs(o - clip).mean()) > 1e-3 for o in outputs)  # room, noise and codec always apply
+    assert len({o.tobytes() for o in outputs}) == 6
+    with pytest.raises(ConfigError, match="rooms folder"):
+        Augmenter(builtin_policy(Level.PHONE_IN_ROOM), 16_000, noise_dir)
+
+
+def test_room_bank_is_deterministic(tmp_path, rooms_dir):
+    again = room_bank(tmp_path, RoomBankSpec(rooms=4))
+    assert again.name == rooms_dir.name
+    for path in sorted(rooms_dir.glob("*.wav")):
+        response, rate = soundfile.read(path)
+        assert rate == 16_000 and len(response) <= 16_000 and np.max(np.abs(response)) == pytest.approx(1.0)
+        assert (again / path.name).read_bytes() == path.read_bytes()
+    rooms = json.loads((rooms_dir / "rooms.json").read_text())["rooms"]
+    assert len(rooms) == 4 and all(0.2 <= r["rt60_s"] <= 0.9 and r["distance_m"] >= 0.5 for r in rooms)
+
+
+def test_mixed_training_policy_draws_each_part_by_seed(noise_dir, rooms_dir, clip):
+    mixed = builtin_policy(Level.MIXED)
+    assert [p.name for p in mixed.one_of] == ["clean", "large", "phone-in-room"]
+    assert mixed.needs_noise and mixed.needs_rooms
+    augmenter = Augmenter(mixed, 16_000, noise_dir, rooms_dir)
+    parts = [Augmenter(p, 16_000, noise_dir, rooms_dir) for p in mixed.one_of]
+    outputs = [augmenter(clip, seed=s) for s in range(12)]
+    chosen = [next(i for i, part in enumerate(parts) if np.array_equal(part(clip, seed=s), out))
+              for s, out in enumerate(outputs)]
+    assert set(chosen) == {0, 1, 2}  # every part is drawn; the clean one leaves the clip as it is
+    assert all(np.array_equal(out, clip) for out, c in zip(outputs, chosen) if c == 0)
+
+
+def test_mixture_policy_from_toml(tmp_path):
+    path = tmp_path / "policies.toml"
+    path.write_text(POLICIES_TOML + '[policies.mine]\none_of = ["clean", "phone"]\n')
+    mine = load_policies(path)["mine"]
+    assert [p.name for p in mine.one_of] == ["clean", "phone"] and mine.one_of[1].some_of == 1
+    with pytest.raises(ConfigError, match="either transforms or one_of"):
+        AugmentationPolicy("x", (TransformSpec.of("Gain", p=1.0),), one_of=(builtin_policy("clean"),))
 
 
 def test_noise_bank_is_deterministic_and_covers_every_kind(tmp_path, noise_dir):

@@ -48,6 +48,23 @@ def test_family_identifies_clean_queries_well_above_chance(family, family_models
     assert train_family(family, tiny_library, config, session_cache, workers=1).folder == model.folder
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_identifies_multi_segment_queries(family, request, tiny_library, tiny_config, session_cache):
+    """A 6-s query is three half-overlapping 3-s segments, scored one by one and ranked by their
+    mean score: it is identified at least as well as its first segment alone."""
+    config, _ = tiny_config
+    model = request.getfixturevalue("trained") if family == TWO_STAGE else request.getfixturevalue("family_models")[family]
+    long_queries = queries_for(family, tiny_library, config, session_cache, level="clean@6s")
+    assert long_queries.segments == 3 and long_queries.queries == 30
+    result = predict(model, long_queries, Mode.FP32)
+    assert result.ranking.shape == (30, 3) and result.confidence.shape == (30,)
+    np.testing.assert_array_equal(result.truth, long_queries.y[::3])
+    first_segments = model.scores(np.asarray(long_queries.X[::3]), Mode.FP32).track_scores.argmax(axis=1)
+    assert result.hits(1).mean() >= 0.6 and result.hits(1).mean() >= (first_segments == result.truth).mean() - 0.1
+    short = predict(model, queries_for(family, tiny_library, config, session_cache, level="clean@1s"), Mode.FP32)
+    assert short.ranking.shape == (30, 3)  # one padded segment per 1-s query
+
+
 @pytest.mark.parametrize("family", ["embedding-head", "mfcc-logreg"])
 def test_encrypted_head_agrees_with_its_simulation(family, family_models, tiny_library, tiny_config, session_cache):
     config, _ = tiny_config

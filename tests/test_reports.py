@@ -11,8 +11,8 @@ from ppazam_core.cli import main
 from reports.tidy import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
-FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "bit-width-sweep", "latency-by-stage", "sizes",
-           "open-set", "scaling")
+FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
+           "latency-by-stage", "sizes", "open-set", "scaling")
 SWEEPS = (("clean@-20dB", 170), ("clean@+10dB", 150), ("phone-in-room", 140), ("phone-in-room@1s", 90),
           ("phone-in-room@10s", 190))
 
@@ -37,7 +37,8 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
                     record.results.append(per.proportion("top3", min(100, hits // 2 + 7), 100))
             for level, correct in SWEEPS:
                 c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level)
-                record.results.append(c.proportion("top1", int(correct * top1_scale), 200))
+                record.results += [c.proportion("top1", int(correct * top1_scale), 200),
+                                   c.row("segments_per_query", 5 if level.endswith("@10s") else 1, 200, "count")]
             for stage, seconds in (("features", 0.002), ("first-stage", 0.01), ("second-stage", 0.01),
                                    ("query", 0.03)):
                 c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, stage=stage)
@@ -88,6 +89,9 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert "@" not in mode_table  # the sweeps have a table of their own
     sweeps = (out / "tables" / "condition-sweeps.md").read_text()
     assert "clean@-20dB" in sweeps and "phone-in-room@1s" in sweeps and "0.45" in sweeps
+    glance = (out / "tables" / "headline.md").read_text()
+    # two-stage fhe-sim at bits 3: clean@-20dB 170/200, clean@+10dB 150/200; 1 s 90/200, 10 s 190/200
+    assert "10 pts" in glance and "| 0.45 " in glance and "| 0.95 " in glance and "~14.4" in glance  # 4.8 s x 3 bits
     assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
     open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
     assert ["embedding-head fp32", "0.93 / 0.95, 0.60"] == [cell.strip() for cell in open_set[-2][1:3]]
