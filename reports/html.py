@@ -31,6 +31,7 @@ STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage
                   "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt",
                   "query", "head:encrypt", "head:server", "head:decrypt")
 SPLIT_STAGES = ("first-stage", "second-stage", "query")  # in fhe mode, shown as encrypt / server / decrypt
+MODE_COLOURS = dict(zip(MODE_ORDER, sns.color_palette(n_colors=len(MODE_ORDER))))
 
 TEMPLATE = jinja2.Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ppazam report {{ run.run_id }}</title>
@@ -140,28 +141,39 @@ def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
     rows = rows[(rows["metric"] == "top1") & (rows["stage"] == "")]
     if rows.empty:
         return False
-    families = list(dict.fromkeys(rows["family"]))
     levels = list(dict.fromkeys(rows["level"]))
-    colours = dict(zip(MODE_ORDER, sns.color_palette(n_colors=len(MODE_ORDER))))
-    axes = np.atleast_1d(figure.subplots(1, len(families), sharey=True))
-    for ax, family in zip(axes, families):
-        part_rows = rows[rows["family"] == family]
+    for ax, part_rows in _family_panels(figure, rows):
         modes = [m for m in MODE_ORDER if m in set(part_rows["mode"])]
         width = 0.6 / len(modes)
         for i, mode in enumerate(modes):
             part = part_rows[part_rows["mode"] == mode].set_index("level").reindex(levels)
-            x = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))]
-            below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
-            above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
-            ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3,
-                        label=mode, color=colours[mode])
+            _top1_errorbar(ax, [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))], part, mode)
         ax.set_xticks(range(len(levels)), levels, fontsize="small")
+    return True
+
+
+def _family_panels(figure, rows: pd.DataFrame) -> list:
+    """One panel per family of ``rows`` (sharing the top-1 axis, with the modes' legend on the
+    last one); the (axis, the family's rows) pairs to draw into."""
+    families = list(dict.fromkeys(rows["family"]))
+    axes = np.atleast_1d(figure.subplots(1, len(families), sharey=True))
+    for ax, family in zip(axes, families):
         ax.set_title(family, fontsize="small")
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("top-1 (95% Wilson CI)")
-    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    return [(ax, rows[rows["family"] == family]) for ax, family in zip(axes, families)]
+
+
+def _top1_errorbar(ax, x, part: pd.DataFrame, mode: str) -> None:
+    """``part``'s top-1 at ``x`` with its 95% Wilson interval, in the mode's colour; the legend
+    of the modes drawn so far goes to the figure's last panel."""
+    below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
+    above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
+    ax.errorbar(x, part["value"].to_numpy(), yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode,
+                color=MODE_COLOURS[mode])
+    axes = ax.figure.axes
+    handles = {name: handle for panel in axes for handle, name in zip(*panel.get_legend_handles_labels())}
     axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
-    return True
 
 
 def _sweep(figure, results: pd.DataFrame, axis: str, label: str, query_s: float | None = None) -> bool:
@@ -178,23 +190,11 @@ def _sweep(figure, results: pd.DataFrame, axis: str, label: str, query_s: float 
     rows = rows.dropna(subset=["x"])
     if rows["x"].nunique() < 2:
         return False
-    families = list(dict.fromkeys(rows["family"]))
-    colours = dict(zip(MODE_ORDER, sns.color_palette(n_colors=len(MODE_ORDER))))
-    axes = np.atleast_1d(figure.subplots(1, len(families), sharey=True))
-    for ax, family in zip(axes, families):
-        part_rows = rows[rows["family"] == family]
+    for ax, part_rows in _family_panels(figure, rows):
         for mode in [m for m in MODE_ORDER if m in set(part_rows["mode"])]:
             part = part_rows[part_rows["mode"] == mode].sort_values("x")
-            below = (part["value"] - part["ci_low"]).fillna(0).clip(lower=0).to_numpy()
-            above = (part["ci_high"] - part["value"]).fillna(0).clip(lower=0).to_numpy()
-            ax.errorbar(part["x"], part["value"], yerr=np.vstack([below, above]), marker="o", capsize=3, label=mode,
-                        color=colours[mode])
-        ax.set_title(family, fontsize="small")
+            _top1_errorbar(ax, part["x"].to_numpy(), part, mode)
         ax.set_xlabel(label, fontsize="small")
-        ax.set_ylim(0, 1.02)
-    axes[0].set_ylabel("top-1 (95% Wilson CI)")
-    handles = {name: handle for ax in axes for handle, name in zip(*ax.get_legend_handles_labels())}
-    axes[-1].legend(handles.values(), handles.keys(), title="mode", fontsize="small")
     return True
 
 
