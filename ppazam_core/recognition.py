@@ -162,7 +162,7 @@ def combine_segments(scores: np.ndarray, segments: int) -> np.ndarray:
 
 def evaluate(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,
              agreement_with: Mode | str | None = None, condition: str | None = None) -> Evaluation:
-    """Top-1, top-3 and (two-stage models) first-stage accuracy of single-segment queries: all
+    """Top-1, top-3 and (two-stage models) first-stage accuracy of the dataset's queries: all
     of them, or ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode).
     ``condition`` names the queries' condition (default: their augmentation level)."""
     result = predict(recognizer, dataset, mode, limit)
