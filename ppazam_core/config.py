@@ -57,7 +57,7 @@ class DataConfig:
     # on a clean clip, a room or a codec
     train_policy: str = "mixed"
     train_augmentations: int = 150
-    eval_levels: tuple[str, ...] = ("clean", "small", "medium", "large")  # query conditions (see conditions)
+    eval_levels: tuple[str, ...] = ("clean", "small", "medium", "large", "phone-in-room")  # query conditions
     eval_queries: int = 10
     train_seed: int = 0
     eval_seed: int = 1

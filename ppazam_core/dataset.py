@@ -4,7 +4,8 @@
 Each query is one clip named by ``(seed, split, track id, augmentation index)``: the offset in
 the track, the augmentation seed and the recording gain are all derived from that name, so a
 query can be rebuilt on its own. A query longer than a segment is augmented whole, then cut
-into segments (:func:`~ppazam_core.conditions.segment_starts`), one row each, consecutive. Tracks are processed on a worker pool and streamed into a memory-mapped array, so
+into segments (:func:`~ppazam_core.conditions.segment_starts`), one row each, consecutive.
+Tracks are processed on a worker pool and streamed into a memory-mapped array, so
 memory does not grow with the library. The folder is written atomically
 (:func:`ppazam_core.store.atomic_folder`).
 """
