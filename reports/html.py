@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
-from reports.tables import (MODE_ORDER, at_levels, family_points, headline, labelled, mode_comparison, open_set,
-                            row_order)
+from reports.tables import (MODE_ORDER, at_levels, encrypted_query_seconds, family_points, headline, labelled,
+                            mode_comparison, open_set, row_order)
 
 FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
               "latency-by-stage", "sizes", "open-set", "scaling")
@@ -148,7 +148,7 @@ def _accuracy_by_level(figure, results: pd.DataFrame) -> bool:
         for i, mode in enumerate(modes):
             part = part_rows[part_rows["mode"] == mode].set_index("level").reindex(levels)
             _top1_errorbar(ax, [j + (i - (len(modes) - 1) / 2) * width for j in range(len(levels))], part, mode)
-        ax.set_xticks(range(len(levels)), levels, fontsize="small")
+        ax.set_xticks(range(len(levels)), levels, fontsize="small", rotation=40, ha="right")
     return True
 
 
@@ -208,7 +208,7 @@ def _length_cost(figure, results: pd.DataFrame, latency: pd.DataFrame, query_s: 
     segments = segments.dropna(subset=["x"])
     ax = None
     for family, part in segments.groupby("family", sort=False):
-        seconds = _one_segment_seconds(results, latency, family)
+        seconds = encrypted_query_seconds(results, latency, family)
         if seconds is None or part["x"].nunique() < 2:
             continue
         ax = ax or figure.add_subplot()
@@ -222,19 +222,6 @@ def _length_cost(figure, results: pd.DataFrame, latency: pd.DataFrame, query_s: 
     ax.set_ylabel("encrypted seconds per query (log scale)")
     ax.legend(fontsize="small")
     return True
-
-
-def _one_segment_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> tuple[float, bool] | None:
-    """Seconds of one encrypted one-segment query of ``family`` and whether they were measured."""
-    measured = at_levels(family_points(latency, results))
-    measured = measured[(measured["family"] == family) & (measured["mode"] == "fhe") & (measured["stage"] == "query")
-                        & (measured["metric"] == "median_s")]
-    if not measured.empty:
-        return float(measured["value"].median()), True
-    estimated = family_points(results)
-    estimated = estimated[(estimated["family"] == family) & (estimated["metric"] == "estimated_fhe_s")
-                          & (estimated["stage"] == "query")]
-    return (float(estimated["value"].median()), False) if not estimated.empty else None
 
 
 def _pareto(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:

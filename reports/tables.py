@@ -121,21 +121,25 @@ def headline(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
                          if QueryCondition.parse(level).length_s is not None)
         if lengths:
             line[f"{lengths[0][0]:g} s"], line[f"{lengths[-1][0]:g} s"] = f"{lengths[0][1]:.2f}", f"{lengths[-1][1]:.2f}"
-        line["s / encrypted query"] = _encrypted_seconds(results, latency, family)
+        seconds = encrypted_query_seconds(results, latency, family)
+        line["s / encrypted query"] = "-" if seconds is None else f"{'' if seconds[1] else '~'}{seconds[0]:.3g}"
         lines[family] = line
     return pd.DataFrame(lines).T.fillna("-")
 
 
-def _encrypted_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> str:
-    measured = family_points(latency, results)
-    measured = at_levels(measured[(measured["family"] == family) & (measured["mode"] == "fhe")
-                                  & (measured["stage"] == "query") & (measured["metric"] == "median_s")])
+def encrypted_query_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> tuple[float, bool] | None:
+    """Seconds of one truly encrypted one-segment query of ``family`` (its first point) and
+    whether they were measured (the median over the levels) rather than estimated from
+    Concrete's cost model; ``None`` for a family with no encrypted mode."""
+    measured = at_levels(family_points(latency, results))
+    measured = measured[(measured["family"] == family) & (measured["mode"] == "fhe") & (measured["stage"] == "query")
+                        & (measured["metric"] == "median_s")]
     if not measured.empty:
-        return f"{measured['value'].median():.3g}"
+        return float(measured["value"].median()), True
     estimated = family_points(results)
     estimated = estimated[(estimated["family"] == family) & (estimated["metric"] == "estimated_fhe_s")
                           & (estimated["stage"] == "query")]
-    return f"~{estimated['value'].median():.3g}" if not estimated.empty else "-"
+    return (float(estimated["value"].median()), False) if not estimated.empty else None
 
 
 def to_markdown(table: pd.DataFrame) -> str:
