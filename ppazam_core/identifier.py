@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ppazam_core.audio import SILENCE_DBFS, is_silent
+from ppazam_core.conditions import segment_starts
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
@@ -28,6 +29,7 @@ from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
 FAMILY = "two-stage-cnn"
+MIN_QUERY_S = 1.0  # the shortest query the bench measures
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,19 @@ class Identifier:
         return Scores(track_scores, np.exp(track_scores.max(axis=1)), cluster_log_probs)
 
     def patches(self, audio: np.ndarray) -> np.ndarray:
-        """Raw patches of the consecutive segments of a mono clip at the front-end's rate."""
-        if audio.shape[0] < self.segment_samples:
-            raise AudioError("<query>", f"clip is {audio.shape[0] / self.config.data.features.sample_rate:.2f} s; "
-                                        f"queries need at least {self.config.data.segment_s:g} s")
+        """Raw patches ``(segments, 1, H, W)`` of a mono clip at the front-end's rate, cut as the
+        bench cuts its queries (:func:`~ppazam_core.conditions.segment_starts`): one segment,
+        its frames repeated, up to a segment's length, else segments every half segment. An
+        :class:`AudioError` for a clip shorter than :data:`MIN_QUERY_S` or silent."""
+        rate = self.config.data.features.sample_rate
+        if audio.shape[0] < MIN_QUERY_S * rate:
+            raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
         if is_silent(audio):
             raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
-        n_segments = audio.shape[0] // self.segment_samples
-        return self.front_end(audio[: n_segments * self.segment_samples].reshape(n_segments, self.segment_samples))
+        starts = np.round(segment_starts(audio.shape[0] / rate, self.config.data.segment_s) * rate).astype(int)
+        if len(starts) == 1:
+            return self.front_end(audio[: self.segment_samples])
+        return self.front_end(np.stack([audio[start : start + self.segment_samples] for start in starts]))
 
     def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
         """Rank tracks for a mono clip at the front-end's sample rate."""

@@ -89,8 +89,8 @@ def test_majority_vote_breaks_ties_by_mean_score(trained):
 
 
 def test_bad_queries_are_clear_errors(trained):
-    with pytest.raises(AudioError, match="at least 3 s"):
-        trained.identify(np.zeros(16_000, dtype=np.float32) + 0.1)
+    with pytest.raises(AudioError, match="at least 1 s"):
+        trained.identify(np.zeros(8_000, dtype=np.float32) + 0.1)
     with pytest.raises(AudioError, match="silent"):
         trained.identify(np.zeros(16_000 * 4, dtype=np.float32))
 
@@ -114,7 +114,7 @@ def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, c
     assert report["training"]["cluster_sizes"] == trained.manifest["cluster_sizes"]
     assert "git_commit" in report and (tmp_path / "report" / "evaluation.csv").is_file()
     clips = tmp_path / "clips"
-    write_audio(clips / "short.wav", tone(440, 1.0, 16_000), 16_000)
+    write_audio(clips / "short.wav", tone(440, 0.5, 16_000), 16_000)
     from ppazam_core.library import synthetic_library
 
     audio = synthetic_library(TINY_SPEC, session_cache).load(synthetic_library(TINY_SPEC, session_cache).tracks[0], 16_000)
@@ -151,3 +151,11 @@ def test_a_config_file_keeps_the_defaults_of_keys_it_leaves_out(tmp_path):
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     assert ExperimentConfig.from_toml(empty).trained_parts() == default.trained_parts()
+
+
+def test_queries_are_cut_as_the_bench_cuts_them(trained, tiny_library):
+    """1 s: one segment, its frames repeated; 3 s: one; 6 s: three, every half segment."""
+    audio = tiny_library.load(tiny_library.tracks[2], 16_000, offset_s=0.5, duration_s=6.0)
+    assert [trained.patches(audio[: int(s * 16_000)]).shape[0] for s in (1.0, 3.0, 4.4, 6.0)] == [1, 1, 1, 3]
+    np.testing.assert_array_equal(trained.patches(audio)[1], trained.patches(audio[24_000:72_000])[0])
+    assert trained.identify(audio[:16_000])[0].track_id in trained.track_ids
