@@ -76,4 +76,3 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
         ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n, "s",
                                                      (float(result.seconds.min()), float(result.seconds.max()))))
     assert n > 0 and 0.0 <= result.hits(1).mean() <= result.hits(3).mean() <= 1.0
-

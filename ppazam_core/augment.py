@@ -199,7 +199,8 @@ def custom_policies(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Augmen
     plain = {name: AugmentationPolicy.from_dict(name, table) for name, table in tables.items() if "one_of" not in table}
     mixtures = {name: AugmentationPolicy.from_dict(name, table, plain) for name, table in tables.items()
                 if "one_of" in table}
-    return {name: {**plain, **mixtures}[name] for name in tables}
+    built = {**plain, **mixtures}
+    return {name: built[name] for name in tables}
 
 
 def get_policy(name: str, custom: Mapping[str, AugmentationPolicy] | None = None) -> AugmentationPolicy:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppazam_core.audio import segments_at
 from ppazam_core.errors import ConfigError
 
 GAIN_LIMITS_DB = (-60.0, 40.0)
@@ -76,6 +77,15 @@ def segment_starts(query_s: float, segment_s: float) -> np.ndarray:
         return np.zeros(1)
     hop = segment_s / 2
     return np.arange(int((query_s - segment_s) // hop + 1e-9) + 1) * hop
+
+
+def query_segments(clip: np.ndarray, sample_rate: int, segment_s: float) -> np.ndarray:
+    """A mono query cut at :func:`segment_starts`: ``(segments, samples)`` float32; a query no
+    longer than a segment is one row of its own length (the front-end repeats its frames)."""
+    starts = segment_starts(clip.shape[0] / sample_rate, segment_s)
+    if clip.shape[0] <= int(round(segment_s * sample_rate)):
+        return np.asarray(clip, dtype=np.float32)[None]
+    return segments_at(clip, sample_rate, starts, segment_s)
 
 
 def check_gain_range(key: str, gain_db: tuple[float, float]) -> tuple[float, float]:

@@ -26,7 +26,7 @@ import torch
 
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
-from ppazam_core.conditions import apply_gain, check_gain_range, segment_starts
+from ppazam_core.conditions import apply_gain, check_gain_range, query_segments, segment_starts
 from ppazam_core.errors import ConfigError, LibraryError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
@@ -227,19 +227,18 @@ def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str 
     augmenter, front_end = _tools(spec, noise_dir, rooms_dir)
     rate = spec.features.sample_rate
     audio = load_audio(track.source, rate)
-    n_samples, segment = int(round(spec.clip_s * rate)), int(round(spec.segment_s * rate))
-    starts = np.round(segment_starts(spec.clip_s, spec.segment_s) * rate).astype(int)
+    n_samples = int(round(spec.clip_s * rate))
+    starts = segment_starts(spec.clip_s, spec.segment_s)
     clips, rows = [], []
     for index in range(spec.augmentations_per_track):
         offset = clip_offset(track, spec, index, audio.shape[0] / rate)
         seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
         gain = clip_gain(track, spec, index)
         clip = apply_gain(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed), gain)
-        for number, start in enumerate(starts):
-            clips.append(clip[start : start + segment] if spec.segments > 1 else clip)
-            rows.append({"track_id": track.id, "augmentation": index, "segment": number,
-                         "offset_s": round(offset + start / rate, 4), "seed": seed, "gain_db": round(gain, 3),
-                         "policy": spec.policy.name, "split": spec.split})
+        clips.extend(query_segments(clip, rate, spec.segment_s))
+        rows.extend({"track_id": track.id, "augmentation": index, "segment": number,
+                     "offset_s": round(offset + start, 4), "seed": seed, "gain_db": round(gain, 3),
+                     "policy": spec.policy.name, "split": spec.split} for number, start in enumerate(starts))
     return front_end(np.stack(clips)), rows
 
 

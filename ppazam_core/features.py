@@ -4,8 +4,8 @@ Two kinds share one config: ``logmel`` (log-scaled mel power spectrogram) and ``
 optional delta and delta-delta rows). Every clip is first scaled to ``level_dbfs`` RMS, so a
 query recorded louder or quieter gives the same patch (up to clipping and the noise floor): a
 constant gain is a constant in the dB domain, which the global per-bin normalization alone
-does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency axis is resampled to the patch height when
-the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
+does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency
+axis is resampled to the patch height when the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
 ``max-energy`` window) or, when the clip is short, filled by repeating its frames ("repeat
 padding"): a 1-s query padded with its lowest value instead was identified at chance (0.02
 top-1 on phone-in-room queries) by every learned family, repeated at 0.27-0.49.
@@ -102,7 +102,7 @@ class FrontEnd:
     def __call__(self, clips: np.ndarray) -> np.ndarray:
         """``(n,)`` or ``(N, n)`` clips (float, full scale 1.0) to ``(N, 1, H, W)`` C-contiguous
         float32 patches."""
-        return np.ascontiguousarray(np.stack([self._fit_width(p) for p in self.spectrogram(clips)])[:, None])
+        return np.stack([self._fit_width(p) for p in self.spectrogram(clips)])[:, None]
 
     def spectrogram(self, clips: np.ndarray) -> np.ndarray:
         """``(n,)`` or ``(N, n)`` clips to ``(N, H, frames)`` C-contiguous float32: every frame,

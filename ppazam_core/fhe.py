@@ -157,7 +157,7 @@ class SimulatedClassifier:
         X = fhe_input(X, self.stats)
         rows = []
         for x in X:
-            q_x = np.ascontiguousarray(self._quantizer.quantize_input(x[None]))
+            q_x = self._quantizer.quantize_input(x[None])
             q_y = self._client.simulate_decrypt(self._server.run(self._client.simulate_encrypt(q_x)))
             rows.append(self._quantizer.dequantize_output(np.asarray(q_y)))
         return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.stats.n_classes), np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ppazam_core.audio import SILENCE_DBFS, is_silent
-from ppazam_core.conditions import segment_starts
+from ppazam_core.conditions import query_segments
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
@@ -102,7 +102,7 @@ class Identifier:
 
     def patches(self, audio: np.ndarray) -> np.ndarray:
         """Raw patches ``(segments, 1, H, W)`` of a mono clip at the front-end's rate, cut as the
-        bench cuts its queries (:func:`~ppazam_core.conditions.segment_starts`): one segment,
+        bench cuts its queries (:func:`~ppazam_core.conditions.query_segments`): one segment,
         its frames repeated, up to a segment's length, else segments every half segment. An
         :class:`AudioError` for a clip shorter than :data:`MIN_QUERY_S` or silent."""
         rate = self.config.data.features.sample_rate
@@ -110,10 +110,7 @@ class Identifier:
             raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
         if is_silent(audio):
             raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
-        starts = np.round(segment_starts(audio.shape[0] / rate, self.config.data.segment_s) * rate).astype(int)
-        if len(starts) == 1:
-            return self.front_end(audio[: self.segment_samples])
-        return self.front_end(np.stack([audio[start : start + self.segment_samples] for start in starts]))
+        return self.front_end(query_segments(audio, rate, self.config.data.segment_s))
 
     def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
         """Rank tracks for a mono clip at the front-end's sample rate."""
