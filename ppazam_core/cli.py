@@ -15,31 +15,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ppazam_core.artifacts import read_json, reading
 from ppazam_core.audio import is_audio_path, load_audio
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.deployment import KeySetup, StageCost
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import FAMILIES, TWO_STAGE, family_eval_spec, family_modes, train_family
-from ppazam_core.fhe import SECONDS_PER_COMPLEXITY, CircuitStats
+from ppazam_core.families import FAMILIES, TWO_STAGE, family_bits, family_eval_spec, family_modes, is_trained, train_family
+from ppazam_core.costs import calibrate
+from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import environment, git_commit, new_run_id
-from ppazam_core.recognition import Mode, Recognizer, evaluate
-from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
+from ppazam_core.recognition import Mode, Recognizer, predict, sample_queries
+from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, prediction_frame
+from ppazam_core.seeding import derive_seed
+from ppazam_core.store import atomic_write_text, canonical_json, code_fingerprint, config_hash, default_cache_dir
 
 console = Console()
 DEFAULT_FHE_QUERIES = 2
@@ -233,15 +238,20 @@ def _train(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
     circuits = compile_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
-    summary = json.loads((circuits / "circuits.json").read_text())
+    summary = read_json(circuits / "circuits.json", "quant", "fhe", "circuits")
+    console.print("calibrating Concrete's cost model on this machine (two small circuits, ~15 s) ...")
+    cost_model = calibrate()
     table = Table(title=f"circuits of {library.name} ({summary['quant']}, fhe {summary['fhe']})")
-    for column in ("classifier", "PBS", "max bits", "est. FHE s", "eval keys MB", "query KB", "result KB", "compile s"):
+    for column in ("classifier", "PBS", "max bits", "est. server s", "eval keys MB", "query KB", "result KB",
+                   "compile s"):
         table.add_column(column)
-    for name, c in summary["circuits"].items():
-        table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]), f"{c['complexity'] * SECONDS_PER_COMPLEXITY:.1f}",
-                      f"{(c['bootstrap_key_bytes'] + c['keyswitch_key_bytes']) / 1e6:.0f}",
-                      f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
-                      f"{c['compile_s']:.1f}")
+    with reading(circuits / "circuits.json"):  # a damaged entry is an error naming the file
+        for name, c in summary["circuits"].items():
+            table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]),
+                          f"{cost_model.server_seconds(CircuitStats.load(circuits / name)):.1f}",
+                          f"{(c['bootstrap_key_bytes'] + c['keyswitch_key_bytes']) / 1e6:.0f}",
+                          f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
+                          f"{c['compile_s']:.1f}")
     console.print(table)
     console.print(f"circuits: {circuits}", highlight=False, soft_wrap=True)
     return 0
@@ -313,71 +323,74 @@ def _evaluate(args: argparse.Namespace) -> int:
     for mode in args.modes or []:
         if Mode(mode) not in allowed:
             raise ConfigError.bad_value(f"--mode of family {args.family}", mode, [m.value for m in allowed])
+    if args.fhe_queries < 1:
+        raise ConfigError.bad_value("--fhe-queries", args.fhe_queries, "an integer >= 1 (leave out --mode fhe for none)")
     modes = [Mode(m) for m in args.modes or DEFAULT_EVALUATE_MODES if Mode(m) in allowed]
     needs_circuits = any(m.needs_circuits for m in modes)
-    identifier = train_family(args.family, library, config, cache_dir, args.workers, compiled=needs_circuits)
-    folder = identifier.folder
+    action = "loaded" if is_trained(args.family, library, config, cache_dir, needs_circuits) else "built"
+    model = train_family(args.family, library, config, cache_dir, args.workers, compiled=needs_circuits)
     noise_dir = noise_folder(library, config.data, cache_dir)
-    run_id = new_run_id()
-    out = args.out or Path("reports") / run_id
-    rows = []
+    info = RunInfo.start("evaluate")
+    out = args.out or Path("reports") / info.run_id
+    record = RunRecord({})
+    bits, rounding = family_bits(args.family, config), config.fhe.rounding_bits or 0
     for level in config.data.eval_levels:
         dataset = build_dataset(library, family_eval_spec(args.family, config, level), cache_dir, noise_dir,
                                 args.workers)
+        simulated = None
         for mode in modes:
+            condition = info.condition(model, config, bits, rounding, mode.value, level, action=action)
             started = time.perf_counter()
             if mode is Mode.FHE:
-                result = evaluate(identifier, dataset, mode, limit=args.fhe_queries, agreement_with=Mode.FHE_SIM,
-                                  condition=level)
+                rows = sample_queries(dataset, derive_seed(config.data.eval_seed, "fhe queries", level), args.fhe_queries)
+                result = predict(model, dataset, mode, rows)
             else:
-                result = evaluate(identifier, dataset, mode, condition=level)
-            rows.append({**asdict(result), "seconds": round(time.perf_counter() - started, 3)})
-    provenance = {"run_id": run_id, "git_commit": git_commit(), "config_hash": folder.name,
-                  "family": args.family, "library": library.name, "train_seed": config.data.train_seed, "eval_seed": config.data.eval_seed}
-    report = {**provenance, "results": rows,
-              "training": {key: identifier.manifest[key] for key in ("cluster_sizes", "quant", "timings")
-                           if key in identifier.manifest},
-              "environment": environment()}
-    if needs_circuits:
-        report["circuits"] = {name: asdict(CircuitStats.load(identifier.channel.circuits / name))
-                              for name in identifier.circuit_names()}
-    if identifier.channel is not None and identifier.channel.costs:
-        report["key_setups"] = [asdict(k) for k in identifier.channel.key_setups.values()]
-        atomic_write_text(out / "fhe_costs.csv", pd.DataFrame(
-            [{**provenance, **asdict(c)} for c in identifier.channel.costs]).to_csv(index=False))
-    atomic_write_text(out / "evaluation.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "evaluation.csv", pd.DataFrame([{**provenance, **r} for r in rows]).to_csv(index=False))
-    _print_evaluation(library, identifier, rows, config)
-    console.print(f"report: {out / 'evaluation.csv'} (run {run_id}, config {folder.name})", highlight=False,
-                  soft_wrap=True)
+                result = predict(model, dataset, mode)
+            seconds = time.perf_counter() - started
+            simulated = result if mode is Mode.FHE_SIM else simulated
+            record.results += accuracy_rows(condition, result)
+            if mode is Mode.FHE and simulated is not None:  # paired with fhe-sim on the same queries
+                same = simulated.take(result.rows)
+                record.results.append(condition.proportion("agreement", (same.ranking[:, 0] == result.ranking[:, 0]).sum(),
+                                                           len(result.rows)))
+            record.latency.append(condition.row("seconds", seconds, len(result.rows), "s"))
+            if mode is Mode.FHE:
+                record.latency.append(replace(condition, stage="query").row(
+                    "median_s", float(np.median(result.seconds)), len(result.rows), "s",
+                    spread=(float(result.seconds.min()), float(result.seconds.max()))))
+            record.predictions.append(prediction_frame(condition, result, dataset, model.track_ids))
+    record.provenance = {
+        "run_id": info.run_id, "timestamp": info.timestamp, "git_commit": info.git_commit, "code_hash": code_fingerprint(),
+        "suite": {"name": info.suite}, "library": library.name, "libraries": {library.name: library.fingerprint()},
+        "command": shlex.join(["ppazam", *sys.argv[1:]]), "family": args.family,
+        "config": json.loads(canonical_json(config)), "model": str(model.folder),
+        "training": {key: model.manifest[key] for key in ("cluster_sizes", "quant", "timings") if key in model.manifest},
+        "circuits": {name: asdict(CircuitStats.load(model.channel.circuits / name)) for name in model.circuit_names()}
+        if needs_circuits else {},
+        "key_setups": [asdict(k) for k in model.channel.key_setups.values()] if model.channel is not None else [],
+        "environment": environment(), "exit_status": 0}
+    record.write(out)
+    _print_evaluation(library, model, record.results, record.latency)
+    console.print(f"run folder: {out} (run {info.run_id}, model {model.folder.name}); "
+                  f"`ppazam report {out}` renders report.html", highlight=False, soft_wrap=True)
     return 0
 
 
-def _print_evaluation(library: Library, identifier: Recognizer, rows: list[dict], config: ExperimentConfig) -> None:
-    stages = "" if identifier.cluster_top_k is None else \
-        f", {len(identifier.manifest['cluster_sizes'])} clusters, cluster top-{identifier.cluster_top_k}"
-    table = Table(title=f"{identifier.family} on {library.name}: {len(library)} tracks{stages}")
-    for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "agreement", "time s"):
+def _print_evaluation(library: Library, model: Recognizer, results: list[dict], latency: list[dict]) -> None:
+    stages = "" if model.cluster_top_k is None else \
+        f", {len(model.manifest['cluster_sizes'])} clusters, cluster top-{model.cluster_top_k}"
+    table = Table(title=f"{model.family} on {library.name}: {len(library)} tracks{stages}")
+    for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "fhe = fhe-sim", "time s"):
         table.add_column(column)
-    for r in rows:
-        agreement = "" if r["agreement"] is None else f"{r['agreement']:.2f} with {r['agreement_with']}"
-        table.add_row(r["mode"], r["level"], str(r["n"]), f"{r['top1']:.3f}", f"{r['top3']:.3f}",
-                      "-" if r["cluster_accuracy"] is None else f"{r['cluster_accuracy']:.3f}", agreement,
-                      f"{r['seconds']:.1f}")
+    values = {(r["mode"], r["level"], r["metric"]): r for r in results + latency if r["stage"] == ""}
+    for mode, level in dict.fromkeys((r["mode"], r["level"]) for r in results):
+        cell = {metric: values.get((mode, level, metric)) for metric in
+                ("top1", "top3", "cluster_accuracy", "agreement", "seconds")}
+        table.add_row(mode, level, str(cell["top1"]["n"]),
+                      *(f"{cell[m]['value']:.3f}" if cell[m] else "-" for m in ("top1", "top3", "cluster_accuracy",
+                                                                                 "agreement")),
+                      f"{cell['seconds']['value']:.1f}")
     console.print(table)
-    if identifier.channel is not None and identifier.channel.costs:
-        costs = pd.DataFrame([asdict(c) for c in identifier.channel.costs])
-        per_query = costs["server_s"].sum() / max(1, sum(r["n"] for r in rows if r["mode"] == Mode.FHE.value))
-        console.print(f"fhe: {len(costs)} encrypted classifier calls, server {costs['server_s'].median():.2f} s "
-                      f"median per call, {per_query:.1f} s server time per query, "
-                      f"{_ms_per_pbs(costs)} (p_error {config.fhe.p_error})", highlight=False, soft_wrap=True)
-
-
-def _ms_per_pbs(costs: pd.DataFrame) -> str:
-    bootstrapped = costs[costs["pbs_count"] > 0]
-    if bootstrapped.empty:
-        return "no PBS in these circuits"
-    return f"{1000 * (bootstrapped['server_s'] / bootstrapped['pbs_count']).median():.1f} ms per PBS"
 
 
 def _print_prepare(library: Library, report: dict, out: Path) -> None:

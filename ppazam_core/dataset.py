@@ -7,33 +7,37 @@ query can be rebuilt on its own. A query longer than a segment is augmented whol
 into segments (:func:`~ppazam_core.conditions.segment_starts`), one row each, consecutive.
 Tracks are processed on a worker pool and streamed into a memory-mapped array, so
 memory does not grow with the library. The folder is written atomically
-(:func:`ppazam_core.store.atomic_folder`).
+(:func:`ppazam_core.store.atomic_folder`); a stored dataset found damaged is built again.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
 from ppazam_core.conditions import apply_gain, check_gain_range, query_segments, segment_starts
-from ppazam_core.errors import ConfigError, LibraryError
+from ppazam_core.errors import ConfigError, DamagedArtifactError, LibraryError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
 from ppazam_core.parallel import default_workers, parallel_map
+from ppazam_core.provenance import build_record
 from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.seeding import Split, derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
+from ppazam_core.threads import fixed_threads
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,13 +127,17 @@ def build_dataset(
 ) -> Dataset:
     """Load the dataset from ``cache_dir/datasets`` or build it there. ``tracks`` (positions in
     ``library``) draws clips from those tracks only; labels and ``track_ids`` stay the whole
-    library's, and each clip is the one the whole-library dataset holds for its track."""
+    library's, and each clip is the one the whole-library dataset holds for its track. A stored
+    dataset with a damaged file is built again, with a warning."""
     chosen = None if tracks is None else tuple(sorted(set(int(t) for t in tracks)))
     if chosen is not None and (not chosen or chosen[0] < 0 or chosen[-1] >= len(library)):
         raise ConfigError.bad_value("dataset tracks", tracks, f"positions 0 to {len(library) - 1}, at least one")
     folder = cache_dir / "datasets" / dataset_key(library, spec, noise_dir, chosen)
     if is_complete(folder):
-        return load_dataset(folder)
+        try:
+            return load_dataset(folder)
+        except DamagedArtifactError as e:
+            logger.warning("%s is damaged (%s); building dataset %s again", e.path, e.reason, folder.name)
     if len(library) == 0:
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
     workers = default_workers() if workers is None else workers
@@ -165,25 +173,30 @@ def build_dataset(
             "segments_per_query": spec.segments,
             "n_rows": len(meta),
             "build_seconds": round(time.perf_counter() - started, 3),
+            "build": build_record(),
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     return load_dataset(folder)
 
 
 def load_dataset(folder: Path) -> Dataset:
-    """Open a finished dataset folder (memory-mapped)."""
+    """Open a finished dataset folder (memory-mapped). A :class:`LibraryError` when it is not
+    finished, a :class:`~ppazam_core.errors.DamagedArtifactError` when a file cannot be read or
+    one holds another number of rows than ``dataset.json`` says."""
     if not is_complete(folder):
         raise LibraryError(f"{folder} is not a finished dataset (no done marker)")
-    info = json.loads((folder / "dataset.json").read_text())
-    return Dataset(
-        folder=folder,
-        X=np.load(folder / "X.npy", mmap_mode="r"),
-        y=np.load(folder / "y.npy"),
-        meta=pd.read_csv(folder / "meta.csv", dtype={"track_id": str}),
-        track_ids=tuple(info["track_ids"]),
-        normalizer=Normalizer.load(folder / "normalizer.npz"),
-        info=info,
-    )
+    info = read_json(folder / "dataset.json", "track_ids", "n_rows", "build_seconds")
+    with reading(folder / "X.npy") as path:
+        X = np.load(path, mmap_mode="r")
+    with reading(folder / "y.npy") as path:
+        y = np.load(path)
+    with reading(folder / "meta.csv") as path:
+        meta = pd.read_csv(path, dtype={"track_id": str})
+    for name, rows in (("X.npy", len(X)), ("y.npy", len(y)), ("meta.csv", len(meta))):
+        if rows != info["n_rows"]:
+            raise damaged(folder / name, f"{rows} rows where dataset.json says {info['n_rows']}")
+    return Dataset(folder=folder, X=X, y=y, meta=meta, track_ids=tuple(info["track_ids"]),
+                   normalizer=Normalizer.load(folder / "normalizer.npz"), info=info)
 
 
 def clip_offset(track: Track, spec: DatasetSpec, index: int, audio_s: float) -> float:
@@ -206,20 +219,10 @@ def rooms_spec(spec: DatasetSpec) -> RoomBankSpec:
 
 
 def _track_rows(job: tuple[Track, DatasetSpec, str | None, str | None]) -> tuple[np.ndarray, list[dict]]:
-    """Every clip of one track. Runs on one torch thread in workers and inline alike, since
+    """Every clip of one track. Runs on one thread in workers and inline alike, since
     reduction order changes with the thread count and rows must not depend on ``workers``."""
-    with _single_torch_thread():
+    with fixed_threads(1):
         return _track_rows_single_threaded(*job)
-
-
-@contextmanager
-def _single_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str | None,

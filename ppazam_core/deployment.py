@@ -9,11 +9,15 @@ decrypt anything. Every message is framed::
 
 so a truncated or altered message, or keys and ciphertexts meant for another circuit, are
 refused with an :class:`~ppazam_core.errors.FheError` before Concrete sees them.
+
+The client's keys are stored with their SHA-256 and checked before Concrete reads them: damaged
+keys (which Concrete may accept and then decrypt garbage with) are generated anew, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 import time
 from dataclasses import dataclass
@@ -23,7 +27,8 @@ import numpy as np
 from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
 
-from ppazam_core.errors import ArtifactError, FheError
+from ppazam_core.artifacts import damaged, reading
+from ppazam_core.errors import ArtifactError, DamagedArtifactError, FheError
 from ppazam_core.fhe import CircuitStats, fhe_input
 from ppazam_core.store import atomic_folder, is_complete
 
@@ -32,6 +37,9 @@ HEADER = struct.Struct(">4s1s32sQ32s")
 KEYS, QUERY, RESULT = b"K", b"Q", b"R"
 KIND_NAMES = {KEYS: "evaluation keys", QUERY: "query ciphertext", RESULT: "result ciphertext"}
 KEYS_FILE = "keys.bin"
+KEYS_DIGEST_FILE = "keys.sha256"
+
+logger = logging.getLogger(__name__)
 
 
 def frame(kind: bytes, circuit_id: str, payload: bytes) -> bytes:
@@ -65,14 +73,16 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
 
 
 class ClassifierServer:
-    """The server side of one compiled classifier."""
+    """The server side of one compiled classifier. An :class:`ArtifactError` when ``server.zip``
+    is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
         if not (server_dir / "server.zip").is_file():
             raise ArtifactError(f"server folder {server_dir} is missing server.zip")
         self.stats = CircuitStats.load(server_dir)
-        self._server = FHEModelServer(str(server_dir))
+        with reading(server_dir / "server.zip"):
+            self._server = FHEModelServer(str(server_dir))
         self._keys: fhe.EvaluationKeys | None = None
 
     def receive_keys(self, message: bytes) -> None:
@@ -96,7 +106,9 @@ class ClassifierServer:
 
 
 class ClassifierClient:
-    """The user's side of one compiled classifier: keys, encryption and decryption."""
+    """The user's side of one compiled classifier: keys, encryption and decryption. An
+    :class:`ArtifactError` when ``client.zip`` is missing, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
 
     def __init__(self, client_dir: Path, key_dir: Path) -> None:
         client_dir = Path(client_dir)
@@ -104,21 +116,41 @@ class ClassifierClient:
             raise ArtifactError(f"client folder {client_dir} is missing client.zip")
         self.stats = CircuitStats.load(client_dir)
         self.key_dir = Path(key_dir) / self.stats.circuit_id  # keys of a recompiled circuit never match
-        self._fhe = FHEModelClient(str(client_dir))
+        with reading(client_dir / "client.zip"):
+            self._fhe = FHEModelClient(str(client_dir))
 
     def ensure_keys(self) -> tuple[float, bool]:
-        """Load this client's keys, or generate and store them. Returns the seconds it took
-        and whether they were generated."""
+        """Load this client's keys, or generate and store them (anew, with a warning, when the
+        stored ones are damaged). Returns the seconds it took and whether they were generated."""
         started = time.perf_counter()
+        if self._fhe.client.keys.are_generated:
+            return time.perf_counter() - started, False
+        stored = self._stored_keys()
+        if stored is not None:
+            self._fhe.client.keys = stored
+            return time.perf_counter() - started, False
+        self._fhe.client.keygen(force=True)
+        with atomic_folder(self.key_dir) as tmp:
+            self._fhe.client.keys.serialize_to_file(tmp / KEYS_FILE)
+            (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / KEYS_FILE))
+        return time.perf_counter() - started, True
+
+    def _stored_keys(self) -> fhe.Keys | None:
+        """The stored keys once their SHA-256 checks out; ``None`` when there are none or they
+        are damaged (logged)."""
+        if not is_complete(self.key_dir):
+            return None
         keys_file = self.key_dir / KEYS_FILE
-        generated = not is_complete(self.key_dir)
-        if generated:
-            self._fhe.client.keygen(force=True)
-            with atomic_folder(self.key_dir) as tmp:
-                self._fhe.client.keys.serialize_to_file(tmp / KEYS_FILE)
-        elif not self._fhe.client.keys.are_generated:
-            self._fhe.client.keys = fhe.Keys.deserialize(keys_file)
-        return time.perf_counter() - started, generated
+        try:
+            with reading(self.key_dir / KEYS_DIGEST_FILE) as digest_file:
+                expected = digest_file.read_text().strip()
+            with reading(keys_file):
+                if _sha256(keys_file) != expected:
+                    raise damaged(keys_file, f"its SHA-256 differs from the one in {KEYS_DIGEST_FILE}")
+                return fhe.Keys.deserialize(keys_file)
+        except DamagedArtifactError as e:
+            logger.warning("client keys %s are damaged (%s); generating new ones", e.path, e.reason)
+            return None
 
     def evaluation_keys(self) -> bytes:
         """The framed public evaluation keys for the server."""
@@ -142,6 +174,11 @@ class ClassifierClient:
                               dtype=np.float32)
         except RuntimeError as e:
             raise FheError(f"result of circuit {self.stats.circuit_id} cannot be decrypted: {e}") from e
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

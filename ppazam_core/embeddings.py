@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ppazam_core.artifacts import load_weights, read_json, reading
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
@@ -76,16 +77,18 @@ class EmbeddingModel(nn.Module):
 
 
 def load_model(model_file_path: str | Path) -> EmbeddingModel:
-    """HEAR API: load a saved embedding model folder."""
+    """HEAR API: load a saved embedding model folder. An :class:`ArtifactError` when it holds none,
+    a :class:`~ppazam_core.errors.DamagedArtifactError` when one of its files cannot be read."""
     folder = Path(model_file_path)
     if not (folder / "embedding.json").is_file():
         raise ArtifactError(f"{folder} holds no embedding model (embedding.json is missing)")
-    meta = json.loads((folder / "embedding.json").read_text())
-    config = meta["embedding"]
-    config["blocks"] = tuple(ConvBlock(**b) for b in config["blocks"])
-    model = EmbeddingModel(EmbeddingConfig(**config), FrontEndConfig(**meta["features"]),
-                           Normalizer.load(folder / "normalizer.npz"), meta["segment_s"])
-    model.encoder.load_state_dict(torch.load(folder / "encoder.pt", weights_only=True))
+    meta = read_json(folder / "embedding.json", "embedding", "features", "segment_s")
+    with reading(folder / "embedding.json"):
+        blocks = tuple(ConvBlock(**b) for b in meta["embedding"]["blocks"])
+        config = EmbeddingConfig(**{**meta["embedding"], "blocks": blocks})
+        features = FrontEndConfig(**meta["features"])
+    model = EmbeddingModel(config, features, Normalizer.load(folder / "normalizer.npz"), meta["segment_s"])
+    load_weights(model.encoder, folder / "encoder.pt")
     return model.eval()
 
 

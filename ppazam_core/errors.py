@@ -41,6 +41,18 @@ class ArtifactError(PpazamError):
     """A trained-model folder that is missing, incomplete or does not fit the request."""
 
 
+class DamagedArtifactError(ArtifactError):
+    """A file of a finished cache folder that cannot be read (truncated, garbled, corrupt):
+    names the file, why, and the folder to delete so that the next run rebuilds it."""
+
+    def __init__(self, path: str | Path, reason: str, folder: str | Path) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.folder = Path(folder)
+        super().__init__(f"{self.path} is damaged ({reason}); delete {self.folder} and run the command again "
+                         "to rebuild it")
+
+
 class FheError(PpazamError):
     """An encrypted exchange that cannot go on: a truncated or tampered message, keys of
     another circuit, or an input the circuit does not take."""

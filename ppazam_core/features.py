@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import DEFAULT_SAMPLE_RATE
 from ppazam_core.errors import ConfigError
 
@@ -182,8 +183,9 @@ class Normalizer:
 
     @classmethod
     def load(cls, path: Path) -> "Normalizer":
-        with np.load(path) as data:
-            return cls(data["mean"], data["std"])
+        """Read statistics saved by :meth:`save`; a :class:`~ppazam_core.errors.DamagedArtifactError`
+        when the file cannot be read."""
+        return cls(*read_arrays(path, "mean", "std"))
 
 
 def _require(ok: bool, key: str, value: object, allowed: Iterable[object] | str) -> None:

@@ -36,15 +36,12 @@ from concrete.ml.common.serialization.loaders import loads
 from concrete.ml.deployment import FHEModelClient, FHEModelDev
 from concrete.ml.torch.compile import compile_brevitas_qat_model
 
+from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.config import FheConfig
 from ppazam_core.errors import ArtifactError, FheError
 
 CIRCUIT_FILE = "circuit.json"
 CLEAR_FILE = "clear.json"
-# Server seconds per unit of Concrete's cost model ("complexity"), fitted on the 2-core machine
-# this project is developed on: 23.6 ms/PBS at 1.6e8 per PBS (6 rounding bits), 42.9 ms/PBS at
-# 3.35e8 (7 bits). An estimate before running; the fhe mode measures the truth.
-SECONDS_PER_COMPLEXITY = 1.35e-10
 
 
 @dataclass(frozen=True)
@@ -69,19 +66,17 @@ class CircuitStats:
     def evaluation_key_bytes(self) -> int:
         return self.bootstrap_key_bytes + self.keyswitch_key_bytes
 
-    @property
-    def estimated_seconds(self) -> float:
-        """Expected server time of one run on a machine like the development one."""
-        return self.complexity * SECONDS_PER_COMPLEXITY
-
     @classmethod
     def load(cls, folder: Path) -> "CircuitStats":
-        """Read ``circuit.json`` of a client, server or compiled-classifier folder."""
+        """Read ``circuit.json`` of a client, server or compiled-classifier folder: an
+        :class:`ArtifactError` when it is missing, a
+        :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
         path = Path(folder) / CIRCUIT_FILE
         if not path.is_file():
             raise ArtifactError(f"{folder} holds no compiled circuit ({CIRCUIT_FILE} is missing)")
-        data = json.loads(path.read_text())
-        return cls(**{**data, "input_shape": tuple(data["input_shape"])})
+        data = read_json(path, "input_shape")
+        with reading(path):
+            return cls(**{**data, "input_shape": tuple(data["input_shape"])})
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CIRCUIT_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -139,7 +134,8 @@ def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, comp
 
 class SimulatedClassifier:
     """A compiled classifier run in FHE simulation: same integers and error model as the
-    encrypted circuit, without encryption."""
+    encrypted circuit, without encryption. An :class:`ArtifactError` when a file is missing, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one cannot be read."""
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)
@@ -147,9 +143,11 @@ class SimulatedClassifier:
         for part in ("client/client.zip", "simulator.zip"):
             if not (folder / part).is_file():
                 raise ArtifactError(f"compiled classifier {folder} is missing {part}")
-        self._quantizer = FHEModelClient(str(folder / "client")).model
-        self._client = fhe.Client.load(folder / "client" / "client.zip", is_simulated=True)
-        self._server = fhe.Server.load(folder / "simulator.zip")
+        with reading(folder / "client" / "client.zip") as client:
+            self._quantizer = FHEModelClient(str(client.parent)).model
+            self._client = fhe.Client.load(client, is_simulated=True)
+        with reading(folder / "simulator.zip") as simulator:
+            self._server = fhe.Server.load(simulator)
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """Dequantized outputs ``(n, n_classes)`` float32 for normalized inputs
@@ -166,7 +164,9 @@ class SimulatedClassifier:
 class ClearCircuit:
     """A compiled classifier executed in the clear by Concrete ML (``fhe="disable"``): the
     integers the circuit computes, rounding included, without encryption or its error model.
-    Its top-1 against :class:`SimulatedClassifier`'s is the circuit agreement."""
+    Its top-1 against :class:`SimulatedClassifier`'s is the circuit agreement. An
+    :class:`ArtifactError` when a file is missing, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one cannot be read."""
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)
@@ -174,7 +174,7 @@ class ClearCircuit:
         if not (folder / CLEAR_FILE).is_file():
             raise ArtifactError(f"compiled classifier {folder} is missing {CLEAR_FILE} (compiled by an older "
                                 "version); recompile it with --refresh")
-        self._model = loads((folder / CLEAR_FILE).read_text())
+        self._model = load_concrete_model(folder / CLEAR_FILE, "decision_function", "forward")
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """Dequantized outputs ``(n, n_classes)`` float32 for normalized inputs ``(n, *input_shape)``."""
@@ -184,6 +184,16 @@ class ClearCircuit:
         else:  # a QuantizedModule
             values = self._model.forward(X, fhe="disable")
         return np.asarray(values, dtype=np.float32).reshape(len(X), -1)
+
+
+def load_concrete_model(path: Path, *methods: str) -> Any:
+    """A model saved with Concrete ML's ``dumps`` that has one of ``methods``; a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when ``path`` cannot be read as one."""
+    with reading(path):
+        model = loads(Path(path).read_text())
+    if not any(hasattr(model, method) for method in methods):
+        raise damaged(path, f"holds a {type(model).__name__}, not a Concrete ML model")
+    return model
 
 
 def fhe_input(X: np.ndarray, stats: CircuitStats) -> np.ndarray:

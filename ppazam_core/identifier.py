@@ -8,13 +8,13 @@ log-probabilities, or by majority vote over the segments' top-1 with ties broken
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ppazam_core.artifacts import load_weights, read_arrays, read_json, reading
 from ppazam_core.audio import SILENCE_DBFS, is_silent
 from ppazam_core.conditions import query_segments
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
@@ -44,7 +44,9 @@ class Identifier:
     ``circuits`` (a folder made by :func:`~ppazam_core.pipeline.compile_identifier`) enables the
     ``fhe-sim`` and ``fhe`` modes, the client's keys living in
     :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a
-    client/server exchange of encrypted bytes whose costs land in :attr:`channel`."""
+    client/server exchange of encrypted bytes whose costs land in :attr:`channel`. A missing or
+    unfinished folder is an :class:`ArtifactError`, a damaged file in it (now or when a mode
+    first loads its weights or circuits) a :class:`~ppazam_core.errors.DamagedArtifactError`."""
 
     def __init__(self, folder: Path, circuits: Path | None = None) -> None:
         folder = Path(folder)
@@ -54,11 +56,12 @@ class Identifier:
             raise ArtifactError(f"model folder {folder} is incomplete (interrupted training?); train again")
         self.family = FAMILY
         self.folder = folder
-        self.manifest = json.loads((folder / "identifier.json").read_text())
-        self.config = ExperimentConfig.from_canonical(self.manifest["config"])
-        self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
-        with np.load(folder / "clusters.npz") as clusters:
-            self.assignment = clusters["assignment"]
+        manifest = folder / "identifier.json"
+        self.manifest = read_json(manifest, "config", "track_ids", "quant", "cluster_sizes", "timings")
+        with reading(manifest):
+            self.config = ExperimentConfig.from_canonical(self.manifest["config"])
+            self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
+        self.assignment = read_arrays(folder / "clusters.npz", "assignment")[0]
         self.n_clusters = int(self.assignment.max()) + 1
         self.members = [np.flatnonzero(self.assignment == c) for c in range(self.n_clusters)]
         self.normalizer = Normalizer.load(folder / "normalizer.npz")
@@ -155,6 +158,5 @@ class Identifier:
             cnn = self.config.model.cnn(n_classes, self.config.data.features.shape)
             subfolder = "fp32" if mode is Mode.FP32 else self.manifest["quant"]
             model = build_model(cnn, quantized=mode is Mode.QUANT)
-            model.load_state_dict(torch.load(self.folder / subfolder / f"{name}.pt", weights_only=True))
-            self._models[key] = model.eval()
+            self._models[key] = load_weights(model, self.folder / subfolder / f"{name}.pt").eval()
         return self._models[key]

@@ -3,8 +3,9 @@
 Three sources share one type:
 
 * any folder of audio files, scanned recursively (the FMA layout ``000/000002.mp3`` gives the
-  id ``000002``); unreadable files and tracks shorter than the query length are listed as
-  skipped with a reason, never raised;
+  id ``000002``; files whose names collide get longer ids, see :func:`_track_ids`); unreadable
+  files and tracks shorter than the query length are listed as skipped with a reason, never
+  raised;
 * the built-in synthetic library (:mod:`ppazam_core.synth`), rendered once into the cache;
 * a folder made by ``ppazam library build-debian`` (see :mod:`ppazam_core.debian`), which
   carries a ``ppazam-library.json`` naming its music and background-noise folders.
@@ -12,12 +13,14 @@ Three sources share one type:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, get_type_hints
 
 import numpy as np
 import soundfile
@@ -29,6 +32,7 @@ from ppazam_core.audio import (
     is_audio_path,
     load_audio,
     probe,
+    read_blocks,
 )
 from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
@@ -42,7 +46,8 @@ DEFAULT_QUERY_S = 3.0
 @dataclass(frozen=True)
 class Track:
     """One identifiable recording. ``source`` is the audio file; ``generator`` names the
-    synthetic recipe that produced it, if any."""
+    synthetic recipe that produced it, if any; ``sha256`` is the hex SHA-256 of the file's bytes,
+    what :meth:`Library.fingerprint` hashes instead of the path."""
 
     id: str
     title: str
@@ -52,6 +57,7 @@ class Track:
     channels: int = 1
     silent: bool = False
     generator: str | None = None
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,15 @@ class Library:
             raise LibraryError(f"library {self.name} has no track {track_id!r}") from None
 
     def fingerprint(self) -> str:
-        """Hash of the track list; datasets built from the library are keyed by it."""
-        return config_hash([(t.id, t.source, t.duration_s, t.sample_rate) for t in self.tracks])
+        """Hash of the track ids and audio contents (not their paths): the same files in another
+        folder give the same key, other audio in a file another one. Datasets and models built
+        from the library are keyed by it. Raises :class:`LibraryError` for a track without its
+        content hash."""
+        unhashed = [t.id for t in self.tracks if not t.sha256]
+        if unhashed:
+            raise LibraryError(f"library {self.name}: tracks {unhashed[:5]} have no content hash; "
+                               "open the library with open_library() to compute it")
+        return config_hash([(t.id, t.sha256, t.duration_s, t.sample_rate) for t in self.tracks])
 
     def load(
         self,
@@ -181,8 +194,8 @@ def scan_folder(
 ) -> Library:
     """Scan ``root`` recursively; every audio file is decoded once to validate it.
 
-    With ``cache_dir``, what was learnt of each file is kept under ``cache_dir/scans`` and
-    reused while the file's size and modification time are unchanged.
+    With ``cache_dir``, what was learnt of each file (its content hash included) is kept under
+    ``cache_dir/scans`` and reused while the file's size and modification time are unchanged.
     """
     if not root.is_dir():
         raise LibraryError(f"library folder {root} does not exist or is not a folder")
@@ -201,7 +214,7 @@ def scan_folder(
         else:
             tracks.append(Track(id=ids[path], title=path.stem, source=str(path),
                                 duration_s=outcome.duration_s, sample_rate=outcome.sample_rate,
-                                channels=outcome.channels, silent=outcome.silent))
+                                channels=outcome.channels, silent=outcome.silent, sha256=outcome.sha256))
     if not tracks:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
         raise LibraryError(f"no usable track under {root} ({len(skipped)} skipped: {reasons})")
@@ -212,13 +225,16 @@ def synthetic_library(spec: SyntheticSpec, cache_dir: Path, workers: int = 1) ->
     """The built-in library, rendered once into ``cache_dir/synthetic/<hash>``.
 
     Tracks are rendered in parallel and each is written atomically, so an interrupted run
-    resumes; the manifest is written last and is what makes the folder trusted.
+    resumes; the manifest is written last and is what makes the folder trusted. A manifest
+    written before tracks carried their content hash is rebuilt (the audio files are kept).
     """
     folder = cache_dir / "synthetic" / config_hash(spec)
     manifest = folder / "library.json"
     if manifest.is_file():
         data = json.loads(manifest.read_text())
-        return Library(data["name"], tuple(Track(**t) for t in data["tracks"]))
+        tracks = tuple(Track(**t) for t in data["tracks"])
+        if all(t.sha256 for t in tracks):
+            return Library(data["name"], tracks)
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(spec, i, str(folder)) for i in range(spec.n_tracks)]
     tracks = tuple(parallel_map(_render_to_file, jobs, workers, "rendering synthetic library"))
@@ -238,7 +254,7 @@ def _render_to_file(job: tuple[SyntheticSpec, int, str]) -> Track:
     recipe = canonical_json({**asdict(spec), "index": index})
     return Track(id=f"syn{index:05d}", title=plan.title, source=str(path),
                  duration_s=audio.shape[0] / spec.sample_rate, sample_rate=spec.sample_rate,
-                 generator=f"synthetic:{recipe}")
+                 generator=f"synthetic:{recipe}", sha256=_file_sha256(path))
 
 
 @dataclass(frozen=True)
@@ -247,17 +263,20 @@ class _FileFacts:
     sample_rate: int
     channels: int
     silent: bool
+    sha256: str
 
 
 def _inspect_files(root: Path, paths: list[Path], workers: int,
                    cache_dir: Path | None) -> list[_FileFacts | SkippedFile]:
-    """Facts of each file, from the scan cache where the file is unchanged."""
+    """Facts of each file, from the scan cache where the file's stamp (size in bytes,
+    modification time in ns) is unchanged; the others are decoded and hashed again and the
+    cache rewritten. A cache file that cannot be read counts as empty."""
     cache_file = None if cache_dir is None else cache_dir / "scans" / f"{config_hash(str(root.resolve()))}.json"
-    known = json.loads(cache_file.read_text()) if cache_file and cache_file.is_file() else {}
+    known = {} if cache_file is None else _read_scan_cache(cache_file)
     stamps = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
-    todo = [p for p in paths if known.get(str(p), {}).get("stamp") != stamps[str(p)]]
+    todo = [p for p in paths if str(p) not in known or known[str(p)][0] != stamps[str(p)]]
     fresh = dict(zip(todo, parallel_map(_inspect_file, todo, workers, f"scanning {root.name}")))
-    outcomes = [fresh[p] if p in fresh else _from_record(known[str(p)]) for p in paths]
+    outcomes = [fresh[p] if p in fresh else known[str(p)][1] for p in paths]
     if cache_file is not None and todo:
         records = {str(p): {"stamp": stamps[str(p)], "kind": type(o).__name__, **asdict(o)}
                    for p, o in zip(paths, outcomes)}
@@ -265,18 +284,45 @@ def _inspect_files(root: Path, paths: list[Path], workers: int,
     return outcomes
 
 
-def _from_record(record: dict) -> _FileFacts | SkippedFile:
+def _read_scan_cache(cache_file: Path) -> dict[str, tuple[object, _FileFacts | SkippedFile]]:
+    """The scan cache as ``{path: (stamp, outcome)}``. A missing file, invalid JSON or JSON of
+    another shape gives no record; a record of another shape (say, from an older version) is
+    left out."""
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    known = {}
+    for path, record in data.items():
+        outcome = _from_record(record)
+        if outcome is not None:
+            known[path] = (record.get("stamp"), outcome)
+    return known
+
+
+def _from_record(record: object) -> _FileFacts | SkippedFile | None:
+    """The outcome a scan-cache record holds; None where its kind, keys or value types differ."""
+    kinds = {"_FileFacts": _FileFacts, "SkippedFile": SkippedFile}
+    if not isinstance(record, dict) or not isinstance(record.get("kind"), str) or record["kind"] not in kinds:
+        return None
+    kind = kinds[record["kind"]]
     values = {k: v for k, v in record.items() if k not in ("stamp", "kind")}
-    return SkippedFile(**values) if record["kind"] == "SkippedFile" else _FileFacts(**values)
+    types = get_type_hints(kind)
+    if values.keys() != types.keys() or not all(isinstance(v, types[k]) for k, v in values.items()):
+        return None
+    return kind(**values)
 
 
 def _inspect_file(path: Path) -> _FileFacts | SkippedFile:
-    """Decode a whole file block by block: finite samples, duration and loudness."""
+    """Decode a whole file (every link of a chained Ogg file) block by block: finite samples,
+    duration and loudness; and hash its bytes."""
     try:
         info = probe(path)
         energy, count = 0.0, 0
-        with soundfile.SoundFile(str(path)) as handle:
-            for block in handle.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+        with closing(read_blocks(path, 1 << 18)) as blocks:
+            for block in blocks:
                 if not np.isfinite(block).all():
                     raise AudioError(path, "audio contains NaN or infinite samples")
                 mono = block.mean(axis=1, dtype=np.float64)
@@ -284,21 +330,47 @@ def _inspect_file(path: Path) -> _FileFacts | SkippedFile:
                 count += mono.shape[0]
         if count == 0:
             raise AudioError(path, "zero-length audio")
+        sha256 = _file_sha256(path)
     except AudioError as e:
         return SkippedFile(str(path), e.reason)
-    except (soundfile.LibsndfileError, RuntimeError) as e:
-        return SkippedFile(str(path), f"cannot decode audio ({e})")
+    except OSError as e:
+        return SkippedFile(str(path), f"cannot read file ({e})")
     rms = np.sqrt(energy / count)
     silent = rms == 0 or 20 * np.log10(rms) < SILENCE_DBFS
-    return _FileFacts(count / info.sample_rate, info.sample_rate, info.channels, bool(silent))
+    return _FileFacts(count / info.sample_rate, info.sample_rate, info.channels, bool(silent), sha256)
+
+
+def _file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file's bytes."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _track_ids(root: Path, paths: list[Path]) -> dict[Path, str]:
-    """File stems as ids (FMA: ``000/000002.mp3`` -> ``000002``); the relative path without
-    extension where two files share a stem."""
-    stems = Counter(p.stem for p in paths)
-    return {
-        p: p.stem if stems[p.stem] == 1 else p.relative_to(root).with_suffix("").as_posix()
-        for p in paths
-    }
+    """A distinct id for every file, also when compared case-insensitively.
+
+    The stem where no other file's stem is the same up to case (FMA: ``000/000002.mp3`` ->
+    ``000002``); for the others the relative path without extension (``a/theme``,
+    ``b/theme``), else with it (``song.WAV``, ``song.mp3``); paths that differ only in case
+    are numbered in sorted order (``a/Song.wav~1``, ``a/song.wav~2``).
+    """
+    namings = (lambda rel: rel.stem, lambda rel: rel.with_suffix("").as_posix(), lambda rel: rel.as_posix())
+    ids: dict[Path, str] = {}
+    taken: set[str] = set()
+    pending = sorted(paths)
+    for naming in namings:
+        names = {p: naming(p.relative_to(root)) for p in pending}
+        counts = Counter(n.casefold() for n in names.values())
+        for p, n in names.items():
+            if counts[n.casefold()] == 1 and n.casefold() not in taken:
+                ids[p] = n
+                taken.add(n.casefold())
+        pending = [p for p in pending if p not in ids]
+    for p in pending:
+        base, number = p.relative_to(root).as_posix(), 1
+        while f"{base}~{number}".casefold() in taken:
+            number += 1
+        ids[p] = f"{base}~{number}"
+        taken.add(ids[p].casefold())
+    return ids
 

@@ -14,28 +14,39 @@ passing-vehicle swells and engine harmonics) and clicks (sparse impulses and cra
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import soundfile
 from scipy.signal import lfilter
 
+from ppazam_core.artifacts import check_audio, read_json
 from ppazam_core.audio import SILENCE_DBFS, is_audio_path, is_silent, load_audio
-from ppazam_core.errors import AudioError, LibraryError
+from ppazam_core.errors import AudioError, DamagedArtifactError, LibraryError
 from ppazam_core.store import atomic_folder, config_hash, is_complete
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "babble", "traffic", "clicks")
+
+logger = logging.getLogger(__name__)
 
 
 def synthetic_noise_bank(
     cache_dir: Path, seed: int = 0, variants: int = 2, duration_s: float = 8.0,
     sample_rate: int = 16_000,
 ) -> Path:
-    """Folder of noise wav files (``kind_variant.wav``), rendered once into the cache."""
+    """Folder of noise wav files (``kind_variant.wav``), rendered once into the cache, and again
+    (with a warning) when a stored file is damaged."""
     spec = {"seed": seed, "variants": variants, "duration_s": duration_s, "sample_rate": sample_rate}
     folder = cache_dir / "noise" / config_hash(spec)
     if is_complete(folder):
-        return folder
+        try:
+            for kind in NOISE_KINDS:
+                for variant in range(variants):
+                    check_audio(folder / f"{kind}_{variant}.wav", int(duration_s * sample_rate))
+            return folder
+        except DamagedArtifactError as e:
+            logger.warning("%s is damaged (%s); rendering the noise bank again", e.path, e.reason)
     with atomic_folder(folder) as tmp:
         for kind in NOISE_KINDS:
             for variant in range(variants):
@@ -46,7 +57,8 @@ def synthetic_noise_bank(
 
 
 def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_000) -> Path:
-    """``source``'s usable audio as mono wav at ``sample_rate`` in the cache (built once)."""
+    """``source``'s usable audio as mono wav at ``sample_rate`` in the cache (built once, and
+    again with a warning when a stored file is damaged)."""
     source = Path(source).expanduser()
     if not source.is_dir():
         raise LibraryError(f"noise folder {source} does not exist or is not a folder")
@@ -54,7 +66,13 @@ def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_0
     stamps = [(p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     folder = cache_dir / "noise" / config_hash({"source": str(source.resolve()), "files": stamps, "rate": sample_rate})
     if is_complete(folder):
-        return folder
+        try:
+            read_json(folder / "skipped.json")
+            for path in sorted(folder.glob("*.wav")):
+                check_audio(path)
+            return folder
+        except DamagedArtifactError as e:
+            logger.warning("%s is damaged (%s); preparing the noise folder again", e.path, e.reason)
     skipped = {}
     with atomic_folder(folder) as tmp:
         for path, (relative, _, _) in zip(paths, stamps):

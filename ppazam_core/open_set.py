@@ -2,9 +2,14 @@
 it never saw (distractors)?
 
 Library queries are the positives. ROC-AUC and PR-AUC (average precision) summarise the
-separation; the operating point accepts a query when its confidence is above the threshold that
-lets at most ``far`` of the distractor queries through, and ``top1_at_far`` counts the library
-queries that are both accepted and identified correctly.
+separation. The operating point is the target false-accept rate ``far``: with ``m`` distractor
+queries only the rates ``k/m`` are reached by a fixed threshold, so ``top1_at_far`` (library
+queries accepted *and* identified correctly) is interpolated linearly between the two fixed
+thresholds whose rates bracket ``far`` (the ROC convex combination of Fawcett 2006, section 6:
+a threshold randomised between them reaches ``far`` exactly), and ``threshold`` is interpolated
+between them the same way. ``false_accepts`` is the rate the strict threshold just below the
+target actually achieved on the distractors (e.g. 1/160 = 0.6% for a 1% target), so a label
+never claims a rate the data did not reach.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ from ppazam_core.errors import ConfigError
 
 @dataclass(frozen=True)
 class OpenSetMetrics:
+    """Rejection metrics: see the module docstring. Rates are fractions of queries."""
+
     roc_auc: float
     pr_auc: float
-    threshold: float
-    top1_at_far: float
-    false_accepts: float  # the fraction of distractors accepted at ``threshold`` (<= far)
+    far: float  # the target false-accept rate
+    threshold: float  # confidence threshold at ``far``, interpolated
+    top1_at_far: float  # library queries accepted and right at ``far``, interpolated
+    false_accepts: float  # distractors accepted by the fixed threshold at or below ``far`` (achieved rate)
+    top1_at_false_accepts: float  # library queries accepted and right by that fixed threshold
     n_library: int
     n_distractors: int
 
@@ -42,11 +51,19 @@ def open_set_metrics(library_confidence: np.ndarray, library_correct: np.ndarray
         raise ConfigError.bad_value("far", far, "0 <= far < 1")
     labels = np.concatenate([np.ones(known.size), np.zeros(unknown.size)])
     scores = np.concatenate([known, unknown])
-    allowed = int(math.floor(far * unknown.size))  # distractors that may pass
-    threshold = float(np.sort(unknown)[::-1][allowed]) if allowed < unknown.size else -math.inf
-    accepted = known > threshold
+    # fixed thresholds "accept when confidence > t", from the highest distractor (none accepted) down
+    thresholds = np.concatenate([np.unique(unknown)[::-1], [-math.inf]])
+    rates = np.array([(unknown > t).mean() for t in thresholds])
+    rights = np.array([((known > t) & correct).mean() for t in thresholds])
+    below = int(np.searchsorted(rates, far, side="right") - 1)  # the last fixed threshold at or below far
+    above = min(below + 1, len(rates) - 1)
+    if rates[above] == rates[below]:
+        weight = 0.0
+    else:
+        weight = (far - rates[below]) / (rates[above] - rates[below])
     return OpenSetMetrics(roc_auc=float(roc_auc_score(labels, scores)),
-                          pr_auc=float(average_precision_score(labels, scores)),
-                          threshold=threshold, top1_at_far=float((accepted & correct).mean()),
-                          false_accepts=float((unknown > threshold).mean()), n_library=known.size,
-                          n_distractors=unknown.size)
+                          pr_auc=float(average_precision_score(labels, scores)), far=far,
+                          threshold=float(thresholds[below] + weight * (thresholds[above] - thresholds[below])),
+                          top1_at_far=float(rights[below] + weight * (rights[above] - rights[below])),
+                          false_accepts=float(rates[below]), top1_at_false_accepts=float(rights[below]),
+                          n_library=known.size, n_distractors=unknown.size)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ppazam_core.artifacts import load_weights, read_arrays, read_json
 from ppazam_core.clustering import Clustering, cluster_tracks
 from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import Dataset, build_dataset
@@ -33,6 +34,8 @@ from ppazam_core.models import FloatCNN, build_model, qat_from_fp32, rounding_em
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
 from ppazam_core.seeding import derive_seed
+from ppazam_core.provenance import build_record
+from ppazam_core.threads import fixed_threads
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
 
@@ -82,6 +85,7 @@ def embedding_folder(library: Library, config: ExperimentConfig, cache_dir: Path
     return cache_dir / "embeddings" / config_hash(key)
 
 
+@fixed_threads()
 def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                     refresh: bool = False) -> Path:
     """Train (or find in the store) the contrastive embedding model; returns its folder, which
@@ -104,6 +108,7 @@ def float_folder(library: Library, config: ExperimentConfig, cache_dir: Path) ->
     return cache_dir / "fp32" / config_hash({"library": library.fingerprint(), "config": config.float_parts()})
 
 
+@fixed_threads()
 def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                        refresh: bool = False, dataset: Dataset | None = None) -> Path:
     """Train (or find in the store) the embedding, the clusters and the fp32 classifiers; returns
@@ -120,7 +125,7 @@ def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Pa
         started = time.perf_counter()
         embedding = train_embedding(library, config, cache_dir, workers, refresh)
         shutil.copytree(embedding, tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
-        histories: dict[str, object] = {"embedding": json.loads((embedding / "losses.json").read_text())}
+        histories: dict[str, object] = {"embedding": read_json(embedding / "losses.json")}
         clustering = cluster_tracks(track_embeddings(load_model(embedding), dataset.X, dataset.y, len(library)),
                                     config.clusters)
         np.savez(tmp / "clusters.npz", assignment=clustering.assignment, centroids=clustering.centroids)
@@ -140,10 +145,12 @@ def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Pa
     return folder
 
 
+@fixed_threads()
 def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                      refresh: bool = False) -> Path:
     """Train (or find in the cache) every stage; returns the artifact folder. The fp32 stages
-    come from :func:`train_float_stages`, so only the QAT twins are new for another bit width."""
+    come from :func:`train_float_stages`, so only the QAT twins are new for another bit width.
+    A damaged file of a stored stage is a :class:`~ppazam_core.errors.DamagedArtifactError`."""
     folder = model_folder(library, config, cache_dir)
     if is_complete(folder) and not refresh:
         logger.info("loaded identifier from %s", folder)
@@ -153,22 +160,20 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
     timings = {"dataset_s": time.perf_counter() - started}
     X = dataset.normalizer(np.asarray(dataset.X))
     float_stages = train_float_stages(library, config, cache_dir, workers, refresh, dataset)
-    timings.update(json.loads((float_stages / "timings.json").read_text()))
+    timings.update(read_json(float_stages / "timings.json"))
 
     with atomic_folder(folder) as tmp:
         shutil.copytree(float_stages, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(DONE_MARKER, "timings.json"))
-        histories = json.loads((tmp / "histories.json").read_text())
-        with np.load(tmp / "clusters.npz") as clusters:
-            clustering = Clustering(clusters["assignment"], clusters["centroids"])
+        histories = read_json(float_stages / "histories.json")
+        clustering = Clustering(*read_arrays(float_stages / "clusters.npz", "assignment", "centroids"))
         precision = quant_name(config)
         started = time.perf_counter()
         (tmp / precision).mkdir()
         for name, (rows, labels, n_classes) in _classification_tasks(clustering.assignment, dataset.y).items():
             torch.manual_seed(derive_seed(config.training.seed, precision, name))
             fp32 = FloatCNN(config.model.cnn(n_classes, config.data.features.shape))
-            fp32.load_state_dict(torch.load(tmp / "fp32" / f"{name}.pt", weights_only=True))
-            model = qat_from_fp32(fp32)
+            model = qat_from_fp32(load_weights(fp32, float_stages / "fp32" / f"{name}.pt"))
             with rounding_emulated(model, config.qat_rounding_bits()):
                 history = train_classifier(model, X[rows], labels, config.qat, f"{precision} {name}")
             torch.save(model.state_dict(), tmp / precision / f"{name}.pt")
@@ -185,6 +190,7 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
             "cluster_sizes": clustering.sizes(),
             "quant": precision,
             "timings": {k: round(v, 2) for k, v in timings.items()},
+            "build": build_record(),
         }
         (tmp / "identifier.json").write_text(json.dumps(manifest, indent=2))
     return folder
@@ -205,10 +211,12 @@ def _classification_tasks(assignment: np.ndarray, y: np.ndarray) -> dict[str, tu
     return tasks
 
 
+@fixed_threads()
 def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                        refresh: bool = False) -> Path:
     """Compile every QAT classifier of the trained identifier (training it first if needed)
-    with Concrete ML; returns the circuits folder. A stored compilation is reused."""
+    with Concrete ML; returns the circuits folder. A stored compilation is reused. A damaged
+    file of the trained identifier is a :class:`~ppazam_core.errors.DamagedArtifactError`."""
     model = train_identifier(library, config, cache_dir, workers)
     folder = circuits_folder(model, config)
     if is_complete(folder) and not refresh:
@@ -217,14 +225,14 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
     shutil.rmtree(key_folder(folder), ignore_errors=True)  # keys of the circuits about to be replaced
     dataset = training_dataset(library, config.data, cache_dir, workers)
     X = dataset.normalizer(np.asarray(dataset.X))
-    assignment = np.load(model / "clusters.npz")["assignment"]
+    assignment = read_arrays(model / "clusters.npz", "assignment")[0]
     stats = {}
     tasks = _classification_tasks(assignment, dataset.y)
     with atomic_folder(folder) as tmp, progress_bar() as progress:
         bar = progress.add_task("compiling for FHE", total=len(tasks))
         for name, (rows, _, n_classes) in tasks.items():
-            qat = build_model(config.model.cnn(n_classes, config.data.features.shape), quantized=True)
-            qat.load_state_dict(torch.load(model / quant_name(config) / f"{name}.pt", weights_only=True))
+            qat = load_weights(build_model(config.model.cnn(n_classes, config.data.features.shape), quantized=True),
+                               model / quant_name(config) / f"{name}.pt")
             rng = np.random.default_rng(derive_seed(config.fhe.seed, "calibration", name))
             calibration = X[np.sort(rng.choice(rows, size=min(config.fhe.calibration_rows, rows.size), replace=False))]
             (tmp / name).mkdir()
@@ -232,5 +240,6 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
             logger.info("compiled %s: %d PBS, %d bits", name, stats[name]["pbs_count"], stats[name]["max_bit_width"])
             progress.update(bar, advance=1, description=f"compiling for FHE ({name}: {stats[name]['pbs_count']} PBS)")
         (tmp / "circuits.json").write_text(json.dumps({"fhe": json.loads(canonical_json(config.fhe)),
-                                                       "quant": quant_name(config), "circuits": stats}, indent=2))
+                                                       "quant": quant_name(config), "circuits": stats,
+                                                       "build": build_record()}, indent=2))
     return folder

@@ -89,34 +89,40 @@ class Predictions:
     cluster_predicted: np.ndarray | None
     seconds: np.ndarray
 
+    def take(self, rows: np.ndarray) -> "Predictions":
+        """These predictions restricted to the queries ``rows`` (each must be among ``self.rows``), in that order.
+
+        Raises:
+            ConfigError: a query of ``rows`` was not predicted here.
+        """
+        position = {int(r): i for i, r in enumerate(self.rows)}
+        missing = [int(r) for r in rows if int(r) not in position]
+        if missing:
+            raise ConfigError(f"queries {missing[:5]} were not predicted in this run")
+        at = np.asarray([position[int(r)] for r in rows], dtype=np.int64)
+        return Predictions(self.rows[at], self.truth[at], self.ranking[at], self.confidence[at],
+                           None if self.cluster_truth is None else self.cluster_truth[at],
+                           None if self.cluster_predicted is None else self.cluster_predicted[at], self.seconds[at])
+
     def hits(self, k: int) -> np.ndarray:
         """Whether the true track is among the top ``k`` (k <= 3), per query."""
         return (self.ranking[:, :k] == self.truth[:, None]).any(axis=1)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Accuracy of one mode on one evaluation dataset (one query per row). ``agreement`` is
-    the fraction of queries whose top-1 equals that of mode ``agreement_with``."""
-
-    mode: str
-    level: str
-    n: int
-    top1: float
-    top3: float
-    cluster_accuracy: float | None = None
-    cluster_top_k: int | None = None
-    agreement: float | None = None
-    agreement_with: str | None = None
-
-
-def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,
-            in_library: bool = True) -> Predictions:
-    """Rank every query of ``dataset`` (or ``limit`` of them, spread evenly) in ``mode``.
+def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, rows: np.ndarray | None = None,
+            in_library: bool = True, budget_s: float | None = None) -> Predictions:
+    """Rank every query of ``dataset`` (or its queries ``rows``, in that order) in ``mode``.
     A query of several segments is scored segment by segment and ranked by
     :func:`combine_segments`; in ``fhe`` mode each segment is one encrypted call (per classifier)
-    and a query's seconds are its segments' sum. ``in_library=False`` accepts queries of tracks
-    outside the library (distractors); their truth is -1."""
+    and a query's seconds are its segments' sum. ``budget_s`` (``fhe`` mode) stops before the
+    query that would take the elapsed time past it, by the mean so far; the first query always
+    runs, so ``rows`` is best a :func:`sample_queries` order. ``in_library=False`` accepts
+    queries of tracks outside the library (distractors); their truth is -1.
+
+    Raises:
+        ConfigError: the family cannot run in ``mode``, or ``rows`` are not query indices.
+        ArtifactError: the dataset does not fit the model (other library or front-end).
+    """
     mode = Mode(mode)
     if mode not in recognizer.modes:
         raise ConfigError.bad_value(f"mode of family {recognizer.family}", mode.value, [m.value for m in recognizer.modes])
@@ -126,19 +132,24 @@ def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: i
         raise ArtifactError(f"the evaluation patches are {tuple(dataset.X.shape[1:])}; family {recognizer.family} "
                             f"reads {recognizer.features.shape}")
     segments = dataset.segments
-    rows = spread_rows(dataset.queries, limit)
-    truth = dataset.y[rows * segments] if in_library else np.full(rows.size, -1)
+    rows = np.arange(dataset.queries) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= dataset.queries:
+        raise ConfigError.bad_value("query rows", rows.tolist()[:5], f"query indices 0 to {dataset.queries - 1}")
     X = np.asarray(dataset.X[(rows[:, None] * segments + np.arange(segments)).ravel()])
     per_batch = segments if mode is Mode.FHE else len(X)
     parts, seconds = [], []
     with progress_bar() as progress:
         bar = progress.add_task(f"{recognizer.family} {mode} queries", total=len(rows))
         for start in range(0, len(X), max(per_batch, 1)):
+            if budget_s is not None and seconds and sum(seconds) * (1 + 1 / len(seconds)) > budget_s:
+                break
             started = time.perf_counter()
             parts.append(recognizer.scores(X[start : start + per_batch], mode))
             queries = max(len(X[start : start + per_batch]) // segments, 1)
             seconds += [(time.perf_counter() - started) / queries] * queries
             progress.advance(bar, queries)
+    rows = rows[: len(seconds)]
+    truth = dataset.y[rows * segments] if in_library else np.full(rows.size, -1)
     track_scores = combine_segments(np.concatenate([p.track_scores for p in parts]), segments)
     confidence = np.concatenate([p.confidence for p in parts]).reshape(-1, segments).mean(axis=1)
     clustered = recognizer.assignment is not None and parts[0].cluster_log_probs is not None
@@ -160,37 +171,27 @@ def combine_segments(scores: np.ndarray, segments: int) -> np.ndarray:
     return floored.reshape(-1, segments, floored.shape[1]).mean(axis=1)
 
 
-def evaluate(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, limit: int | None = None,
-             agreement_with: Mode | str | None = None, condition: str | None = None) -> Evaluation:
-    """Top-1, top-3 and (two-stage models) first-stage accuracy of the dataset's queries: all
-    of them, or ``limit`` spread evenly over the dataset (for the costly ``fhe`` mode).
-    ``condition`` names the queries' condition (default: their augmentation level)."""
-    result = predict(recognizer, dataset, mode, limit)
-    agreement = None
-    if agreement_with is not None:
-        reference = predict(recognizer, dataset, agreement_with, limit)
-        agreement = float((reference.ranking[:, 0] == result.ranking[:, 0]).mean())
-    clustered = result.cluster_predicted is not None
-    return Evaluation(
-        mode=str(Mode(mode)),
-        level=condition or dataset.info["spec"]["policy"]["name"],
-        n=len(result.truth),
-        top1=float(result.hits(1).mean()),
-        top3=float(result.hits(3).mean()),
-        cluster_accuracy=float((result.cluster_predicted == result.cluster_truth).mean()) if clustered else None,
-        cluster_top_k=recognizer.cluster_top_k,
-        agreement=agreement,
-        agreement_with=None if agreement_with is None else str(Mode(agreement_with)),
-    )
+def sample_queries(dataset: Dataset, seed: int, count: int | None = None) -> np.ndarray:
+    """A seeded order of ``dataset``'s queries (all, or the first ``count``) spread over its
+    tracks: one random query of each track, tracks in random order, then a second round, and
+    so on, so that any prefix covers as many tracks as it can. The order is named by ``seed``
+    (derive it from the condition so that each level samples other clips).
 
-
-def spread_rows(n: int, limit: int | None) -> np.ndarray:
-    """All ``n`` row indices, or ``limit`` of them evenly spaced (so they span the tracks)."""
-    if limit is None or limit >= n:
-        return np.arange(n)
-    if limit < 1:
-        raise ConfigError.bad_value("queries", limit, "an integer >= 1")
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    Raises:
+        ConfigError: ``count`` is below 1.
+    """
+    if count is not None and count < 1:
+        raise ConfigError.bad_value("queries", count, "an integer >= 1")
+    rng = np.random.default_rng(seed)
+    track_of_query = dataset.y[:: dataset.segments]
+    rounds: list[list[int]] = []
+    for label in rng.permutation(np.unique(track_of_query)):
+        for turn, query in enumerate(rng.permutation(np.flatnonzero(track_of_query == label))):
+            if turn == len(rounds):
+                rounds.append([])
+            rounds[turn].append(int(query))
+    order = np.asarray([query for queries in rounds for query in queries], dtype=np.int64)
+    return order if count is None else order[:count]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

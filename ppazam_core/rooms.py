@@ -12,6 +12,7 @@ the bank is the same on every machine; nothing is downloaded. audiomentations'
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +20,11 @@ import numpy as np
 import pyroomacoustics as pra
 import soundfile
 
-from ppazam_core.errors import ConfigError
+from ppazam_core.artifacts import check_audio, damaged, read_json, reading
+from ppazam_core.errors import ConfigError, DamagedArtifactError
 from ppazam_core.store import atomic_folder, config_hash, is_complete
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,18 +50,35 @@ class RoomBankSpec:
 
 def room_bank(cache_dir: Path, spec: RoomBankSpec = RoomBankSpec()) -> Path:
     """Folder of impulse-response wav files (``room_NN.wav``, peak-normalized, at most 1 s) with
-    ``rooms.json`` listing each room's size, RT60 and positions; simulated once per spec."""
+    ``rooms.json`` listing each room's file, length, size, RT60 and positions; simulated once per
+    spec, and again (with a warning) when a stored file is damaged."""
     folder = Path(cache_dir) / "rooms" / config_hash(spec)
     if is_complete(folder):
-        return folder
+        try:
+            _check_bank(folder, spec)
+            return folder
+        except DamagedArtifactError as e:
+            logger.warning("%s is damaged (%s); simulating the room bank again", e.path, e.reason)
     with atomic_folder(folder) as tmp:
         rooms = []
         for index in range(spec.rooms):
             response, facts = simulate_room(spec, np.random.default_rng([spec.seed, index]))
             soundfile.write(str(tmp / f"room_{index:02d}.wav"), response, spec.sample_rate, subtype="FLOAT")
-            rooms.append({"file": f"room_{index:02d}.wav", **facts})
+            rooms.append({"file": f"room_{index:02d}.wav", "frames": response.size, **facts})
         (tmp / "rooms.json").write_text(json.dumps({"spec": asdict(spec), "rooms": rooms}, indent=2))
     return folder
+
+
+def _check_bank(folder: Path, spec: RoomBankSpec) -> None:
+    """A :class:`DamagedArtifactError` unless ``rooms.json`` lists ``spec.rooms`` responses and
+    each can be read whole."""
+    listing = folder / "rooms.json"
+    with reading(listing):
+        rooms = {room["file"]: int(room["frames"]) for room in read_json(listing, "rooms")["rooms"]}
+    if len(rooms) != spec.rooms:
+        raise damaged(listing, f"lists {len(rooms)} rooms, not {spec.rooms}")
+    for name, frames in rooms.items():
+        check_audio(folder / name, frames)
 
 
 def simulate_room(spec: RoomBankSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict]:

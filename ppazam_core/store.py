@@ -2,7 +2,9 @@
 
 A folder is built under a temporary name beside its final place and renamed into place only
 after a ``.done`` marker was written, so an interrupted build never leaves a folder that a
-later run trusts. Keys are hashes of the full configuration plus the package version.
+later run trusts. Keys are hashes of the full configuration plus a fingerprint of the package's
+source code (:func:`code_fingerprint`), so that a change to training, augmentation, synthesis or
+features never reuses an artifact the older code made.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,10 +38,28 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
 
 
+@lru_cache(maxsize=1)
+def code_fingerprint(length: int = 16) -> str:
+    """SHA-256 (hex, first ``length`` digits) of every Python source file of ``ppazam_core``:
+    their paths relative to the package and their bytes, in sorted order. Any edit to the code
+    that builds artifacts changes it; comments included, which errs on the side of rebuilding."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:length]
+
+
 def config_hash(value: Any, length: int = 16) -> str:
-    """Hash naming an artifact: canonical JSON of ``value`` plus the package version."""
-    payload = canonical_json({"ppazam": __version__, "config": value})
+    """Hash naming an artifact: canonical JSON of ``value`` plus :func:`code_fingerprint`."""
+    payload = canonical_json({"code": code_fingerprint(), "config": value})
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def settings_hash(value: Any, length: int = 16) -> str:
+    """Hash of ``value``'s canonical JSON alone (no code): names a configuration across commits,
+    so that two runs of different code can be told to be of the same configuration."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
 
 
 def is_complete(folder: Path) -> bool:

@@ -28,8 +28,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser("compare", help="compare a run with a baseline; exit 1 on regression")
     compare.add_argument("run_dir", type=Path, help="the run to check")
     compare.add_argument("baseline_dir", type=Path, help="the baseline run")
-    compare.add_argument("--max-accuracy-drop", type=float, default=Tolerance.max_accuracy_drop)
-    compare.add_argument("--max-latency-growth", type=float, default=Tolerance.max_latency_growth)
+    compare.add_argument("--max-accuracy-drop", type=float, default=Tolerance.max_accuracy_drop,
+                         help=f"tolerated paired top-k drop, a fraction (default {Tolerance.max_accuracy_drop})")
+    compare.add_argument("--max-latency-growth", type=float, default=Tolerance.max_latency_growth,
+                         help=f"tolerated median latency growth, a fraction (default {Tolerance.max_latency_growth})")
+    compare.add_argument("--significance", type=float, default=Tolerance.significance,
+                         help=f"family-wise significance of the paired tests, Holm-adjusted (default "
+                              f"{Tolerance.significance})")
+    compare.add_argument("--allow-different", action="store_true",
+                         help="compare even when the suites, configurations or libraries differ")
     compare.set_defaults(run=_compare)
 
 
@@ -40,12 +47,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    verdict = compare_runs(args.run_dir, args.baseline_dir, Tolerance(args.max_accuracy_drop, args.max_latency_growth))
+    tolerance = Tolerance(args.max_accuracy_drop, args.max_latency_growth, args.significance)
+    verdict = compare_runs(args.run_dir, args.baseline_dir, tolerance, args.allow_different)
     atomic_write_text(args.run_dir / VERDICT_FILE, json.dumps(verdict.to_dict(), indent=2))
     rebuild_report(args.run_dir)
     status = "[green]passed[/]" if verdict.passed else f"[bold red]REGRESSED[/] ({len(verdict.regressions)} metrics)"
-    console.print(f"{args.run_dir} vs {args.baseline_dir}: {status}; {verdict.compared} metrics compared, "
-                  f"{verdict.only_in_run} only in the run, {verdict.only_in_baseline} only in the baseline",
+    console.print(f"{args.run_dir} vs {args.baseline_dir}: {status}; {verdict.compared} paired tests on "
+                  f"{verdict.paired_queries} queries matched by key, {verdict.untested} latency conditions too small "
+                  f"to test, {verdict.only_in_run} only in the run, {verdict.only_in_baseline} only in the baseline",
                   highlight=False, soft_wrap=True)
     for r in verdict.regressions:
         console.print(f"  {r.condition} {r.metric}: {r.reason}", highlight=False, soft_wrap=True)

@@ -1,49 +1,73 @@
-"""Nightly regression: compare a run with a baseline run, metric by metric.
+"""Nightly regression gate: a run against a baseline run, query by query.
 
-An accuracy regresses when it dropped by more than ``max_accuracy_drop`` *and* the drop is
-beyond what the two confidence intervals explain (the run's upper bound lies below the
-baseline's lower bound minus the tolerance). A latency regresses when its median grew by more
-than ``max_latency_growth`` (a fraction). Conditions are matched on family, mode, bit width,
-rounding bits, level, stage and metric; conditions present on one side only are listed, not
-failed.
+Accuracy is compared *paired*: the two runs' predictions (``predictions.csv.gz``) are matched on
+the condition (suite, library and its size, family, mode, bit width, rounding, level, stage) and
+the query's stable key (track, split, clip, offset, seed, gain, length). Per condition and metric
+(top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
+got right (``worse``) and only the run got right (``better``) -- go into McNemar's exact test
+(McNemar 1947; one-sided: is ``worse`` larger than a fair coin gives?). A metric regresses when
+its Holm-adjusted p-value (Holm 1979, over every accuracy test of the comparison, so that an
+identical re-run is not flagged by chance across dozens of conditions) is below ``significance``
+*and* the paired drop is larger than ``max_accuracy_drop``.
+
+Latency is compared on samples: the timed rounds of each stage (``latency.csv``'s conditions,
+samples in ``timings.csv.gz``) and the per-query seconds of truly encrypted queries (pooled over
+levels). A latency regresses when the one-sided Mann-Whitney U test (run slower) is significant
+after Holm's adjustment *and* the median grew by more than ``max_latency_growth``. With a single
+sample on a side nothing can be concluded and the row is reported as untested.
+
+Runs of different suites, configurations (``config_hash``) or library content are refused with
+:class:`~ppazam_core.errors.ConfigError` unless ``allow_different`` is set.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.stats import binomtest, mannwhitneyu
+from statsmodels.stats.multitest import multipletests
 
 from ppazam_core.errors import ConfigError
-from reports.tidy import ACCURACY_METRICS, read_run
+from ppazam_core.results import CONDITION_KEYS, QUERY_KEYS, read_predictions, read_run, read_timings
 
-KEYS = ["family", "mode", "bit_width", "rounding_bits", "level", "stage", "metric"]
 VERDICT_FILE = "verdict.json"
+PAIRED_METRICS = {"top1": "top1", "top3": "top3", "cluster_accuracy": "cluster_correct"}
+LATENCY_KEYS = [k for k in CONDITION_KEYS if k != "level"]  # encrypted query times pooled over levels
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    max_accuracy_drop: float = 0.02
+    """What the gate tolerates: a paired accuracy drop up to ``max_accuracy_drop`` (a fraction),
+    a median latency growth up to ``max_latency_growth`` (a fraction), and a change that is not
+    significant at ``significance`` (family-wise, Holm-adjusted)."""
+
+    max_accuracy_drop: float = 0.01
     max_latency_growth: float = 0.25
+    significance: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_accuracy_drop <= 1.0:
             raise ConfigError.bad_value("max_accuracy_drop", self.max_accuracy_drop, "a fraction from 0 to 1")
         if not self.max_latency_growth >= 0.0:
             raise ConfigError.bad_value("max_latency_growth", self.max_latency_growth, "a fraction >= 0")
+        if not 0.0 < self.significance < 1.0:
+            raise ConfigError.bad_value("significance", self.significance, "0 < significance < 1")
 
 
 @dataclass(frozen=True)
 class Regression:
-    """One metric that got worse beyond tolerance."""
+    """One metric of one condition that got worse beyond tolerance and chance."""
 
     condition: str
     metric: str
     baseline: float
     current: float
     change: float
+    p_value: float  # Holm-adjusted
+    n: int
     reason: str
 
 
@@ -51,9 +75,11 @@ class Regression:
 class Verdict:
     baseline: str
     tolerance: Tolerance
-    compared: int
+    compared: int  # accuracy and latency tests made
+    paired_queries: int
     regressions: tuple[Regression, ...]
-    only_in_run: int
+    untested: int  # latency conditions with too few samples on a side
+    only_in_run: int  # queries or latency conditions
     only_in_baseline: int
 
     @property
@@ -64,54 +90,132 @@ class Verdict:
         return {**asdict(self), "passed": self.passed}
 
 
-def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance()) -> Verdict:
-    """Compare the report folders ``run`` and ``baseline``."""
-    run_results, run_latency, _ = read_run(run)
-    base_results, base_latency, _ = read_run(baseline)
-    regressions: list[Regression] = []
-    compared = only_run = only_base = 0
-    for current, reference, check in ((run_results, base_results, _accuracy_regression),
-                                      (run_latency, base_latency, _latency_regression)):
-        merged = _merge(current, reference)
-        only_run += int((merged["_merge"] == "left_only").sum())
-        only_base += int((merged["_merge"] == "right_only").sum())
-        both = merged[merged["_merge"] == "both"]
-        compared += len(both)
-        regressions += [r for r in (check(row, tolerance) for row in both.itertuples(index=False)) if r is not None]
-    return Verdict(str(baseline), tolerance, compared, tuple(regressions), only_run, only_base)
+def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance(),
+                 allow_different: bool = False) -> Verdict:
+    """Compare the run folders ``run`` and ``baseline`` (see the module docstring).
+
+    Raises:
+        ArtifactError: a folder is not a run folder, or lacks the predictions the gate pairs.
+        ConfigError: the runs measured different suites, configurations or libraries (unless
+            ``allow_different``).
+    """
+    run_results, run_latency, run_info = read_run(run)
+    base_results, base_latency, base_info = read_run(baseline)
+    if not allow_different:
+        check_comparable(run_results, run_info, base_results, base_info)
+    accuracy, paired, acc_only_run, acc_only_base = _accuracy_tests(read_predictions(run), read_predictions(baseline))
+    latency, untested, lat_only_run, lat_only_base = _latency_tests(run, baseline)
+    tests = accuracy + latency
+    if tests:
+        adjusted = multipletests([t["p"] for t in tests], method="holm")[1]
+        for test, p in zip(tests, adjusted):
+            test["p_adjusted"] = float(p)
+    regressions = [_regression(t, tolerance) for t in tests]
+    return Verdict(str(baseline), tolerance, len(tests), paired, tuple(r for r in regressions if r is not None),
+                   untested, acc_only_run + lat_only_run, acc_only_base + lat_only_base)
 
 
-def _merge(current: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    columns = KEYS + ["value", "ci_low", "ci_high"]
-    return pd.merge(current[columns], reference[columns], on=KEYS, how="outer", suffixes=("", "_base"),
-                    indicator=True)
+def check_comparable(run_results: pd.DataFrame, run_info: dict, base_results: pd.DataFrame, base_info: dict) -> None:
+    """Refuse to compare runs of different suites, configurations or library content.
+
+    Raises:
+        ConfigError: naming what differs.
+    """
+    suites = (run_info.get("suite", {}).get("name"), base_info.get("suite", {}).get("name"))
+    if suites[0] != suites[1]:
+        raise ConfigError(f"the run measured suite {suites[0]!r}, the baseline {suites[1]!r}; "
+                          "compare runs of one suite (or pass --allow-different)")
+    configs = [set(map(tuple, results[["family", "bit_width", "rounding_bits", "n_tracks", "config_hash"]]
+                       .drop_duplicates().astype(str).values)) for results in (run_results, base_results)]
+    differing = sorted({c[:4] for c in configs[0] ^ configs[1]} & {c[:4] for c in configs[0]} & {c[:4] for c in configs[1]})
+    if differing:
+        raise ConfigError(f"the run and the baseline used other configurations for {', '.join(' '.join(d) for d in differing[:3])}"
+                          " (config_hash differs); compare runs of one configuration (or pass --allow-different)")
+    libraries = (run_info.get("libraries", {}), base_info.get("libraries", {}))
+    changed = sorted(name for name in set(libraries[0]) & set(libraries[1]) if libraries[0][name] != libraries[1][name])
+    if changed:
+        raise ConfigError(f"library {changed[0]} holds other audio in the run than in the baseline (content "
+                          "fingerprints differ); compare runs of one library (or pass --allow-different)")
 
 
-def _condition(row) -> str:
-    parts = [row.family, row.mode, f"{row.bit_width}-bit", f"r{row.rounding_bits}", row.level, row.stage]
-    return " ".join(str(p) for p in parts if p not in ("", None) and not (isinstance(p, float) and math.isnan(p)))
+def _accuracy_tests(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[list[dict], int, int, int]:
+    keys = list(CONDITION_KEYS + QUERY_KEYS)
+    current, reference = _keyed(current, keys), _keyed(reference, keys)
+    merged = current.merge(reference, on=keys, how="outer", suffixes=("", "_base"), indicator=True)
+    only_run = int((merged["_merge"] == "left_only").sum())
+    only_base = int((merged["_merge"] == "right_only").sum())
+    both = merged[merged["_merge"] == "both"]
+    tests = []
+    for condition, group in both.groupby(list(CONDITION_KEYS), sort=False, dropna=False):
+        for metric, column in PAIRED_METRICS.items():
+            ours, theirs = group[column], group[f"{column}_base"]
+            if ours.isna().any() or theirs.isna().any():
+                continue
+            ours, theirs = ours.astype(bool).to_numpy(), theirs.astype(bool).to_numpy()
+            worse, better = int((theirs & ~ours).sum()), int((ours & ~theirs).sum())
+            p = binomtest(worse, worse + better, 0.5, alternative="greater").pvalue if worse + better else 1.0
+            tests.append({"kind": "accuracy", "condition": dict(zip(CONDITION_KEYS, condition)), "metric": metric,
+                          "baseline": float(theirs.mean()), "current": float(ours.mean()), "n": len(group),
+                          "change": (better - worse) / len(group), "p": float(p),
+                          "detail": f"{worse} queries only the baseline got right, {better} only the run"})
+    return tests, len(both), only_run, only_base
 
 
-def _accuracy_regression(row, tolerance: Tolerance) -> Regression | None:
-    if row.metric not in ACCURACY_METRICS or math.isnan(row.value) or math.isnan(row.value_base):
+def _latency_tests(run: Path, baseline: Path) -> tuple[list[dict], int, int, int]:
+    samples = []
+    for folder in (run, baseline):
+        timings = read_timings(folder)
+        queries = read_predictions(folder)
+        encrypted = queries[queries["mode"] == "fhe"].assign(stage="query", metric="median_s")
+        pooled = encrypted[LATENCY_KEYS + ["metric", "seconds"]]
+        samples.append(pd.concat([timings[LATENCY_KEYS + ["metric", "seconds"]], pooled], ignore_index=True)
+                       if not timings.empty or not pooled.empty else pd.DataFrame(columns=LATENCY_KEYS + ["metric", "seconds"]))
+    keys = LATENCY_KEYS + ["metric"]
+    current = {k: g["seconds"].to_numpy(float) for k, g in _keyed(samples[0], keys).groupby(keys, dropna=False)}
+    reference = {k: g["seconds"].to_numpy(float) for k, g in _keyed(samples[1], keys).groupby(keys, dropna=False)}
+    tests, untested = [], 0
+    for key in current.keys() & reference.keys():
+        ours, theirs = current[key], reference[key]
+        if len(ours) < 2 or len(theirs) < 2:
+            untested += 1
+            continue
+        growth = float(np.median(ours) / np.median(theirs) - 1.0) if np.median(theirs) > 0 else 0.0
+        p = float(mannwhitneyu(ours, theirs, alternative="greater").pvalue)
+        tests.append({"kind": "latency", "condition": dict(zip(keys, key)), "metric": key[-1],
+                      "baseline": float(np.median(theirs)), "current": float(np.median(ours)),
+                      "n": len(ours), "change": growth, "p": p,
+                      "detail": f"{len(ours)} samples against {len(theirs)}"})
+    return tests, untested, len(current.keys() - reference.keys()), len(reference.keys() - current.keys())
+
+
+def _regression(test: dict, tolerance: Tolerance) -> Regression | None:
+    p = test["p_adjusted"]
+    if p >= tolerance.significance:
         return None
-    drop = row.value_base - row.value
-    if drop <= tolerance.max_accuracy_drop:
-        return None
-    high = row.value if math.isnan(row.ci_high) else row.ci_high
-    low_base = row.value_base if math.isnan(row.ci_low_base) else row.ci_low_base
-    if high >= low_base - tolerance.max_accuracy_drop:
-        return None  # within what sampling noise explains
-    return Regression(_condition(row), row.metric, row.value_base, row.value, -drop,
-                      f"dropped {drop:.3f} (> {tolerance.max_accuracy_drop}); CI upper {high:.3f} "
-                      f"below baseline CI lower {low_base:.3f}")
+    if test["kind"] == "accuracy":
+        if -test["change"] <= tolerance.max_accuracy_drop:
+            return None
+        reason = (f"dropped {-test['change']:.3f} (> {tolerance.max_accuracy_drop}) on {test['n']} paired queries; "
+                  f"{test['detail']}; McNemar exact p = {p:.2g} (Holm-adjusted) < {tolerance.significance}")
+    else:
+        if test["change"] <= tolerance.max_latency_growth:
+            return None
+        reason = (f"median grew {test['change']:+.0%} (> {tolerance.max_latency_growth:.0%}); {test['detail']}; "
+                  f"Mann-Whitney p = {p:.2g} (Holm-adjusted) < {tolerance.significance}")
+    return Regression(_describe(test["condition"]), test["metric"], test["baseline"], test["current"], test["change"],
+                      p, test["n"], reason)
 
 
-def _latency_regression(row, tolerance: Tolerance) -> Regression | None:
-    if row.metric != "median_s" or not row.value_base > 0:
-        return None
-    growth = row.value / row.value_base - 1.0
-    if growth <= tolerance.max_latency_growth:
-        return None
-    return Regression(_condition(row), row.metric, row.value_base, row.value, growth,
-                      f"grew {growth:+.0%} (> {tolerance.max_latency_growth:.0%})")
+def _keyed(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``table`` with its key columns as strings, so that both runs' keys compare equal."""
+    table = table.copy()
+    for key in keys:
+        table[key] = table[key].fillna("").astype(str)
+    return table
+
+
+def _describe(condition: dict) -> str:
+    parts = [condition.get("family"), condition.get("mode"), f"{condition.get('bit_width')}-bit",
+             f"r{condition.get('rounding_bits')}", f"{condition.get('n_tracks')} tracks", condition.get("level", ""),
+             condition.get("stage", "")]
+    return " ".join(str(p) for p in parts if p not in ("", None, "nan"))

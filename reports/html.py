@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
-from reports.tables import (MODE_ORDER, at_levels, encrypted_query_seconds, family_points, headline, labelled,
+from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, headline, labelled,
                             mode_comparison, open_set, row_order)
 
 FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
@@ -53,14 +53,18 @@ at the shortest and longest query, and seconds per truly encrypted query (~: est
 <h2>Summary</h2>
 {{ summary }}
 {% if open_set %}<h2>Open-set rejection</h2>
-<p>ROC-AUC / PR-AUC of the confidence for library vs distractor queries, and top-1 at 1% false accepts.</p>
+<p>ROC-AUC / PR-AUC of the confidence for library vs distractor queries, and top-1 at 1% false accepts,
+interpolated between the two fixed thresholds that bracket 1%; in brackets the false-accept rate the
+fixed threshold at or below 1% achieved on the distractor queries.</p>
 {{ open_set }}{% endif %}
 {% if verdict %}
 <h2 id="verdict">Regression check</h2>
+{% if verdict.error %}<p class="fail">NOT COMPARED: {{ verdict.error }}</p>{% else %}
 <p class="{{ 'pass' if verdict.passed else 'fail' }}">{{ 'PASSED' if verdict.passed else 'REGRESSED' }}:
-{{ verdict.compared }} metrics compared with <code>{{ verdict.baseline }}</code>
-(max accuracy drop {{ verdict.tolerance.max_accuracy_drop }}, max latency growth
-{{ verdict.tolerance.max_latency_growth }}); {{ verdict.regressions | length }} regressed.</p>
+{{ verdict.compared }} paired tests against <code>{{ verdict.baseline }}</code> on {{ verdict.paired_queries }}
+queries matched by key (max accuracy drop {{ verdict.tolerance.max_accuracy_drop }}, max latency growth
+{{ verdict.tolerance.max_latency_growth }}, significance {{ verdict.tolerance.significance }} Holm-adjusted);
+{{ verdict.regressions | length }} regressed, {{ verdict.untested }} latency conditions with too few samples to test.</p>{% endif %}
 {% if verdict.regressions %}<table><tr><th>condition</th><th>metric</th><th>baseline</th><th>run</th><th>why</th></tr>
 {% for r in verdict.regressions %}<tr><td>{{ r.condition }}</td><td>{{ r.metric }}</td><td>{{ '%.4g' % r.baseline }}</td>
 <td>{{ '%.4g' % r.current }}</td><td>{{ r.reason }}</td></tr>{% endfor %}</table>{% endif %}
@@ -233,7 +237,8 @@ def _pareto(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
     accuracy = accuracy[(accuracy["mode"] == "fhe-sim") & (accuracy["metric"] == "top1") & (accuracy["stage"] == "")]
     measured = at_levels(latency)
     measured = measured[(measured["mode"] == "fhe") & (measured["stage"] == "query") & (measured["metric"] == "median_s")]
-    estimated = results[(results["metric"] == "estimated_fhe_s") & (results["stage"] == "query")]
+    estimated = results[(results["mode"] == ESTIMATE_MODE) & (results["metric"] == "server_s")
+                        & (results["stage"] == "query")]
     cost = estimated.groupby(keys)["value"].median().rename("estimated").to_frame().join(
         measured.groupby(keys)["value"].median().rename("measured"), how="outer").reset_index()
     points = accuracy.merge(cost, on=keys)
@@ -276,11 +281,12 @@ def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bo
     ax.set_ylabel("fhe-sim top-1")
     ax.set_ylim(0, 1.02)
     twin = ax.twinx()
-    estimated = results[(results["metric"] == "estimated_fhe_s") & (results["stage"] == "query")]
+    estimated = results[(results["mode"] == ESTIMATE_MODE) & (results["metric"] == "server_s")
+                        & (results["stage"] == "query")]
     estimated = estimated.groupby("bit_width")["value"].median()
     measured = latency[(latency["mode"] == "fhe") & (latency["stage"] == "query") & (latency["metric"] == "median_s")]
     if not estimated.empty:
-        twin.plot(estimated.index, estimated.values, "k--", marker="s", label="estimated FHE s / query")
+        twin.plot(estimated.index, estimated.values, "k--", marker="s", label="estimated server s / query")
     if not measured.empty:
         by_bits = measured.groupby("bit_width")["value"].median()
         twin.plot(by_bits.index, by_bits.values, "k-", marker="D", label="measured FHE s / query")
@@ -293,7 +299,9 @@ def _bit_width_sweep(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bo
 def _latency_by_stage(figure, latency: pd.DataFrame) -> bool:
     """Each mode's query split into its stages, as shares of the summed stage medians; the
     encrypted stages are split further into encrypt / server / decrypt where measured."""
-    rows = latency[(latency["metric"] == "median_s") & latency["stage"].isin(STACKED_STAGES)]
+    split = latency["stage"].str.contains(":")  # encrypted parts: their per-query sums (calls x median per call)
+    rows = latency[((~split & (latency["metric"] == "median_s")) | (split & (latency["metric"] == "per_query_s")))
+                   & latency["stage"].isin(STACKED_STAGES)]
     staged = set(rows.loc[rows["stage"].isin(["first-stage", "second-stage"]), "family"])
     rows = rows[~(rows["family"].isin(staged) & (rows["stage"] == "query"))]  # there, query = sum of stages
     rows = rows[~((rows["mode"] == "fhe") & rows["stage"].isin(SPLIT_STAGES))]
@@ -344,14 +352,13 @@ def _open_set(figure, results: pd.DataFrame) -> bool:
 def _scaling(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
     """fhe-sim (else fp32) top-1 and the encrypted (else clear) query latency per family against
     the library size, on log axes; only for runs over several library sizes."""
-    sizes = results[results["metric"] == "library_tracks"][["config_hash", "value"]].drop_duplicates("config_hash")
-    if sizes["value"].nunique() < 2:
+    if results["n_tracks"].nunique() < 2:
         return False
-    sizes = sizes.rename(columns={"value": "tracks"})
-    accuracy = results[(results["metric"] == "top1") & (results["stage"] == "")].merge(sizes, on="config_hash")
+    results, latency = results.rename(columns={"n_tracks": "tracks"}), latency.rename(columns={"n_tracks": "tracks"})
+    accuracy = results[(results["metric"] == "top1") & (results["stage"] == "")]
     accuracy = accuracy[accuracy["mode"] == accuracy.groupby("family")["mode"].transform(
         lambda m: "fhe-sim" if (m == "fhe-sim").any() else "fp32")]
-    timing = latency[(latency["stage"] == "query") & (latency["metric"] == "median_s")].merge(sizes, on="config_hash")
+    timing = latency[(latency["stage"] == "query") & (latency["metric"] == "median_s")]
     timing = timing[timing["mode"] == timing.groupby("family")["mode"].transform(
         lambda m: "fhe" if (m == "fhe").any() else "fp32")]
     families = list(dict.fromkeys(results["family"]))

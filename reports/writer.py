@@ -11,19 +11,21 @@ from ppazam_core.store import atomic_write_text
 from reports.compare import VERDICT_FILE, Tolerance, Verdict, compare_runs
 from reports.html import render_report
 from reports.tables import write_tables
-from reports.tidy import RunRecord, read_run
+from ppazam_core.results import RunRecord, read_run
 
 REPORT_FILE = "report.html"
 TABLES_DIR = "tables"
 
 
 def write_report(record: RunRecord, out: Path, compare_to: Path | None = None,
-                 tolerance: Tolerance = Tolerance()) -> Verdict | None:
-    """Write the run's rows and everything derived from them into ``out``."""
+                 tolerance: Tolerance = Tolerance(), allow_different: bool = False) -> Verdict | None:
+    """Write the run's rows and everything derived from them into ``out``; with ``compare_to``,
+    the regression verdict too (:func:`~reports.compare.compare_runs` raises when the runs
+    cannot be compared; the run folder is written first all the same)."""
     record.write(out)
     verdict = None
     if compare_to is not None:
-        verdict = compare_runs(out, compare_to, tolerance)
+        verdict = compare_runs(out, compare_to, tolerance, allow_different)
         atomic_write_text(out / VERDICT_FILE, json.dumps(verdict.to_dict(), indent=2))
     rebuild_report(out)
     return verdict

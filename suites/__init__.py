@@ -16,7 +16,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     queries_per_track = 10
     query_tracks = 0                        # query this many tracks (a seeded choice); 0: every track
     query_s = 3.0
-    fhe_queries = 2                         # truly encrypted queries per level
+    fhe_budget_s = 60                       # seconds of truly encrypted queries per family (0: none)
     latency_rounds = 5                      # repetitions of each timed stage
     seeds = { train = 0, eval = 1 }
     distractor_tracks = 0                   # tracks held out of training, for open-set rejection
@@ -64,7 +64,7 @@ class Suite:
     queries_per_track: int = 10
     query_tracks: int = 0
     query_s: float = 3.0
-    fhe_queries: int = 2
+    fhe_budget_s: float = 60.0  # seconds of truly encrypted queries per family, shared by its fhe conditions
     latency_rounds: int = 5
     seeds: Mapping[str, int] = field(default_factory=lambda: {"train": 0, "eval": 1})
     distractor_tracks: int = 0
@@ -79,7 +79,10 @@ class Suite:
         for key in ("queries_per_track", "latency_rounds"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 1")
-        for key in ("fhe_queries", "distractor_tracks", "query_tracks"):
+        if isinstance(self.fhe_budget_s, bool) or not isinstance(self.fhe_budget_s, (int, float)) \
+                or not self.fhe_budget_s >= 0:
+            raise ConfigError.bad_value(f"suite {self.name}: fhe_budget_s", self.fhe_budget_s, "seconds >= 0")
+        for key in ("distractor_tracks", "query_tracks"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
         if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):
@@ -122,6 +125,12 @@ class Suite:
         measured = self.query_s if Level.PHONE_IN_ROOM.value in self.levels else None
         lengths = tuple(s for s in self.query_lengths if s != measured)
         return self.levels + gain_sweep(Level.CLEAN.value, self.gains) + length_sweep(Level.PHONE_IN_ROOM.value, lengths)
+
+    def fhe_conditions(self) -> tuple[str, ...]:
+        """The conditions measured truly encrypted: the levels, and the sweeps when ``fhe_sweeps``."""
+        if Mode.FHE.value not in self.modes or self.fhe_budget_s == 0:
+            return ()
+        return self.conditions if self.fhe_sweeps else self.levels
 
     def is_sweep(self, condition: str) -> bool:
         """Whether ``condition`` is a point of the gain or length sweep rather than a level."""

@@ -23,7 +23,7 @@ seed = {TINY_SPEC.seed}
 n_tracks = {TINY_SPEC.n_tracks}
 duration_s = {TINY_SPEC.duration_s}
 [data]
-train_augmentations = 24
+train_augmentations = 60
 eval_queries = 5
 eval_levels = ["clean"]
 [embedding]
@@ -32,7 +32,7 @@ batch_tracks = 6
 [clusters]
 n_clusters = 2
 [training]
-epochs = 12
+epochs = 30
 [qat]
 epochs = 3
 [identify]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import dominant_hz, tone, write_audio
-from ppazam_core.audio import crop_or_pad, is_silent, load_audio, probe, segments_at
+from ppazam_core.audio import crop_or_pad, is_silent, load_audio, probe, read_blocks, segments_at
 from ppazam_core.errors import AudioError
 
 FORMATS = [
@@ -101,3 +101,47 @@ def test_crop_pad_and_segments():
     assert segments[2, 5:].sum() == 0
     with pytest.raises(ValueError):
         crop_or_pad(audio, 0)
+
+
+def _chained_ogg(folder, rates=(16_000, 16_000)):
+    """``cat a.ogg b.ogg``: 5 s of 440 Hz then 6 s of 880 Hz, two logical Vorbis streams."""
+    links = [write_audio(folder / name, tone(freq, seconds, rate), rate, format="OGG", subtype="VORBIS")
+             for name, freq, seconds, rate in zip(("a.ogg", "b.ogg"), (440.0, 880.0), (5.0, 6.0), rates)]
+    chained = folder / "chained.ogg"
+    chained.write_bytes(b"".join(p.read_bytes() for p in links))
+    return chained
+
+
+def test_chained_ogg_decodes_every_link(tmp_path):
+    path = _chained_ogg(tmp_path)
+    assert abs(probe(path).duration_s - 11.0) < 0.1
+    audio = load_audio(path, 16_000)
+    assert abs(audio.shape[0] - 176_000) < 1_200
+    assert abs(dominant_hz(audio[16_000:64_000], 16_000) - 440.0) < 5.0
+    assert abs(dominant_hz(audio[96_000:160_000], 16_000) - 880.0) < 5.0
+
+
+def test_offset_and_duration_cross_chained_ogg_links(tmp_path):
+    path = _chained_ogg(tmp_path)
+    whole = load_audio(path, 16_000)
+    across = load_audio(path, 16_000, offset_s=4.0, duration_s=2.0)
+    assert across.shape == (32_000,)
+    np.testing.assert_allclose(across, whole[64_000:96_000], atol=1e-4)
+    assert abs(dominant_hz(across[:14_000], 16_000) - 440.0) < 5.0
+    assert abs(dominant_hz(across[18_000:], 16_000) - 880.0) < 5.0
+    second = load_audio(path, 16_000, offset_s=7.0, duration_s=3.0)
+    np.testing.assert_allclose(second, whole[112_000:160_000], atol=1e-4)
+    with pytest.raises(AudioError, match="no audio after"):
+        load_audio(path, 16_000, offset_s=12.0)
+
+
+def test_chained_ogg_links_of_different_rates_raise(tmp_path):
+    path = _chained_ogg(tmp_path, rates=(16_000, 22_050))
+    with pytest.raises(AudioError, match="different sample rates"):
+        load_audio(path)
+
+
+def test_read_blocks_covers_every_chained_link(tmp_path):
+    path = _chained_ogg(tmp_path)
+    frames = sum(block.shape[0] for block in read_blocks(path, 4_096))
+    assert frames == probe(path).frames and abs(frames - 176_000) < 1_200

@@ -1,9 +1,13 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import tone, write_audio
 from ppazam_core.cli import main
+from ppazam_core.results import read_run
 
 
 def test_library_info_synthetic(cache_dir, capsys):
@@ -11,6 +15,17 @@ def test_library_info_synthetic(cache_dir, capsys):
                  "--cache-dir", str(cache_dir), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "synthetic-3x4s-seed0" in out and "tracks" in out and "0h 00m 12s" in out
+
+
+def test_commands_print_no_cuda_runtime_chatter(tmp_path):
+    # torch.utils.cpp_extension printed it once per process, the spawned workers included
+    ppazam = Path(sys.executable).with_name("ppazam")
+    done = subprocess.run([str(ppazam), "library", "info", "synthetic", "--n-tracks", "4", "--duration", "4",
+                           "--cache-dir", str(tmp_path), "--workers", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "synthetic-4x4s-seed0" in done.stdout
+    assert "CUDA" not in done.stdout and "CUDA" not in done.stderr
 
 
 def test_library_info_folder_lists_skipped_files_as_json(tmp_path, capsys):
@@ -61,8 +76,8 @@ def test_evaluate_another_family(tiny_config, session_cache, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["evaluate", "--family", "mfcc-logreg", "--mode", "fp32", "--mode", "fhe-sim", "--out", str(out),
                  *common]) == 0
-    report = json.loads((out / "evaluation.json").read_text())
-    assert report["family"] == "mfcc-logreg" and [r["mode"] for r in report["results"]] == ["fp32", "fhe-sim"]
-    assert report["results"][0]["cluster_accuracy"] is None and report["circuits"]["head"]["pbs_count"] == 0
+    results, _, run = read_run(out)
+    assert run["family"] == "mfcc-logreg" and list(results.loc[results["metric"] == "top1", "mode"]) == ["fp32", "fhe-sim"]
+    assert "cluster_accuracy" not in set(results["metric"]) and run["circuits"]["head"]["pbs_count"] == 0
     assert main(["evaluate", "--family", "landmark-fp", "--mode", "fhe", *common]) == 1
     assert "allowed: fp32" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from ppazam_core.families.mfcc_logreg import window_descriptors
 from ppazam_core.features import FrontEnd
 from ppazam_core.open_set import open_set_metrics
 from ppazam_core.pipeline import noise_folder
-from ppazam_core.recognition import Mode, predict
+from ppazam_core.recognition import Mode, predict, sample_queries
 from ppazam_core.store import canonical_json
 
 OTHER_FAMILIES = [f for f in FAMILIES if f != TWO_STAGE]
@@ -73,7 +73,7 @@ def test_encrypted_head_agrees_with_its_simulation(family, family_models, tiny_l
     quant = predict(model, queries, Mode.QUANT)
     simulated = predict(model, queries, Mode.FHE_SIM)
     assert np.array_equal(quant.ranking[:, 0], simulated.ranking[:, 0])  # a linear head has no PBS to err
-    encrypted = predict(model, queries, Mode.FHE, limit=2)
+    encrypted = predict(model, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
     assert np.array_equal(encrypted.ranking[:, 0], simulated.ranking[encrypted.rows, 0])
     costs = model.channel.costs
     assert len(costs) == 2 * model.calls_per_query and all(c.request_bytes > 0 and c.server_s > 0 for c in costs)
@@ -125,8 +125,15 @@ def test_open_set_metrics_on_a_known_case():
     metrics = open_set_metrics(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), np.array([0.1, 0.2, 0.75]),
                                far=0.01)
     assert metrics.roc_auc == pytest.approx(8 / 9)
-    assert metrics.threshold == 0.75 and metrics.false_accepts == 0.0
-    assert metrics.top1_at_far == pytest.approx(1 / 3)  # 0.9 accepted and right; 0.8 accepted but wrong
+    # fixed thresholds: > 0.75 accepts no distractor (0.9 right, 0.8 wrong: top-1 1/3); > 0.2 accepts
+    # 1/3 of them (0.9 and 0.7 right: 2/3). 1% lies 0.03 of the way: interpolated top-1 1/3 + 0.03 / 3,
+    # threshold 0.75 - 0.03 * 0.55; the fixed threshold at or below 1% achieved 0 false accepts
+    assert metrics.threshold == pytest.approx(0.7335) and metrics.false_accepts == 0.0
+    assert metrics.top1_at_far == pytest.approx(1 / 3 + 0.01) and metrics.top1_at_false_accepts == pytest.approx(1 / 3)
+    exact = open_set_metrics(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), np.array([0.1, 0.2, 0.75]),
+                             far=1 / 3)
+    assert (exact.threshold, exact.false_accepts) == (0.2, pytest.approx(1 / 3))
+    assert exact.top1_at_far == pytest.approx(2 / 3)
     perfect = open_set_metrics(np.array([0.9, 0.8]), np.array([True, True]), np.array([0.1, 0.2]))
     assert perfect.roc_auc == perfect.pr_auc == perfect.top1_at_far == 1.0
 

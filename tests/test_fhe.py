@@ -15,7 +15,7 @@ from ppazam_core.deployment import ClassifierClient, ClassifierServer, frame, QU
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier
 from ppazam_core.identifier import Identifier
-from ppazam_core.recognition import Mode, evaluate
+from ppazam_core.recognition import Mode, predict, sample_queries
 from ppazam_core.pipeline import compile_identifier, key_folder, noise_folder, train_identifier
 from ppazam_core.seeding import derive_seed
 
@@ -81,14 +81,22 @@ def queries(tiny_library, fhe_config, session_cache):
 def test_compilation_records_costs_and_is_cached(circuits, tiny_library, fhe_config, session_cache, monkeypatch):
     summary = json.loads((circuits / "circuits.json").read_text())
     assert set(summary["circuits"]) == {"cluster", "intra_000", "intra_001"}
+    config, _ = fhe_config
     for name, stats in summary["circuits"].items():
-        assert 0 < stats["pbs_count"] < 300 and 2 <= stats["max_bit_width"] <= 16
+        relus = config.model.cnn(stats["n_classes"], config.data.features.shape).activation_count()
+        assert relus == 2 * 4 * 4  # 2 channels of a 32 x 32 patch tiled by 8 x 8 strides
+        # Concrete's graph: conv -> int13 accumulator (cluster: calibrated range -1824..2295) ->
+        # round_bit_pattern(lsbs_to_remove=13 - 6, exactness=EXACT) -> one table lookup (ReLU and
+        # requantization); the linear head is a clear-weight matmul, no PBS. Exact rounding costs
+        # one PBS per removed bit (circuit.statistics: 224 PBS at polynomial size 256), the lookup
+        # one more (32 at 4096): 32 x (7 + 1). Approximate rounding or none: 32.
+        assert stats["max_bit_width"] == 13
+        assert stats["pbs_count"] == relus * (stats["max_bit_width"] - config.fhe.rounding_bits + 1) == 256
         assert stats["bootstrap_key_bytes"] > 0 and stats["input_ciphertext_bytes"] > 0
         assert CircuitStats.load(circuits / name / "server").circuit_id == stats["circuit_id"]
     import ppazam_core.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "compile_classifier", lambda *a, **k: pytest.fail("recompiled a stored circuit"))
-    config, _ = fhe_config
     assert compile_identifier(tiny_library, config, session_cache) == circuits
 
 
@@ -148,18 +156,24 @@ def test_simulation_reads_any_memory_layout(identifier, queries):
                                   identifier.channel.logits("cluster", X[:1]))
 
 
-def test_fhe_sim_evaluation_reports_agreement(identifier, queries):
-    simulated = evaluate(identifier, queries, "fhe-sim", agreement_with="quant")
-    assert simulated.n == 18 and simulated.agreement_with == "quant" and 0.0 <= simulated.agreement <= 1.0
-    encrypted = evaluate(identifier, queries, "fhe", limit=1, agreement_with="fhe-sim")
-    assert encrypted.n == 1 and encrypted.agreement == 1.0 and encrypted.cluster_top_k == 1
+def test_fhe_sim_agrees_with_the_circuits_clear_execution(identifier, queries):
+    # exact rounding and p_error 1e-5: the simulation computes the circuit's clear integers, so
+    # every one of the 18 queries (6 tracks x 3) has the same top-1 in both
+    simulated = predict(identifier, queries, "fhe-sim")
+    clear = predict(identifier, queries, "fhe-disable")
+    assert len(simulated.rows) == 18 and np.array_equal(simulated.ranking[:, 0], clear.ranking[:, 0])
+    sample = sample_queries(queries, seed=3, count=2)
+    assert len(set(queries.y[sample])) == 2  # spread over tracks
+    encrypted = predict(identifier, queries, "fhe", sample)
+    assert np.array_equal(encrypted.rows, sample)
+    assert np.array_equal(encrypted.ranking[:, 0], simulated.take(sample).ranking[:, 0])
 
 
 def test_encrypted_run_equals_simulation(identifier, queries):
     X = identifier.normalizer(np.asarray(queries.X[:2]))
     simulated = SimulatedClassifier(identifier.circuits / "cluster").logits(X)
     encrypted = identifier.channel.logits("cluster", X)
-    # at p_error 1e-5 no table lookup of these 64-PBS circuits goes wrong: the integers agree exactly
+    # at p_error 1e-5 no table lookup of these 256-PBS circuits goes wrong: the integers agree exactly
     np.testing.assert_array_equal(simulated, encrypted)
     costs = identifier.channel.costs[-2:]
     assert all(c.classifier == "cluster" and c.request_bytes > 0 and c.response_bytes > 0 and c.server_s > 0
@@ -233,13 +247,28 @@ def test_fhe_config_is_validated():
         ExperimentConfig.from_dict({"fhe": {"n_bits": 6}})
 
 
-def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_config, session_cache, tmp_path, capsys):
+def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_config, session_cache, tmp_path, capsys,
+                                              monkeypatch):
+    from rich.console import Console
+
+    import ppazam_core.cli as cli
     from conftest import write_audio
 
+    monkeypatch.setattr(cli, "console", Console(width=200))  # no column header wrapped or cut
     _, toml = fhe_config
     audio = tiny_library.load(tiny_library.tracks[1], 16_000, offset_s=2.0, duration_s=3.0)
     clip = write_audio(tmp_path / "clip.wav", audio, 16_000)
     common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
     assert main(["identify", str(clip), "--mode", "fhe", *common]) == 0
-    out = capsys.readouterr().out
-    assert "1." in out and "server" in out and "cluster" in out and "PBS" in out
+    lines = capsys.readouterr().out.splitlines()
+    ranked = [line.split() for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
+    # a clean clip of track 1; one cluster searched (cluster_top_k 1), so rank 3 is a track of the
+    # other cluster at the floor score -1000
+    cluster = int(identifier.assignment[1])
+    assert ranked[0][1] == "syn00001"
+    assert {r[1] for r in ranked[:2]} == {identifier.track_ids[i] for i in identifier.members[cluster]}
+    assert ranked[2][1:4] == [identifier.track_ids[identifier.members[1 - cluster][0]], "score", "-1000.000"]
+    table = [[cell.strip() for cell in line.split(line.strip()[0])[1:-1]] for line in lines
+             if line.strip()[:1] in ("┃", "│")]
+    assert table[0] == ["classifier", "PBS", "encrypt s", "sent KB", "server s", "ms/PBS", "received KB", "decrypt s"]
+    assert [row[:2] for row in table[1:]] == [["cluster", "256"], [f"intra_{cluster:03d}", "256"]]

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from ppazam_core.library import (
     Library,
     SyntheticSpec,
     Track,
+    _track_ids,
     open_library,
     scan_folder,
     synthetic_library,
@@ -150,3 +152,100 @@ def test_scan_cache_reuses_unchanged_files_and_rechecks_changed_ones(fma_folder,
     write_audio(fma_folder / "001" / "broken.wav", tone(500, 4.0, 16_000), 16_000)  # repaired
     again = scan_folder(fma_folder, cache_dir=cache_dir)
     assert inspected == ["broken.wav"] and "broken" in [t.id for t in again]
+
+
+def test_same_stem_with_other_extensions_or_case_gets_distinct_ids(tmp_path):
+    for name in ("song.WAV", "song.mp3", "a/song.wav", "a/song.flac", "b/Song.wav"):
+        write_audio(tmp_path / name, tone(440, 4.0, 16_000), 16_000, format="MP3" if name.endswith("mp3") else None)
+    library = scan_folder(tmp_path)
+    assert {Path(t.source).relative_to(tmp_path).as_posix(): t.id for t in library} == {
+        "a/song.flac": "a/song.flac", "a/song.wav": "a/song.wav", "b/Song.wav": "b/Song",
+        "song.WAV": "song.WAV", "song.mp3": "song.mp3",
+    }
+    assert not library.skipped
+
+
+def test_track_ids_are_unique_even_up_to_case_and_keep_unique_stems(tmp_path):
+    names = ["000/000002.mp3", "a/song.wav", "a/song.flac", "b/song.wav", "x/Intro.mp3", "y/intro.ogg",
+             "c/Take.wav", "c/take.wav", "song.wav.mp3", "song.wav"]
+    ids = _track_ids(tmp_path, [tmp_path / n for n in names])
+    assert {p.relative_to(tmp_path).as_posix(): i for p, i in ids.items()} == {
+        "000/000002.mp3": "000002", "song.wav.mp3": "song.wav", "b/song.wav": "b/song", "song.wav": "song",
+        "x/Intro.mp3": "x/Intro", "y/intro.ogg": "y/intro", "a/song.wav": "a/song.wav",
+        "a/song.flac": "a/song.flac", "c/Take.wav": "c/Take.wav~1", "c/take.wav": "c/take.wav~2",
+    }
+    assert len({i.casefold() for i in ids.values()}) == len(names)
+
+
+def test_chained_ogg_track_lasts_all_its_links(tmp_path):
+    links = [write_audio(tmp_path / "parts" / f"{i}.ogg", tone(f, s, 16_000), 16_000, format="OGG", subtype="VORBIS")
+             for i, (f, s) in enumerate([(440, 5.0), (880, 6.0)])]
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "chained.ogg").write_bytes(b"".join(p.read_bytes() for p in links))
+    (track,) = scan_folder(tmp_path / "music").tracks
+    assert abs(track.duration_s - 11.0) < 0.1
+
+
+def test_fingerprint_is_the_same_for_one_synthetic_spec_in_two_cache_folders(tmp_path):
+    spec = SyntheticSpec(seed=5, n_tracks=2, duration_s=4.0)
+    first, second = (synthetic_library(spec, tmp_path / name) for name in ("c1", "c2"))
+    assert first.tracks[0].source != second.tracks[0].source
+    assert first.fingerprint() == second.fingerprint()
+    assert first.fingerprint() != synthetic_library(SyntheticSpec(seed=6, n_tracks=2, duration_s=4.0),
+                                                    tmp_path / "c1").fingerprint()
+
+
+def test_synthetic_manifest_without_content_hashes_is_rebuilt(cache_dir):
+    spec = SyntheticSpec(seed=3, n_tracks=2, duration_s=4.0)
+    library = synthetic_library(spec, cache_dir)
+    manifest = Path(library.tracks[0].source).parent / "library.json"
+    data = json.loads(manifest.read_text())
+    for track in data["tracks"]:
+        del track["sha256"]
+    manifest.write_text(json.dumps(data))
+    assert synthetic_library(spec, cache_dir) == library
+    assert all(t["sha256"] for t in json.loads(manifest.read_text())["tracks"])
+
+
+def test_fingerprint_follows_audio_content_not_paths(tmp_path, cache_dir):
+    music = tmp_path / "music"
+    write_audio(music / "one.wav", tone(440, 4.0, 16_000), 16_000)
+    write_audio(music / "two.wav", tone(550, 4.0, 16_000), 16_000)
+    original = scan_folder(music, cache_dir=cache_dir).fingerprint()
+    shutil.copytree(music, tmp_path / "elsewhere" / "copy")
+    assert scan_folder(tmp_path / "elsewhere" / "copy", cache_dir=cache_dir).fingerprint() == original
+    write_audio(music / "two.wav", tone(660, 4.0, 16_000), 16_000)  # same length, other audio
+    assert scan_folder(music, cache_dir=cache_dir).fingerprint() != original
+    assert scan_folder(music).fingerprint() != original
+
+
+def test_fingerprint_needs_content_hashes():
+    with pytest.raises(LibraryError, match="no content hash"):
+        Library("bare", (Track("a", "a", "/x.wav", 5.0, 16_000),)).fingerprint()
+
+
+def _garble_records(text: str) -> str:
+    records = json.loads(text)
+    return json.dumps({path: {**r, "duration_s": "long"} if "duration_s" in r else {**r, "reason": 3}
+                       for path, r in records.items()})
+
+
+@pytest.mark.parametrize(
+    "garble",
+    [lambda t: t[: len(t) // 2], lambda t: "not json", lambda t: "[]", lambda t: "null",
+     lambda t: json.dumps({path: [1, 2] for path in json.loads(t)}), _garble_records],
+    ids=["truncated", "invalid", "list", "null", "wrong-records", "wrong-types"],
+)
+def test_garbled_scan_cache_is_rescanned_and_rewritten(fma_folder, cache_dir, monkeypatch, garble):
+    import ppazam_core.library as library_module
+
+    first = open_library(fma_folder, cache_dir, workers=1)
+    (cache_file,) = (cache_dir / "scans").iterdir()
+    good = cache_file.read_text()
+    cache_file.write_text(garble(good))
+    inspected = []
+    original = library_module._inspect_file
+    monkeypatch.setattr(library_module, "_inspect_file", lambda p: inspected.append(p.name) or original(p))
+    assert open_library(fma_folder, cache_dir, workers=1) == first
+    assert len(inspected) == 7  # every audio file, decoded again
+    assert json.loads(cache_file.read_text()) == json.loads(good)

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from fixtures.plugin import RUN_KEY, BenchRun, pytest_collection_modifyitems, suite_points
+from ppazam_core.results import RunInfo
 from reports.compare import Tolerance
 from suites import load_suite
 
@@ -27,12 +28,29 @@ def test_each_suite_point_runs_its_tests_together_in_suite_order():
 
 
 def test_run_json_names_the_command_and_only_the_points_left_after_deselection():
-    run = BenchRun(load_suite("paper"), "synthetic", "run", Path("out"), 1, SimpleNamespace(log=[]), None,
-                   Tolerance(), "pytest bench --suite paper -k w2-r6")
+    run = BenchRun(load_suite("paper"), "synthetic", RunInfo.start("paper"), Path("out"), None,
+                   SimpleNamespace(log=[], fingerprints=dict), None, Tolerance(), "pytest bench --suite paper -k w2-r6")
     kept = [p for p in run.points if p.id.endswith("-w2-r6") or p.family != "two-stage-cnn"]
-    items = [SimpleNamespace(callspec=SimpleNamespace(params={"ppazam_point": p})) for p in reversed(kept)]
+    items = [SimpleNamespace(callspec=SimpleNamespace(params={"ppazam_point": p}), module=SimpleNamespace())
+             for p in reversed(kept)]
     pytest_collection_modifyitems(SimpleNamespace(stash={RUN_KEY: run}), items)
     provenance = run.provenance()
     assert [p["id"] for p in provenance["points"]] == [p.id for p in run.points if p in kept]
     assert set(provenance["points_not_run"]) == {p.id for p in run.points} - {p.id for p in kept}
     assert provenance["command"] == "pytest bench --suite paper -k w2-r6"
+
+
+def test_parametrizations_that_can_never_run_are_deselected_not_skipped():
+    """Clear-text families have no quant or fhe mode, only the two-stage CNN has first and
+    second stages, sweeps run in fhe-sim (``fhe_sweeps = false``), open-set rows skip true FHE:
+    the default suite's collection leaves none of these, so that a skip means something."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark", "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    assert not [c for c in collected if "landmark-fp" in c and ("-quant" in c or "-fhe" in c)]
+    assert not [c for c in collected if "stage-" in c and "two-stage-cnn" not in c and "-stage" in c.split("[")[1]]
+    assert not [c for c in collected if "test_accuracy" in c and "@" in c and c.endswith("-fhe]")]
+    assert not [c for c in collected if "test_open_set" in c and (c.endswith("-fhe]") or "@" in c)]
+    deselected = int(re.search(r"(\d+) deselected", done.stdout).group(1))
+    assert deselected > 0 and len(collected) > 0

@@ -8,13 +8,20 @@ import tempfile
 import pytest
 
 from ppazam_core.cli import main
-from reports.tidy import Condition, RunRecord, read_run, wilson_interval
+from ppazam_core.errors import ArtifactError
+from ppazam_core.results import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
 FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
            "latency-by-stage", "sizes", "open-set", "scaling")
 SWEEPS = (("clean@-20dB", 170), ("clean@+10dB", 150), ("phone-in-room", 140), ("phone-in-room@1s", 90),
           ("phone-in-room@10s", 190))
+
+
+def cond(family: str, mode: str, bits: int, rounding: int, level: str = "", stage: str = "", library: str = "lib",
+         tracks: int = 64) -> Condition:
+    return Condition("r1", "t", "abc", "code", "unit", library, tracks, family, mode, bits, rounding, level, stage,
+                     config_hash=f"{family}-{tracks}")
 
 
 def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
@@ -27,50 +34,53 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
     for bits in (3, 4):
         for mode in ("fp32", "fhe-sim"):
             for level, correct in (("small", 180), ("large", 120)):
-                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level)
+                c = cond("two-stage-cnn", mode, bits, 6, level)
                 hits = int(correct * top1_scale * (0.9 if mode == "fhe-sim" else 1.0))
                 record.results += [c.proportion("top1", hits, 200), c.proportion("top3", min(200, hits + 15), 200)]
                 for cluster in (0, 1):
-                    per = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level,
-                                    f"cluster:{cluster}")
+                    per = cond("two-stage-cnn", mode, bits, 6, level, f"cluster:{cluster}")
                     record.results.append(per.proportion("top1", hits // 2, 100))
                     record.results.append(per.proportion("top3", min(100, hits // 2 + 7), 100))
             for level, correct in SWEEPS:
-                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, level)
+                c = cond("two-stage-cnn", mode, bits, 6, level)
                 record.results += [c.proportion("top1", int(correct * top1_scale), 200),
                                    c.row("segments_per_query", 5 if level.endswith("@10s") else 1, 200, "count")]
             for stage, seconds in (("features", 0.002), ("first-stage", 0.01), ("second-stage", 0.01),
                                    ("query", 0.03)):
-                c = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", mode, bits, 6, stage=stage)
+                c = cond("two-stage-cnn", mode, bits, 6, stage=stage)
                 record.latency.append(c.row("median_s", seconds * latency_scale * (10 if mode == "fhe-sim" else 1), 5,
                                             "s"))
-        circuit = Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", "fhe", bits, 6, stage="cluster")
+        circuit = cond("two-stage-cnn", "fhe", bits, 6, stage="cluster")
         record.results += [circuit.row("pbs_count", 100 * bits, 1, "count"),
-                           circuit.row("estimated_fhe_s", 1.6 * bits, 1, "s"),
-                           Condition("r1", "t", "abc", "cfg", "unit", "lib", "two-stage-cnn", "fhe", bits, 6,
-                                     stage="query").row("estimated_fhe_s", 4.8 * bits, 1, "s"),
+                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="cluster").row("server_s", 1.6 * bits, 1, "s"),
+                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="query").row("server_s", 4.8 * bits, 1, "s"),
                            circuit.row("evaluation_key_bytes", 2e8, 1, "bytes"),
                            circuit.row("input_ciphertext_bytes", 2.5e4, 1, "bytes")]
     for tracks, library in ((64, "lib"), (1000, "lib-1000")):  # a second family, at two library sizes
         for mode in ("fp32", "fhe-sim"):
             for level in ("small", "large"):
-                c = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", mode, 8, 0, level)
+                c = cond("embedding-head", mode, 8, 0, level, library=library, tracks=tracks)
                 record.results += [c.proportion("top1", int(170 * top1_scale), 200), c.proportion("top3", 195, 200),
                                    c.row("roc_auc", 0.93, 400, "fraction"), c.row("pr_auc", 0.95, 400, "fraction"),
-                                   c.proportion("top1_at_far", 120, 200)]
-        build = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", "fp32", 8, 0,
-                          stage="build")
+                                   c.row("top1_at_far", 0.6, 200, "fraction"), c.row("false_accepts", 0.00625, 160, "fraction")]
+        build = cond("embedding-head", "fp32", 8, 0, stage="build", library=library, tracks=tracks)
         record.results.append(build.row("library_tracks", tracks, 1, "count"))
-        query = Condition("r1", "t", "abc", f"head-{tracks}", "unit", library, "embedding-head", "fhe", 8, 0,
-                          stage="query")
+        query = cond("embedding-head", "fhe", 8, 0, stage="query", library=library, tracks=tracks)
         record.latency.append(query.row("median_s", 0.02 * tracks / 64 * latency_scale, 2, "s"))
     return record
 
 
-def test_wilson_interval_is_sane():
-    low, high = wilson_interval(50, 100)
-    assert low < 0.5 < high and math.isclose(low + high, 1.0, abs_tol=1e-9)
-    assert wilson_interval(0, 10)[0] == 0.0 and math.isclose(wilson_interval(10, 10)[1], 1.0)
+@pytest.mark.parametrize("successes, n, expected", [
+    (50, 100, (0.4038, 0.5962)),  # Wald: 0.4020-0.5980
+    (0, 10, (0.0, 0.2775)),  # Wald: 0-0
+    (10, 10, (0.7225, 1.0)),  # Wald: 1-1
+    (8, 10, (0.4902, 0.9433)),  # asymmetric about 0.8; Wald: 0.5521-1
+])
+def test_wilson_interval_known_values(successes, n, expected):
+    """95% Wilson score intervals to 4 decimals, as scipy's
+    ``binomtest(k, n).proportion_ci(method="wilson")`` gives them; a Wald interval fails each."""
+    assert wilson_interval(successes, n) == pytest.approx(expected, abs=5e-5)
+    assert all(math.isnan(bound) for bound in wilson_interval(0, 0))
 
 
 def test_csv_html_tables_round_trip(tmp_path):
@@ -94,7 +104,7 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert "10 pts" in glance and "| 0.45 " in glance and "| 0.95 " in glance and "~14.4" in glance  # 4.8 s x 3 bits
     assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
     open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
-    assert ["embedding-head fp32", "0.93 / 0.95, 0.60"] == [cell.strip() for cell in open_set[-2][1:3]]
+    assert ["embedding-head fp32", "0.93 / 0.95, 0.60 [0.6%]"] == [cell.strip() for cell in open_set[-2][1:3]]
     layout = (out / "tables" / "original-layout-fp32.tex").read_text()
     assert r"\toprule" in layout and "Top-1" in layout and "Top-3" in layout and "cluster" not in layout.split(
         r"\midrule")[1].split("\n")[0]
@@ -103,6 +113,23 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / REPORT_FILE).read_text().count("data:image/png") == len(FIGURES)
     assert (out / "tables" / "mode-comparison.tex").is_file()
+
+
+def test_a_reused_out_folder_shows_only_the_new_run(tmp_path):
+    out = tmp_path / "run"
+    write_report(small_run(), out)
+    (out / "verdict.json").write_text('{"passed": false}')  # an older run's verdict and a stray table
+    (out / "tables" / "old-table.md").write_text("old")
+    newer = small_run(top1_scale=0.5)
+    newer.provenance = {**newer.provenance, "run_id": "r2"}
+    write_report(newer, out)
+    assert not (out / "verdict.json").exists() and not (out / "tables" / "old-table.md").exists()
+    assert read_run(out)[2]["run_id"] == "r2"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    with pytest.raises(ArtifactError, match="not empty and not a ppazam run folder"):
+        write_report(small_run(), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not a run"
 
 
 def test_report_of_a_folder_without_csvs_is_a_clear_error(tmp_path, capsys):

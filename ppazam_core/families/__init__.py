@@ -23,7 +23,9 @@ from ppazam_core.identifier import FAMILY as TWO_STAGE
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import Library
 from ppazam_core.families.store import FamilyModel, family_folder
-from ppazam_core.pipeline import circuits_folder, compile_identifier, train_identifier
+from ppazam_core.pipeline import circuits_folder, compile_identifier, model_folder, train_identifier
+from ppazam_core.store import is_complete
+from ppazam_core.threads import fixed_threads
 from ppazam_core.recognition import Mode, Recognizer
 
 FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
@@ -63,9 +65,13 @@ def family_eval_spec(family: str, config: ExperimentConfig, level: str) -> Datas
     return replace(config.data.eval_spec(level), features=family_features(family, config))
 
 
-def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> bool:
-    """Whether the store holds the trained model of ``family``, one of the single-model families
-    (the two-stage CNN's folders: :func:`~ppazam_core.pipeline.model_folder`)."""
+def is_trained(family: str, library: Library, config: ExperimentConfig, cache_dir: Path,
+               compiled: bool = False) -> bool:
+    """Whether the store holds the trained model of ``family`` (the two-stage CNN: also its
+    compiled circuits when ``compiled``; the other families compile as part of training)."""
+    if check_family(family) == TWO_STAGE:
+        folder = model_folder(library, config, cache_dir)
+        return is_complete(folder) and (not compiled or is_complete(circuits_folder(folder, config)))
     return FamilyModel.is_trained(_folder(family, library, config, cache_dir))
 
 
@@ -75,6 +81,7 @@ def _folder(family: str, library: Library, config: ExperimentConfig, cache_dir: 
     return family_folder(family, library, _MODULES[family].settings(config), cache_dir)
 
 
+@fixed_threads()
 def train_family(family: str, library: Library, config: ExperimentConfig, cache_dir: Path,
                  workers: int | None = None, refresh: bool = False, compiled: bool = True) -> Recognizer:
     """Train (or load from the store) the model of ``family``; the two-stage CNN is also

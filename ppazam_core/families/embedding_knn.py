@@ -13,6 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import crop_or_pad
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.embeddings import load_model
@@ -69,8 +70,7 @@ class EmbeddingKnn(FamilyModel):
         super().__init__(folder)
         self.embedder = load_model(self.folder / "embedding")
         self.features = self.embedder.features
-        with np.load(self.folder / REFERENCES_FILE) as references:
-            vectors, self.reference_tracks = references["vectors"], references["tracks"]
+        vectors, self.reference_tracks = read_arrays(self.folder / REFERENCES_FILE, "vectors", "tracks")
         self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
         self.neighbours = min(self.config.knn.neighbours, self.index.ntotal)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import maximum_filter
 
+from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.families.store import FamilyModel, write_family
 from ppazam_core.family_configs import LandmarkConfig
@@ -96,8 +97,7 @@ class LandmarkIndex(FamilyModel):
         super().__init__(folder)
         self.landmark = self.config.landmark
         self.features = self.landmark.front_end(self.config.data.features.sample_rate, self.config.data.segment_s)
-        with np.load(self.folder / INDEX_FILE) as index:
-            self.hashes, self.tracks, self.times = index["hashes"], index["tracks"], index["times"]
+        self.hashes, self.tracks, self.times = read_arrays(self.folder / INDEX_FILE, "hashes", "tracks", "times")
 
     def votes(self, spectrogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per track: the votes of its most popular offset, and that offset (frames)."""

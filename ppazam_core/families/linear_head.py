@@ -16,14 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from concrete.ml.common.serialization.loaders import loads
 from concrete.ml.sklearn import LogisticRegression
 
 from ppazam_core.config import FheConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.store import FamilyModel
-from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear
+from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear, load_concrete_model
 from ppazam_core.pipeline import key_folder
 from ppazam_core.recognition import Mode
 from ppazam_core.seeding import derive_seed
@@ -52,13 +51,14 @@ def circuits_of(folder: Path) -> Path:
 
 
 class LinearHead:
-    """The fitted head of a model folder, evaluable in every mode."""
+    """The fitted head of a model folder, evaluable in every mode. An :class:`ArtifactError`
+    when it is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)
         if not (folder / HEAD_FILE).is_file():
             raise ArtifactError(f"{folder} holds no linear head ({HEAD_FILE} is missing)")
-        self.model = loads((folder / HEAD_FILE).read_text())
+        self.model = load_concrete_model(folder / HEAD_FILE, "decision_function")
         self.circuits = circuits_of(folder)
         self.stats = CircuitStats.load(self.circuits / HEAD)
         self.channel = EncryptedChannel(self.circuits, key_folder(self.circuits))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import DatasetSpec, build_dataset
 from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
@@ -79,8 +80,7 @@ class MfccLogReg(LinearHeadModel):
         self.features = self.mfcc.front_end(data.features.sample_rate, data.segment_s)
         self.window_frames = self.mfcc.window_frames(self.features.sample_rate)
         self.calls_per_query = self.features.patch_width // self.window_frames
-        with np.load(self.folder / SCALER_FILE) as scaler:
-            self.mean, self.std = scaler["mean"], scaler["std"]
+        self.mean, self.std = read_arrays(self.folder / SCALER_FILE, "mean", "std")
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         descriptors = window_descriptors(np.asarray(patches), self.window_frames)

@@ -15,10 +15,12 @@ from typing import Iterator
 
 import numpy as np
 
+from ppazam_core.artifacts import read_json, reading
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
 from ppazam_core.library import Library
+from ppazam_core.provenance import build_record
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 
 FAMILY_FILE = "family.json"
@@ -40,12 +42,15 @@ def write_family(folder: Path, family: str, library: Library, config: Experiment
         yield tmp
         manifest = {"family": family, "config_hash": folder.name, "config": json.loads(canonical_json(config)),
                     "library": library.name, "library_fingerprint": library.fingerprint(),
-                    "track_ids": [t.id for t in library], "timings": {k: round(v, 3) for k, v in timings.items()}}
+                    "track_ids": [t.id for t in library], "timings": {k: round(v, 3) for k, v in timings.items()},
+                    "build": build_record()}
         (tmp / FAMILY_FILE).write_text(json.dumps(manifest, indent=2))
 
 
 class FamilyModel:
-    """What the single-model families share: a finished folder with ``family.json``."""
+    """What the single-model families share: a finished folder with ``family.json``. An
+    :class:`ArtifactError` when the folder is missing, unfinished or of another family, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one of its files cannot be read."""
 
     family: str
     assignment: np.ndarray | None = None
@@ -62,11 +67,12 @@ class FamilyModel:
         if not self.is_trained(folder):
             raise ArtifactError(f"{folder} is not a finished {self.family} model (missing or interrupted); train it")
         self.folder = folder
-        self.manifest = json.loads((folder / FAMILY_FILE).read_text())
+        self.manifest = read_json(folder / FAMILY_FILE, "family", "track_ids", "config", "timings")
         if self.manifest["family"] != self.family:
             raise ArtifactError(f"{folder} holds a {self.manifest['family']} model, not {self.family}")
-        self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
-        self.config = ExperimentConfig.from_canonical(self.manifest["config"])
+        with reading(folder / FAMILY_FILE):
+            self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
+            self.config = ExperimentConfig.from_canonical(self.manifest["config"])
 
     @staticmethod
     def is_trained(folder: Path) -> bool:
