@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ppazam_core.store import atomic_write_text
-from reports.compare import VERDICT_FILE, Tolerance, compare_runs
+from reports.compare import VERDICT_FILE, Tolerance, compare_runs, gate_options
 from reports.writer import rebuild_report
 
 console = Console()
@@ -28,15 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser("compare", help="compare a run with a baseline; exit 1 on regression")
     compare.add_argument("run_dir", type=Path, help="the run to check")
     compare.add_argument("baseline_dir", type=Path, help="the baseline run")
-    compare.add_argument("--max-accuracy-drop", type=float, default=Tolerance.max_accuracy_drop,
-                         help=f"tolerated paired top-k drop, a fraction (default {Tolerance.max_accuracy_drop})")
-    compare.add_argument("--max-latency-growth", type=float, default=Tolerance.max_latency_growth,
-                         help=f"tolerated median latency growth, a fraction (default {Tolerance.max_latency_growth})")
-    compare.add_argument("--significance", type=float, default=Tolerance.significance,
-                         help=f"family-wise significance of the paired tests, Holm-adjusted (default "
-                              f"{Tolerance.significance})")
-    compare.add_argument("--allow-different", action="store_true",
-                         help="compare even when the suites, configurations or libraries differ")
+    for flag, options in gate_options():
+        compare.add_argument(flag, **options)
     compare.set_defaults(run=_compare)
 
 

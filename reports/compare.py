@@ -57,6 +57,24 @@ class Tolerance:
             raise ConfigError.bad_value("significance", self.significance, "0 < significance < 1")
 
 
+def gate_options() -> list[tuple[str, dict]]:
+    """The gate's command-line options (flag, ``add_argument`` keywords), shared by ``ppazam
+    compare`` and the bench's ``--compare-to``."""
+    defaults = Tolerance()
+    return [
+        ("--max-accuracy-drop", {"type": float, "default": defaults.max_accuracy_drop,
+                                 "help": f"tolerated paired top-k drop, a fraction (default {defaults.max_accuracy_drop})"}),
+        ("--max-latency-growth", {"type": float, "default": defaults.max_latency_growth,
+                                  "help": f"tolerated median latency growth, a fraction (default "
+                                          f"{defaults.max_latency_growth})"}),
+        ("--significance", {"type": float, "default": defaults.significance,
+                            "help": f"family-wise significance of the paired tests, Holm-adjusted (default "
+                                    f"{defaults.significance})"}),
+        ("--allow-different", {"action": "store_true",
+                               "help": "compare even when the suites, configurations or libraries differ"}),
+    ]
+
+
 @dataclass(frozen=True)
 class Regression:
     """One metric of one condition that got worse beyond tolerance and chance."""
