@@ -40,11 +40,11 @@ from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
-from ppazam_core.provenance import environment, git_commit, new_run_id
+from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.recognition import Mode, Recognizer, predict, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, prediction_frame
 from ppazam_core.seeding import derive_seed
-from ppazam_core.store import atomic_write_text, canonical_json, code_fingerprint, config_hash, default_cache_dir
+from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
 
 console = Console()
 DEFAULT_FHE_QUERIES = 2
@@ -333,7 +333,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     info = RunInfo.start("evaluate")
     out = args.out or Path("reports") / info.run_id
     record = RunRecord({})
-    bits, rounding = family_bits(args.family, config), config.fhe.rounding_bits or 0
+    bits = family_bits(args.family, config)
+    rounding = (config.fhe.rounding_bits or 0) if args.family == TWO_STAGE else 0  # as the bench names it
     for level in config.data.eval_levels:
         dataset = build_dataset(library, family_eval_spec(args.family, config, level), cache_dir, noise_dir,
                                 args.workers)

@@ -31,7 +31,6 @@ from ppazam_core.errors import ConfigError, DamagedArtifactError, LibraryError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
 from ppazam_core.parallel import default_workers, parallel_map
-from ppazam_core.provenance import build_record
 from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.seeding import Split, derive_seed
 from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
@@ -173,7 +172,6 @@ def build_dataset(
             "segments_per_query": spec.segments,
             "n_rows": len(meta),
             "build_seconds": round(time.perf_counter() - started, 3),
-            "build": build_record(),
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     return load_dataset(folder)

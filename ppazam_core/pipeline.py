@@ -34,7 +34,6 @@ from ppazam_core.models import FloatCNN, build_model, qat_from_fp32, rounding_em
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
 from ppazam_core.seeding import derive_seed
-from ppazam_core.provenance import build_record
 from ppazam_core.threads import fixed_threads
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 from ppazam_core.training import train_classifier
@@ -190,7 +189,6 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
             "cluster_sizes": clustering.sizes(),
             "quant": precision,
             "timings": {k: round(v, 2) for k, v in timings.items()},
-            "build": build_record(),
         }
         (tmp / "identifier.json").write_text(json.dumps(manifest, indent=2))
     return folder
@@ -240,6 +238,5 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
             logger.info("compiled %s: %d PBS, %d bits", name, stats[name]["pbs_count"], stats[name]["max_bit_width"])
             progress.update(bar, advance=1, description=f"compiling for FHE ({name}: {stats[name]['pbs_count']} PBS)")
         (tmp / "circuits.json").write_text(json.dumps({"fhe": json.loads(canonical_json(config.fhe)),
-                                                       "quant": quant_name(config), "circuits": stats,
-                                                       "build": build_record()}, indent=2))
+                                                       "quant": quant_name(config), "circuits": stats}, indent=2))
     return folder

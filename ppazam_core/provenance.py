@@ -1,24 +1,36 @@
 """Where a number came from: run id, git commit, code fingerprint, versions and machine.
 
-:func:`build_record` goes into every artifact's manifest (what built it, when, where);
+:func:`build_record` goes into every cache folder's ``.done`` marker (what built it, when, where);
 :func:`environment` into every ``run.json`` (what its figures depend on: CPU, BLAS and thread
 counts as well as package versions, since float kernels differ between machines).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
 import time
 import uuid
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from ppazam_core.store import code_fingerprint
-
 TRACKED_PACKAGES = ("ppazam", "concrete-ml", "torch", "torchaudio", "brevitas", "audiomentations",
                     "numpy", "faiss-cpu", "soundfile")
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint(length: int = 16) -> str:
+    """SHA-256 (hex, first ``length`` digits) of every Python source file of ``ppazam_core``:
+    their paths relative to the package and their bytes, in sorted order. Any edit to the code
+    that builds artifacts changes it; comments included, which errs on the side of rebuilding."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:length]
 
 
 def new_run_id() -> str:
@@ -29,8 +41,7 @@ def new_run_id() -> str:
 def git_commit(cwd: Path | None = None) -> str:
     """The checked-out commit (with ``+dirty`` for uncommitted changes) of the repository at
     ``cwd`` (default: the one holding this package, whatever the working directory), or
-    ``unknown`` outside a git checkout (then :func:`~ppazam_core.store.code_fingerprint` still
-    names the code)."""
+    ``unknown`` outside a git checkout (then :func:`code_fingerprint` still names the code)."""
     cwd = Path(__file__).resolve().parent if cwd is None else cwd
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,

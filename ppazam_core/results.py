@@ -24,8 +24,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from ppazam_core.errors import ArtifactError
-from ppazam_core.provenance import git_commit, new_run_id
-from ppazam_core.store import atomic_write_text, code_fingerprint, settings_hash
+from ppazam_core.provenance import code_fingerprint, git_commit, new_run_id
+from ppazam_core.store import atomic_write_text, build_of, is_complete, settings_hash
 
 if TYPE_CHECKING:
     from ppazam_core.config import ExperimentConfig
@@ -49,7 +49,7 @@ ACCURACY_METRICS = ("top1", "top3", "cluster_accuracy", "agreement")
 @dataclass(frozen=True)
 class Condition:
     """Everything that names where a number came from, but the metric itself: the run, the code
-    (commit and :func:`~ppazam_core.store.code_fingerprint`), the measured condition, the
+    (commit and :func:`~ppazam_core.provenance.code_fingerprint`), the measured condition, the
     configuration (``config_hash``: the point's whole experiment configuration, FHE table
     included, without the code), the model folder and compiled circuits measured, the commit
     that built them and whether this run ``built`` or ``loaded`` them."""
@@ -121,11 +121,10 @@ class RunInfo:
 
 def artifact_commit(model: Recognizer) -> str:
     """The commit that built ``model`` (and, when another one compiled its circuits, that one
-    after a slash); ``unknown`` for artifacts made before manifests recorded it."""
-    commit = model.manifest.get("build", {}).get("git_commit", "unknown")
-    circuits = None if model.channel is None else model.channel.circuits / "circuits.json"
-    if circuits is not None and circuits.is_file():
-        compiled = json.loads(circuits.read_text()).get("build", {}).get("git_commit", "unknown")
+    after a slash); ``unknown`` for folders finished before their marker recorded it."""
+    commit = build_of(model.folder).get("git_commit", "unknown")
+    if model.channel is not None and is_complete(model.channel.circuits):
+        compiled = build_of(model.channel.circuits).get("git_commit", "unknown")
         if compiled != commit:
             return f"{commit}/{compiled}"
     return commit

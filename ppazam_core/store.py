@@ -2,9 +2,11 @@
 
 A folder is built under a temporary name beside its final place and renamed into place only
 after a ``.done`` marker was written, so an interrupted build never leaves a folder that a
-later run trusts. Keys are hashes of the full configuration plus a fingerprint of the package's
-source code (:func:`code_fingerprint`), so that a change to training, augmentation, synthesis or
-features never reuses an artifact the older code made.
+later run trusts; the marker holds the folder's build record (commit, code fingerprint, package
+versions, machine, time: :func:`~ppazam_core.provenance.build_record`). Keys are hashes of the
+full configuration plus a fingerprint of the package's source code
+(:func:`~ppazam_core.provenance.code_fingerprint`), so that a change to training, augmentation,
+synthesis or features never reuses an artifact the older code made.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ppazam_core import __version__
+from ppazam_core.provenance import build_record, code_fingerprint
 
 DONE_MARKER = ".done"
 
@@ -38,18 +39,6 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"))
 
 
-@lru_cache(maxsize=1)
-def code_fingerprint(length: int = 16) -> str:
-    """SHA-256 (hex, first ``length`` digits) of every Python source file of ``ppazam_core``:
-    their paths relative to the package and their bytes, in sorted order. Any edit to the code
-    that builds artifacts changes it; comments included, which errs on the side of rebuilding."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:length]
-
-
 def config_hash(value: Any, length: int = 16) -> str:
     """Hash naming an artifact: canonical JSON of ``value`` plus :func:`code_fingerprint`."""
     payload = canonical_json({"code": code_fingerprint(), "config": value})
@@ -60,6 +49,16 @@ def settings_hash(value: Any, length: int = 16) -> str:
     """Hash of ``value``'s canonical JSON alone (no code): names a configuration across commits,
     so that two runs of different code can be told to be of the same configuration."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+def build_of(folder: Path) -> dict:
+    """The build record of a finished cache folder (empty for folders finished by versions that
+    did not record it, or a damaged marker)."""
+    try:
+        record = json.loads((Path(folder) / DONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def is_complete(folder: Path) -> bool:
@@ -79,7 +78,7 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield tmp
-        (tmp / DONE_MARKER).write_text(__version__)
+        (tmp / DONE_MARKER).write_text(json.dumps(build_record(), indent=2))
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, old / final.name)

@@ -1,7 +1,9 @@
 import pytest
 
 from ppazam_core.seeding import Split, derive_seed
-from ppazam_core.store import atomic_folder, atomic_write_text, config_hash, is_complete
+from ppazam_core import store
+from ppazam_core.provenance import code_fingerprint, git_commit
+from ppazam_core.store import atomic_folder, atomic_write_text, build_of, config_hash, is_complete
 
 
 def test_atomic_folder_publishes_only_finished_work(tmp_path):
@@ -48,3 +50,19 @@ def test_a_finished_rebuild_replaces_the_previous_build(tmp_path):
         (tmp / "v").write_text("2")
     assert (final / "v").read_text() == "2" and is_complete(final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_artifact_keys_change_with_the_code(monkeypatch):
+    before = config_hash({"a": 1})
+    monkeypatch.setattr(store, "code_fingerprint", lambda: "another-commit's-code")
+    assert config_hash({"a": 1}) != before
+
+
+def test_a_finished_folder_records_what_built_it(tmp_path):
+    with atomic_folder(tmp_path / "artifact") as tmp:
+        (tmp / "x").write_text("1")
+    record = build_of(tmp_path / "artifact")
+    assert record["code_hash"] == code_fingerprint() and record["git_commit"] == git_commit()
+    assert {"packages", "machine", "built_at"} <= set(record) and record["packages"]["torch"] == "2.3.1"
+    (tmp_path / "artifact" / ".done").write_text("0.1.0")  # a marker of an older version
+    assert build_of(tmp_path / "artifact") == {} and is_complete(tmp_path / "artifact")

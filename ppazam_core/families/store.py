@@ -20,7 +20,6 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
 from ppazam_core.library import Library
-from ppazam_core.provenance import build_record
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 
 FAMILY_FILE = "family.json"
@@ -42,8 +41,7 @@ def write_family(folder: Path, family: str, library: Library, config: Experiment
         yield tmp
         manifest = {"family": family, "config_hash": folder.name, "config": json.loads(canonical_json(config)),
                     "library": library.name, "library_fingerprint": library.fingerprint(),
-                    "track_ids": [t.id for t in library], "timings": {k: round(v, 3) for k, v in timings.items()},
-                    "build": build_record()}
+                    "track_ids": [t.id for t in library], "timings": {k: round(v, 3) for k, v in timings.items()}}
         (tmp / FAMILY_FILE).write_text(json.dumps(manifest, indent=2))
 
 
