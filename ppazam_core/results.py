@@ -284,7 +284,7 @@ def read_timings(folder: Path) -> pd.DataFrame:
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype={k: v for k, v in STRING_COLUMNS.items() if k in columns},
-                            keep_default_na=False, na_values=[""])
+                            keep_default_na=False, na_values=[""], low_memory=False)
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
         raise ArtifactError(f"{path} cannot be read ({e}); re-run the bench or restore the file") from None
     except pd.errors.EmptyDataError:
