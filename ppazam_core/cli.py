@@ -30,12 +30,13 @@ from rich.table import Table
 from ppazam_core.artifacts import read_json, reading
 from ppazam_core.audio import is_audio_path, load_audio
 from ppazam_core.config import ExperimentConfig
+from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.deployment import KeySetup, StageCost
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import FAMILIES, TWO_STAGE, family_bits, family_eval_spec, family_modes, is_trained, train_family
-from ppazam_core.costs import calibrate
+from ppazam_core.families import (FAMILIES, TWO_STAGE, family_bits, family_eval_spec, family_modes, is_trained,
+                                  train_family)
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
