@@ -43,7 +43,7 @@ from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_li
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.recognition import Mode, Recognizer, predict, sample_queries
-from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, prediction_frame
+from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
 
@@ -333,6 +333,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     noise_dir = noise_folder(library, config.data, cache_dir)
     info = RunInfo.start("evaluate")
     out = args.out or Path("reports") / info.run_id
+    check_out_folder(out)
     record = RunRecord({})
     bits = family_bits(args.family, config)
     rounding = (config.fhe.rounding_bits or 0) if args.family == TWO_STAGE else 0  # as the bench names it

@@ -187,9 +187,8 @@ class RunRecord:
             ArtifactError: ``out`` exists, is not empty and is not a run folder.
         """
         out = Path(out)
+        check_out_folder(out)
         if out.is_dir() and any(out.iterdir()):
-            if not (out / RUN_FILE).is_file():
-                raise ArtifactError(f"{out} is not empty and not a ppazam run folder: choose another --out")
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / RESULTS_FILE, frame(self.results).to_csv(index=False))
@@ -226,6 +225,21 @@ def prediction_frame(condition: Condition, predictions: Predictions, queries: Da
         "top1": predictions.hits(1), "top3": predictions.hits(3), "cluster_correct": cluster_correct,
         "confidence": predictions.confidence, "seconds": predictions.seconds})
     return table[list(PREDICTION_COLUMNS)]
+
+
+def check_out_folder(out: Path) -> None:
+    """Check, before a run starts, that ``out`` may receive its run folder: absent, empty, or a
+    run folder of an earlier run (which the new run replaces whole).
+
+    Raises:
+        ArtifactError: ``out`` is a file, or a non-empty folder that is not a run folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} is a file, not a folder: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).is_file():
+        raise ArtifactError(f"{out} is not empty and not a ppazam run folder: choose another --out "
+                            "(nothing in it was touched)")
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

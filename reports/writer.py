@@ -8,25 +8,34 @@ import json
 from pathlib import Path
 
 from ppazam_core.store import atomic_write_text
-from reports.compare import VERDICT_FILE, Tolerance, Verdict, compare_runs
+from ppazam_core.errors import PpazamError
+from ppazam_core.results import RunRecord, read_run
+from reports.compare import VERDICT_FILE, Tolerance, compare_runs
 from reports.html import render_report
 from reports.tables import write_tables
-from ppazam_core.results import RunRecord, read_run
 
 REPORT_FILE = "report.html"
 TABLES_DIR = "tables"
 
 
 def write_report(record: RunRecord, out: Path, compare_to: Path | None = None,
-                 tolerance: Tolerance = Tolerance(), allow_different: bool = False) -> Verdict | None:
+                 tolerance: Tolerance = Tolerance(), allow_different: bool = False) -> dict | None:
     """Write the run's rows and everything derived from them into ``out``; with ``compare_to``,
-    the regression verdict too (:func:`~reports.compare.compare_runs` raises when the runs
-    cannot be compared; the run folder is written first all the same)."""
+    the regression verdict too, as :meth:`~reports.compare.Verdict.to_dict` gives it, or ``{"passed": False,
+    "error": ...}`` when the baseline cannot be compared with (another suite, a damaged
+    folder, ...): the run folder is written all the same.
+
+    Raises:
+        ArtifactError: ``out`` cannot hold the run folder (see :meth:`RunRecord.write`).
+    """
     record.write(out)
     verdict = None
     if compare_to is not None:
-        verdict = compare_runs(out, compare_to, tolerance, allow_different)
-        atomic_write_text(out / VERDICT_FILE, json.dumps(verdict.to_dict(), indent=2))
+        try:
+            verdict = compare_runs(out, compare_to, tolerance, allow_different).to_dict()
+        except PpazamError as e:
+            verdict = {"passed": False, "error": str(e), "regressions": []}
+        atomic_write_text(out / VERDICT_FILE, json.dumps(verdict, indent=2))
     rebuild_report(out)
     return verdict
 

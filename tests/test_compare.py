@@ -170,6 +170,12 @@ def test_other_suites_or_configurations_are_refused_unless_allowed(tmp_path):
     with pytest.raises(ConfigError, match="suite 'nightly'"):
         compare_runs(nightly, base)
     assert main(["compare", str(nightly), str(base)]) == 1
+    record = RunRecord({"run_id": "n2", "suite": {"name": "nightly"}})
+    record.results.append(Condition("n2", "t", "c", "code", "nightly", "lib", 64, "embedding-head", "fp32", 8, 0,
+                                    "clean").proportion("top1", 20, 20))
+    verdict = write_report(record, tmp_path / "n2", compare_to=base)  # the bench's --compare-to
+    assert not verdict["passed"] and "suite 'nightly'" in verdict["error"]
+    assert "NOT COMPARED" in (tmp_path / "n2" / "report.html").read_text()
 
 
 def test_bad_tolerances_are_config_errors():

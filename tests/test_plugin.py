@@ -54,3 +54,11 @@ def test_parametrizations_that_can_never_run_are_deselected_not_skipped():
     assert not [c for c in collected if "test_open_set" in c and (c.endswith("-fhe]") or "@" in c)]
     deselected = int(re.search(r"(\d+) deselected", done.stdout).group(1))
     assert deselected > 0 and len(collected) > 0
+
+
+def test_an_out_folder_that_is_not_a_run_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--out", str(tmp_path), "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4 and "not empty and not a ppazam run folder" in done.stderr
+    assert "Traceback" not in done.stderr and (tmp_path / "notes.txt").read_text() == "mine"
