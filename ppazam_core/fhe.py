@@ -22,6 +22,7 @@ circuit answers at chance while Concrete ML's clear execution (which honours str
 
 from __future__ import annotations
 
+import atexit
 import json
 import time
 import uuid
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import concrete.compiler
 import numpy as np
 import torch
 from concrete import fhe
@@ -39,6 +41,12 @@ from concrete.ml.torch.compile import compile_brevitas_qat_model
 from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.config import FheConfig
 from ppazam_core.errors import ArtifactError, FheError
+
+# concrete-python 2.10 registers an exit hook (concrete.compiler's terminate_df_parallelization)
+# that ends the process with status 0 once a circuit has run: a failed bench, a REGRESSED gate or
+# an uncaught error then exited 0 and CI stayed green. The dataflow runtime it stops is never
+# started here (no parallelization options are passed), so the hook is taken off.
+atexit.unregister(concrete.compiler._terminate_df_parallelization)
 
 CIRCUIT_FILE = "circuit.json"
 CLEAR_FILE = "clear.json"

@@ -6,15 +6,17 @@ the query's stable key (track, split, clip, offset, seed, gain, length). Per con
 (top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
 got right (``worse``) and only the run got right (``better``) -- go into McNemar's exact test
 (McNemar 1947; one-sided: is ``worse`` larger than a fair coin gives?). A metric regresses when
-its Holm-adjusted p-value (Holm 1979, over every accuracy test of the comparison, so that an
-identical re-run is not flagged by chance across dozens of conditions) is below ``significance``
-*and* the paired drop is larger than ``max_accuracy_drop``.
+its Holm-adjusted p-value (Holm 1979, over the tests of the comparison that could reach
+significance at all, by Tarone's rule: a condition whose queries all agree cannot, and does not
+dilute the others; so that an identical re-run is not flagged by chance across dozens of
+conditions) is below ``significance`` *and* the paired drop is larger than ``max_accuracy_drop``.
 
 Latency is compared on samples: the timed rounds of each stage (``latency.csv``'s conditions,
 samples in ``timings.csv.gz``) and the per-query seconds of truly encrypted queries (pooled over
 levels). A latency regresses when the one-sided Mann-Whitney U test (run slower) is significant
-after Holm's adjustment *and* the median grew by more than ``max_latency_growth``. With a single
-sample on a side nothing can be concluded and the row is reported as untested.
+after Holm's adjustment *and* the median grew by more than ``max_latency_growth``. Too few rounds
+(a single sample on a side, or too few for the smallest achievable p-value) can conclude nothing:
+the condition is counted as untested, and suites time 10 rounds for that reason.
 
 Runs of different suites, configurations (``config_hash``) or library content are refused with
 :class:`~ppazam_core.errors.ConfigError` unless ``allow_different`` is set.
@@ -23,6 +25,7 @@ Runs of different suites, configurations (``config_hash``) or library content ar
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +99,7 @@ class Verdict:
     compared: int  # accuracy and latency tests made
     paired_queries: int
     regressions: tuple[Regression, ...]
-    untested: int  # latency conditions with too few samples on a side
+    untested: int  # tests that could not reach significance (no discordant query, too few timed rounds)
     only_in_run: int  # queries or latency conditions
     only_in_baseline: int
 
@@ -123,14 +126,31 @@ def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance(),
         check_comparable(run_results, run_info, base_results, base_info)
     accuracy, paired, acc_only_run, acc_only_base = _accuracy_tests(read_predictions(run), read_predictions(baseline))
     latency, untested, lat_only_run, lat_only_base = _latency_tests(run, baseline)
-    tests = accuracy + latency
+    if paired == 0:
+        raise ConfigError(f"no query of {run} matches a query of {baseline} (other suites, conditions or "
+                          "libraries): there is nothing to compare")
+    tests = testable(accuracy + latency, tolerance.significance)
     if tests:
         adjusted = multipletests([t["p"] for t in tests], method="holm")[1]
         for test, p in zip(tests, adjusted):
             test["p_adjusted"] = float(p)
     regressions = [_regression(t, tolerance) for t in tests]
+    untested += len(accuracy) + len(latency) - len(tests)
     return Verdict(str(baseline), tolerance, len(tests), paired, tuple(r for r in regressions if r is not None),
                    untested, acc_only_run + lat_only_run, acc_only_base + lat_only_base)
+
+
+def testable(tests: list[dict], significance: float) -> list[dict]:
+    """The tests that could reach significance, by Tarone's rule (Tarone 1990): the smallest
+    ``K`` such that at most ``K`` tests have a smallest achievable p-value (``min_p``: 0.5^d for
+    McNemar's exact test on d discordant pairs, 1 / C(n1 + n2, n1) for Mann-Whitney) at or below
+    ``significance / K``; those are the ones Holm's adjustment counts. A condition with no
+    discordant query, or too few timed rounds, then does not dilute the others."""
+    for bound in range(1, len(tests) + 1):
+        chosen = [t for t in tests if t["min_p"] <= significance / bound]
+        if len(chosen) <= bound:
+            return chosen
+    return []
 
 
 def check_comparable(run_results: pd.DataFrame, run_info: dict, base_results: pd.DataFrame, base_info: dict) -> None:
@@ -175,6 +195,7 @@ def _accuracy_tests(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[lis
             tests.append({"kind": "accuracy", "condition": dict(zip(CONDITION_KEYS, condition)), "metric": metric,
                           "baseline": float(theirs.mean()), "current": float(ours.mean()), "n": len(group),
                           "change": (better - worse) / len(group), "p": float(p),
+                          "min_p": 0.5 ** (worse + better),
                           "detail": f"{worse} queries only the baseline got right, {better} only the run"})
     return tests, len(both), only_run, only_base
 
@@ -201,7 +222,7 @@ def _latency_tests(run: Path, baseline: Path) -> tuple[list[dict], int, int, int
         p = float(mannwhitneyu(ours, theirs, alternative="greater").pvalue)
         tests.append({"kind": "latency", "condition": dict(zip(keys, key)), "metric": key[-1],
                       "baseline": float(np.median(theirs)), "current": float(np.median(ours)),
-                      "n": len(ours), "change": growth, "p": p,
+                      "n": len(ours), "change": growth, "p": p, "min_p": 1 / comb(len(ours) + len(theirs), len(ours)),
                       "detail": f"{len(ours)} samples against {len(theirs)}"})
     return tests, untested, len(current.keys() - reference.keys()), len(reference.keys() - current.keys())
 

@@ -17,7 +17,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     query_tracks = 0                        # query this many tracks (a seeded choice); 0: every track
     query_s = 3.0
     fhe_budget_s = 60                       # seconds of truly encrypted queries per family (0: none)
-    latency_rounds = 5                      # repetitions of each timed stage
+    latency_rounds = 10                     # repetitions of each timed stage (the gate needs ~10)
     seeds = { train = 0, eval = 1 }
     distractor_tracks = 0                   # tracks held out of training, for open-set rejection
     library_sizes = []                      # synthetic track counts to scale over (scaling suite)
@@ -65,7 +65,7 @@ class Suite:
     query_tracks: int = 0
     query_s: float = 3.0
     fhe_budget_s: float = 60.0  # seconds of truly encrypted queries per family, shared by its fhe conditions
-    latency_rounds: int = 5
+    latency_rounds: int = 10
     seeds: Mapping[str, int] = field(default_factory=lambda: {"train": 0, "eval": 1})
     distractor_tracks: int = 0
     library_sizes: tuple[int, ...] = ()

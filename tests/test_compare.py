@@ -145,7 +145,8 @@ def test_an_identical_rerun_of_two_library_sizes_is_not_a_regression(tmp_path):
     hits = {("fp32", 100): np.random.default_rng(5).random(200) < 0.95,
             ("fp32", 1000): np.random.default_rng(6).random(2000) < 0.6}
     verdict = compare_runs(fabricated_run(tmp_path / "again", hits), fabricated_run(tmp_path / "base", hits))
-    assert verdict.passed and verdict.paired_queries == 2200 and verdict.compared == 4
+    # no query answered otherwise: no test can reach significance, none is counted (Tarone)
+    assert verdict.passed and verdict.paired_queries == 2200 and (verdict.compared, verdict.untested) == (0, 4)
 
 
 def test_latency_growth_needs_significance_and_the_tolerance(tmp_path):
@@ -155,8 +156,18 @@ def test_latency_growth_needs_significance_and_the_tolerance(tmp_path):
     assert [r.metric for r in compare_runs(slower, base, Tolerance(max_latency_growth=0.25)).regressions] == ["median_s"]
     assert compare_runs(slower, base, Tolerance(max_latency_growth=0.5)).passed
     single = fabricated_run(tmp_path / "single", {("fp32", 64): right}, seconds={"query": [0.05]})
-    verdict = compare_runs(single, base)
-    assert verdict.passed and verdict.untested == 1
+    verdict = compare_runs(single, base)  # one round: untested, as are the two accuracy tests (no discordance)
+    assert verdict.passed and (verdict.compared, verdict.untested) == (0, 3)
+
+
+def test_a_real_drop_is_not_diluted_by_conditions_that_cannot_differ(tmp_path):
+    """8 of 16 right queries of one condition lost among 200 conditions where no query changed:
+    only the testable condition counts in Holm's adjustment (Tarone's rule)."""
+    hits = {("fp32", n): np.ones(18, dtype=bool) for n in range(100, 300)}
+    baseline = fabricated_run(tmp_path / "base", hits)
+    run = fabricated_run(tmp_path / "run", {**hits, ("fp32", 100): flip(hits[("fp32", 100)], 8, False)})
+    verdict = compare_runs(run, baseline)
+    assert [(r.condition.split()[4], r.metric) for r in verdict.regressions] == [("100", "top1"), ("100", "top3")]
 
 
 def test_other_suites_or_configurations_are_refused_unless_allowed(tmp_path):

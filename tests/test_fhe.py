@@ -1,6 +1,8 @@
 """A tiny identifier compiled with Concrete ML, simulated and run truly encrypted."""
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -272,3 +274,13 @@ def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_con
              if line.strip()[:1] in ("┃", "│")]
     assert table[0] == ["classifier", "PBS", "encrypt s", "sent KB", "server s", "ms/PBS", "received KB", "decrypt s"]
     assert [row[:2] for row in table[1:]] == [["cluster", "256"], [f"intra_{cluster:03d}", "256"]]
+
+
+def test_a_process_that_ran_a_circuit_keeps_its_exit_status(tmp_path):
+    """concrete-python's exit hook used to end every process that had run a circuit with status
+    0, so a failed bench or a REGRESSED gate left CI green (ppazam_core.fhe takes it off)."""
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nimport numpy as np\nimport ppazam_core.fhe\nfrom concrete import fhe\n"
+                      "c = fhe.Compiler(lambda x: x + 1, {'x': 'encrypted'}).compile([np.int64(i) for i in range(4)])\n"
+                      "c.keygen()\nassert c.decrypt(c.run(c.encrypt(2))) == 3\nsys.exit(3)\n")
+    assert subprocess.run([sys.executable, str(script)], capture_output=True, timeout=300).returncode == 3
