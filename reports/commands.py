@@ -46,8 +46,8 @@ def _compare(args: argparse.Namespace) -> int:
     rebuild_report(args.run_dir)
     status = "[green]passed[/]" if verdict.passed else f"[bold red]REGRESSED[/] ({len(verdict.regressions)} metrics)"
     console.print(f"{args.run_dir} vs {args.baseline_dir}: {status}; {verdict.compared} paired tests on "
-                  f"{verdict.paired_queries} queries matched by key, {verdict.untested} latency conditions too small "
-                  f"to test, {verdict.only_in_run} only in the run, {verdict.only_in_baseline} only in the baseline",
+                  f"{verdict.paired_queries} queries matched by key, {verdict.untested} tests that could not reach "
+                  f"significance, {verdict.only_in_run} only in the run, {verdict.only_in_baseline} only in the baseline",
                   highlight=False, soft_wrap=True)
     for r in verdict.regressions:
         console.print(f"  {r.condition} {r.metric}: {r.reason}", highlight=False, soft_wrap=True)

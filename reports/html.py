@@ -64,7 +64,7 @@ fixed threshold at or below 1% achieved on the distractor queries.</p>
 {{ verdict.compared }} paired tests against <code>{{ verdict.baseline }}</code> on {{ verdict.paired_queries }}
 queries matched by key (max accuracy drop {{ verdict.tolerance.max_accuracy_drop }}, max latency growth
 {{ verdict.tolerance.max_latency_growth }}, significance {{ verdict.tolerance.significance }} Holm-adjusted);
-{{ verdict.regressions | length }} regressed, {{ verdict.untested }} latency conditions with too few samples to test.</p>{% endif %}
+{{ verdict.regressions | length }} regressed, {{ verdict.untested }} tests could not reach significance (no discordant query, too few rounds) and were not counted.</p>{% endif %}
 {% if verdict.regressions %}<table><tr><th>condition</th><th>metric</th><th>baseline</th><th>run</th><th>why</th></tr>
 {% for r in verdict.regressions %}<tr><td>{{ r.condition }}</td><td>{{ r.metric }}</td><td>{{ '%.4g' % r.baseline }}</td>
 <td>{{ '%.4g' % r.current }}</td><td>{{ r.reason }}</td></tr>{% endfor %}</table>{% endif %}
