@@ -66,3 +66,9 @@ def test_a_finished_folder_records_what_built_it(tmp_path):
     assert {"packages", "machine", "built_at"} <= set(record) and record["packages"]["torch"] == "2.3.1"
     (tmp_path / "artifact" / ".done").write_text("0.1.0")  # a marker of an older version
     assert build_of(tmp_path / "artifact") == {} and is_complete(tmp_path / "artifact")
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    atomic_write_text(tmp_path / "results.csv", "a,b\n")
+    (tmp_path / "plain.csv").write_text("a,b\n")
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == (tmp_path / "plain.csv").stat().st_mode & 0o777
