@@ -118,7 +118,7 @@ def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance(),
     Raises:
         ArtifactError: a folder is not a run folder, or lacks the predictions the gate pairs.
         ConfigError: the runs measured different suites, configurations or libraries (unless
-            ``allow_different``).
+            ``allow_different``), or have no query in common.
     """
     run_results, run_latency, run_info = read_run(run)
     base_results, base_latency, base_info = read_run(baseline)
