@@ -124,8 +124,10 @@ def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance(),
     base_results, base_latency, base_info = read_run(baseline)
     if not allow_different:
         check_comparable(run_results, run_info, base_results, base_info)
-    accuracy, paired, acc_only_run, acc_only_base = _accuracy_tests(read_predictions(run), read_predictions(baseline))
-    latency, untested, lat_only_run, lat_only_base = _latency_tests(run, baseline)
+    predictions = {folder: read_predictions(folder) for folder in (run, baseline)}
+    accuracy, paired, acc_only_run, acc_only_base = _accuracy_tests(predictions[run], predictions[baseline])
+    latency, untested, lat_only_run, lat_only_base = _latency_tests(
+        *((read_timings(folder), predictions[folder]) for folder in (run, baseline)))
     if paired == 0:
         raise ConfigError(f"no query of {run} matches a query of {baseline} (other suites, conditions or "
                           "libraries): there is nothing to compare")
@@ -200,11 +202,10 @@ def _accuracy_tests(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[lis
     return tests, len(both), only_run, only_base
 
 
-def _latency_tests(run: Path, baseline: Path) -> tuple[list[dict], int, int, int]:
+def _latency_tests(*sides: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[list[dict], int, int, int]:
+    """Mann-Whitney tests of the run's and the baseline's ``(timings, predictions)``."""
     samples = []
-    for folder in (run, baseline):
-        timings = read_timings(folder)
-        queries = read_predictions(folder)
+    for timings, queries in sides:
         encrypted = queries[queries["mode"] == "fhe"].assign(stage="query", metric="median_s")
         pooled = encrypted[LATENCY_KEYS + ["metric", "seconds"]]
         samples.append(pd.concat([timings[LATENCY_KEYS + ["metric", "seconds"]], pooled], ignore_index=True)
