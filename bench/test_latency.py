@@ -37,7 +37,7 @@ ESTIMATE_RATIO = (0.5, 2.0)  # measured server seconds over the calibrated estim
 
 def runs(run, params: dict) -> bool:
     """Whether a parametrization can run: the family runs in the mode, only the two-stage CNN
-    has first and second stages, encrypted queries are timed in test_accuracy, and the encrypted
+    has first and second stages (its oblivious variant calls the same circuits: not timed twice), encrypted queries are timed in test_accuracy, and the encrypted
     breakdown needs encrypted calls (collection deselects the others)."""
     family = params["ppazam_point"].family
     encrypted = Mode.FHE.value in run.suite.modes and bool(run.suite.fhe_conditions()) and \
@@ -71,8 +71,7 @@ def test_latency(benchmark, ppazam_run, ppazam_point, ppazam_model, ppazam_mode,
             pytest.skip("single-stage identifier or one-track cluster: no such stage")
         classifiers = [c for c in classifiers if c in ("cluster", intra)]
     if mode is Mode.FHE and stage != "features":
-        for classifier in classifiers:  # keys are set up before timing
-            model.channel.connect(classifier)
+        ppazam_run.stages.connect(model)  # keys are set up before timing
     rounds = 1 if mode is Mode.FHE and stage != "features" else ppazam_run.suite.latency_rounds
     seconds: list[float] = []
 

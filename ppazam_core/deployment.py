@@ -1,36 +1,49 @@
 """Client and server of the encrypted identifier; they exchange nothing but bytes.
 
 The client (the user's device) holds the client artifacts and the secret keys: it quantizes
-and encrypts a patch, and decrypts and dequantizes the result. The server holds only the
-server artifacts (``server.zip``) and the evaluation keys the client sent it; it cannot
-decrypt anything. Every message is framed::
+and encrypts a patch, and decrypts and dequantizes the result. The server holds only a
+:class:`ServerBundle` (each circuit's ``server.zip``, written by :func:`export_server`) and the
+evaluation keys each client session uploaded; it cannot decrypt anything. The two talk through a
+:class:`Transport`: :class:`LocalTransport` in one process, or HTTP (:mod:`ppazam_core.serving`).
+Every message is framed::
 
     magic "PPZM" | kind (K keys, Q query, R result) | circuit id | payload length | SHA-256
 
-so a truncated or altered message, or keys and ciphertexts meant for another circuit, are
-refused with an :class:`~ppazam_core.errors.FheError` before Concrete sees them.
+so a truncated or corrupted message, or keys and ciphertexts meant for another circuit, are
+refused with an :class:`~ppazam_core.errors.FheError` before Concrete sees them. The digest is
+an integrity check against accidents, **not authentication**: anyone on the path can rewrite a
+payload and its digest together. Run the server behind TLS to stop tampering in transit.
 
-The client's keys are stored with their SHA-256 and checked before Concrete reads them: damaged
-keys (which Concrete may accept and then decrypt garbage with) are generated anew, with a warning.
+The client's keys (secret keys included) live only in a client folder outside every model
+folder (:func:`client_key_dir`), written with mode 0600 in a 0700 folder; they are stored with
+their SHA-256 and checked before Concrete reads them: damaged keys (which Concrete may accept and
+then decrypt garbage with) are generated anew, with a warning. A client uploads the evaluation
+keys of every circuit it may call before its first query, so the order of uploads tells the
+server nothing about the query.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import shutil
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import numpy as np
 from concrete import fhe
 from concrete.ml.deployment import FHEModelClient, FHEModelServer
 
-from ppazam_core.artifacts import damaged, reading
+from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.errors import ArtifactError, DamagedArtifactError, FheError
 from ppazam_core.fhe import CircuitStats, fhe_input
-from ppazam_core.store import atomic_folder, is_complete
+from ppazam_core.store import atomic_folder, default_cache_dir, is_complete
 
 MAGIC = b"PPZM"
 HEADER = struct.Struct(">4s1s32sQ32s")
@@ -38,6 +51,9 @@ KEYS, QUERY, RESULT = b"K", b"Q", b"R"
 KIND_NAMES = {KEYS: "evaluation keys", QUERY: "query ciphertext", RESULT: "result ciphertext"}
 KEYS_FILE = "keys.bin"
 KEYS_DIGEST_FILE = "keys.sha256"
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = 1
+KEY_DIR_ENV = "PPAZAM_CLIENT_KEYS"
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +64,8 @@ def frame(kind: bytes, circuit_id: str, payload: bytes) -> bytes:
 
 
 def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
-    """The payload of ``message``, after checking it is whole, unaltered and meant for this
-    circuit; otherwise an :class:`FheError` saying which check failed."""
+    """The payload of ``message``, after checking it is whole, matches its digest and is meant
+    for this circuit; otherwise an :class:`FheError` saying which check failed."""
     expected = KIND_NAMES[kind]
     if not isinstance(message, (bytes, bytearray)):
         raise FheError(f"{expected}: expected bytes, got {type(message).__name__}")
@@ -68,13 +84,15 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
     if len(payload) != length:
         raise FheError(f"{expected}: payload is {len(payload)} bytes, header says {length}; truncated?")
     if hashlib.sha256(payload).digest() != digest:
-        raise FheError(f"{expected}: payload does not match its SHA-256 digest; the message was altered")
+        raise FheError(f"{expected}: payload does not match its SHA-256 digest; the message was corrupted")
     return payload
 
 
 class ClassifierServer:
-    """The server side of one compiled classifier. An :class:`ArtifactError` when ``server.zip``
-    is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
+    """The server side of one compiled classifier; it keeps no keys (see :class:`LocalTransport`
+    and :mod:`ppazam_core.serving` for the sessions that do). An :class:`ArtifactError` when
+    ``server.zip`` is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot
+    be read."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
@@ -83,26 +101,137 @@ class ClassifierServer:
         self.stats = CircuitStats.load(server_dir)
         with reading(server_dir / "server.zip"):
             self._server = FHEModelServer(str(server_dir))
-        self._keys: fhe.EvaluationKeys | None = None
 
-    def receive_keys(self, message: bytes) -> None:
-        """Store the client's evaluation keys (deserialized once)."""
+    def read_keys(self, message: bytes) -> fhe.EvaluationKeys:
+        """A client's framed evaluation keys for this circuit, deserialized; an :class:`FheError`
+        when the frame is wrong (see :func:`unframe`) or Concrete cannot read them."""
         payload = unframe(message, KEYS, self.stats.circuit_id)
         try:
-            self._keys = fhe.EvaluationKeys.deserialize(payload)
+            return fhe.EvaluationKeys.deserialize(payload)
         except RuntimeError as e:
             raise FheError(f"evaluation keys for circuit {self.stats.circuit_id} cannot be read: {e}") from e
 
-    def run(self, message: bytes) -> bytes:
-        """Evaluate the circuit on one encrypted query; returns the framed encrypted result."""
-        if self._keys is None:
+    def run(self, message: bytes, keys: fhe.EvaluationKeys | None) -> bytes:
+        """Evaluate the circuit on one framed encrypted query with a client's ``keys``; returns
+        the framed encrypted result. An :class:`FheError` without keys, for a wrong frame, or
+        when Concrete cannot evaluate the payload."""
+        if keys is None:
             raise FheError(f"no evaluation keys received for circuit {self.stats.circuit_id}; send them first")
         payload = unframe(message, QUERY, self.stats.circuit_id)
         try:
-            result = self._server.run(payload, self._keys)
-        except (RuntimeError, ValueError) as e:
+            result = self._server.run(payload, keys)
+        except (RuntimeError, ValueError, AssertionError) as e:
             raise FheError(f"query for circuit {self.stats.circuit_id} cannot be evaluated: {e}") from e
         return frame(RESULT, self.stats.circuit_id, result)
+
+
+class ServerBundle:
+    """What a server needs and nothing more: each compiled classifier's ``server.zip`` and
+    ``circuit.json``, by name. Read from a folder written by :func:`export_server`
+    (:meth:`load`) or straight from a model's compiled circuits (:meth:`from_circuits`). Each
+    classifier is loaded on first use. :meth:`load` raises an :class:`ArtifactError` when the
+    folder is not a bundle, a :class:`~ppazam_core.errors.DamagedArtifactError` when its index
+    cannot be read."""
+
+    def __init__(self, folders: dict[str, Path], description: dict | None = None) -> None:
+        self.folders = dict(sorted(folders.items()))
+        self.description = description or {}
+        self._servers: dict[str, ClassifierServer] = {}
+
+    @classmethod
+    def load(cls, folder: Path) -> "ServerBundle":
+        folder = Path(folder)
+        if not (folder / BUNDLE_FILE).is_file():
+            raise ArtifactError(f"{folder} is not a server bundle ({BUNDLE_FILE} is missing); "
+                                "write one with `ppazam export-server`")
+        description = read_json(folder / BUNDLE_FILE, "format", "circuits")
+        with reading(folder / BUNDLE_FILE):
+            names = list(description["circuits"])
+        return cls({name: folder / name for name in names}, description)
+
+    @classmethod
+    def from_circuits(cls, circuits: Path) -> "ServerBundle":
+        circuits = Path(circuits)
+        return cls({p.name: p / "server" for p in circuits.iterdir() if (p / "server").is_dir()})
+
+    def names(self) -> list[str]:
+        return list(self.folders)
+
+    def server(self, name: str) -> ClassifierServer:
+        """The server side of classifier ``name``; an :class:`FheError` for a name not in the bundle."""
+        if name not in self.folders:
+            raise FheError(f"no circuit named {name!r} here; this server holds {', '.join(self.folders) or 'none'}")
+        if name not in self._servers:
+            self._servers[name] = ClassifierServer(self.folders[name])
+        return self._servers[name]
+
+
+def export_server(circuits: Path, dest: Path, description: dict) -> Path:
+    """Write the server bundle of a model's compiled ``circuits`` into ``dest`` (new or empty):
+    ``bundle.json`` (``description``, the format and each circuit's id) and, per classifier,
+    its ``server.zip`` and ``circuit.json``; no client artifact and no key. An
+    :class:`ArtifactError` when ``dest`` holds files or ``circuits`` holds no server side."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ArtifactError(f"{dest} is not an empty folder; give a new or empty one")
+    source = ServerBundle.from_circuits(circuits)
+    if not source.folders:
+        raise ArtifactError(f"{circuits} holds no compiled server side; run `ppazam compile`")
+    ids = {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, folder in source.folders.items():
+        (dest / name).mkdir()
+        for part in ("server.zip", "circuit.json"):
+            shutil.copyfile(folder / part, dest / name / part)
+        ids[name] = CircuitStats.load(folder).circuit_id
+    (dest / BUNDLE_FILE).write_text(json.dumps({**description, "format": BUNDLE_FORMAT, "circuits": ids}, indent=2))
+    return dest
+
+
+def forget_keys(circuits: Path, key_dir: Path) -> None:
+    """Delete the client's keys of the classifiers compiled in ``circuits`` (before they are
+    recompiled: keys of a replaced circuit can never be used again)."""
+    for stats_file in Path(circuits).glob("*/client/" + "circuit.json"):
+        try:
+            circuit_id = CircuitStats.load(stats_file.parent).circuit_id
+        except ArtifactError:  # damaged: its keys are unreachable anyway
+            continue
+        shutil.rmtree(Path(key_dir) / circuit_id, ignore_errors=True)
+
+
+class Transport(Protocol):
+    """How a client reaches a server: upload a circuit's framed evaluation keys once, then send
+    framed queries. ``run`` returns the framed result and the server's own seconds."""
+
+    def upload_keys(self, name: str, message: bytes) -> None: ...
+
+    def run(self, name: str, message: bytes) -> tuple[bytes, float]: ...
+
+
+class LocalTransport:
+    """A server in this process holding one client session's keys: no socket, no copy."""
+
+    def __init__(self, bundle: ServerBundle) -> None:
+        self.bundle = bundle
+        self._keys: dict[str, fhe.EvaluationKeys] = {}
+
+    def upload_keys(self, name: str, message: bytes) -> None:
+        self._keys[name] = self.bundle.server(name).read_keys(message)
+
+    def run(self, name: str, message: bytes) -> tuple[bytes, float]:
+        started = time.perf_counter()
+        result = self.bundle.server(name).run(message, self._keys.get(name))
+        return result, time.perf_counter() - started
+
+
+def client_key_dir(model_folder: Path) -> Path:
+    """The client folder of secret keys for a model: ``$PPAZAM_CLIENT_KEYS``, else
+    ``client-keys/`` beside the store's ``models/`` folder, else in the default cache -- never
+    inside a model folder, so copying a model (or its server bundle) ships no secret."""
+    if os.environ.get(KEY_DIR_ENV):
+        return Path(os.environ[KEY_DIR_ENV]).expanduser()
+    store = Path(model_folder).resolve().parent
+    return (store.parent if store.name == "models" else default_cache_dir()) / "client-keys"
 
 
 class ClassifierClient:
@@ -111,6 +240,7 @@ class ClassifierClient:
     :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
 
     def __init__(self, client_dir: Path, key_dir: Path) -> None:
+        """``key_dir``: the client folder of secret keys; this circuit's live in ``<circuit id>/``."""
         client_dir = Path(client_dir)
         if not (client_dir / "client.zip").is_file():
             raise ArtifactError(f"client folder {client_dir} is missing client.zip")
@@ -130,9 +260,13 @@ class ClassifierClient:
             self._fhe.client.keys = stored
             return time.perf_counter() - started, False
         self._fhe.client.keygen(force=True)
-        with atomic_folder(self.key_dir) as tmp:
-            self._fhe.client.keys.serialize_to_file(tmp / KEYS_FILE)
-            (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / KEYS_FILE))
+        self.key_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.key_dir.parent, 0o700)
+        with atomic_folder(self.key_dir) as tmp:  # mkdtemp: mode 0700
+            with private_file(tmp / KEYS_FILE):
+                self._fhe.client.keys.serialize_to_file(tmp / KEYS_FILE)
+            with private_file(tmp / KEYS_DIGEST_FILE):
+                (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / KEYS_FILE))
         return time.perf_counter() - started, True
 
     def _stored_keys(self) -> fhe.Keys | None:
@@ -176,6 +310,15 @@ class ClassifierClient:
             raise FheError(f"result of circuit {self.stats.circuit_id} cannot be decrypted: {e}") from e
 
 
+@contextmanager
+def private_file(path: Path) -> Iterator[None]:
+    """Create ``path`` empty with mode 0600 before the block writes it (no moment where a
+    secret sits in a file others may read), and keep that mode after."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    yield
+    os.chmod(path, 0o600)
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -183,7 +326,9 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class StageCost:
-    """One encrypted classifier call of one query."""
+    """One encrypted classifier call of one query; seconds and bytes. ``server_s`` is the
+    server's own evaluation time, ``transport_s`` the rest of the round trip (HTTP: request,
+    framing checks, socket; 0 in one process)."""
 
     classifier: str
     pbs_count: int
@@ -192,58 +337,71 @@ class StageCost:
     server_s: float
     response_bytes: int
     decrypt_s: float
+    transport_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class KeySetup:
-    """Once per classifier: the client's keys and what was sent to the server."""
+    """Once per classifier: the client's keys (loaded or generated) and their upload."""
 
     classifier: str
     keys_s: float
     generated: bool
     evaluation_key_bytes: int
+    upload_s: float = 0.0
 
 
 class EncryptedChannel:
-    """A client and a server of the same compiled classifiers, talking in bytes in one process,
-    with every exchange timed and measured."""
+    """The client of a model's compiled classifiers talking to a server through ``transport``
+    (default: a :class:`LocalTransport` over the model's own server sides), every exchange
+    timed and measured in :attr:`costs`. ``circuits`` holds the client sides (public); the
+    secret keys live in ``key_dir`` (:func:`client_key_dir`)."""
 
-    def __init__(self, circuits: Path, key_dir: Path) -> None:
+    def __init__(self, circuits: Path, key_dir: Path, transport: Transport | None = None) -> None:
         self.circuits = Path(circuits)
         self.key_dir = Path(key_dir)
+        self.transport = transport or LocalTransport(ServerBundle.from_circuits(self.circuits))
         self._clients: dict[str, ClassifierClient] = {}
-        self._servers: dict[str, ClassifierServer] = {}
         self.costs: list[StageCost] = []
         self.key_setups: dict[str, KeySetup] = {}
 
     def names(self) -> list[str]:
         """The compiled classifiers this channel can reach."""
-        return sorted(p.name for p in self.circuits.iterdir() if (p / "server").is_dir())
+        return sorted(p.name for p in self.circuits.iterdir() if (p / "client").is_dir())
+
+    def open(self) -> None:
+        """Load or generate the client's keys of every classifier and upload each evaluation key
+        set, all before the first query (once per channel)."""
+        for name in self.names():
+            if name in self.key_setups:
+                continue
+            client = ClassifierClient(self.circuits / name / "client", self.key_dir)
+            keys_s, generated = client.ensure_keys()
+            keys = client.evaluation_keys()
+            started = time.perf_counter()
+            self.transport.upload_keys(name, keys)
+            self.key_setups[name] = KeySetup(name, keys_s, generated, len(keys), time.perf_counter() - started)
+            self._clients[name] = client
+
+    def client(self, name: str) -> ClassifierClient:
+        """The client side of classifier ``name`` (opening the channel first)."""
+        self.open()
+        if name not in self._clients:
+            raise FheError(f"no compiled classifier named {name!r} in {self.circuits}")
+        return self._clients[name]
 
     def logits(self, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` for normalized patches, each one encrypted on its own."""
-        client, server = self.connect(name)
+        client = self.client(name)
         rows = []
         for x in np.asarray(X, dtype=np.float32):
             started = time.perf_counter()
             request = client.encrypt(x[None])
             encrypted = time.perf_counter()
-            response = server.run(request)
+            response, server_s = self.transport.run(name, request)
             served = time.perf_counter()
             rows.append(client.decrypt(response))
-            self.costs.append(StageCost(name, client.stats.pbs_count, encrypted - started, len(request),
-                                        served - encrypted, len(response), time.perf_counter() - served))
+            self.costs.append(StageCost(name, client.stats.pbs_count, encrypted - started, len(request), server_s,
+                                        len(response), time.perf_counter() - served,
+                                        max(served - encrypted - server_s, 0.0)))
         return np.concatenate(rows) if rows else np.zeros((0, client.stats.n_classes), np.float32)
-
-    def connect(self, name: str) -> tuple[ClassifierClient, ClassifierServer]:
-        """Client and server of classifier ``name``; the first call loads or generates the
-        client's keys and sends the evaluation keys to the server."""
-        if name not in self._clients:
-            client = ClassifierClient(self.circuits / name / "client", self.key_dir / name)
-            server = ClassifierServer(self.circuits / name / "server")
-            keys_s, generated = client.ensure_keys()
-            keys = client.evaluation_keys()
-            server.receive_keys(keys)
-            self.key_setups[name] = KeySetup(name, keys_s, generated, len(keys))
-            self._clients[name], self._servers[name] = client, server
-        return self._clients[name], self._servers[name]

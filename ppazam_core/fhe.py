@@ -54,7 +54,9 @@ CLEAR_FILE = "clear.json"
 
 @dataclass(frozen=True)
 class CircuitStats:
-    """What one compiled circuit costs; sizes in bytes."""
+    """What one compiled circuit costs; sizes in bytes. ``p_error`` is Concrete's probability
+    that one table lookup is off; ``security_bits`` the security level its parameters were
+    chosen for."""
 
     circuit_id: str
     input_shape: tuple[int, ...]
@@ -69,6 +71,7 @@ class CircuitStats:
     secret_key_bytes: int
     input_ciphertext_bytes: int
     output_ciphertext_bytes: int
+    security_bits: int
 
     @property
     def evaluation_key_bytes(self) -> int:
@@ -126,6 +129,7 @@ def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, comp
         secret_key_bytes=int(circuit.size_of_secret_keys),
         input_ciphertext_bytes=int(circuit.size_of_inputs),
         output_ciphertext_bytes=int(circuit.size_of_outputs),
+        security_bits=int(circuit.configuration.security_level),
     )
     deployment = folder / "deployment"
     FHEModelDev(str(deployment), model).save(via_mlir=False)

@@ -4,6 +4,13 @@ A track's score is ``log p(cluster) + log p(track | cluster)`` for tracks of the
 likely clusters; tracks of other clusters rank below all of them. A query longer than one
 segment is cut into consecutive segments whose scores are combined by the mean of
 log-probabilities, or by majority vote over the segments' top-1 with ties broken by that mean.
+
+Under FHE the client decrypts the cluster scores and then calls the intra-cluster classifiers of
+the clusters it picked: the server sees which, so it learns the song's cluster
+(:mod:`ppazam_core.privacy`). The oblivious variant (family ``two-stage-cnn-oblivious``, same
+trained model and circuits) searches every cluster for every query: each query calls every
+circuit in the same order, the server learns nothing from the calls, and a query costs
+``1 + K`` classifier calls instead of ``1 + k``.
 """
 
 from __future__ import annotations
@@ -18,17 +25,18 @@ from ppazam_core.artifacts import load_weights, read_arrays, read_json, reading
 from ppazam_core.audio import SILENCE_DBFS, is_silent
 from ppazam_core.conditions import query_segments
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
-from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import ClearCircuit, SimulatedClassifier
 from ppazam_core.models import build_model
-from ppazam_core.pipeline import key_folder
+from ppazam_core.privacy import CallPlan, cluster_entropy_bits
 from ppazam_core.recognition import Mode, Scores, combine_segments, log_softmax
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
 FAMILY = "two-stage-cnn"
+OBLIVIOUS_FAMILY = "two-stage-cnn-oblivious"
 MIN_QUERY_S = 1.0  # the shortest query the bench measures
 
 
@@ -42,19 +50,21 @@ class Match:
 class Identifier:
     """The ``two-stage-cnn`` family: a trained identifier loaded from its artifact folder.
     ``circuits`` (a folder made by :func:`~ppazam_core.pipeline.compile_identifier`) enables the
-    ``fhe-sim`` and ``fhe`` modes, the client's keys living in
-    :func:`~ppazam_core.pipeline.key_folder` of it. In ``fhe`` mode every classifier call is a
-    client/server exchange of encrypted bytes whose costs land in :attr:`channel`. A missing or
+    ``fhe-sim`` and ``fhe`` modes, the client's secret keys living in
+    :func:`~ppazam_core.deployment.client_key_dir`, outside the model folder. In ``fhe`` mode
+    every classifier call is a client/server exchange of encrypted bytes whose costs land in
+    :attr:`channel`. A missing or
     unfinished folder is an :class:`ArtifactError`, a damaged file in it (now or when a mode
     first loads its weights or circuits) a :class:`~ppazam_core.errors.DamagedArtifactError`."""
 
-    def __init__(self, folder: Path, circuits: Path | None = None) -> None:
+    def __init__(self, folder: Path, circuits: Path | None = None, oblivious: bool = False) -> None:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError(f"model folder {folder} does not exist; run `ppazam train` first")
         if not is_complete(folder):
             raise ArtifactError(f"model folder {folder} is incomplete (interrupted training?); train again")
-        self.family = FAMILY
+        self.family = OBLIVIOUS_FAMILY if oblivious else FAMILY
+        self.oblivious = oblivious
         self.folder = folder
         manifest = folder / "identifier.json"
         self.manifest = read_json(manifest, "config", "track_ids", "quant", "cluster_sizes", "timings")
@@ -67,23 +77,24 @@ class Identifier:
         self.normalizer = Normalizer.load(folder / "normalizer.npz")
         self.features = self.config.data.features
         self.front_end = FrontEnd(self.features)
-        self.cluster_top_k = min(self.config.cluster_top_k, self.n_clusters)
+        self.cluster_top_k = self.n_clusters if oblivious else min(self.config.cluster_top_k, self.n_clusters)
         self.modes = tuple(Mode)
         self._models: dict[tuple[Mode, str], torch.nn.Module] = {}
         self.circuits = None if circuits is None else Path(circuits)
         if self.circuits is not None and not is_complete(self.circuits):
             raise ArtifactError(f"circuits folder {self.circuits} is missing or incomplete; run `ppazam compile`")
         self._compiled: dict[tuple[Mode, str], SimulatedClassifier | ClearCircuit] = {}
-        self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, key_folder(self.circuits))
+        self.channel = None if self.circuits is None else EncryptedChannel(self.circuits, client_key_dir(folder))
 
     @property
     def segment_samples(self) -> int:
         return int(round(self.config.data.segment_s * self.config.data.features.sample_rate))
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32, cluster_top_k: int | None = None) -> Scores:
-        """Scores of raw (unnormalized) patches ``(n, 1, H, W)``."""
+        """Scores of raw (unnormalized) patches ``(n, 1, H, W)``, searching the ``cluster_top_k``
+        best clusters (default: the model's; every cluster when oblivious)."""
         mode = Mode(mode)
-        k = min(cluster_top_k or self.config.cluster_top_k, self.n_clusters)
+        k = self.n_clusters if self.oblivious else min(cluster_top_k or self.cluster_top_k, self.n_clusters)
         X = self.normalizer(np.asarray(patches))
         n = X.shape[0]
         if self.n_clusters > 1:
@@ -132,6 +143,21 @@ class Identifier:
             return [Match(self.track_ids[i], float(mean[i]), int(votes[i])) for i in order]
         order = np.argsort(-mean, kind="stable")[:top]
         return [Match(self.track_ids[i], float(mean[i])) for i in order]
+
+    def call_plan(self) -> CallPlan:
+        """The encrypted calls of one query segment and what they reveal (:mod:`ppazam_core.privacy`):
+        the cluster classifier, then each searched cluster's classifier -- every one when all
+        are searched, else a cluster of ``n`` tracks ``k n / N`` times on average (clusters
+        picked in proportion to their size: ``k`` calls in all)."""
+        sizes = np.asarray([m.size for m in self.members])
+        k = self.cluster_top_k
+        calls = {"cluster": 1.0} if self.n_clusters > 1 else {}
+        for cluster, size in enumerate(sizes):
+            if size > 1:  # a one-track cluster has no classifier to call
+                calls[f"intra_{cluster:03d}"] = 1.0 if k == self.n_clusters else k * size / sizes.sum()
+        scores = (self.n_clusters if self.n_clusters > 1 else 0) + sum(
+            calls[f"intra_{c:03d}"] * size for c, size in enumerate(sizes) if size > 1)
+        return CallPlan(calls, cluster_entropy_bits(sizes, k), float(scores))
 
     def circuit_names(self) -> list[str]:
         """Names of the compiled classifiers (none without circuits)."""

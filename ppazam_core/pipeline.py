@@ -8,7 +8,8 @@ library's fingerprint, and is written atomically: an interrupted run leaves noth
 :class:`~ppazam_core.identifier.Identifier` would load. The fp32 stages are trained once into
 ``cache_dir/fp32`` (keyed without the bit widths and the QAT settings) and copied into every
 model folder that shares them, so a bit-width sweep trains only QAT twins. Compiled circuits go to
-``circuits/<quant>-<hash of the fhe table>`` inside it, the client's keys to ``client-keys/``.
+``circuits/<quant>-<hash of the fhe table>`` inside it; the client's keys go to a client folder outside it
+(:func:`~ppazam_core.deployment.client_key_dir`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ppazam_core.artifacts import load_weights, read_arrays, read_json
 from ppazam_core.clustering import Clustering, cluster_tracks
 from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import Dataset, build_dataset
+from ppazam_core.deployment import client_key_dir, forget_keys
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.fhe import compile_classifier
@@ -55,11 +57,6 @@ def quant_name(config: ExperimentConfig) -> str:
 def circuits_folder(model: Path, config: ExperimentConfig) -> Path:
     """Where the circuits compiled from the QAT classifiers of ``model`` with ``config.fhe`` live."""
     return model / "circuits" / f"{quant_name(config)}-{config_hash(config.fhe)}"
-
-
-def key_folder(circuits: Path) -> Path:
-    """The client's keys for ``circuits`` (secret: they never go to the server)."""
-    return circuits.parent.parent / "client-keys" / circuits.name
 
 
 def noise_folder(library: Library, data: DataConfig, cache_dir: Path) -> Path:
@@ -220,7 +217,7 @@ def compile_identifier(library: Library, config: ExperimentConfig, cache_dir: Pa
     if is_complete(folder) and not refresh:
         logger.info("loaded circuits from %s", folder)
         return folder
-    shutil.rmtree(key_folder(folder), ignore_errors=True)  # keys of the circuits about to be replaced
+    forget_keys(folder, client_key_dir(model))
     dataset = training_dataset(library, config.data, cache_dir, workers)
     X = dataset.normalizer(np.asarray(dataset.X))
     assignment = read_arrays(model / "clusters.npz", "assignment")[0]

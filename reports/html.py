@@ -22,10 +22,10 @@ from matplotlib.figure import Figure
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
 from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, headline, labelled,
-                            mode_comparison, open_set, row_order)
+                            mode_comparison, open_set, privacy_ledger, row_order)
 
 FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
-              "latency-by-stage", "sizes", "open-set", "scaling")
+              "latency-by-stage", "sizes", "answer-bytes", "open-set", "scaling")
 SIZE_METRICS = ("evaluation_key_bytes", "input_ciphertext_bytes", "output_ciphertext_bytes")
 STACKED_STAGES = ("features", "first-stage", "first-stage:encrypt", "first-stage:server", "first-stage:decrypt",
                   "second-stage", "second-stage:encrypt", "second-stage:server", "second-stage:decrypt",
@@ -57,6 +57,13 @@ at the shortest and longest query, and seconds per truly encrypted query (~: est
 interpolated between the two fixed thresholds that bracket 1%; in brackets the false-accept rate the
 fixed threshold at or below 1% achieved on the distractor queries.</p>
 {{ open_set }}{% endif %}
+{% if ledger %}<h2 id="privacy">Privacy ledger</h2>
+<p>Per query segment, for each family's clear design (the query is sent in the clear) and its encrypted
+design (fhe-disable and fhe-sim evaluate it): bits about the song the server learns from which circuits
+a query calls, encrypted calls, scores the client decrypts, ciphertext kilobytes up and down,
+evaluation-key megabytes uploaded once, the security level of the FHE parameters, and the probability
+that at least one table lookup of a query is off by a quantization step. Definitions: README, "Privacy ledger".</p>
+{{ ledger }}{% endif %}
 {% if verdict %}
 <h2 id="verdict">Regression check</h2>
 {% if verdict.error %}<p class="fail">NOT COMPARED: {{ verdict.error }}</p>{% else %}
@@ -85,6 +92,7 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
     summary = mode_comparison(results, latency)
     glance = headline(results, latency)
     rejection = open_set(results)
+    privacy = privacy_ledger(results)
     overall = results[results["stage"] == ""]
     details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
                        "ci_high", "n"]]
@@ -107,6 +115,9 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
         {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
          "png": _png(_latency_by_stage, latency)},
         {"id": "sizes", "title": "Key and ciphertext sizes per circuit", "png": _png(_sizes, results)},
+        {"id": "answer-bytes", "title": "Answer bytes per query segment against library size, per encrypted design "
+                                        "(privacy ledger; one library size: one point per design)",
+         "png": _png(_answer_bytes, results)},
         {"id": "open-set", "title": "Open-set rejection: ROC-AUC of the confidence, library vs distractor queries",
          "png": _png(_open_set, results)},
         {"id": "scaling", "title": "Cost and accuracy against library size",
@@ -116,6 +127,7 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
                            verdict=verdict, figures=figures,
                            glance=glance.to_html(border=0) if not glance.empty else "<p>No accuracy rows.</p>",
                            open_set=None if rejection.empty else rejection.to_html(border=0),
+                           ledger=None if privacy.empty else privacy.to_html(border=0),
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
                            details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
 
@@ -346,6 +358,25 @@ def _open_set(figure, results: pd.DataFrame) -> bool:
     ax.set_ylabel("ROC-AUC")
     ax.set_ylim(0, 1.02)
     ax.tick_params(axis="x", labelrotation=30)
+    return True
+
+
+def _answer_bytes(figure, results: pd.DataFrame) -> bool:
+    """The ledger's response bytes of each encrypted design against the library size, log axes."""
+    rows = results[(results["stage"] == "ledger") & (results["metric"] == "bytes_down")
+                   & results["mode"].isin(["fhe", "fhe-sim", "fhe-disable"]) & (results["value"] > 0)]
+    rows = rows.drop_duplicates(["family", "n_tracks"]).rename(columns={"n_tracks": "tracks"})
+    if rows.empty:
+        return False
+    ax = figure.add_subplot()
+    sns.lineplot(data=rows, x="tracks", y="value", hue="family", style="family", markers=True, dashes=False, ax=ax,
+                 errorbar=None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("library tracks")
+    ax.set_ylabel("bytes the client receives per segment")
+    ax.axhline(100e3, color="grey", linestyle=":", linewidth=1)
+    ax.legend(fontsize="x-small")
     return True
 
 

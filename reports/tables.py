@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ppazam_core.augment import Level
@@ -89,6 +90,36 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
                      if pd.notna(table.loc[row, (level, "roc_auc")]) else "-" for row in table.index}
              for level in _level_order(rows)}
     return pd.DataFrame(cells).loc[row_order(rows)]
+
+
+LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}"),
+                  "server_calls": ("calls", "{:.2f}"),
+                  "client_scores": ("scores to client", "{:.0f}"),
+                  "bytes_up": ("up (KB)", "{:.0f}"),
+                  "bytes_down": ("down (KB)", "{:.0f}"),
+                  "key_bytes_up": ("eval. keys (MB)", "{:.0f}"),
+                  "security_bits": ("security (bits)", "{:.0f}"),
+                  "p_error_per_query": ("P(off lookup) / query", "{:.3g}")}
+LEDGER_SCALE = {"bytes_up": 1e-3, "bytes_down": 1e-3, "key_bytes_up": 1e-6}
+
+
+def privacy_ledger(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows each family's clear and encrypted designs (its first point; ``fhe-disable`` and
+    ``fhe-sim`` evaluate the ``fhe`` design and are folded into it), columns the ledger of
+    :mod:`ppazam_core.privacy`, per query segment."""
+    rows = family_points(results)
+    rows = rows[(rows["stage"] == "ledger") & rows["metric"].isin(list(LEDGER_COLUMNS))]
+    if rows.empty:
+        return pd.DataFrame()
+    encrypted = rows["mode"].isin(["fhe", "fhe-sim", "fhe-disable"])
+    rows = rows.assign(design=np.where(encrypted, "encrypted", "clear"))
+    rows = rows[~rows.duplicated(["family", "design", "metric"])]
+    table = rows.pivot_table(index=["family", "design"], columns="metric", values="value", aggfunc="first")
+    families = list(dict.fromkeys(rows["family"]))
+    order = sorted(dict.fromkeys(zip(rows["family"], rows["design"])), key=lambda fd: (families.index(fd[0]), fd[1]))
+    cells = {label: [fmt.format(v * LEDGER_SCALE.get(metric, 1)) if pd.notna(v) else "-" for v in table.loc[order, metric]]
+             for metric, (label, fmt) in LEDGER_COLUMNS.items() if metric in table.columns}
+    return pd.DataFrame(cells, index=[f"{family} ({design})" for family, design in order])
 
 
 def condition_sweeps(results: pd.DataFrame) -> pd.DataFrame:
@@ -169,6 +200,9 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
               "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts "
                                               "(interpolated) [the false-accept rate a fixed threshold achieved]"),
               "condition-sweeps": (condition_sweeps(results), "Top-1 against recording gain and query length"),
+              "privacy-ledger": (privacy_ledger(results), "Privacy ledger per query segment: what the server learns "
+                                                          "about the song, what the client receives, bytes, keys, "
+                                                          "security level and error probability"),
               "headline": (headline(results, latency), "Each family in its most private mode: top-1 per level, "
                                                        "over gain and length, and encrypted seconds per query")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:

@@ -1,6 +1,7 @@
 """A tiny identifier compiled with Concrete ML, simulated and run truly encrypted."""
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,12 +14,14 @@ from conftest import TINY_SPEC
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import ClassifierClient, ClassifierServer, frame, QUERY
+from ppazam_core.deployment import (ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, QUERY,
+                                    ServerBundle, client_key_dir, export_server, frame)
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier
 from ppazam_core.identifier import Identifier
 from ppazam_core.recognition import Mode, predict, sample_queries
-from ppazam_core.pipeline import compile_identifier, key_folder, noise_folder, train_identifier
+from ppazam_core.pipeline import compile_identifier, noise_folder, train_identifier
+from ppazam_core.privacy import ledger
 from ppazam_core.seeding import derive_seed
 
 # one 8x8-strided block of 2 channels (32 ReLUs, 256 PBS with exact rounding); exact rounding and
@@ -184,49 +187,95 @@ def test_encrypted_run_equals_simulation(identifier, queries):
     assert setup.evaluation_key_bytes > 0
 
 
-def test_server_never_holds_a_secret_key(identifier, circuits):
-    for name in ("cluster", "intra_000"):
-        server_dir = circuits / name / "server"
-        assert sorted(p.name for p in server_dir.iterdir()) == ["circuit.json", "server.zip"]
-        with zipfile.ZipFile(server_dir / "server.zip") as archive:
-            assert not any("key" in member.lower() for member in archive.namelist())
-    client = ClassifierClient(circuits / "cluster" / "client", key_folder(circuits) / "cluster")
-    client.ensure_keys()
-    secret = client._fhe.client.keys.serialize()
-    evaluation = client.evaluation_keys()
-    assert len(evaluation) < len(secret)  # the full key set carries the secret keys besides the public ones
-    lwe_secret = secret[-256:]
-    assert lwe_secret not in evaluation
+def secret_key_pieces(client: ClassifierClient) -> list[bytes]:
+    """Pieces of every LWE secret key of ``client``, read with Concrete's own key API (the
+    middle 512 bytes of each serialized key: its binary coefficients, past any header)."""
+    keys = client._fhe.client.keys._keyset.get_client_keys().get_secret_keys()
+    serialized = [key.serialize() for key in keys]
+    assert serialized and all(len(s) > 1024 for s in serialized)
+    return [s[len(s) // 2 - 256 : len(s) // 2 + 256] for s in serialized]
 
 
-def test_tampered_messages_are_refused(identifier, circuits, queries):
-    client = ClassifierClient(circuits / "cluster" / "client", key_folder(circuits) / "cluster")
-    server = ClassifierServer(circuits / "cluster" / "server")
-    with pytest.raises(FheError, match="no evaluation keys"):
-        server.run(client.encrypt(identifier.normalizer(np.asarray(queries.X[:1]))))
-    server.receive_keys(client.evaluation_keys())
-    query = client.encrypt(identifier.normalizer(np.asarray(queries.X[:1])))
-    with pytest.raises(FheError, match="truncated"):
-        server.run(query[: len(query) // 2])
-    flipped = bytearray(query)
-    flipped[-100] ^= 0xFF
-    with pytest.raises(FheError, match="altered"):
-        server.run(bytes(flipped))
-    with pytest.raises(FheError, match="too short"):
-        server.run(b"")
-    with pytest.raises(FheError, match="evaluation keys"):
-        server.run(client.evaluation_keys())
-    other = ClassifierClient(circuits / "intra_000" / "client", key_folder(circuits) / "intra_000")
-    with pytest.raises(FheError, match="another model"):
-        server.receive_keys(other.evaluation_keys())
-    with pytest.raises(FheError, match="another model"):
-        server.run(frame(QUERY, other.stats.circuit_id, b"x"))
-    garbage = frame(QUERY, server.stats.circuit_id, b"not a ciphertext")
-    with pytest.raises(FheError, match="cannot be evaluated"):
-        server.run(garbage)
-    with pytest.raises(FheError, match="does not fit the circuit"):
-        client.encrypt(np.zeros((1, 1, 16, 16), dtype=np.float32))
-    assert client.decrypt(server.run(query)).shape == (1, 2)
+def bundle_bytes(folder: Path) -> list[bytes]:
+    """Every byte a server bundle holds: each file, and each zip member decompressed."""
+    contents = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        contents.append(path.read_bytes())
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                contents += [archive.read(member) for member in archive.namelist()]
+    return contents
+
+
+def leaks(pieces: list[bytes], contents: list[bytes]) -> bool:
+    return any(piece in content for piece in pieces for content in contents)
+
+
+def test_no_secret_key_reaches_the_server(identifier, circuits, queries, tmp_path):
+    bundle = export_server(circuits, tmp_path / "bundle", {"family": "two-stage-cnn"})
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(["bundle.json", *identifier.circuit_names()])
+    assert all(sorted(p.name for p in (bundle / name).iterdir()) == ["circuit.json", "server.zip"]
+               for name in identifier.circuit_names())
+    received: list[bytes] = []
+
+    class Recording(LocalTransport):
+        def upload_keys(self, name, message):
+            received.append(message)
+            super().upload_keys(name, message)
+
+        def run(self, name, message):
+            received.append(message)
+            return super().run(name, message)
+
+    channel = EncryptedChannel(circuits, tmp_path / "client-keys", Recording(ServerBundle.load(bundle)))
+    channel.logits("cluster", identifier.normalizer(np.asarray(queries.X[:1])))
+    assert len(received) == len(identifier.circuit_names()) + 1  # every key set before the first query
+    pieces = [piece for name in identifier.circuit_names() for piece in secret_key_pieces(channel.client(name))]
+    assert not leaks(pieces, bundle_bytes(bundle))
+    assert not leaks(pieces, received)
+    # the check can fail: a bundle carrying the client's key file, or keys sent in full, are caught
+    planted = tmp_path / "planted"
+    export_server(circuits, planted, {})
+    shutil.copyfile(channel.client("cluster").key_dir / "keys.bin", planted / "cluster" / "extra.bin")
+    assert leaks(pieces, bundle_bytes(planted))
+    assert leaks(pieces, [channel.client("cluster")._fhe.client.keys.serialize()])
+
+
+def test_secret_keys_live_outside_the_model_in_private_files(identifier, circuits):
+    identifier.channel.open()
+    key_dir = identifier.channel.key_dir
+    assert key_dir == client_key_dir(identifier.folder)
+    assert not key_dir.resolve().is_relative_to(identifier.folder.resolve())
+    files = [p for p in key_dir.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files if p.name != ".done")
+    assert (key_dir.stat().st_mode & 0o777) == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in key_dir.rglob("*") if p.is_dir())
+    assert not any("keys" in p.name for p in identifier.folder.rglob("*"))
+
+
+def test_oblivious_search_calls_every_circuit_in_one_order_and_the_ledger_says_so(identifier, circuits, queries):
+    oblivious = Identifier(identifier.folder, circuits, oblivious=True)
+    assert oblivious.family == "two-stage-cnn-oblivious" and oblivious.cluster_top_k == oblivious.n_clusters == 2
+    X = np.asarray(queries.X[:2])
+    # every cluster searched: the ranking of the leaky model searching all clusters
+    np.testing.assert_array_equal(oblivious.scores(X, "fhe-disable").track_scores,
+                                  identifier.scores(X, "fhe-disable", cluster_top_k=2).track_scores)
+    for x in X:
+        oblivious.scores(x[None], "fhe")
+    assert [c.classifier for c in oblivious.channel.costs] == ["cluster", "intra_000", "intra_001"] * 2
+    leaky, hidden = ledger(identifier, "fhe", circuits), ledger(oblivious, "fhe", circuits)
+    sizes = np.asarray([m.size for m in identifier.members]) / len(identifier.track_ids)
+    assert leaky.server_learns_bits == pytest.approx(-(sizes * np.log2(sizes)).sum()) and leaky.server_learns_bits > 0
+    assert hidden.server_learns_bits == 0
+    assert leaky.server_calls == pytest.approx(2) and hidden.server_calls == 3
+    assert hidden.client_scores == 2 + len(identifier.track_ids) > leaky.client_scores
+    stats = CircuitStats.load(circuits / "cluster")
+    assert hidden.bytes_down > leaky.bytes_down > stats.output_ciphertext_bytes
+    assert hidden.key_bytes_up == leaky.key_bytes_up == sum(
+        CircuitStats.load(circuits / name).evaluation_key_bytes for name in identifier.circuit_names())
+    assert leaky.security_bits == 128 and 0 < leaky.p_error_per_query < 1
+    clear = ledger(identifier, "fp32", circuits)
+    assert clear.server_learns_bits == pytest.approx(np.log2(len(identifier.track_ids))) and clear.bytes_up == 0
 
 
 def test_missing_artifacts_are_clear_errors(circuits, tmp_path, identifier):

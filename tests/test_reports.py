@@ -13,7 +13,7 @@ from ppazam_core.results import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
 FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
-           "latency-by-stage", "sizes", "open-set", "scaling")
+           "latency-by-stage", "sizes", "answer-bytes", "open-set", "scaling")
 SWEEPS = (("clean@-20dB", 170), ("clean@+10dB", 150), ("phone-in-room", 140), ("phone-in-room@1s", 90),
           ("phone-in-room@10s", 190))
 
@@ -65,6 +65,11 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
                                    c.row("top1_at_far", 0.6, 200, "fraction"), c.row("false_accepts", 0.00625, 160, "fraction")]
         build = cond("embedding-head", "fp32", 8, 0, stage="build", library=library, tracks=tracks)
         record.results.append(build.row("library_tracks", tracks, 1, "count"))
+        for mode, bits in (("fp32", 6.0), ("fhe-sim", 0.0)):  # the privacy ledger
+            ledger = cond("embedding-head", mode, 8, 0, stage="ledger", library=library, tracks=tracks)
+            record.results += [ledger.row("server_learns_bits", bits, 1, "bits"),
+                               ledger.row("bytes_down", 0 if mode == "fp32" else 1e4 * tracks, 1, "bytes"),
+                               ledger.row("client_scores", tracks, 1, "count")]
         query = cond("embedding-head", "fhe", 8, 0, stage="query", library=library, tracks=tracks)
         record.latency.append(query.row("median_s", 0.02 * tracks / 64 * latency_scale, 2, "s"))
     return record
@@ -105,6 +110,11 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
     open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
     assert ["embedding-head fp32", "0.93 / 0.95, 0.60 [0.6%]"] == [cell.strip() for cell in open_set[-2][1:3]]
+    ledger = [[cell.strip() for cell in line.split("|")[1:-1]]
+              for line in (out / "tables" / "privacy-ledger.md").read_text().splitlines() if line.startswith("|")]
+    assert ledger[0][:4] == ["", "server learns (bits)", "scores to client", "down (KB)"]
+    assert ledger[2:] == [["embedding-head (clear)", "6", "64", "0"], ["embedding-head (encrypted)", "0", "64", "640"]]
+    assert 'id="privacy"' in page
     layout = (out / "tables" / "original-layout-fp32.tex").read_text()
     assert r"\toprule" in layout and "Top-1" in layout and "Top-3" in layout and "cluster" not in layout.split(
         r"\midrule")[1].split("\n")[0]

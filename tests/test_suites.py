@@ -56,7 +56,7 @@ def test_nightly_suite_uses_the_debian_library():
     ("queries_per_track = 0", "queries_per_track = 0 is not allowed"),
     ("colour = 1", "'colour' is not allowed; allowed: bit_widths"),
     ('[experiment.model]\nweight_bits = 9', "model.weight_bits = 9"),
-    ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn, embedding-head, mfcc-logreg"),
+    ('families = ["magic"]', "families = 'magic' is not allowed; allowed: two-stage-cnn, two-stage-cnn-oblivious, embedding-head"),
     ("distractor_tracks = -1", "distractor_tracks = -1 is not allowed"),
     ("query_tracks = 2.5", "query_tracks = 2.5 is not allowed"),
     ('library = "music"\nlibrary_sizes = [100]', 'only with library = "synthetic"'),

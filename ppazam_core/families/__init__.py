@@ -2,7 +2,8 @@
 :class:`~ppazam_core.recognition.Recognizer`, so the same suites, modes and reports cover all.
 
 * ``two-stage-cnn``: cluster classifier + intra-cluster classifiers, whole CNNs under FHE
-  (:mod:`ppazam_core.identifier`);
+  (:mod:`ppazam_core.identifier`); ``two-stage-cnn-oblivious``: the same model searching every
+  cluster, so that the server cannot tell the song's cluster;
 * ``embedding-head``: clear-text embedding on the client, encrypted linear head on the server;
 * ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
 * ``landmark-fp`` and ``embedding-knn``: clear-text references (``fp32`` mode only).
@@ -20,6 +21,7 @@ from ppazam_core.errors import ConfigError
 from ppazam_core.families import embedding_head, embedding_knn, landmark, mfcc_logreg
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.identifier import FAMILY as TWO_STAGE
+from ppazam_core.identifier import OBLIVIOUS_FAMILY as TWO_STAGE_OBLIVIOUS
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import Library
 from ppazam_core.families.store import FamilyModel, family_folder
@@ -28,7 +30,8 @@ from ppazam_core.store import is_complete
 from ppazam_core.threads import fixed_threads
 from ppazam_core.recognition import Mode, Recognizer
 
-FAMILIES = (TWO_STAGE, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
+TWO_STAGE_FAMILIES = (TWO_STAGE, TWO_STAGE_OBLIVIOUS)  # one trained model and its circuits, two designs
+FAMILIES = (TWO_STAGE, TWO_STAGE_OBLIVIOUS, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
 CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
 
 _MODULES = {module.FAMILY: module for module in (embedding_head, mfcc_logreg, landmark, embedding_knn)}
@@ -69,15 +72,15 @@ def is_trained(family: str, library: Library, config: ExperimentConfig, cache_di
                compiled: bool = False) -> bool:
     """Whether the store holds the trained model of ``family`` (the two-stage CNN: also its
     compiled circuits when ``compiled``; the other families compile as part of training)."""
-    if check_family(family) == TWO_STAGE:
+    if check_family(family) in TWO_STAGE_FAMILIES:
         folder = model_folder(library, config, cache_dir)
         return is_complete(folder) and (not compiled or is_complete(circuits_folder(folder, config)))
     return FamilyModel.is_trained(_folder(family, library, config, cache_dir))
 
 
 def _folder(family: str, library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
-    if check_family(family) == TWO_STAGE:
-        raise ConfigError.bad_value("family", family, FAMILIES[1:])
+    if check_family(family) in TWO_STAGE_FAMILIES:
+        raise ConfigError.bad_value("family", family, [f for f in FAMILIES if f not in TWO_STAGE_FAMILIES])
     return family_folder(family, library, _MODULES[family].settings(config), cache_dir)
 
 
@@ -86,21 +89,22 @@ def train_family(family: str, library: Library, config: ExperimentConfig, cache_
                  workers: int | None = None, refresh: bool = False, compiled: bool = True) -> Recognizer:
     """Train (or load from the store) the model of ``family``; the two-stage CNN is also
     compiled when ``compiled`` (the other families compile as part of training)."""
-    if check_family(family) != TWO_STAGE:
+    if check_family(family) not in TWO_STAGE_FAMILIES:
         folder = _folder(family, library, config, cache_dir)
         if refresh or not FamilyModel.is_trained(folder):
             _MODULES[family].train(library, config, folder, cache_dir, workers, refresh)
         return _LOAD[family](folder)
     folder = train_identifier(library, config, cache_dir, workers, refresh)
+    oblivious = family == TWO_STAGE_OBLIVIOUS
     if not compiled:
-        return Identifier(folder)
+        return Identifier(folder, oblivious=oblivious)
     compile_identifier(library, config, cache_dir, workers, refresh)
-    return Identifier(folder, circuits_folder(folder, config))
+    return Identifier(folder, circuits_folder(folder, config), oblivious)
 
 
 def family_bits(family: str, config: ExperimentConfig) -> int:
     """The bit width a family's model is quantized to (32 for the clear-text families)."""
-    if check_family(family) == TWO_STAGE:
+    if check_family(family) in TWO_STAGE_FAMILIES:
         return config.model.weight_bits
     if family == embedding_head.FAMILY:
         return config.head.n_bits

@@ -19,11 +19,11 @@ import numpy as np
 from concrete.ml.sklearn import LogisticRegression
 
 from ppazam_core.config import FheConfig
-from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.store import FamilyModel
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear, load_concrete_model
-from ppazam_core.pipeline import key_folder
+from ppazam_core.privacy import CallPlan
 from ppazam_core.recognition import Mode
 from ppazam_core.seeding import derive_seed
 
@@ -46,7 +46,7 @@ def fit_linear_head(X: np.ndarray, y: np.ndarray, n_classes: int, n_bits: int, C
 
 
 def circuits_of(folder: Path) -> Path:
-    """The compiled head of a model folder (its client keys: ``key_folder`` of it)."""
+    """The compiled head of a model folder (its client keys live outside it: ``client_key_dir``)."""
     return Path(folder) / "circuits" / "fhe"
 
 
@@ -61,7 +61,7 @@ class LinearHead:
         self.model = load_concrete_model(folder / HEAD_FILE, "decision_function")
         self.circuits = circuits_of(folder)
         self.stats = CircuitStats.load(self.circuits / HEAD)
-        self.channel = EncryptedChannel(self.circuits, key_folder(self.circuits))
+        self.channel = EncryptedChannel(self.circuits, client_key_dir(folder))
         self._simulated: SimulatedClassifier | None = None
 
     def logits(self, X: np.ndarray, mode: Mode | str) -> np.ndarray:
@@ -93,3 +93,9 @@ class LinearHeadModel(FamilyModel):
         super().__init__(folder)
         self.head = LinearHead(self.folder)
         self.channel = self.head.channel
+
+    def call_plan(self) -> CallPlan:
+        """One head call per window (:attr:`calls_per_query`); the same call whatever the song,
+        and every track's decision value back to the client (:mod:`ppazam_core.privacy`)."""
+        calls = float(self.calls_per_query)
+        return CallPlan({HEAD: calls}, 0.0, calls * len(self.track_ids))

@@ -1,0 +1,98 @@
+"""The privacy ledger: what each design reveals, and what it costs to keep it private.
+
+For one model in one mode, per query segment (a longer query repeats it per segment):
+
+* ``server_learns_bits`` -- bits about the song the server learns from what it observes: in the
+  clear modes (``fp32``, ``quant``) the query itself, so all ``log2 N`` bits; under FHE only which
+  circuits a query calls can tell, so 0 for a design that calls the same circuits for every query.
+  The leaky two-stage CNN calls the intra-cluster classifiers of the ``k`` clusters the client
+  picked: with tracks equally likely a priori, the server learns the entropy of the song's cluster
+  (``-sum p_c log2 p_c``, ``p_c`` = cluster size / N) for ``k = 1``, at most
+  ``min(that, log2 C(K, k))`` for larger ``k``, and nothing when ``k = K``;
+* ``server_calls`` -- encrypted circuit calls (expected, over tracks equally likely);
+* ``client_scores`` -- scores the client decrypts (the library owner's model is that queryable);
+* ``bytes_up`` / ``bytes_down`` -- ciphertext bytes sent and received (Concrete's ciphertext
+  sizes plus the frame header of :mod:`ppazam_core.deployment`), expected per segment;
+* ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit;
+* ``security_bits`` -- the security level Concrete chose the parameters for (bits);
+* ``p_error_per_query`` -- probability that at least one table lookup of a query is off
+  (``1 - prod (1 - p_error)^PBS`` over its calls; ``p_error`` per lookup from Concrete). An
+  error moves one lookup's result by a quantization step; the accuracy rows show what it costs.
+
+The design of each family comes from its :class:`CallPlan` (``model.call_plan()``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ppazam_core.deployment import HEADER
+from ppazam_core.fhe import CircuitStats
+from ppazam_core.recognition import Mode
+
+ENCRYPTED_MODES = (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)  # modes that evaluate the encrypted design
+UNITS = {"server_learns_bits": "bits", "server_calls": "count", "client_scores": "count", "bytes_up": "bytes",
+         "bytes_down": "bytes", "key_bytes_up": "bytes", "security_bits": "bits", "p_error_per_query": "probability"}
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How one query segment uses the server under FHE: expected calls per circuit, the bits
+    the call pattern reveals about the song, and the scores the client decrypts."""
+
+    calls: dict[str, float]
+    server_learns_bits: float
+    client_scores: float
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One row of the privacy ledger (see the module docstring for each field)."""
+
+    server_learns_bits: float
+    server_calls: float
+    client_scores: float
+    bytes_up: float
+    bytes_down: float
+    key_bytes_up: float
+    security_bits: float
+    p_error_per_query: float
+
+    def metrics(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def cluster_entropy_bits(sizes: np.ndarray, searched: int) -> float:
+    """Bits the server learns from the ``searched`` clusters a query calls, clusters of ``sizes``
+    tracks (see the module docstring)."""
+    p = np.asarray(sizes, dtype=np.float64) / np.sum(sizes)
+    entropy = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    return max(0.0, min(entropy, math.log2(math.comb(len(p), searched))))
+
+
+def ledger(model, mode: Mode | str, circuits: Path | None) -> Ledger:
+    """The ledger of ``model`` (anything with ``track_ids`` and, when it compiles circuits,
+    ``call_plan()``) in ``mode``; ``circuits`` is the folder of its compiled classifiers (``None``
+    for clear-text families). Clear modes send the query in the clear: nothing is encrypted.
+    Raises :class:`~ppazam_core.errors.ArtifactError` when a circuit's ``circuit.json`` is missing."""
+    mode = Mode(mode)
+    n_tracks = len(model.track_ids)
+    if mode not in ENCRYPTED_MODES or circuits is None:
+        return Ledger(math.log2(n_tracks), 0.0, float(n_tracks), 0.0, 0.0, 0.0, 0.0, 0.0)
+    plan = model.call_plan()
+    stats = {name: CircuitStats.load(Path(circuits) / name) for name in plan.calls}
+    every = [CircuitStats.load(p.parent) for p in sorted(Path(circuits).glob("*/circuit.json"))]
+    survive = math.prod((1.0 - stats[n].p_error) ** (stats[n].pbs_count * calls) for n, calls in plan.calls.items())
+    return Ledger(
+        server_learns_bits=plan.server_learns_bits,
+        server_calls=sum(plan.calls.values()),
+        client_scores=plan.client_scores,
+        bytes_up=sum(c * (stats[n].input_ciphertext_bytes + HEADER.size) for n, c in plan.calls.items()),
+        bytes_down=sum(c * (stats[n].output_ciphertext_bytes + HEADER.size) for n, c in plan.calls.items()),
+        key_bytes_up=float(sum(s.evaluation_key_bytes for s in every)),
+        security_bits=float(min(s.security_bits for s in every)),
+        p_error_per_query=1.0 - survive)
