@@ -75,13 +75,13 @@ def families(tiny_library, tiny_config, session_cache) -> dict[str, Path]:
 
 @pytest.fixture
 def cache(session_cache, tmp_path) -> Path:
-    """A cache whose ``models`` are a copy of the session's (client keys left out), the rest links."""
+    """A cache whose ``models`` are a copy of the session's, the rest links (client keys left out)."""
     cache = tmp_path / "cache"
     cache.mkdir()
     for entry in session_cache.iterdir():
         if entry.name == "models":
-            shutil.copytree(entry, cache / entry.name, ignore=shutil.ignore_patterns("client-keys"))
-        else:
+            shutil.copytree(entry, cache / entry.name)
+        elif entry.name != "client-keys":
             (cache / entry.name).symlink_to(entry)
     return cache
 
@@ -212,9 +212,9 @@ def test_damaged_client_keys_are_generated_again(families, session_cache, cache,
     assert not ClassifierClient(client_dir, keys).ensure_keys()[1]  # the new keys are stored whole
     assert "Premature EOF" not in capfd.readouterr().err  # Concrete never read the damaged file
     server = ClassifierServer(client_dir.parent / "server")
-    server.receive_keys(client.evaluation_keys())
+    uploaded = server.read_keys(client.evaluation_keys())
     row = np.zeros((1, *client.stats.input_shape), np.float32)
-    assert client.decrypt(server.run(client.encrypt(row))).shape[0] == 1
+    assert client.decrypt(server.run(client.encrypt(row), uploaded)).shape[0] == 1
 
 
 @pytest.mark.parametrize("name, damage", [("X.npy", truncate), ("y.npy", garbage), ("meta.csv", truncate),
