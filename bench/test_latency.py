@@ -28,7 +28,8 @@ from ppazam_core.recognition import Mode
 
 STAGES = ("features", "first-stage", "second-stage", "query")
 PARTS = (("encrypt", "encrypt_s", "median_s", "s"), ("server", "server_s", "median_s", "s"),
-         ("decrypt", "decrypt_s", "median_s", "s"), ("sent", "request_bytes", "median_bytes", "bytes"),
+         ("decrypt", "decrypt_s", "median_s", "s"), ("transport", "transport_s", "median_s", "s"),
+         ("sent", "request_bytes", "median_bytes", "bytes"),
          ("received", "response_bytes", "median_bytes", "bytes"))
 
 

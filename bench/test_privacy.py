@@ -31,7 +31,7 @@ def call_patterns(costs) -> list[tuple[str, ...]]:
 def test_privacy_ledger(ppazam_run, ppazam_point, ppazam_model, ppazam_mode):
     mode = Mode(ppazam_mode)
     channel = ppazam_model.channel
-    row = ledger(ppazam_model, mode, None if channel is None else channel.circuits)
+    row = ledger(ppazam_model, mode, channel)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, stage="ledger")
     ppazam_run.record.results += [condition.row(name, value, 1, UNITS[name]) for name, value in row.metrics().items()]
     if mode is not Mode.FHE or channel is None or not channel.costs:

@@ -31,6 +31,7 @@ import os
 import shutil
 import struct
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,13 @@ from typing import Iterator, Protocol
 
 import numpy as np
 from concrete import fhe
-from concrete.ml.deployment import FHEModelClient, FHEModelServer
+from concrete.ml.deployment import FHEModelClient
 
 from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.errors import ArtifactError, DamagedArtifactError, FheError
 from ppazam_core.fhe import CircuitStats, fhe_input
 from ppazam_core.store import atomic_folder, default_cache_dir, is_complete
+from ppazam_core.top1_head import CODEC_FILE, Top1Codec
 
 MAGIC = b"PPZM"
 HEADER = struct.Struct(">4s1s32sQ32s")
@@ -89,18 +91,19 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
 
 
 class ClassifierServer:
-    """The server side of one compiled classifier; it keeps no keys (see :class:`LocalTransport`
+    """The server side of one compiled classifier (Concrete ML's or :mod:`ppazam_core.top1_head`'s:
+    both are a concrete-python ``server.zip``); it keeps no keys (see :class:`LocalTransport`
     and :mod:`ppazam_core.serving` for the sessions that do). An :class:`ArtifactError` when
-    ``server.zip`` is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot
-    be read."""
+    ``server.zip`` is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it
+    cannot be read."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
         if not (server_dir / "server.zip").is_file():
             raise ArtifactError(f"server folder {server_dir} is missing server.zip")
         self.stats = CircuitStats.load(server_dir)
-        with reading(server_dir / "server.zip"):
-            self._server = FHEModelServer(str(server_dir))
+        with reading(server_dir / "server.zip") as path:
+            self._server = fhe.Server.load(path)
 
     def read_keys(self, message: bytes) -> fhe.EvaluationKeys:
         """A client's framed evaluation keys for this circuit, deserialized; an :class:`FheError`
@@ -119,10 +122,10 @@ class ClassifierServer:
             raise FheError(f"no evaluation keys received for circuit {self.stats.circuit_id}; send them first")
         payload = unframe(message, QUERY, self.stats.circuit_id)
         try:
-            result = self._server.run(payload, keys)
-        except (RuntimeError, ValueError, AssertionError) as e:
+            result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)
+        except (RuntimeError, ValueError) as e:
             raise FheError(f"query for circuit {self.stats.circuit_id} cannot be evaluated: {e}") from e
-        return frame(RESULT, self.stats.circuit_id, result)
+        return frame(RESULT, self.stats.circuit_id, result.serialize())
 
 
 class ServerBundle:
@@ -234,6 +237,39 @@ def client_key_dir(model_folder: Path) -> Path:
     return (store.parent if store.name == "models" else default_cache_dir()) / "client-keys"
 
 
+class Codec(Protocol):
+    """The client's side of a circuit's numbers: ``encode`` a float input ``(1, *input_shape)``
+    into the integers it encrypts, ``logits`` of the decrypted integers ``(1, n_classes)``."""
+
+    def encode(self, x: np.ndarray) -> np.ndarray: ...
+
+    def logits(self, y: np.ndarray) -> np.ndarray: ...
+
+
+class ConcreteMlCodec:
+    """Concrete ML's input and output quantizers (``serialized_processing.json`` of the client
+    archive, read by ``FHEModelClient``); logits are dequantized outputs, no post-processing (a
+    linear head gives its decision values, as in the other modes)."""
+
+    def __init__(self, client_dir: Path, stats: CircuitStats) -> None:
+        self.stats = stats
+        self._model = FHEModelClient(str(client_dir)).model
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self._model.quantize_input(fhe_input(x, self.stats))
+
+    def logits(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model.dequantize_output(y), dtype=np.float32)
+
+
+def load_codec(client_dir: Path, stats: CircuitStats) -> Codec:
+    """The codec of a client folder: a top-1 head's own (:mod:`ppazam_core.top1_head`) when its
+    archive holds one, else Concrete ML's."""
+    with zipfile.ZipFile(Path(client_dir) / "client.zip") as archive:
+        top1 = CODEC_FILE in archive.namelist()
+    return Top1Codec.load(client_dir) if top1 else ConcreteMlCodec(client_dir, stats)
+
+
 class ClassifierClient:
     """The user's side of one compiled classifier: keys, encryption and decryption. An
     :class:`ArtifactError` when ``client.zip`` is missing, a
@@ -246,25 +282,26 @@ class ClassifierClient:
             raise ArtifactError(f"client folder {client_dir} is missing client.zip")
         self.stats = CircuitStats.load(client_dir)
         self.key_dir = Path(key_dir) / self.stats.circuit_id  # keys of a recompiled circuit never match
-        with reading(client_dir / "client.zip"):
-            self._fhe = FHEModelClient(str(client_dir))
+        with reading(client_dir / "client.zip") as path:
+            self.client = fhe.Client.load(path)
+            self.codec = load_codec(client_dir, self.stats)
 
     def ensure_keys(self) -> tuple[float, bool]:
         """Load this client's keys, or generate and store them (anew, with a warning, when the
         stored ones are damaged). Returns the seconds it took and whether they were generated."""
         started = time.perf_counter()
-        if self._fhe.client.keys.are_generated:
+        if self.client.keys.are_generated:
             return time.perf_counter() - started, False
         stored = self._stored_keys()
         if stored is not None:
-            self._fhe.client.keys = stored
+            self.client.keys = stored
             return time.perf_counter() - started, False
-        self._fhe.client.keygen(force=True)
+        self.client.keygen(force=True)
         self.key_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.key_dir.parent, 0o700)
         with atomic_folder(self.key_dir) as tmp:  # mkdtemp: mode 0700
             with private_file(tmp / KEYS_FILE):
-                self._fhe.client.keys.serialize_to_file(tmp / KEYS_FILE)
+                self.client.keys.serialize_to_file(tmp / KEYS_FILE)
             with private_file(tmp / KEYS_DIGEST_FILE):
                 (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / KEYS_FILE))
         return time.perf_counter() - started, True
@@ -289,23 +326,26 @@ class ClassifierClient:
     def evaluation_keys(self) -> bytes:
         """The framed public evaluation keys for the server."""
         self.ensure_keys()
-        return frame(KEYS, self.stats.circuit_id, self._fhe.client.evaluation_keys.serialize())
+        return frame(KEYS, self.stats.circuit_id, self.client.evaluation_keys.serialize())
 
     def encrypt(self, x: np.ndarray) -> bytes:
-        """Quantize and encrypt one normalized patch ``(1, *input_shape)``."""
-        x = fhe_input(x, self.stats)
-        if x.shape[0] != 1:
-            raise FheError(f"one patch per query, got {x.shape[0]}")
+        """Quantize and encrypt one input ``(1, *input_shape)`` (a normalized patch, a feature
+        row): the framed query. An :class:`FheError` for another shape or an input the codec refuses."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim < 1 or x.shape[0] != 1:
+            raise FheError(f"one input per query, got shape {tuple(x.shape)}")
         self.ensure_keys()
-        return frame(QUERY, self.stats.circuit_id, self._fhe.quantize_encrypt_serialize(x))
+        try:
+            encrypted = self.client.encrypt(self.codec.encode(x))
+        except (RuntimeError, ValueError) as e:
+            raise FheError(f"input cannot be encrypted for circuit {self.stats.circuit_id}: {e}") from e
+        return frame(QUERY, self.stats.circuit_id, encrypted.serialize())
 
     def decrypt(self, message: bytes) -> np.ndarray:
-        """Decrypt and dequantize a framed result into logits ``(1, n_classes)`` (no
-        post-processing: a linear head gives its decision values, as in the other modes)."""
+        """Decrypt a framed result into logits ``(1, n_classes)`` float32 (see the codec)."""
         payload = unframe(message, RESULT, self.stats.circuit_id)
         try:
-            return np.asarray(self._fhe.model.dequantize_output(self._fhe.deserialize_decrypt(payload)),
-                              dtype=np.float32)
+            return self.codec.logits(self.client.decrypt(fhe.Value.deserialize(payload)))
         except RuntimeError as e:
             raise FheError(f"result of circuit {self.stats.circuit_id} cannot be decrypted: {e}") from e
 

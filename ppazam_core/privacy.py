@@ -11,9 +11,11 @@ For one model in one mode, per query segment (a longer query repeats it per segm
   ``min(that, log2 C(K, k))`` for larger ``k``, and nothing when ``k = K``;
 * ``server_calls`` -- encrypted circuit calls (expected, over tracks equally likely);
 * ``client_scores`` -- scores the client decrypts (the library owner's model is that queryable);
-* ``bytes_up`` / ``bytes_down`` -- ciphertext bytes sent and received (Concrete's ciphertext
-  sizes plus the frame header of :mod:`ppazam_core.deployment`), expected per segment;
-* ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit;
+* ``bytes_up`` / ``bytes_down`` -- bytes sent and received per segment (expected): measured
+  framed messages where the run made encrypted calls, else Concrete's ciphertext sizes plus
+  the frame header of :mod:`ppazam_core.deployment` (``sizes_measured`` says which);
+* ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit (measured
+  likewise);
 * ``security_bits`` -- the security level Concrete chose the parameters for (bits);
 * ``p_error_per_query`` -- probability that at least one table lookup of a query is off
   (``1 - prod (1 - p_error)^PBS`` over its calls; ``p_error`` per lookup from Concrete). An
@@ -25,18 +27,20 @@ The design of each family comes from its :class:`CallPlan` (``model.call_plan()`
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ppazam_core.deployment import HEADER
+from ppazam_core.deployment import HEADER, EncryptedChannel
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.recognition import Mode
 
 ENCRYPTED_MODES = (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)  # modes that evaluate the encrypted design
 UNITS = {"server_learns_bits": "bits", "server_calls": "count", "client_scores": "count", "bytes_up": "bytes",
-         "bytes_down": "bytes", "key_bytes_up": "bytes", "security_bits": "bits", "p_error_per_query": "probability"}
+         "bytes_down": "bytes", "key_bytes_up": "bytes", "security_bits": "bits", "p_error_per_query": "probability",
+         "sizes_measured": "flag"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Ledger:
     key_bytes_up: float
     security_bits: float
     p_error_per_query: float
+    sizes_measured: float  # 1: bytes and keys measured on this run's encrypted exchanges; 0: Concrete's sizes
 
     def metrics(self) -> dict[str, float]:
         return asdict(self)
@@ -74,25 +79,41 @@ def cluster_entropy_bits(sizes: np.ndarray, searched: int) -> float:
     return max(0.0, min(entropy, math.log2(math.comb(len(p), searched))))
 
 
-def ledger(model, mode: Mode | str, circuits: Path | None) -> Ledger:
+def ledger(model, mode: Mode | str, channel: EncryptedChannel | None) -> Ledger:
     """The ledger of ``model`` (anything with ``track_ids`` and, when it compiles circuits,
-    ``call_plan()``) in ``mode``; ``circuits`` is the folder of its compiled classifiers (``None``
+    ``call_plan()``) in ``mode``; ``channel`` is its client of the compiled classifiers (``None``
     for clear-text families). Clear modes send the query in the clear: nothing is encrypted.
-    Raises :class:`~ppazam_core.errors.ArtifactError` when a circuit's ``circuit.json`` is missing."""
+    Bytes are the channel's measured medians per circuit where it made encrypted calls (and its
+    uploaded keys once every key set went up), else Concrete's ciphertext and key sizes --
+    uncompressed, so an upper bound for circuits compiled with compression
+    (``sizes_measured`` says which). Raises :class:`~ppazam_core.errors.ArtifactError` when a
+    circuit's ``circuit.json`` is missing."""
     mode = Mode(mode)
     n_tracks = len(model.track_ids)
-    if mode not in ENCRYPTED_MODES or circuits is None:
-        return Ledger(math.log2(n_tracks), 0.0, float(n_tracks), 0.0, 0.0, 0.0, 0.0, 0.0)
+    if mode not in ENCRYPTED_MODES or channel is None:
+        return Ledger(math.log2(n_tracks), 0.0, float(n_tracks), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
     plan = model.call_plan()
-    stats = {name: CircuitStats.load(Path(circuits) / name) for name in plan.calls}
-    every = [CircuitStats.load(p.parent) for p in sorted(Path(circuits).glob("*/circuit.json"))]
+    names = channel.names()
+    stats = {name: CircuitStats.load(channel.circuits / name) for name in names}
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    for name in plan.calls:
+        costs = [c for c in channel.costs if c.classifier == name]
+        if costs:
+            sent[name] = statistics.median(c.request_bytes for c in costs)
+            received[name] = statistics.median(c.response_bytes for c in costs)
+    keys_measured = set(channel.key_setups) == set(names)
+    keys = (sum(s.evaluation_key_bytes for s in channel.key_setups.values()) if keys_measured
+            else sum(s.evaluation_key_bytes for s in stats.values()))
     survive = math.prod((1.0 - stats[n].p_error) ** (stats[n].pbs_count * calls) for n, calls in plan.calls.items())
     return Ledger(
         server_learns_bits=plan.server_learns_bits,
         server_calls=sum(plan.calls.values()),
         client_scores=plan.client_scores,
-        bytes_up=sum(c * (stats[n].input_ciphertext_bytes + HEADER.size) for n, c in plan.calls.items()),
-        bytes_down=sum(c * (stats[n].output_ciphertext_bytes + HEADER.size) for n, c in plan.calls.items()),
-        key_bytes_up=float(sum(s.evaluation_key_bytes for s in every)),
-        security_bits=float(min(s.security_bits for s in every)),
-        p_error_per_query=1.0 - survive)
+        bytes_up=sum(c * sent.get(n, stats[n].input_ciphertext_bytes + HEADER.size) for n, c in plan.calls.items()),
+        bytes_down=sum(c * received.get(n, stats[n].output_ciphertext_bytes + HEADER.size)
+                       for n, c in plan.calls.items()),
+        key_bytes_up=float(keys),
+        security_bits=float(min(s.security_bits for s in stats.values())),
+        p_error_per_query=1.0 - survive,
+        sizes_measured=float(keys_measured and set(sent) == set(plan.calls)))

@@ -77,7 +77,8 @@ class Recognizer(Protocol):
 @dataclass(frozen=True)
 class Predictions:
     """Rankings of evaluation queries: ``rows`` of the dataset, their true track (-1 for tracks
-    outside the library), top-3 track indices, the confidence of the top-1, the true and
+    outside the library), top-3 track indices (-1 for a rank no segment scored: a two-stage
+    model's unsearched clusters, a top-1 head's ranks past the first), the confidence of the top-1, the true and
     predicted first-stage cluster (two-stage models only), and the seconds each query took (in
     ``fhe`` mode each query runs on its own; otherwise the batch time is shared out)."""
 
@@ -105,8 +106,9 @@ class Predictions:
                            None if self.cluster_predicted is None else self.cluster_predicted[at], self.seconds[at])
 
     def hits(self, k: int) -> np.ndarray:
-        """Whether the true track is among the top ``k`` (k <= 3), per query."""
-        return (self.ranking[:, :k] == self.truth[:, None]).any(axis=1)
+        """Whether the true track is among the top ``k`` (k <= 3), per query (never for a
+        distractor, whose truth is -1)."""
+        return (self.ranking[:, :k] == self.truth[:, None]).any(axis=1) & (self.truth >= 0)
 
 
 def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, rows: np.ndarray | None = None,
@@ -154,8 +156,10 @@ def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, rows: np
     confidence = np.concatenate([p.confidence for p in parts]).reshape(-1, segments).mean(axis=1)
     clustered = recognizer.assignment is not None and parts[0].cluster_log_probs is not None
     cluster_scores = combine_segments(np.concatenate([p.cluster_log_probs for p in parts]), segments) if clustered else None
+    ranking = np.argsort(-track_scores, axis=1, kind="stable")[:, :3]
+    ranking[np.take_along_axis(track_scores, ranking, axis=1) <= SCORE_FLOOR] = -1  # unscored: no guess
     return Predictions(
-        rows, truth, np.argsort(-track_scores, axis=1, kind="stable")[:, :3], confidence,
+        rows, truth, ranking, confidence,
         recognizer.assignment[truth] if clustered and in_library else None,
         cluster_scores.argmax(axis=1) if clustered else None,
         np.asarray(seconds))

@@ -221,7 +221,8 @@ def prediction_frame(condition: Condition, predictions: Predictions, queries: Da
         "offset_s": meta["offset_s"], "seed": meta["seed"], "gain_db": meta["gain_db"],
         "query_s": spec["query_s"] or spec["segment_s"],
         "truth": np.where(predictions.truth >= 0, ids[np.maximum(predictions.truth, 0)], ""),
-        **{f"top{k + 1}_id": ids[ranking[:, k]] if ranking.shape[1] > k else "" for k in range(3)},
+        **{f"top{k + 1}_id": np.where(ranking[:, k] >= 0, ids[np.maximum(ranking[:, k], 0)], "")
+           if ranking.shape[1] > k else "" for k in range(3)},
         "top1": predictions.hits(1), "top3": predictions.hits(3), "cluster_correct": cluster_correct,
         "confidence": predictions.confidence, "seconds": predictions.seconds})
     return table[list(PREDICTION_COLUMNS)]

@@ -92,15 +92,15 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells).loc[row_order(rows)]
 
 
-LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}"),
-                  "server_calls": ("calls", "{:.2f}"),
-                  "client_scores": ("scores to client", "{:.0f}"),
-                  "bytes_up": ("up (KB)", "{:.0f}"),
-                  "bytes_down": ("down (KB)", "{:.0f}"),
-                  "key_bytes_up": ("eval. keys (MB)", "{:.0f}"),
-                  "security_bits": ("security (bits)", "{:.0f}"),
-                  "p_error_per_query": ("P(off lookup) / query", "{:.3g}")}
-LEDGER_SCALE = {"bytes_up": 1e-3, "bytes_down": 1e-3, "key_bytes_up": 1e-6}
+LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}".format),
+                  "server_calls": ("calls", "{:.2f}".format),
+                  "client_scores": ("scores to client", "{:.0f}".format),
+                  "bytes_up": ("up (KB)", lambda v: f"{v / 1e3:.1f}"),
+                  "bytes_down": ("down (KB)", lambda v: f"{v / 1e3:.1f}"),
+                  "key_bytes_up": ("eval. keys (MB)", lambda v: f"{v / 1e6:.0f}"),
+                  "security_bits": ("security (bits)", "{:.0f}".format),
+                  "p_error_per_query": ("P(off lookup) / query", "{:.3g}".format),
+                  "sizes_measured": ("sizes", lambda v: "measured" if v else "Concrete's")}
 
 
 def privacy_ledger(results: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def privacy_ledger(results: pd.DataFrame) -> pd.DataFrame:
     table = rows.pivot_table(index=["family", "design"], columns="metric", values="value", aggfunc="first")
     families = list(dict.fromkeys(rows["family"]))
     order = sorted(dict.fromkeys(zip(rows["family"], rows["design"])), key=lambda fd: (families.index(fd[0]), fd[1]))
-    cells = {label: [fmt.format(v * LEDGER_SCALE.get(metric, 1)) if pd.notna(v) else "-" for v in table.loc[order, metric]]
+    cells = {label: [fmt(v) if pd.notna(v) else "-" for v in table.loc[order, metric]]
              for metric, (label, fmt) in LEDGER_COLUMNS.items() if metric in table.columns}
     return pd.DataFrame(cells, index=[f"{family} ({design})" for family, design in order])
 

@@ -11,16 +11,17 @@ import pytest
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.errors import ArtifactError, ConfigError
-from ppazam_core.families import CLEAR_ONLY, FAMILIES, TWO_STAGE, family_features, train_family
+from ppazam_core.families import CLEAR_ONLY, FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, family_features, train_family
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.mfcc_logreg import window_descriptors
 from ppazam_core.features import FrontEnd
 from ppazam_core.open_set import open_set_metrics
 from ppazam_core.pipeline import noise_folder
+from ppazam_core.privacy import ledger
 from ppazam_core.recognition import Mode, predict, sample_queries
 from ppazam_core.store import canonical_json
 
-OTHER_FAMILIES = [f for f in FAMILIES if f != TWO_STAGE]
+OTHER_FAMILIES = [f for f in FAMILIES if f not in TWO_STAGE_FAMILIES]
 
 
 def queries_for(family, library, config, cache, level="clean"):
@@ -48,7 +49,7 @@ def test_family_identifies_clean_queries_well_above_chance(family, family_models
     assert train_family(family, tiny_library, config, session_cache, workers=1).folder == model.folder
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [TWO_STAGE, *OTHER_FAMILIES])
 def test_family_identifies_multi_segment_queries(family, request, tiny_library, tiny_config, session_cache):
     """A 6-s query is three half-overlapping 3-s segments, scored one by one and ranked by their
     mean score: it is identified at least as well as its first segment alone."""
@@ -77,6 +78,25 @@ def test_encrypted_head_agrees_with_its_simulation(family, family_models, tiny_l
     assert np.array_equal(encrypted.ranking[:, 0], simulated.ranking[encrypted.rows, 0])
     costs = model.channel.costs
     assert len(costs) == 2 * model.calls_per_query and all(c.request_bytes > 0 and c.server_s > 0 for c in costs)
+
+
+def test_top1_head_answers_one_track_in_every_encrypted_mode(family_models, tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    model = family_models["embedding-head-top1"]
+    queries = queries_for("embedding-head-top1", tiny_library, config, session_cache)
+    full = predict(family_models["embedding-head"], queries, Mode.FP32)
+    clear = predict(model, queries, Mode.QUANT)
+    simulated = predict(model, queries, Mode.FHE_SIM)
+    assert (clear.ranking[:, 1:] == -1).all() and (simulated.ranking[:, 1:] == -1).all()  # one track, no more
+    assert np.array_equal(clear.hits(3), clear.hits(1))
+    assert (clear.ranking[:, 0] == full.ranking[:, 0]).mean() >= 0.9  # the argmax of (nearly) the same scores
+    assert (simulated.ranking[:, 0] == clear.ranking[:, 0]).mean() >= 0.9  # approximate rounding, PBS errors
+    encrypted = predict(model, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
+    assert (encrypted.ranking[:, 1:] == -1).all() and (encrypted.ranking[:, 0] >= 0).all()
+    costs = model.channel.costs
+    assert len(costs) == 2 and all(c.pbs_count == 4 * len(model.track_ids) - 1 for c in costs)
+    assert all(c.response_bytes < 100_000 for c in costs)
+    assert ledger(model, Mode.FHE, model.channel).client_scores == 1
 
 
 @pytest.mark.parametrize("family", CLEAR_ONLY)

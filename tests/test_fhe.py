@@ -190,7 +190,7 @@ def test_encrypted_run_equals_simulation(identifier, queries):
 def secret_key_pieces(client: ClassifierClient) -> list[bytes]:
     """Pieces of every LWE secret key of ``client``, read with Concrete's own key API (the
     middle 512 bytes of each serialized key: its binary coefficients, past any header)."""
-    keys = client._fhe.client.keys._keyset.get_client_keys().get_secret_keys()
+    keys = client.client.keys._keyset.get_client_keys().get_secret_keys()
     serialized = [key.serialize() for key in keys]
     assert serialized and all(len(s) > 1024 for s in serialized)
     return [s[len(s) // 2 - 256 : len(s) // 2 + 256] for s in serialized]
@@ -238,7 +238,7 @@ def test_no_secret_key_reaches_the_server(identifier, circuits, queries, tmp_pat
     export_server(circuits, planted, {})
     shutil.copyfile(channel.client("cluster").key_dir / "keys.bin", planted / "cluster" / "extra.bin")
     assert leaks(pieces, bundle_bytes(planted))
-    assert leaks(pieces, [channel.client("cluster")._fhe.client.keys.serialize()])
+    assert leaks(pieces, [channel.client("cluster").client.keys.serialize()])
 
 
 def test_secret_keys_live_outside_the_model_in_private_files(identifier, circuits):
@@ -263,7 +263,7 @@ def test_oblivious_search_calls_every_circuit_in_one_order_and_the_ledger_says_s
     for x in X:
         oblivious.scores(x[None], "fhe")
     assert [c.classifier for c in oblivious.channel.costs] == ["cluster", "intra_000", "intra_001"] * 2
-    leaky, hidden = ledger(identifier, "fhe", circuits), ledger(oblivious, "fhe", circuits)
+    leaky, hidden = ledger(identifier, "fhe", identifier.channel), ledger(oblivious, "fhe", oblivious.channel)
     sizes = np.asarray([m.size for m in identifier.members]) / len(identifier.track_ids)
     assert leaky.server_learns_bits == pytest.approx(-(sizes * np.log2(sizes)).sum()) and leaky.server_learns_bits > 0
     assert hidden.server_learns_bits == 0
@@ -271,10 +271,11 @@ def test_oblivious_search_calls_every_circuit_in_one_order_and_the_ledger_says_s
     assert hidden.client_scores == 2 + len(identifier.track_ids) > leaky.client_scores
     stats = CircuitStats.load(circuits / "cluster")
     assert hidden.bytes_down > leaky.bytes_down > stats.output_ciphertext_bytes
-    assert hidden.key_bytes_up == leaky.key_bytes_up == sum(
-        CircuitStats.load(circuits / name).evaluation_key_bytes for name in identifier.circuit_names())
+    assert hidden.sizes_measured == 1 and hidden.key_bytes_up == sum(
+        setup.evaluation_key_bytes for setup in oblivious.channel.key_setups.values())
+    assert hidden.bytes_down == sum(c.response_bytes for c in oblivious.channel.costs) / 2  # per query, measured
     assert leaky.security_bits == 128 and 0 < leaky.p_error_per_query < 1
-    clear = ledger(identifier, "fp32", circuits)
+    clear = ledger(identifier, "fp32", identifier.channel)
     assert clear.server_learns_bits == pytest.approx(np.log2(len(identifier.track_ids))) and clear.bytes_up == 0
 
 

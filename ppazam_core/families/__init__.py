@@ -5,6 +5,8 @@
   (:mod:`ppazam_core.identifier`); ``two-stage-cnn-oblivious``: the same model searching every
   cluster, so that the server cannot tell the song's cluster;
 * ``embedding-head``: clear-text embedding on the client, encrypted linear head on the server;
+  ``embedding-head-top1``: the same, the server also computing the encrypted argmax, so that
+  the client receives one track instead of every track's score;
 * ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
 * ``landmark-fp`` and ``embedding-knn``: clear-text references (``fp32`` mode only).
 """
@@ -18,7 +20,7 @@ from typing import Callable
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.errors import ConfigError
-from ppazam_core.families import embedding_head, embedding_knn, landmark, mfcc_logreg
+from ppazam_core.families import embedding_head, embedding_head_top1, embedding_knn, landmark, mfcc_logreg
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.identifier import FAMILY as TWO_STAGE
 from ppazam_core.identifier import OBLIVIOUS_FAMILY as TWO_STAGE_OBLIVIOUS
@@ -31,11 +33,13 @@ from ppazam_core.threads import fixed_threads
 from ppazam_core.recognition import Mode, Recognizer
 
 TWO_STAGE_FAMILIES = (TWO_STAGE, TWO_STAGE_OBLIVIOUS)  # one trained model and its circuits, two designs
-FAMILIES = (TWO_STAGE, TWO_STAGE_OBLIVIOUS, embedding_head.FAMILY, mfcc_logreg.FAMILY, landmark.FAMILY, embedding_knn.FAMILY)
+FAMILIES = (TWO_STAGE, TWO_STAGE_OBLIVIOUS, embedding_head.FAMILY, embedding_head_top1.FAMILY, mfcc_logreg.FAMILY,
+            landmark.FAMILY, embedding_knn.FAMILY)
 CLEAR_ONLY = (landmark.FAMILY, embedding_knn.FAMILY)
 
-_MODULES = {module.FAMILY: module for module in (embedding_head, mfcc_logreg, landmark, embedding_knn)}
+_MODULES = {module.FAMILY: module for module in (embedding_head, embedding_head_top1, mfcc_logreg, landmark, embedding_knn)}
 _LOAD: dict[str, Callable[[Path], Recognizer]] = {embedding_head.FAMILY: embedding_head.EmbeddingHead,
+                                                   embedding_head_top1.FAMILY: embedding_head_top1.EmbeddingHeadTop1,
                                                    mfcc_logreg.FAMILY: mfcc_logreg.MfccLogReg,
                                                    landmark.FAMILY: landmark.LandmarkIndex,
                                                    embedding_knn.FAMILY: embedding_knn.EmbeddingKnn}
@@ -108,6 +112,8 @@ def family_bits(family: str, config: ExperimentConfig) -> int:
         return config.model.weight_bits
     if family == embedding_head.FAMILY:
         return config.head.n_bits
+    if family == embedding_head_top1.FAMILY:
+        return embedding_head_top1.WEIGHT_BITS
     if family == mfcc_logreg.FAMILY:
         return config.mfcc.n_bits
     return 32

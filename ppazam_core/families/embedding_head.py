@@ -15,7 +15,8 @@ import numpy as np
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.embeddings import load_model
-from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
+from ppazam_core.families.linear_head import CompileHead, LinearHeadModel, fit_linear_head
+from ppazam_core.fhe import compile_linear
 from ppazam_core.families.store import write_family
 from ppazam_core.library import Library
 from ppazam_core.pipeline import train_embedding, training_dataset
@@ -31,18 +32,19 @@ def settings(config: ExperimentConfig) -> dict:
 
 
 def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
-          refresh: bool = False) -> None:
-    """Fit the head over the training segments' embeddings into ``folder``."""
+          refresh: bool = False, family: str = FAMILY, compile_head: CompileHead = compile_linear) -> None:
+    """Fit the head over the training segments' embeddings into ``folder`` and compile it with
+    ``compile_head`` (see :func:`~ppazam_core.families.linear_head.fit_linear_head`)."""
     started = time.perf_counter()
     embedding = train_embedding(library, config, cache_dir, workers, refresh)
     dataset = training_dataset(library, config.data, cache_dir, workers)
     embedded = load_model(embedding).embed_patches(dataset.X)
     timings = {"embedding_s": time.perf_counter() - started}
-    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
+    with write_family(folder, family, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
         head = config.head
         fit_linear_head(embedded, dataset.y, len(library), head.n_bits, head.C, head.max_iter,
-                        head.calibration_rows, config.fhe, tmp)
+                        head.calibration_rows, config.fhe, tmp, compile_head)
         timings["head_s"] = time.perf_counter() - started
 
 

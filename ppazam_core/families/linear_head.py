@@ -14,6 +14,7 @@ circuit), ``fhe-sim`` the stored simulator, ``fhe`` a client/server exchange of 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from concrete.ml.sklearn import LogisticRegression
@@ -31,16 +32,22 @@ HEAD_FILE = "head.json"
 HEAD = "head"
 
 
+CompileHead = Callable[[LogisticRegression, np.ndarray, int, FheConfig, Path], CircuitStats]
+
+
 def fit_linear_head(X: np.ndarray, y: np.ndarray, n_classes: int, n_bits: int, C: float, max_iter: int,
-                    calibration_rows: int, fhe: FheConfig, folder: Path) -> CircuitStats:
-    """Fit ``LogisticRegression(n_bits)`` on ``X, y`` and compile it into ``folder``."""
+                    calibration_rows: int, fhe: FheConfig, folder: Path,
+                    compile_head: CompileHead = compile_linear) -> CircuitStats:
+    """Fit ``LogisticRegression(n_bits)`` on ``X, y`` and compile it into ``folder`` with
+    ``compile_head(model, calibration rows, n_classes, fhe, circuit folder)`` (default: Concrete
+    ML's own circuit of the model)."""
     model = LogisticRegression(n_bits=n_bits, C=C, max_iter=max_iter)
     model.fit(np.asarray(X, dtype=np.float32), y)
     rng = np.random.default_rng(derive_seed(fhe.seed, "calibration", HEAD))
     calibration = X[np.sort(rng.choice(len(X), size=min(calibration_rows, len(X)), replace=False))]
     circuit = circuits_of(folder) / HEAD
     circuit.mkdir(parents=True)
-    stats = compile_linear(model, calibration, n_classes, fhe, circuit)
+    stats = compile_head(model, calibration, n_classes, fhe, circuit)
     (folder / HEAD_FILE).write_text(model.dumps())
     return stats
 
@@ -88,10 +95,11 @@ class LinearHeadModel(FamilyModel):
     """A family whose server side is the encrypted linear head of its folder: every mode."""
 
     modes = tuple(Mode)
+    head_class: type[LinearHead] = LinearHead
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.head = LinearHead(self.folder)
+        self.head = self.head_class(self.folder)
         self.channel = self.head.channel
 
     def call_plan(self) -> CallPlan:
