@@ -5,7 +5,7 @@ queries of a model, the calls the server actually saw are checked against the le
 that claims to reveal nothing must have made the same calls, in the same order, for every query."""
 
 from ppazam_core.families import family_modes
-from ppazam_core.privacy import UNITS, ledger
+from ppazam_core.privacy import ledger
 from ppazam_core.recognition import Mode
 
 
@@ -33,7 +33,7 @@ def test_privacy_ledger(ppazam_run, ppazam_point, ppazam_model, ppazam_mode):
     channel = ppazam_model.channel
     row = ledger(ppazam_model, mode, channel)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, stage="ledger")
-    ppazam_run.record.results += [condition.row(name, value, 1, UNITS[name]) for name, value in row.metrics().items()]
+    ppazam_run.record.results += row.rows(condition)
     if mode is not Mode.FHE or channel is None or not channel.costs:
         return
     patterns = call_patterns(channel.costs)

@@ -5,7 +5,10 @@
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
     ppazam train [--library ...]           train every stage of the identifier
     ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
-    ppazam identify CLIP|FOLDER            top-3 tracks of each clip (--mode fhe: with per-stage costs)
+    ppazam identify CLIP|FOLDER            top-3 tracks of each clip (--mode fhe: with per-stage costs;
+                                           --server URL: the encrypted classifiers run on that server)
+    ppazam export-server DIR               the server bundle of a compiled model (no client part, no key)
+    ppazam serve DIR                       serve a server bundle over HTTP
     ppazam evaluate [--library ...]        top-1/top-3 and cluster accuracy per level and mode
     ppazam report RUN_DIR                  (harness) rebuild report.html and tables from the CSVs
     ppazam compare RUN_DIR BASELINE_DIR    (harness) regression check against a baseline run
@@ -33,14 +36,15 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
-from ppazam_core.deployment import KeySetup, StageCost
+from ppazam_core.deployment import EncryptedChannel, KeySetup, ServerBundle, StageCost, export_server
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import (FAMILIES, TWO_STAGE, family_bits, family_eval_spec, family_modes, is_trained,
+from ppazam_core.families import (FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, family_bits, family_eval_spec, family_modes, is_trained,
                                   train_family)
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
+from ppazam_core.privacy import ledger
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.recognition import Mode, Recognizer, predict, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
@@ -108,7 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
     _experiment_options(identify)
     identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value)
+    identify.add_argument("--server", metavar="URL",
+                          help="with --mode fhe: run the encrypted classifiers on the `ppazam serve` server at URL "
+                               "(e.g. http://127.0.0.1:8000) instead of in this process")
     identify.set_defaults(run=_identify)
+
+    export = commands.add_parser("export-server", help="write the server bundle of a trained and compiled model: "
+                                                       "each circuit's server side, no client part and no key")
+    export.add_argument("dest", type=Path, help="new or empty folder for the bundle")
+    _experiment_options(export)
+    _family_option(export)
+    export.set_defaults(run=_export_server)
+
+    serve = commands.add_parser("serve", help="serve a server bundle (from `ppazam export-server`) over HTTP")
+    serve.add_argument("bundle", type=Path, help="folder written by `ppazam export-server`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: one the OS picks)")
+    serve.add_argument("--max-sessions", type=int, default=None,
+                       help="client sessions kept at once, each with its evaluation keys; past that the least "
+                            "recently used is dropped (default 16)")
+    serve.add_argument("--parallel-runs", type=int, default=None,
+                       help="FHE evaluations at once; the others queue (default 1: Concrete already uses "
+                            "every core for one run)")
+    serve.set_defaults(run=_serve)
 
     evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")
     _experiment_options(evaluate_command)
@@ -221,7 +247,7 @@ def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Pa
 def _train(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
     started = time.perf_counter()
-    if args.family != TWO_STAGE:
+    if args.family not in TWO_STAGE_FAMILIES:
         model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh)
         console.print(f"{args.family} for {library.name} ({len(library)} tracks) in {model.folder} "
                       f"[{time.perf_counter() - started:.1f} s]; stage times {model.manifest['timings']}",
@@ -270,7 +296,24 @@ def _identifier(args: argparse.Namespace, mode: Mode) -> tuple[Identifier, Libra
 
 def _identify(args: argparse.Namespace) -> int:
     mode = Mode(args.mode)
+    if args.server and mode is not Mode.FHE:
+        raise ConfigError.bad_value("--server", args.server, "only with --mode fhe")
     identifier, library, config = _identifier(args, mode)
+    transport = None
+    if args.server:
+        from ppazam_core.serving import HttpTransport  # the HTTP stack only when asked for
+
+        transport = HttpTransport(args.server)
+        identifier.channel = EncryptedChannel(identifier.circuits, identifier.channel.key_dir, transport)
+    try:
+        return _identify_clips(args, mode, identifier, library, config)
+    finally:
+        if transport is not None:
+            transport.close()
+
+
+def _identify_clips(args: argparse.Namespace, mode: Mode, identifier: Identifier, library: Library,
+                    config: ExperimentConfig) -> int:
     titles = {t.id: t.title for t in library}
     if args.clips.is_dir():
         clips = sorted(p for p in args.clips.rglob("*") if p.is_file() and is_audio_path(p))
@@ -300,22 +343,84 @@ def _identify(args: argparse.Namespace) -> int:
             console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
                           highlight=False, soft_wrap=True)
         if mode is Mode.FHE:
-            _print_costs(identifier.channel.costs[costs_before:], identifier.channel.key_setups)
+            _print_costs(identifier.channel.costs[costs_before:], identifier.channel.key_setups,
+                         remote=args.server)
     return 1 if failures == len(clips) else 0
 
 
-def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup]) -> None:
-    table = Table(title="encrypted stages (client -> server -> client)")
-    for column in ("classifier", "PBS", "encrypt s", "sent KB", "server s", "ms/PBS", "received KB", "decrypt s"):
+def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: str | None = None) -> None:
+    """The per-stage cost table; with ``remote`` (the server's URL) a transport column (round
+    trip less the server's own seconds) and each key set's upload time."""
+    title = f"encrypted stages (client -> server {remote} -> client)" if remote else \
+        "encrypted stages (client -> server -> client)"
+    table = Table(title=title)
+    columns = ["classifier", "PBS", "encrypt s", "sent KB", "server s", "ms/PBS", "received KB", "decrypt s"]
+    for column in columns + (["transport s"] if remote else []):
         table.add_column(column)
     for c in costs:
-        table.add_row(c.classifier, str(c.pbs_count), f"{c.encrypt_s:.3f}", f"{c.request_bytes / 1e3:.0f}",
-                      f"{c.server_s:.2f}", f"{1000 * c.server_s / c.pbs_count:.1f}", f"{c.response_bytes / 1e3:.0f}",
-                      f"{c.decrypt_s:.3f}")
+        row = [c.classifier, str(c.pbs_count), f"{c.encrypt_s:.3f}", f"{c.request_bytes / 1e3:.0f}",
+               f"{c.server_s:.2f}", f"{1000 * c.server_s / c.pbs_count:.1f}", f"{c.response_bytes / 1e3:.0f}",
+               f"{c.decrypt_s:.3f}"]
+        table.add_row(*row, *([f"{c.transport_s:.3f}"] if remote else []))
     console.print(table)
     for s in setups.values():
+        upload = f", uploaded in {s.upload_s:.2f} s" if remote else ""
         console.print(f"  keys {s.classifier}: {'generated' if s.generated else 'loaded'} in {s.keys_s:.1f} s, "
-                      f"evaluation keys {s.evaluation_key_bytes / 1e6:.0f} MB", highlight=False, soft_wrap=True)
+                      f"evaluation keys {s.evaluation_key_bytes / 1e6:.0f} MB{upload}", highlight=False, soft_wrap=True)
+
+
+def _export_server(args: argparse.Namespace) -> int:
+    if args.family == TWO_STAGE:
+        identifier, library, config = _identifier(args, Mode.FHE)
+        folder, circuits = identifier.folder, identifier.circuits
+    else:
+        config, library, cache_dir = _experiment(args)
+        if Mode.FHE not in family_modes(args.family):
+            raise ConfigError.bad_value("--family", args.family,
+                                        "a family with an encrypted server side (it has no fhe mode)")
+        if not is_trained(args.family, library, config, cache_dir, True):
+            raise ArtifactError(f"no {args.family} model trained and compiled for {library.name} with this config; "
+                                f"run `ppazam train --family {args.family} --library {args.library}` (and `ppazam "
+                                "compile` for a two-stage design) first")
+        model = train_family(args.family, library, config, cache_dir, args.workers, compiled=True)
+        if getattr(model, "channel", None) is None:
+            raise ConfigError.bad_value("--family", args.family, "a family with compiled circuits")
+        folder, circuits = model.folder, model.channel.circuits
+    description = {"family": args.family, "model": folder.name, "library": library.name, "n_tracks": len(library)}
+    dest = export_server(circuits, args.dest, description)
+    bundle = ServerBundle.load(dest)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    console.print(f"server bundle of {args.family} {folder.name} ({library.name}, {len(library)} tracks): {dest} "
+                  f"({', '.join(bundle.names())}; {size / 1e6:.1f} MB, no client part, no key); "
+                  f"serve it with `ppazam serve {dest}`", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ppazam_core.serving import DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, create_app, url_of, \
+        uvicorn_server
+
+    for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):
+        if value is not None and value < 1:
+            raise ConfigError.bad_value(option, value, "an integer >= 1")
+    bundle = ServerBundle.load(args.bundle)
+    app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
+                     max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e}") from e
+    description = bundle.description
+    console.print(f"serving {', '.join(bundle.names())} of {description.get('family', '?')} "
+                  f"{description.get('model', '?')} at {url_of(sock)} (Ctrl-C stops)", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    try:  # SIGINT and SIGTERM: finish the requests in flight, then stop
+        uvicorn_server(app, log_level="info").run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the captured Ctrl-C again once it has stopped
+        console.print("stopped", highlight=False)
+    finally:
+        sock.close()
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -336,7 +441,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_out_folder(out)
     record = RunRecord({})
     bits = family_bits(args.family, config)
-    rounding = (config.fhe.rounding_bits or 0) if args.family == TWO_STAGE else 0  # as the bench names it
+    rounding = (config.fhe.rounding_bits or 0) if args.family in TWO_STAGE_FAMILIES else 0  # as the bench names it
     for level in config.data.eval_levels:
         dataset = build_dataset(library, family_eval_spec(args.family, config, level), cache_dir, noise_dir,
                                 args.workers)
@@ -362,6 +467,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                     "median_s", float(np.median(result.seconds)), len(result.rows), "s",
                     spread=(float(result.seconds.min()), float(result.seconds.max()))))
             record.predictions.append(prediction_frame(condition, result, dataset, model.track_ids))
+    for mode in modes:  # after the encrypted queries: their measured bytes go into the ledger
+        condition = info.condition(model, config, bits, rounding, mode.value, stage="ledger", action=action)
+        record.results += ledger(model, mode, model.channel).rows(condition)
     record.provenance = {
         "run_id": info.run_id, "timestamp": info.timestamp, "git_commit": info.git_commit, "code_hash": code_fingerprint(),
         "suite": {"name": info.suite}, "library": library.name, "libraries": {library.name: library.fingerprint()},
@@ -386,7 +494,7 @@ def _print_evaluation(library: Library, model: Recognizer, results: list[dict], 
     for column in ("mode", "level", "n", "top-1", "top-3", "cluster acc", "fhe = fhe-sim", "time s"):
         table.add_column(column)
     values = {(r["mode"], r["level"], r["metric"]): r for r in results + latency if r["stage"] == ""}
-    for mode, level in dict.fromkeys((r["mode"], r["level"]) for r in results):
+    for mode, level in dict.fromkeys((r["mode"], r["level"]) for r in results if r["stage"] == ""):
         cell = {metric: values.get((mode, level, metric)) for metric in
                 ("top1", "top3", "cluster_accuracy", "agreement", "seconds")}
         table.add_row(mode, level, str(cell["top1"]["n"]),
@@ -394,6 +502,13 @@ def _print_evaluation(library: Library, model: Recognizer, results: list[dict], 
                                                                                  "agreement")),
                       f"{cell['seconds']['value']:.1f}")
     console.print(table)
+    ledger_rows = {(r["mode"], r["metric"]): r["value"] for r in results if r["stage"] == "ledger"}
+    for mode in dict.fromkeys(m for m, _ in ledger_rows):
+        row = {metric: value for (m, metric), value in ledger_rows.items() if m == mode}
+        console.print(f"privacy ({mode}): the server learns {row['server_learns_bits']:.2f} bits about the song; "
+                      f"{row['server_calls']:.2f} encrypted calls, {row['client_scores']:.0f} scores to the client, "
+                      f"{row['bytes_up'] / 1e3:.1f} KB up, {row['bytes_down'] / 1e3:.1f} KB down per segment",
+                      highlight=False, soft_wrap=True)
 
 
 def _print_prepare(library: Library, report: dict, out: Path) -> None:

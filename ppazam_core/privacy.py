@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ppazam_core.deployment import HEADER, EncryptedChannel
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.recognition import Mode
+from ppazam_core.results import Condition
 
 ENCRYPTED_MODES = (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)  # modes that evaluate the encrypted design
 UNITS = {"server_learns_bits": "bits", "server_calls": "count", "client_scores": "count", "bytes_up": "bytes",
@@ -69,6 +69,10 @@ class Ledger:
 
     def metrics(self) -> dict[str, float]:
         return asdict(self)
+
+    def rows(self, condition: Condition) -> list[dict]:
+        """Tidy result rows of this ledger under ``condition`` (give it ``stage="ledger"``)."""
+        return [condition.row(name, value, 1, UNITS[name]) for name, value in self.metrics().items()]
 
 
 def cluster_entropy_bits(sizes: np.ndarray, searched: int) -> float:

@@ -279,6 +279,37 @@ def test_oblivious_search_calls_every_circuit_in_one_order_and_the_ledger_says_s
     assert clear.server_learns_bits == pytest.approx(np.log2(len(identifier.track_ids))) and clear.bytes_up == 0
 
 
+def test_tampered_messages_are_refused(identifier, circuits, queries):
+    key_dir = client_key_dir(identifier.folder)
+    client = ClassifierClient(circuits / "cluster" / "client", key_dir)
+    server = ClassifierServer(circuits / "cluster" / "server")
+    with pytest.raises(FheError, match="no evaluation keys"):
+        server.run(client.encrypt(identifier.normalizer(np.asarray(queries.X[:1]))), None)
+    keys = server.read_keys(client.evaluation_keys())
+    query = client.encrypt(identifier.normalizer(np.asarray(queries.X[:1])))
+    with pytest.raises(FheError, match="truncated"):
+        server.run(query[: len(query) // 2], keys)
+    flipped = bytearray(query)
+    flipped[-100] ^= 0xFF
+    with pytest.raises(FheError, match="corrupted"):
+        server.run(bytes(flipped), keys)
+    with pytest.raises(FheError, match="too short"):
+        server.run(b"", keys)
+    with pytest.raises(FheError, match="evaluation keys"):
+        server.run(client.evaluation_keys(), keys)
+    other = ClassifierClient(circuits / "intra_000" / "client", key_dir)
+    with pytest.raises(FheError, match="another model"):
+        server.read_keys(other.evaluation_keys())
+    with pytest.raises(FheError, match="another model"):
+        server.run(frame(QUERY, other.stats.circuit_id, b"x"), keys)
+    garbage = frame(QUERY, server.stats.circuit_id, b"not a ciphertext")
+    with pytest.raises(FheError, match="cannot be evaluated"):
+        server.run(garbage, keys)
+    with pytest.raises(FheError, match="does not fit the circuit"):
+        client.encrypt(np.zeros((1, 1, 16, 16), dtype=np.float32))
+    assert client.decrypt(server.run(query, keys)).shape == (1, 2)
+
+
 def test_missing_artifacts_are_clear_errors(circuits, tmp_path, identifier):
     with pytest.raises(ArtifactError, match="server.zip"):
         ClassifierServer(tmp_path)
