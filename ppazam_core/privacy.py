@@ -16,7 +16,8 @@ For one model in one mode, per query segment (a longer query repeats it per segm
   the frame header of :mod:`ppazam_core.deployment` (``sizes_measured`` says which);
 * ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit (measured
   likewise);
-* ``security_bits`` -- the security level Concrete chose the parameters for (bits);
+* ``security_bits`` -- the security level Concrete chose the parameters for (bits; NaN in the
+  clear, as ``sizes_measured``);
 * ``p_error_per_query`` -- probability that at least one table lookup of a query is off
   (``1 - prod (1 - p_error)^PBS`` over its calls; ``p_error`` per lookup from Concrete). An
   error moves one lookup's result by a quantization step; the accuracy rows show what it costs.
@@ -95,13 +96,13 @@ def ledger(model, mode: Mode | str, channel: EncryptedChannel | None) -> Ledger:
     mode = Mode(mode)
     n_tracks = len(model.track_ids)
     if mode not in ENCRYPTED_MODES or channel is None:
-        return Ledger(math.log2(n_tracks), 0.0, float(n_tracks), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+        return Ledger(math.log2(n_tracks), 0.0, float(n_tracks), 0.0, 0.0, 0.0, math.nan, 0.0, math.nan)
     plan = model.call_plan()
     names = channel.names()
     stats = {name: CircuitStats.load(channel.circuits / name) for name in names}
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
-    for name in plan.calls:
+    for name in plan.calls:  # measured medians where this channel made calls
         costs = [c for c in channel.costs if c.classifier == name]
         if costs:
             sent[name] = statistics.median(c.request_bytes for c in costs)

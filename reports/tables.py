@@ -97,7 +97,7 @@ LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}".format
                   "client_scores": ("scores to client", "{:.0f}".format),
                   "bytes_up": ("up (KB)", lambda v: f"{v / 1e3:.1f}"),
                   "bytes_down": ("down (KB)", lambda v: f"{v / 1e3:.1f}"),
-                  "key_bytes_up": ("eval. keys (MB)", lambda v: f"{v / 1e6:.0f}"),
+                  "key_bytes_up": ("eval. keys (MB)", lambda v: f"{v / 1e6:.3g}"),
                   "security_bits": ("security (bits)", "{:.0f}".format),
                   "p_error_per_query": ("P(off lookup) / query", "{:.3g}".format),
                   "sizes_measured": ("sizes", lambda v: "measured" if v else "Concrete's")}
