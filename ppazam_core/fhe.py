@@ -78,6 +78,26 @@ class CircuitStats:
         return self.bootstrap_key_bytes + self.keyswitch_key_bytes
 
     @classmethod
+    def of(cls, circuit: fhe.Circuit, input_shape: tuple[int, ...], n_classes: int, compile_s: float) -> "CircuitStats":
+        """The costs of a compiled concrete-python ``circuit`` (read from Concrete), under a new id."""
+        return cls(
+            circuit_id=uuid.uuid4().hex,
+            input_shape=tuple(int(d) for d in input_shape),
+            n_classes=int(n_classes),
+            pbs_count=int(circuit.programmable_bootstrap_count),
+            max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
+            complexity=float(circuit.complexity),
+            p_error=float(circuit.p_error),
+            compile_s=round(compile_s, 3),
+            bootstrap_key_bytes=int(circuit.size_of_bootstrap_keys),
+            keyswitch_key_bytes=int(circuit.size_of_keyswitch_keys),
+            secret_key_bytes=int(circuit.size_of_secret_keys),
+            input_ciphertext_bytes=int(circuit.size_of_inputs),
+            output_ciphertext_bytes=int(circuit.size_of_outputs),
+            security_bits=int(circuit.configuration.security_level),
+        )
+
+    @classmethod
     def load(cls, folder: Path) -> "CircuitStats":
         """Read ``circuit.json`` of a client, server or compiled-classifier folder: an
         :class:`ArtifactError` when it is missing, a
@@ -115,22 +135,7 @@ def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, comp
     """Record the costs of a compiled Concrete ML model and save its client, server and
     simulator artifacts into ``folder``."""
     circuit = model.fhe_circuit
-    stats = CircuitStats(
-        circuit_id=uuid.uuid4().hex,
-        input_shape=tuple(int(d) for d in input_shape),
-        n_classes=n_classes,
-        pbs_count=int(circuit.programmable_bootstrap_count),
-        max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
-        complexity=float(circuit.complexity),
-        p_error=float(circuit.p_error),
-        compile_s=round(compile_s, 3),
-        bootstrap_key_bytes=int(circuit.size_of_bootstrap_keys),
-        keyswitch_key_bytes=int(circuit.size_of_keyswitch_keys),
-        secret_key_bytes=int(circuit.size_of_secret_keys),
-        input_ciphertext_bytes=int(circuit.size_of_inputs),
-        output_ciphertext_bytes=int(circuit.size_of_outputs),
-        security_bits=int(circuit.configuration.security_level),
-    )
+    stats = CircuitStats.of(circuit, input_shape, n_classes, compile_s)
     deployment = folder / "deployment"
     FHEModelDev(str(deployment), model).save(via_mlir=False)
     for side in ("client", "server"):

@@ -68,7 +68,6 @@ import json
 import logging
 import sys
 import time
-import uuid
 import zipfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -456,23 +455,7 @@ def compile_top1_head(model: Any, calibration: np.ndarray, config: FheConfig, fo
         raise FheError("the top-1 head's numpy evaluation differs from its traced graph; not saved")
 
     scale = input_scale * weight_scale
-    values = dict(
-        circuit_id=uuid.uuid4().hex,
-        input_shape=(int(coef.shape[1]),),
-        n_classes=int(coef.shape[0]),
-        pbs_count=int(circuit.programmable_bootstrap_count),
-        max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
-        complexity=float(circuit.complexity),
-        p_error=float(circuit.p_error),
-        compile_s=round(compile_s, 3),
-        bootstrap_key_bytes=int(circuit.size_of_bootstrap_keys),
-        keyswitch_key_bytes=int(circuit.size_of_keyswitch_keys),
-        secret_key_bytes=int(circuit.size_of_secret_keys),
-        input_ciphertext_bytes=int(circuit.size_of_inputs),
-        output_ciphertext_bytes=int(circuit.size_of_outputs),
-        security_bits=int(circuit.configuration.security_level),
-    )
-    stats = CircuitStats(**values)
+    stats = CircuitStats.of(circuit, (coef.shape[1],), coef.shape[0], compile_s)
     codec = Top1Codec(stats.circuit_id, stats.n_classes, int(coef.shape[1]), input_scale, 0, input_bits,
                       codec_stub.max_input_norm, index_bits(stats.n_classes), score_bits,
                       (low + offset) * scale, step * scale)
