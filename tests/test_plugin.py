@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from fixtures.plugin import RUN_KEY, BenchRun, pytest_collection_modifyitems, suite_points
 from ppazam_core.results import RunInfo
 from reports.compare import Tolerance
@@ -62,3 +64,20 @@ def test_an_out_folder_that_is_not_a_run_is_refused_before_anything_runs(tmp_pat
                            "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 4 and "not empty and not a ppazam run folder" in done.stderr
     assert "Traceback" not in done.stderr and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_family_whose_one_encrypted_query_outlasts_its_budget_runs_one_in_all():
+    suite = load_suite("default")
+    run = BenchRun(suite, "synthetic", RunInfo.start("default"), Path("out"), None,
+                   SimpleNamespace(log=[], fingerprints=dict), None, Tolerance(), "pytest bench --benchmark")
+    leaky, oblivious = run.points[0], run.points[1]
+    queries = SimpleNamespace(y=np.repeat(np.arange(4), 3), segments=1)
+    levels = suite.fhe_conditions()
+    share = suite.fhe_budget_s / len(levels)
+    for level in levels:  # one query each at most its share: every condition runs
+        rows, budget = run.fhe_rows(leaky, queries, level)
+        assert len(rows) == 12 and budget == share
+        run.spent_on_fhe(leaky, 0.9 * suite.fhe_budget_s)
+    assert run.fhe_rows(oblivious, queries, levels[0]) is not None
+    run.spent_on_fhe(oblivious, 1.2 * suite.fhe_budget_s)  # its first query alone took more than the budget
+    assert all(run.fhe_rows(oblivious, queries, level) is None for level in levels[1:])
