@@ -194,7 +194,7 @@ def export_server(circuits: Path, dest: Path, description: dict) -> Path:
 def forget_keys(circuits: Path, key_dir: Path) -> None:
     """Delete the client's keys of the classifiers compiled in ``circuits`` (before they are
     recompiled: keys of a replaced circuit can never be used again)."""
-    for stats_file in Path(circuits).glob("*/client/" + "circuit.json"):
+    for stats_file in Path(circuits).glob("*/client/circuit.json"):
         try:
             circuit_id = CircuitStats.load(stats_file.parent).circuit_id
         except ArtifactError:  # damaged: its keys are unreachable anyway
