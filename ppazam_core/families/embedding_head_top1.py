@@ -34,7 +34,7 @@ INPUT_BITS, WEIGHT_BITS = 5, 4  # the circuit's own quantization (see ppazam_cor
 def settings(config: ExperimentConfig) -> dict:
     """The parts of ``config`` the trained head depends on (those of ``embedding-head``, and the
     rounding method the top-1 circuit is compiled with)."""
-    return {**embedding_head.settings(config), "family": FAMILY, "rounding_method": config.fhe.rounding_method}
+    return {**embedding_head.settings(config), "rounding_method": config.fhe.rounding_method}
 
 
 def _compile(model, calibration: np.ndarray, n_classes: int, fhe: FheConfig, folder: Path):
