@@ -284,12 +284,17 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_flag(args: argparse.Namespace) -> str:
+    """`` --config FILE`` when the user gave one: for the commands a hint tells them to run."""
+    return f" --config {args.config}" if args.config else ""
+
+
 def _identifier(args: argparse.Namespace, mode: Mode) -> tuple[Identifier, Library, ExperimentConfig]:
     config, library, cache_dir = _experiment(args)
     folder = model_folder(library, config, cache_dir)
     if not folder.is_dir():
         raise ArtifactError(f"no identifier trained for {library.name} with this config; "
-                            f"run `ppazam train --library {args.library}` first")
+                            f"run `ppazam train --library {args.library}{_config_flag(args)}` first")
     circuits = compile_identifier(library, config, cache_dir, args.workers) if mode.needs_circuits else None
     return Identifier(folder, circuits), library, config
 
@@ -380,8 +385,8 @@ def _export_server(args: argparse.Namespace) -> int:
                                         "a family with an encrypted server side (it has no fhe mode)")
         if not is_trained(args.family, library, config, cache_dir, True):
             raise ArtifactError(f"no {args.family} model trained and compiled for {library.name} with this config; "
-                                f"run `ppazam train --family {args.family} --library {args.library}` (and `ppazam "
-                                "compile` for a two-stage design) first")
+                                f"run `ppazam train --family {args.family} --library {args.library}"
+                                f"{_config_flag(args)}` first")
         model = train_family(args.family, library, config, cache_dir, args.workers, compiled=True)
         if getattr(model, "channel", None) is None:
             raise ConfigError.bad_value("--family", args.family, "a family with compiled circuits")
@@ -391,7 +396,7 @@ def _export_server(args: argparse.Namespace) -> int:
     bundle = ServerBundle.load(dest)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     console.print(f"server bundle of {args.family} {folder.name} ({library.name}, {len(library)} tracks): {dest} "
-                  f"({', '.join(bundle.names())}; {size / 1e6:.1f} MB, no client part, no key); "
+                  f"({', '.join(bundle.names())}; {size / 1e6:.3g} MB, no client part, no key); "
                   f"serve it with `ppazam serve {dest}`", highlight=False, soft_wrap=True)
     return 0
 
@@ -403,6 +408,8 @@ def _serve(args: argparse.Namespace) -> int:
     for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):
         if value is not None and value < 1:
             raise ConfigError.bad_value(option, value, "an integer >= 1")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError.bad_value("--port", args.port, "a port number from 0 to 65535")
     bundle = ServerBundle.load(args.bundle)
     app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
                      max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS)

@@ -10,7 +10,11 @@ Every message is framed::
     magic "PPZM" | kind (K keys, Q query, R result) | circuit id | payload length | SHA-256
 
 so a truncated or corrupted message, or keys and ciphertexts meant for another circuit, are
-refused with an :class:`~ppazam_core.errors.FheError` before Concrete sees them. The digest is
+refused with an :class:`~ppazam_core.errors.FheError` before Concrete sees them. Since a client
+can re-frame anything, uploaded evaluation keys are also checked against the circuit's own
+:class:`KeyLayout` (their length and every byte that does not depend on the key material, which
+carries the key parameters) before Concrete reads them: keys with other parameters would crash
+the server process inside Concrete at the next query. The digest is
 an integrity check against accidents, **not authentication**: anyone on the path can rewrite a
 payload and its digest together. Run the server behind TLS to stop tampering in transit.
 
@@ -28,8 +32,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import struct
+import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -56,6 +62,8 @@ KEYS_DIGEST_FILE = "keys.sha256"
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 KEY_DIR_ENV = "PPAZAM_CLIENT_KEYS"
+KEY_LAYOUT_FILE = "key-layout.json"
+CIRCUIT_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +98,63 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
     return payload
 
 
+@dataclass(frozen=True)
+class KeyLayout:
+    """What every serialized evaluation-key set of one circuit has in common: its ``length`` in
+    bytes and its ``fixed`` byte runs (offset, bytes): the Cap'n Proto headers and key
+    descriptions (ids and parameters: LWE dimension, polynomial size, levels, base logs). Found by
+    generating two key sets for the circuit's client specs and keeping the runs of at least
+    :attr:`MIN_RUN` equal bytes (random key material repeats 8 bytes with probability 2^-64).
+    Concrete 2.10's ``ServerKeyset`` exposes no parameters to compare, and keys with parameters
+    other than the circuit's pass its deserializer, then crash the process in the first bootstrap."""
+
+    length: int
+    fixed: tuple[tuple[int, bytes], ...]
+    MIN_RUN = 8
+
+    @classmethod
+    def of(cls, client_specs: fhe.ClientSpecs) -> "KeyLayout":
+        """The layout of ``client_specs``'s evaluation keys (two key generations: seconds to a
+        few tens of seconds, and twice the serialized key size in memory)."""
+        first, second = (np.frombuffer(_fresh_evaluation_keys(client_specs), dtype=np.uint8) for _ in range(2))
+        if len(first) != len(second):
+            raise FheError(f"two key generations gave {len(first)} and {len(second)} bytes: no fixed layout")
+        equal = np.concatenate([[False], first == second, [False]])
+        edges = np.flatnonzero(np.diff(equal.astype(np.int8)))
+        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= cls.MIN_RUN]
+        return cls(len(first), tuple((a, first[a:b].tobytes()) for a, b in runs))
+
+    def check(self, payload: bytes, circuit_id: str) -> None:
+        """An :class:`FheError` unless ``payload`` (serialized evaluation keys) has this layout."""
+        if len(payload) != self.length:
+            raise FheError(f"evaluation keys for circuit {circuit_id} are {len(payload)} bytes, its keys are "
+                           f"{self.length}: keys of another circuit or model, or damaged")
+        for offset, expected in self.fixed:
+            if payload[offset:offset + len(expected)] != expected:
+                raise FheError(f"evaluation keys for circuit {circuit_id} differ from its key parameters in "
+                               f"bytes {offset}-{offset + len(expected) - 1}: keys of another circuit or model, or damaged")
+
+    def to_json(self) -> dict:
+        return {"length": self.length, "fixed": [[offset, run.hex()] for offset, run in self.fixed]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "KeyLayout":
+        return cls(int(data["length"]), tuple((int(offset), bytes.fromhex(run)) for offset, run in data["fixed"]))
+
+
+def _fresh_evaluation_keys(client_specs: fhe.ClientSpecs) -> bytes:
+    client = fhe.Client(client_specs)
+    client.keygen(force=True)
+    return client.evaluation_keys.serialize()
+
+
 class ClassifierServer:
     """The server side of one compiled classifier (Concrete ML's or :mod:`ppazam_core.top1_head`'s:
     both are a concrete-python ``server.zip``); it keeps no keys (see :class:`LocalTransport`
     and :mod:`ppazam_core.serving` for the sessions that do). An :class:`ArtifactError` when
     ``server.zip`` is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it
-    cannot be read."""
+    or its ``key-layout.json`` cannot be read. Without a stored :class:`KeyLayout` (circuits
+    served straight from a model folder) the layout is found on the first key upload."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
@@ -104,11 +163,26 @@ class ClassifierServer:
         self.stats = CircuitStats.load(server_dir)
         with reading(server_dir / "server.zip") as path:
             self._server = fhe.Server.load(path)
+        self._layout: KeyLayout | None = None
+        self._layout_lock = threading.Lock()
+        if (server_dir / KEY_LAYOUT_FILE).is_file():
+            data = read_json(server_dir / KEY_LAYOUT_FILE, "length", "fixed")
+            with reading(server_dir / KEY_LAYOUT_FILE):
+                self._layout = KeyLayout.from_json(data)
+
+    @property
+    def key_layout(self) -> KeyLayout:
+        """The layout this circuit's evaluation keys must have (found once, then kept)."""
+        with self._layout_lock:
+            if self._layout is None:
+                self._layout = KeyLayout.of(self._server.client_specs)
+            return self._layout
 
     def read_keys(self, message: bytes) -> fhe.EvaluationKeys:
         """A client's framed evaluation keys for this circuit, deserialized; an :class:`FheError`
         when the frame is wrong (see :func:`unframe`) or Concrete cannot read them."""
         payload = unframe(message, KEYS, self.stats.circuit_id)
+        self.key_layout.check(payload, self.stats.circuit_id)
         try:
             return fhe.EvaluationKeys.deserialize(payload)
         except RuntimeError as e:
@@ -148,9 +222,13 @@ class ServerBundle:
             raise ArtifactError(f"{folder} is not a server bundle ({BUNDLE_FILE} is missing); "
                                 "write one with `ppazam export-server`")
         description = read_json(folder / BUNDLE_FILE, "format", "circuits")
-        with reading(folder / BUNDLE_FILE):
-            names = list(description["circuits"])
-        return cls({name: folder / name for name in names}, description)
+        ids = description["circuits"]
+        if not isinstance(ids, dict) or not ids:
+            raise damaged(folder / BUNDLE_FILE, "it lists no circuit")
+        odd = [name for name in ids if not CIRCUIT_NAME.fullmatch(name) or not (folder / name).is_dir()]
+        if odd:
+            raise damaged(folder / BUNDLE_FILE, f"circuits {odd[:3]} are not plain names of folders beside it")
+        return cls({name: folder / name for name in ids}, description)
 
     @classmethod
     def from_circuits(cls, circuits: Path) -> "ServerBundle":
@@ -165,14 +243,20 @@ class ServerBundle:
         if name not in self.folders:
             raise FheError(f"no circuit named {name!r} here; this server holds {', '.join(self.folders) or 'none'}")
         if name not in self._servers:
-            self._servers[name] = ClassifierServer(self.folders[name])
+            server = ClassifierServer(self.folders[name])
+            expected = self.description.get("circuits", {}).get(name, server.stats.circuit_id)
+            if server.stats.circuit_id != expected:
+                raise damaged(self.folders[name] / "circuit.json",
+                              f"circuit id {server.stats.circuit_id}, the bundle lists {expected}")
+            self._servers[name] = server
         return self._servers[name]
 
 
 def export_server(circuits: Path, dest: Path, description: dict) -> Path:
     """Write the server bundle of a model's compiled ``circuits`` into ``dest`` (new or empty):
     ``bundle.json`` (``description``, the format and each circuit's id) and, per classifier,
-    its ``server.zip`` and ``circuit.json``; no client artifact and no key. An
+    its ``server.zip``, ``circuit.json`` and ``key-layout.json`` (:class:`KeyLayout`: two key
+    generations per classifier, seconds each); no client artifact and no key. An
     :class:`ArtifactError` when ``dest`` holds files or ``circuits`` holds no server side."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -186,6 +270,8 @@ def export_server(circuits: Path, dest: Path, description: dict) -> Path:
         (dest / name).mkdir()
         for part in ("server.zip", "circuit.json"):
             shutil.copyfile(folder / part, dest / name / part)
+        layout = source.server(name).key_layout
+        (dest / name / KEY_LAYOUT_FILE).write_text(json.dumps(layout.to_json()))
         ids[name] = CircuitStats.load(folder).circuit_id
     (dest / BUNDLE_FILE).write_text(json.dumps({**description, "format": BUNDLE_FORMAT, "circuits": ids}, indent=2))
     return dest
@@ -297,8 +383,9 @@ class ClassifierClient:
             self.client.keys = stored
             return time.perf_counter() - started, False
         self.client.keygen(force=True)
-        self.key_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.key_dir.parent, 0o700)
+        if not self.key_dir.parent.exists():  # a folder the user named (even /tmp) keeps its mode
+            self.key_dir.parent.mkdir(mode=0o700, parents=True)
+            os.chmod(self.key_dir.parent, 0o700)  # mkdir's mode is masked by the umask
         with atomic_folder(self.key_dir) as tmp:  # mkdtemp: mode 0700
             with private_file(tmp / KEYS_FILE):
                 self.client.keys.serialize_to_file(tmp / KEYS_FILE)

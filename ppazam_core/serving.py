@@ -15,13 +15,18 @@ and the server goes on serving: a wrong, truncated or corrupted frame, keys or a
 another circuit, a payload Concrete cannot read (400); an unknown session or circuit (404); a
 query before its circuit's keys (409); a body larger than the circuit can need (413, refused
 from its ``Content-Length`` before it is read, or as soon as the stream passes the cap); a body
-that is not ``application/octet-stream`` (415); a query while ``max_queued`` are already
-waiting or running (503, retry later). Memory is bounded: at most ``max_sessions``
+that is not ``application/octet-stream`` (415); a body that stalls (no byte for ``body_idle_s``, or slower on average than
+``min_body_rate`` bytes/s once ``body_idle_s`` have passed: 408); a key upload while
+``max_receiving_keys`` key bodies are already arriving, or a query while ``max_queued`` are
+already waiting or running (503, retry later); more than ``max_connections`` requests at once
+(uvicorn's ``limit_concurrency``: 503). So a client that stalls its bodies holds a slot for
+``body_idle_s`` at most, and only its own. Memory is bounded: at most ``max_sessions``
 sessions, each holding at most one key set per circuit, and at most ``max_key_bytes`` of
 evaluation keys in all (counted as uploaded); past either the least recently used session is
 dropped (its client gets a 404 and must open a new one); sessions idle longer than
-``session_ttl_s`` are dropped too; at most ``max_parallel_uploads`` key bodies are read and
-deserialized at once (the others wait, unread). Concrete's ``size_of_bootstrap_keys`` and
+``session_ttl_s`` are dropped too; at most ``max_receiving_keys`` key bodies are read at once,
+and at most ``max_parallel_uploads`` checked against the circuit's key layout and deserialized
+at once (the others wait, read). A query body is read before it takes a place in the queue. Concrete's ``size_of_bootstrap_keys`` and
 ``size_of_keyswitch_keys``, from which the key body cap is drawn, are those of uncompressed keys:
 about ten times what Concrete ML serializes for the tiny test circuits (128 MB sent against 1.28
 GB counted), so that cap is loose and ``max_key_bytes`` is the bound that matters.
@@ -56,6 +61,7 @@ from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from ppazam_core.deployment import HEADER, ClassifierServer, ServerBundle
 from ppazam_core.errors import FheError
@@ -68,6 +74,10 @@ DEFAULT_PARALLEL_RUNS = 1
 DEFAULT_MAX_QUEUED = 64
 DEFAULT_MAX_KEY_BYTES = 8 * 1024**3
 DEFAULT_PARALLEL_UPLOADS = 2
+DEFAULT_RECEIVING_KEYS = 8
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_BODY_IDLE_S = 20.0
+DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a 100 MB key set in under half an hour
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 BODY_SLACK = 2  # a body may be this many times the circuit's own size (plus the frame header)
 MIN_BODY_CAP = 64 * 1024  # bytes; so that a tiny circuit's cap does not cut off its own serialization overhead
@@ -171,9 +181,24 @@ def body_caps(server: ClassifierServer) -> tuple[int, int]:
     return keys, query
 
 
-async def read_body(request: Request, cap: int, what: str) -> bytes:
-    """The request's body, refused with a 415 unless it is ``application/octet-stream`` and with a
-    413 as soon as it is known to pass ``cap`` bytes (from ``Content-Length``, else while streaming)."""
+@dataclass(frozen=True)
+class BodyLimits:
+    """How slowly a body may arrive: a 408 when no byte comes for ``idle_s`` seconds, or when,
+    ``idle_s`` after the first byte was awaited, fewer than ``min_rate`` bytes/s have come on average."""
+
+    idle_s: float = DEFAULT_BODY_IDLE_S
+    min_rate: float = DEFAULT_MIN_BODY_RATE
+
+    def __post_init__(self) -> None:
+        if not (self.idle_s > 0 and self.min_rate >= 0):
+            raise ValueError(f"body idle_s must be > 0 and min_rate >= 0, got {self.idle_s}, {self.min_rate}")
+
+
+async def read_body(request: Request, cap: int, what: str, limits: BodyLimits = BodyLimits()) -> bytes:
+    """The request's body, refused with a 415 unless it is ``application/octet-stream``, with a
+    413 as soon as it is known to pass ``cap`` bytes (from ``Content-Length``, else while
+    streaming), with a 408 when it stalls (see :class:`BodyLimits`) and a 400 when the client
+    disconnects before its end."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != OCTET_STREAM:
         raise HTTPException(415, f"{what}: send the framed message as {OCTET_STREAM}, not {content_type or 'no type'}")
@@ -184,18 +209,33 @@ async def read_body(request: Request, cap: int, what: str) -> bytes:
         if int(declared) > cap:
             raise HTTPException(413, f"{what}: {int(declared)} bytes is more than this circuit accepts ({cap} bytes)")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    started = time.monotonic()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout=limits.idle_s)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"{what}: no byte for {limits.idle_s:g} s after {size} bytes; "
+                                     "the body stalled") from None
+        except ClientDisconnect:
+            raise HTTPException(400, f"{what}: the client disconnected after {size} bytes") from None
         size += len(chunk)
         if size > cap:
             raise HTTPException(413, f"{what}: body passes {cap} bytes, more than this circuit accepts")
+        elapsed = time.monotonic() - started
+        if elapsed > limits.idle_s and size < limits.min_rate * elapsed:
+            raise HTTPException(408, f"{what}: {size} bytes in {elapsed:.0f} s, slower than "
+                                     f"{limits.min_rate:g} bytes/s; the body stalled")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
                session_ttl_s: float = DEFAULT_SESSION_TTL_S, max_parallel_runs: int = DEFAULT_PARALLEL_RUNS,
                max_queued: int = DEFAULT_MAX_QUEUED, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
-               max_parallel_uploads: int = DEFAULT_PARALLEL_UPLOADS) -> FastAPI:
+               max_parallel_uploads: int = DEFAULT_PARALLEL_UPLOADS,
+               max_receiving_keys: int = DEFAULT_RECEIVING_KEYS, body_limits: BodyLimits = BodyLimits()) -> FastAPI:
     """The ASGI app serving ``bundle`` (see the module's doc for the routes and refusals). Every
     circuit's server side is loaded now: an :class:`~ppazam_core.errors.ArtifactError` (or
     :class:`~ppazam_core.errors.DamagedArtifactError`) for a broken bundle, before any client
@@ -204,11 +244,13 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
     ``max_parallel_runs``: FHE evaluations at once (of different circuits), the others queue;
     ``max_queued``: queries waiting or running at once, past which a query gets a 503;
     ``max_key_bytes``: evaluation keys kept in all sessions together (bytes as uploaded);
-    ``max_parallel_uploads``: key bodies read and deserialized at once. A :class:`ValueError`
-    for a bound below 1."""
-    if min(max_parallel_runs, max_queued, max_parallel_uploads) < 1:
-        raise ValueError(f"max_parallel_runs, max_queued and max_parallel_uploads must be >= 1, got "
-                         f"{max_parallel_runs}, {max_queued}, {max_parallel_uploads}")
+    ``max_parallel_uploads``: key sets checked and deserialized at once; ``max_receiving_keys``:
+    key bodies arriving at once, past which an upload gets a 503; ``body_limits``: how slowly a
+    body may arrive. A :class:`ValueError` for a bound below 1."""
+    if min(max_parallel_runs, max_queued, max_parallel_uploads, max_receiving_keys) < 1:
+        raise ValueError(f"max_parallel_runs, max_queued, max_parallel_uploads and max_receiving_keys must "
+                         f"be >= 1, got {max_parallel_runs}, {max_queued}, {max_parallel_uploads}, "
+                         f"{max_receiving_keys}")
     servers = {name: bundle.server(name) for name in bundle.names()}
     caps = {name: body_caps(server) for name, server in servers.items()}
     locks = {name: threading.Lock() for name in servers}
@@ -216,7 +258,9 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
     queued = threading.BoundedSemaphore(max_queued)  # taken without waiting: full -> 503
     sessions = Sessions(max_sessions, session_ttl_s, max_key_bytes)
     uploads = asyncio.Semaphore(max_parallel_uploads)
-    app = FastAPI(title="ppazam encrypted identifier", version="1", openapi_url=None, docs_url=None, redoc_url=None)
+    receiving = threading.BoundedSemaphore(max_receiving_keys)  # taken without waiting: full -> 503
+    app = FastAPI(title="ppazam encrypted identifier", version="1", openapi_url=None, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
     app.state.sessions = sessions
     app.state.bundle = bundle
 
@@ -256,8 +300,13 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
     async def upload_keys(session_id: str, name: str, request: Request) -> Response:
         server = server_of(name)
         sessions.get(session_id)
-        async with uploads:  # the others wait with their bodies unread
-            message = await read_body(request, caps[name][0], f"evaluation keys for {name}")
+        if not receiving.acquire(blocking=False):
+            raise HTTPException(503, f"{max_receiving_keys} key uploads are already arriving; retry later")
+        try:
+            message = await read_body(request, caps[name][0], f"evaluation keys for {name}", body_limits)
+        finally:
+            receiving.release()
+        async with uploads:
             keys = await run_in_threadpool(server.read_keys, message)
         sessions.store_keys(session_id, name, keys, len(message))  # 404 if it was dropped meanwhile
         return Response(status_code=204)
@@ -277,10 +326,10 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
                 result = server.run(message, keys)
                 return result, time.perf_counter() - started, started - arrived
 
-        if not queued.acquire(blocking=False):  # before reading: at most max_queued bodies held
+        message = await read_body(request, caps[name][1], f"query for {name}", body_limits)
+        if not queued.acquire(blocking=False):
             raise HTTPException(503, f"{max_queued} queries are already waiting or running; retry later")
         try:
-            message = await read_body(request, caps[name][1], f"query for {name}")
             result, server_s, queue_s = await run_in_threadpool(evaluate, message)
         finally:
             queued.release()
@@ -311,10 +360,12 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def uvicorn_server(app: FastAPI, log_level: str = "warning") -> uvicorn.Server:
-    # h11: bodies of tens of MB are fine; no websockets; no lifespan events to run
+def uvicorn_server(app: FastAPI, log_level: str = "warning",
+                   max_connections: int = DEFAULT_MAX_CONNECTIONS) -> uvicorn.Server:
+    """uvicorn serving ``app`` (h11: bodies of tens of MB are fine; no websockets, no lifespan
+    events); past ``max_connections`` requests at once a new one gets a 503."""
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", ws="none", http="h11",
-                                         timeout_keep_alive=30))
+                                         timeout_keep_alive=30, limit_concurrency=max_connections))
 
 
 @contextmanager

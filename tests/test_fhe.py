@@ -253,6 +253,17 @@ def test_secret_keys_live_outside_the_model_in_private_files(identifier, circuit
     assert not any("keys" in p.name for p in identifier.folder.rglob("*"))
 
 
+def test_a_key_folder_the_user_names_keeps_its_mode(circuits, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    client = ClassifierClient(circuits / "cluster" / "client", shared)
+    client.ensure_keys()
+    assert shared.stat().st_mode & 0o777 == 0o755
+    assert client.key_dir.stat().st_mode & 0o777 == 0o700
+    assert (client.key_dir / "keys.bin").stat().st_mode & 0o777 == 0o600
+
+
 def test_oblivious_search_calls_every_circuit_in_one_order_and_the_ledger_says_so(identifier, circuits, queries):
     oblivious = Identifier(identifier.folder, circuits, oblivious=True)
     assert oblivious.family == "two-stage-cnn-oblivious" and oblivious.cluster_top_k == oblivious.n_clusters == 2

@@ -6,9 +6,12 @@ identify --server."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +24,10 @@ from fastapi import HTTPException
 
 from ppazam_core.cli import main
 from ppazam_core.deployment import HEADER, KEYS, QUERY, EncryptedChannel, ServerBundle, export_server, frame
-from ppazam_core.errors import FheError
+from ppazam_core.errors import DamagedArtifactError, FheError
 from ppazam_core.fhe import SimulatedClassifier
-from ppazam_core.serving import OCTET_STREAM, SERVER_SECONDS, HttpTransport, Sessions, serve_in_background
+from ppazam_core.serving import OCTET_STREAM, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
+    serve_in_background
 from test_fhe import circuits, fhe_config, identifier, queries  # noqa: F401  (session fixtures, reused)
 
 BINARY = {"content-type": OCTET_STREAM}
@@ -43,6 +47,22 @@ def server_url(bundle) -> str:
 
 def patches(identifier, queries, rows) -> np.ndarray:  # noqa: F811
     return identifier.normalizer(np.asarray(queries.X[rows]))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda index: index.update(circuits={}), "lists no circuit"),
+    (lambda index: index["circuits"].update({"../cluster": "0" * 32}), "not plain names"),
+    (lambda index: index["circuits"].update({"ghost": "0" * 32}), "not plain names of folders"),
+    (lambda index: index["circuits"].update(cluster="0" * 32), "the bundle lists 0000"),
+])
+def test_a_damaged_bundle_index_is_refused(bundle, tmp_path, damage, reason):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.folders["cluster"].parent, copy)
+    index = json.loads((copy / "bundle.json").read_text())
+    damage(index)
+    (copy / "bundle.json").write_text(json.dumps(index))
+    with pytest.raises(DamagedArtifactError, match=reason):
+        ServerBundle.load(copy).server("cluster")
 
 
 def test_circuits_lists_public_costs_only(server_url, bundle):
@@ -99,7 +119,16 @@ def test_hostile_requests_are_refused_and_the_server_keeps_serving(identifier, q
     refused("PUT", keys_path, 400, "corrupted", bytes(corrupted))
     refused("PUT", keys_path, 400, "made for circuit .* another model", other.evaluation_keys())
     refused("PUT", keys_path, 400, "received query ciphertext instead", query)
-    refused("PUT", keys_path, 400, "cannot be read", frame(KEYS, cluster_id, os.urandom(20_000)))
+    # a client can re-frame anything: keys of another size, or with other parameters, are refused
+    # before Concrete reads them (keys with other parameters crash Concrete at the next query)
+    payload = keys[HEADER.size:]
+    refused("PUT", keys_path, 400, "are 20000 bytes, its keys are .*another circuit or model",
+            frame(KEYS, cluster_id, os.urandom(20_000)))
+    refused("PUT", keys_path, 400, "are .* bytes, its keys are", frame(KEYS, cluster_id, payload[:-8]))
+    other_parameters = bytearray(payload)
+    other_parameters[len(bundle.server("cluster").key_layout.fixed[0][1]) // 2] ^= 0x01
+    refused("PUT", keys_path, 400, "differ from its key parameters in bytes 0-",
+            frame(KEYS, cluster_id, bytes(other_parameters)))
     # wrong content, unknown circuit and session, oversized bodies (declared or streamed)
     refused("PUT", keys_path, 415, "application/octet-stream", keys, {"content-type": "application/json"})
     refused("PUT", keys_path, 415, "application/octet-stream", keys, {})
@@ -124,6 +153,54 @@ def test_hostile_requests_are_refused_and_the_server_keeps_serving(identifier, q
     assert http.delete(f"/sessions/{session}").status_code == 204
     refused("POST", run_path, 404, "unknown session", query)
     http.close()
+
+
+def send_partial_body(url: str, path: str, declared: int, sent: bytes) -> socket.socket:
+    """A raw HTTP request on a new connection that declares ``declared`` body bytes and sends
+    only ``sent``; the open socket (the caller stalls it or closes it)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {OCTET_STREAM}\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    return sock
+
+
+def test_stalled_and_abandoned_bodies_hold_nothing_for_long(identifier, queries, bundle, caplog):  # noqa: F811
+    """Slow-body clients (slowloris): a key body that stops arriving gets a 408 after the idle
+    limit and frees its place; while it stalls, other uploads get a 503 only past
+    ``max_receiving_keys``; a stalled query body takes no place in the queries' queue; a client
+    that disconnects mid-body leaves no traceback in the log."""
+    client = identifier.channel.client("cluster")
+    keys, query = client.evaluation_keys(), client.encrypt(patches(identifier, queries, [1]))
+    limits = BodyLimits(idle_s=1.5, min_rate=0)
+    with serve_in_background(bundle, max_receiving_keys=1, max_queued=1, body_limits=limits) as url:
+        http = httpx.Client(base_url=url, timeout=120)
+        session = http.post("/sessions").json()["session"]
+        keys_path, run_path = f"/sessions/{session}/keys/cluster", f"/sessions/{session}/circuits/cluster"
+        stalled = send_partial_body(url, keys_path, len(keys), keys[:1000])
+        time.sleep(0.3)
+        busy = http.put(keys_path, content=keys, headers=BINARY)
+        assert busy.status_code == 503 and "already arriving" in busy.json()["detail"]
+        answer = stalled.recv(4096).decode()  # the server answers once the idle limit has passed
+        assert answer.startswith("HTTP/1.1 408") and "the body stalled" in answer, answer[:300]
+        stalled.close()
+        assert http.put(keys_path, content=keys, headers=BINARY).status_code == 204
+        stalled_query = send_partial_body(url, run_path, len(query), query[:100])
+        response = http.post(run_path, content=query, headers=BINARY)
+        assert response.status_code == 200
+        np.testing.assert_array_equal(client.decrypt(response.content),
+                                      identifier.channel.logits("cluster", patches(identifier, queries, [1])))
+        stalled_query.close()
+        uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+        uvicorn_log.addHandler(caplog.handler)
+        try:
+            send_partial_body(url, keys_path, len(keys), keys[:5000]).close()
+            time.sleep(0.5)
+            assert http.get("/circuits").status_code == 200
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
+        http.close()
 
 
 def test_sessions_are_bounded_and_expire():
