@@ -11,8 +11,8 @@ from ppazam_core.families import family_modes
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.recognition import Mode
 
-FACTS = ("pbs_count", "max_bit_width", "complexity", "compile_s", "evaluation_key_bytes", "input_ciphertext_bytes",
-         "output_ciphertext_bytes", "secret_key_bytes")
+FACTS = ("pbs_count", "max_bit_width", "complexity", "compile_s", "evaluation_key_bytes", "serialized_key_bytes",
+         "input_ciphertext_bytes", "output_ciphertext_bytes", "secret_key_bytes")
 
 
 def runs(run, params: dict) -> bool:

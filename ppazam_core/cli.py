@@ -269,14 +269,14 @@ def _compile(args: argparse.Namespace) -> int:
     console.print("calibrating Concrete's cost model on this machine (two small circuits, ~15 s) ...")
     cost_model = calibrate()
     table = Table(title=f"circuits of {library.name} ({summary['quant']}, fhe {summary['fhe']})")
-    for column in ("classifier", "PBS", "max bits", "est. server s", "eval keys MB", "query KB", "result KB",
+    for column in ("classifier", "PBS", "max bits", "est. server s", "eval keys MB (sent)", "query KB", "result KB",
                    "compile s"):
         table.add_column(column)
     with reading(circuits / "circuits.json"):  # a damaged entry is an error naming the file
         for name, c in summary["circuits"].items():
             table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]),
                           f"{cost_model.server_seconds(CircuitStats.load(circuits / name)):.1f}",
-                          f"{(c['bootstrap_key_bytes'] + c['keyswitch_key_bytes']) / 1e6:.0f}",
+                          f"{c['serialized_key_bytes'] / 1e6:.1f}",
                           f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
                           f"{c['compile_s']:.1f}")
     console.print(table)

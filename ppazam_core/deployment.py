@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import struct
-import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -49,7 +48,7 @@ from concrete.ml.deployment import FHEModelClient
 
 from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.errors import ArtifactError, DamagedArtifactError, FheError
-from ppazam_core.fhe import CircuitStats, fhe_input
+from ppazam_core.fhe import CIRCUIT_FILE, KEY_LAYOUT_FILE, CircuitStats, KeyLayout, fhe_input
 from ppazam_core.store import atomic_folder, default_cache_dir, is_complete
 from ppazam_core.top1_head import CODEC_FILE, Top1Codec
 
@@ -62,7 +61,6 @@ KEYS_DIGEST_FILE = "keys.sha256"
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 KEY_DIR_ENV = "PPAZAM_CLIENT_KEYS"
-KEY_LAYOUT_FILE = "key-layout.json"
 CIRCUIT_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 logger = logging.getLogger(__name__)
@@ -98,63 +96,12 @@ def unframe(message: bytes, kind: bytes, circuit_id: str) -> bytes:
     return payload
 
 
-@dataclass(frozen=True)
-class KeyLayout:
-    """What every serialized evaluation-key set of one circuit has in common: its ``length`` in
-    bytes and its ``fixed`` byte runs (offset, bytes): the Cap'n Proto headers and key
-    descriptions (ids and parameters: LWE dimension, polynomial size, levels, base logs). Found by
-    generating two key sets for the circuit's client specs and keeping the runs of at least
-    :attr:`MIN_RUN` equal bytes (random key material repeats 8 bytes with probability 2^-64).
-    Concrete 2.10's ``ServerKeyset`` exposes no parameters to compare, and keys with parameters
-    other than the circuit's pass its deserializer, then crash the process in the first bootstrap."""
-
-    length: int
-    fixed: tuple[tuple[int, bytes], ...]
-    MIN_RUN = 8
-
-    @classmethod
-    def of(cls, client_specs: fhe.ClientSpecs) -> "KeyLayout":
-        """The layout of ``client_specs``'s evaluation keys (two key generations: seconds to a
-        few tens of seconds, and twice the serialized key size in memory)."""
-        first, second = (np.frombuffer(_fresh_evaluation_keys(client_specs), dtype=np.uint8) for _ in range(2))
-        if len(first) != len(second):
-            raise FheError(f"two key generations gave {len(first)} and {len(second)} bytes: no fixed layout")
-        equal = np.concatenate([[False], first == second, [False]])
-        edges = np.flatnonzero(np.diff(equal.astype(np.int8)))
-        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= cls.MIN_RUN]
-        return cls(len(first), tuple((a, first[a:b].tobytes()) for a, b in runs))
-
-    def check(self, payload: bytes, circuit_id: str) -> None:
-        """An :class:`FheError` unless ``payload`` (serialized evaluation keys) has this layout."""
-        if len(payload) != self.length:
-            raise FheError(f"evaluation keys for circuit {circuit_id} are {len(payload)} bytes, its keys are "
-                           f"{self.length}: keys of another circuit or model, or damaged")
-        for offset, expected in self.fixed:
-            if payload[offset:offset + len(expected)] != expected:
-                raise FheError(f"evaluation keys for circuit {circuit_id} differ from its key parameters in "
-                               f"bytes {offset}-{offset + len(expected) - 1}: keys of another circuit or model, or damaged")
-
-    def to_json(self) -> dict:
-        return {"length": self.length, "fixed": [[offset, run.hex()] for offset, run in self.fixed]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "KeyLayout":
-        return cls(int(data["length"]), tuple((int(offset), bytes.fromhex(run)) for offset, run in data["fixed"]))
-
-
-def _fresh_evaluation_keys(client_specs: fhe.ClientSpecs) -> bytes:
-    client = fhe.Client(client_specs)
-    client.keygen(force=True)
-    return client.evaluation_keys.serialize()
-
-
 class ClassifierServer:
     """The server side of one compiled classifier (Concrete ML's or :mod:`ppazam_core.top1_head`'s:
     both are a concrete-python ``server.zip``); it keeps no keys (see :class:`LocalTransport`
     and :mod:`ppazam_core.serving` for the sessions that do). An :class:`ArtifactError` when
-    ``server.zip`` is missing, a :class:`~ppazam_core.errors.DamagedArtifactError` when it
-    or its ``key-layout.json`` cannot be read. Without a stored :class:`KeyLayout` (circuits
-    served straight from a model folder) the layout is found on the first key upload."""
+    ``server.zip`` or ``key-layout.json`` is missing, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one cannot be read."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
@@ -163,20 +110,7 @@ class ClassifierServer:
         self.stats = CircuitStats.load(server_dir)
         with reading(server_dir / "server.zip") as path:
             self._server = fhe.Server.load(path)
-        self._layout: KeyLayout | None = None
-        self._layout_lock = threading.Lock()
-        if (server_dir / KEY_LAYOUT_FILE).is_file():
-            data = read_json(server_dir / KEY_LAYOUT_FILE, "length", "fixed")
-            with reading(server_dir / KEY_LAYOUT_FILE):
-                self._layout = KeyLayout.from_json(data)
-
-    @property
-    def key_layout(self) -> KeyLayout:
-        """The layout this circuit's evaluation keys must have (found once, then kept)."""
-        with self._layout_lock:
-            if self._layout is None:
-                self._layout = KeyLayout.of(self._server.client_specs)
-            return self._layout
+        self.key_layout = KeyLayout.load(server_dir)
 
     def read_keys(self, message: bytes) -> fhe.EvaluationKeys:
         """A client's framed evaluation keys for this circuit, deserialized; an :class:`FheError`
@@ -255,8 +189,8 @@ class ServerBundle:
 def export_server(circuits: Path, dest: Path, description: dict) -> Path:
     """Write the server bundle of a model's compiled ``circuits`` into ``dest`` (new or empty):
     ``bundle.json`` (``description``, the format and each circuit's id) and, per classifier,
-    its ``server.zip``, ``circuit.json`` and ``key-layout.json`` (:class:`KeyLayout`: two key
-    generations per classifier, seconds each); no client artifact and no key. An
+    its ``server.zip``, ``circuit.json`` and ``key-layout.json`` (:class:`KeyLayout`); no
+    client artifact and no key. An
     :class:`ArtifactError` when ``dest`` holds files or ``circuits`` holds no server side."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -268,10 +202,8 @@ def export_server(circuits: Path, dest: Path, description: dict) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name, folder in source.folders.items():
         (dest / name).mkdir()
-        for part in ("server.zip", "circuit.json"):
+        for part in ("server.zip", CIRCUIT_FILE, KEY_LAYOUT_FILE):
             shutil.copyfile(folder / part, dest / name / part)
-        layout = source.server(name).key_layout
-        (dest / name / KEY_LAYOUT_FILE).write_text(json.dumps(layout.to_json()))
         ids[name] = CircuitStats.load(folder).circuit_id
     (dest / BUNDLE_FILE).write_text(json.dumps({**description, "format": BUNDLE_FORMAT, "circuits": ids}, indent=2))
     return dest

@@ -50,13 +50,17 @@ atexit.unregister(concrete.compiler._terminate_df_parallelization)
 
 CIRCUIT_FILE = "circuit.json"
 CLEAR_FILE = "clear.json"
+KEY_LAYOUT_FILE = "key-layout.json"
 
 
 @dataclass(frozen=True)
 class CircuitStats:
     """What one compiled circuit costs; sizes in bytes. ``p_error`` is Concrete's probability
     that one table lookup is off; ``security_bits`` the security level its parameters were
-    chosen for."""
+    chosen for. ``bootstrap_key_bytes`` and ``keyswitch_key_bytes`` are Concrete's sizes of the
+    evaluation keys as expanded in memory; ``serialized_key_bytes`` is what a client uploads (the
+    serialized key set, compressed when the circuit was compiled with ``compress_evaluation_keys``:
+    3 to 8 times smaller for the default models)."""
 
     circuit_id: str
     input_shape: tuple[int, ...]
@@ -72,14 +76,17 @@ class CircuitStats:
     input_ciphertext_bytes: int
     output_ciphertext_bytes: int
     security_bits: int
+    serialized_key_bytes: int
 
     @property
     def evaluation_key_bytes(self) -> int:
         return self.bootstrap_key_bytes + self.keyswitch_key_bytes
 
     @classmethod
-    def of(cls, circuit: fhe.Circuit, input_shape: tuple[int, ...], n_classes: int, compile_s: float) -> "CircuitStats":
-        """The costs of a compiled concrete-python ``circuit`` (read from Concrete), under a new id."""
+    def of(cls, circuit: fhe.Circuit, input_shape: tuple[int, ...], n_classes: int, compile_s: float,
+           serialized_key_bytes: int) -> "CircuitStats":
+        """The costs of a compiled concrete-python ``circuit`` (read from Concrete), under a new id;
+        ``serialized_key_bytes`` from its :class:`KeyLayout`."""
         return cls(
             circuit_id=uuid.uuid4().hex,
             input_shape=tuple(int(d) for d in input_shape),
@@ -95,6 +102,7 @@ class CircuitStats:
             input_ciphertext_bytes=int(circuit.size_of_inputs),
             output_ciphertext_bytes=int(circuit.size_of_outputs),
             security_bits=int(circuit.configuration.security_level),
+            serialized_key_bytes=int(serialized_key_bytes),
         )
 
     @classmethod
@@ -111,6 +119,66 @@ class CircuitStats:
 
     def save(self, folder: Path) -> None:
         (Path(folder) / CIRCUIT_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """What every serialized evaluation-key set of one circuit has in common: its ``length`` in
+    bytes and its ``fixed`` byte runs (offset, bytes): the Cap'n Proto headers and key
+    descriptions (ids and parameters: LWE dimension, polynomial size, levels, base logs). Found by
+    generating two key sets for the circuit's client specs and keeping the runs of at least
+    :attr:`MIN_RUN` equal bytes (random key material repeats 8 bytes with probability 2^-64).
+    Concrete 2.10's ``ServerKeyset`` exposes no parameters to compare, and keys with parameters
+    other than the circuit's pass its deserializer, then crash the process in the first bootstrap."""
+
+    length: int
+    fixed: tuple[tuple[int, bytes], ...]
+    MIN_RUN = 8
+
+    @classmethod
+    def of(cls, client_specs: fhe.ClientSpecs) -> "KeyLayout":
+        """The layout of ``client_specs``'s evaluation keys (two throwaway key generations:
+        2 to 7 s for the default models' circuits, and twice the serialized key size in memory)."""
+        first, second = (np.frombuffer(_fresh_evaluation_keys(client_specs), dtype=np.uint8) for _ in range(2))
+        if len(first) != len(second):
+            raise FheError(f"two key generations gave {len(first)} and {len(second)} bytes: no fixed layout")
+        equal = np.concatenate([[False], first == second, [False]])
+        edges = np.flatnonzero(np.diff(equal.astype(np.int8)))
+        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= cls.MIN_RUN]
+        return cls(len(first), tuple((a, first[a:b].tobytes()) for a, b in runs))
+
+    def check(self, payload: bytes, circuit_id: str) -> None:
+        """An :class:`FheError` unless ``payload`` (serialized evaluation keys) has this layout."""
+        if len(payload) != self.length:
+            raise FheError(f"evaluation keys for circuit {circuit_id} are {len(payload)} bytes, its keys are "
+                           f"{self.length}: keys of another circuit or model, or damaged")
+        for offset, expected in self.fixed:
+            if payload[offset:offset + len(expected)] != expected:
+                raise FheError(f"evaluation keys for circuit {circuit_id} differ from its key parameters in "
+                               f"bytes {offset}-{offset + len(expected) - 1}: keys of another circuit or model, or damaged")
+
+    def save(self, folder: Path) -> None:
+        fixed = [[offset, run.hex()] for offset, run in self.fixed]
+        (Path(folder) / KEY_LAYOUT_FILE).write_text(json.dumps({"length": self.length, "fixed": fixed}))
+
+    @classmethod
+    def load(cls, folder: Path) -> "KeyLayout":
+        """Read ``key-layout.json`` of a server folder: an :class:`ArtifactError` when it is
+        missing (circuits compiled before ppazam checked keys: compile them again), a
+        :class:`~ppazam_core.errors.DamagedArtifactError` when it cannot be read."""
+        path = Path(folder) / KEY_LAYOUT_FILE
+        if not path.is_file():
+            raise ArtifactError(f"{folder} has no {KEY_LAYOUT_FILE}; compile its circuits again")
+        data = read_json(path, "length", "fixed")
+        with reading(path):
+            return cls(int(data["length"]), tuple((int(offset), bytes.fromhex(run)) for offset, run in data["fixed"]))
+
+
+def _fresh_evaluation_keys(client_specs: fhe.ClientSpecs) -> bytes:
+    client = fhe.Client(client_specs)
+    client.keygen(force=True)
+    return client.evaluation_keys.serialize()
+
 
 
 def compile_classifier(model: torch.nn.Module, calibration: np.ndarray, n_classes: int, config: FheConfig,
@@ -132,16 +200,18 @@ def compile_linear(model: Any, calibration: np.ndarray, n_classes: int, config: 
 
 def save_compiled(model: Any, input_shape: tuple[int, ...], n_classes: int, compile_s: float,
                   folder: Path) -> CircuitStats:
-    """Record the costs of a compiled Concrete ML model and save its client, server and
-    simulator artifacts into ``folder``."""
+    """Record the costs of a compiled Concrete ML model and save its client, server (with its
+    :class:`KeyLayout`) and simulator artifacts into ``folder``."""
     circuit = model.fhe_circuit
-    stats = CircuitStats.of(circuit, input_shape, n_classes, compile_s)
+    layout = KeyLayout.of(circuit.client.specs)
+    stats = CircuitStats.of(circuit, input_shape, n_classes, compile_s, layout.length)
     deployment = folder / "deployment"
     FHEModelDev(str(deployment), model).save(via_mlir=False)
     for side in ("client", "server"):
         (folder / side).mkdir()
         (deployment / f"{side}.zip").rename(folder / side / f"{side}.zip")
         stats.save(folder / side)
+    layout.save(folder / "server")
     deployment.rmdir()
     circuit.simulator.save(folder / "simulator.zip", via_mlir=False)
     (folder / CLEAR_FILE).write_text(model.dumps())

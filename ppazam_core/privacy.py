@@ -14,8 +14,9 @@ For one model in one mode, per query segment (a longer query repeats it per segm
 * ``bytes_up`` / ``bytes_down`` -- bytes sent and received per segment (expected): measured
   framed messages where the run made encrypted calls, else Concrete's ciphertext sizes plus
   the frame header of :mod:`ppazam_core.deployment` (``sizes_measured`` says which);
-* ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit (measured
-  likewise);
+* ``key_bytes_up`` -- evaluation keys the client uploads once, for every circuit: measured
+  framed messages, else each circuit's serialized key size recorded at compile
+  (:class:`~ppazam_core.fhe.KeyLayout`) plus the frame header;
 * ``security_bits`` -- the security level Concrete chose the parameters for (bits; NaN in the
   clear, as ``sizes_measured``);
 * ``p_error_per_query`` -- probability that at least one table lookup of a query is off
@@ -109,7 +110,7 @@ def ledger(model, mode: Mode | str, channel: EncryptedChannel | None) -> Ledger:
             received[name] = statistics.median(c.response_bytes for c in costs)
     keys_measured = set(channel.key_setups) == set(names)
     keys = (sum(s.evaluation_key_bytes for s in channel.key_setups.values()) if keys_measured
-            else sum(s.evaluation_key_bytes for s in stats.values()))
+            else sum(s.serialized_key_bytes + HEADER.size for s in stats.values()))
     survive = math.prod((1.0 - stats[n].p_error) ** (stats[n].pbs_count * calls) for n, calls in plan.calls.items())
     return Ledger(
         server_learns_bits=plan.server_learns_bits,

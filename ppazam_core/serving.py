@@ -26,13 +26,15 @@ evaluation keys in all (counted as uploaded); past either the least recently use
 dropped (its client gets a 404 and must open a new one); sessions idle longer than
 ``session_ttl_s`` are dropped too; at most ``max_receiving_keys`` key bodies are read at once,
 and at most ``max_parallel_uploads`` checked against the circuit's key layout and deserialized
-at once (the others wait, read). A query body is read before it takes a place in the queue. Concrete's ``size_of_bootstrap_keys`` and
-``size_of_keyswitch_keys``, from which the key body cap is drawn, are those of uncompressed keys:
-about ten times what Concrete ML serializes for the tiny test circuits (128 MB sent against 1.28
-GB counted), so that cap is loose and ``max_key_bytes`` is the bound that matters.
+at once (the others wait, read). A query body is read before it takes a place in the queue.
+A key body may be exactly as long as the circuit's serialized keys (its
+:class:`~ppazam_core.fhe.KeyLayout`, plus the frame header), a query body
+:data:`BODY_SLACK` times Concrete's ciphertext size.
 
-FHE evaluation blocks for seconds: it runs in a worker thread, so the event loop keeps
-answering (sessions, uploads, refusals) while queries wait their turn. Concrete's runtime
+FHE evaluation blocks for seconds: it runs in a worker thread and Concrete releases the GIL
+while it runs, so the event loop keeps answering (sessions, uploads, refusals) while queries
+wait their turn. Deserializing a key set holds the GIL (about a second per 100 MB here), during
+which the loop reads nothing; a body's idle limit allows for that (:data:`STALL_GRACE_S`). Concrete's runtime
 already spreads one run over the cores, and two runs side by side are each about 3.5 times
 slower than one alone on a 2-core machine (measured on the tiny 256-PBS circuits: 5.7 s alone,
 20 s each when two run together), so by default one run at a time (``max_parallel_runs``);
@@ -78,6 +80,7 @@ DEFAULT_RECEIVING_KEYS = 8
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_BODY_IDLE_S = 20.0
 DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a 100 MB key set in under half an hour
+STALL_GRACE_S = 1.0  # seconds of a free event loop a body gets before it is called stalled
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 BODY_SLACK = 2  # a body may be this many times the circuit's own size (plus the frame header)
 MIN_BODY_CAP = 64 * 1024  # bytes; so that a tiny circuit's cap does not cut off its own serialization overhead
@@ -174,9 +177,10 @@ class Sessions:
 
 def body_caps(server: ClassifierServer) -> tuple[int, int]:
     """The largest evaluation-key and query bodies (bytes, frame header included) accepted for
-    a circuit: :data:`BODY_SLACK` times its own sizes, at least :data:`MIN_BODY_CAP`."""
+    a circuit: its serialized key size, and :data:`BODY_SLACK` times its input ciphertext size
+    (at least :data:`MIN_BODY_CAP`)."""
     stats = server.stats
-    keys = max(BODY_SLACK * stats.evaluation_key_bytes, MIN_BODY_CAP) + HEADER.size
+    keys = server.key_layout.length + HEADER.size
     query = max(BODY_SLACK * stats.input_ciphertext_bytes, MIN_BODY_CAP) + HEADER.size
     return keys, query
 
@@ -212,13 +216,18 @@ async def read_body(request: Request, cap: int, what: str, limits: BodyLimits = 
     stream = request.stream()
     started = time.monotonic()
     while True:
+        arriving = asyncio.ensure_future(anext(stream))
+        done, _ = await asyncio.wait({arriving}, timeout=limits.idle_s)
+        if not done:  # the loop may have been kept from reading (Concrete holds the GIL): one more look
+            done, _ = await asyncio.wait({arriving}, timeout=STALL_GRACE_S)
+        if not done:
+            arriving.cancel()
+            raise HTTPException(408, f"{what}: no byte for {limits.idle_s:g} s after {size} bytes; "
+                                     "the body stalled")
         try:
-            chunk = await asyncio.wait_for(anext(stream), timeout=limits.idle_s)
+            chunk = arriving.result()
         except StopAsyncIteration:
             return b"".join(chunks)
-        except asyncio.TimeoutError:
-            raise HTTPException(408, f"{what}: no byte for {limits.idle_s:g} s after {size} bytes; "
-                                     "the body stalled") from None
         except ClientDisconnect:
             raise HTTPException(400, f"{what}: the client disconnected after {size} bytes") from None
         size += len(chunk)
@@ -284,6 +293,7 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
                                     "input_ciphertext_bytes": s.stats.input_ciphertext_bytes,
                                     "output_ciphertext_bytes": s.stats.output_ciphertext_bytes,
                                     "evaluation_key_bytes": s.stats.evaluation_key_bytes,
+                                    "serialized_key_bytes": s.stats.serialized_key_bytes,
                                     "max_keys_body_bytes": caps[name][0], "max_query_body_bytes": caps[name][1]}
                              for name, s in servers.items()}}
 

@@ -80,7 +80,7 @@ from concrete import fhe
 from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.config import FheConfig
 from ppazam_core.errors import ArtifactError, FheError
-from ppazam_core.fhe import CLEAR_FILE, CircuitStats
+from ppazam_core.fhe import CLEAR_FILE, CircuitStats, KeyLayout
 
 CODEC_FILE = "top1_codec.json"
 LOW_SCORE = -1e9  # the logit of every track but the decoded one in Top1Simulated/Top1Clear
@@ -455,15 +455,17 @@ def compile_top1_head(model: Any, calibration: np.ndarray, config: FheConfig, fo
         raise FheError("the top-1 head's numpy evaluation differs from its traced graph; not saved")
 
     scale = input_scale * weight_scale
-    stats = CircuitStats.of(circuit, (coef.shape[1],), coef.shape[0], compile_s)
+    layout = KeyLayout.of(circuit.client.specs)
+    stats = CircuitStats.of(circuit, (coef.shape[1],), coef.shape[0], compile_s, layout.length)
     codec = Top1Codec(stats.circuit_id, stats.n_classes, int(coef.shape[1]), input_scale, 0, input_bits,
                       codec_stub.max_input_norm, index_bits(stats.n_classes), score_bits,
                       (low + offset) * scale, step * scale)
-    _save(circuit, stats, codec, spec, folder)
+    _save(circuit, stats, layout, codec, spec, folder)
     return stats
 
 
-def _save(circuit: fhe.Circuit, stats: CircuitStats, codec: Top1Codec, spec: Top1Spec, folder: Path) -> None:
+def _save(circuit: fhe.Circuit, stats: CircuitStats, layout: KeyLayout, codec: Top1Codec, spec: Top1Spec,
+          folder: Path) -> None:
     """Write the folder layout of the module docstring."""
     for side in ("client", "server"):
         (folder / side).mkdir(parents=True)
@@ -479,6 +481,7 @@ def _save(circuit: fhe.Circuit, stats: CircuitStats, codec: Top1Codec, spec: Top
         archive.writestr("versions.json", versions)
     for side in ("client", "server"):
         stats.save(folder / side)
+    layout.save(folder / "server")
     circuit.simulator.save(folder / "simulator.zip", via_mlir=False)
     (folder / CLEAR_FILE).write_text(json.dumps({"top1_spec": spec.to_json()}))
     stats.save(folder)

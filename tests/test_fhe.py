@@ -14,7 +14,7 @@ from conftest import TINY_SPEC
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import (ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, QUERY,
+from ppazam_core.deployment import (HEADER, ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, QUERY,
                                     ServerBundle, client_key_dir, export_server, frame)
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core.fhe import CircuitStats, SimulatedClassifier
@@ -183,8 +183,10 @@ def test_encrypted_run_equals_simulation(identifier, queries):
     costs = identifier.channel.costs[-2:]
     assert all(c.classifier == "cluster" and c.request_bytes > 0 and c.response_bytes > 0 and c.server_s > 0
                for c in costs)
-    setup = identifier.channel.key_setups["cluster"]
-    assert setup.evaluation_key_bytes > 0
+    setup = identifier.channel.key_setups["cluster"]  # what was uploaded is what compile recorded
+    stats = CircuitStats.load(identifier.circuits / "cluster")
+    assert setup.evaluation_key_bytes == stats.serialized_key_bytes + HEADER.size
+    assert stats.serialized_key_bytes < stats.evaluation_key_bytes  # Concrete's in-memory size
 
 
 def secret_key_pieces(client: ClassifierClient) -> list[bytes]:
@@ -214,7 +216,7 @@ def leaks(pieces: list[bytes], contents: list[bytes]) -> bool:
 def test_no_secret_key_reaches_the_server(identifier, circuits, queries, tmp_path):
     bundle = export_server(circuits, tmp_path / "bundle", {"family": "two-stage-cnn"})
     assert sorted(p.name for p in bundle.iterdir()) == sorted(["bundle.json", *identifier.circuit_names()])
-    assert all(sorted(p.name for p in (bundle / name).iterdir()) == ["circuit.json", "server.zip"]
+    assert all(sorted(p.name for p in (bundle / name).iterdir()) == ["circuit.json", "key-layout.json", "server.zip"]
                for name in identifier.circuit_names())
     received: list[bytes] = []
 

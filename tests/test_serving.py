@@ -73,6 +73,8 @@ def test_circuits_lists_public_costs_only(server_url, bundle):
         stats = bundle.server(name).stats
         assert c["circuit_id"] == stats.circuit_id and c["pbs_count"] == 256
         assert c["evaluation_key_bytes"] == stats.bootstrap_key_bytes + stats.keyswitch_key_bytes > 0
+        assert c["serialized_key_bytes"] == stats.serialized_key_bytes == bundle.server(name).key_layout.length
+        assert c["max_keys_body_bytes"] == stats.serialized_key_bytes + HEADER.size
         assert c["input_ciphertext_bytes"] > 0 and c["output_ciphertext_bytes"] > 0
     assert "secret" not in json.dumps(answer)
 
