@@ -5,8 +5,9 @@
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
     ppazam train [--library ...]           train every stage of the identifier
     ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
-    ppazam identify CLIP|FOLDER            top-3 tracks of each clip (--mode fhe: with per-stage costs;
-                                           --server URL: the encrypted classifiers run on that server)
+    ppazam identify CLIP|FOLDER            top-3 tracks of each clip, with any trained --family (--mode fhe:
+                                           with per-stage costs; --server URL: the encrypted classifiers
+                                           run on that server)
     ppazam export-server DIR               the server bundle of a compiled model (no client part, no key)
     ppazam serve DIR                       serve a server bundle over HTTP
     ppazam evaluate [--library ...]        top-1/top-3 and cluster accuracy per level and mode
@@ -36,9 +37,9 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
-from ppazam_core.deployment import EncryptedChannel, KeySetup, ServerBundle, StageCost, export_server
+from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_server
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import (FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, family_bits, family_eval_spec, family_modes, is_trained,
+from ppazam_core.families import (FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, TWO_STAGE_OBLIVIOUS, family_bits, family_eval_spec, family_modes, is_trained,
                                   train_family)
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
@@ -46,7 +47,7 @@ from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_li
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
 from ppazam_core.privacy import ledger
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
-from ppazam_core.recognition import Mode, Recognizer, predict, sample_queries
+from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, rank_segments, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     identify = commands.add_parser("identify", help="print the top-3 tracks of a clip or of every clip in a folder")
     identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
     _experiment_options(identify)
+    _family_option(identify)
     identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value)
     identify.add_argument("--server", metavar="URL",
                           help="with --mode fhe: run the encrypted classifiers on the `ppazam serve` server at URL "
@@ -299,25 +301,45 @@ def _identifier(args: argparse.Namespace, mode: Mode) -> tuple[Identifier, Libra
     return Identifier(folder, circuits), library, config
 
 
+def _trained_model(args: argparse.Namespace, mode: Mode) -> tuple[Recognizer, Library, ExperimentConfig]:
+    """The trained model of ``args.family`` from the cache, with its compiled circuits when
+    ``mode`` needs them (a two-stage model's are compiled now if missing; the other families
+    compile while training). A :class:`ConfigError` for a mode the family lacks, an
+    :class:`ArtifactError` naming the command to run when the model is not trained."""
+    if mode not in family_modes(args.family):
+        raise ConfigError.bad_value("--mode", mode.value, f"a mode of {args.family} "
+                                                          f"({', '.join(m.value for m in family_modes(args.family))})")
+    if args.family in TWO_STAGE_FAMILIES:
+        identifier, library, config = _identifier(args, mode)
+        if args.family == TWO_STAGE_OBLIVIOUS:
+            identifier = Identifier(identifier.folder, identifier.circuits, oblivious=True)
+        return identifier, library, config
+    config, library, cache_dir = _experiment(args)
+    if not is_trained(args.family, library, config, cache_dir, True):
+        raise ArtifactError(f"no {args.family} model trained for {library.name} with this config; run `ppazam "
+                            f"train --family {args.family} --library {args.library}{_config_flag(args)}` first")
+    return train_family(args.family, library, config, cache_dir, args.workers, compiled=True), library, config
+
+
 def _identify(args: argparse.Namespace) -> int:
     mode = Mode(args.mode)
     if args.server and mode is not Mode.FHE:
         raise ConfigError.bad_value("--server", args.server, "only with --mode fhe")
-    identifier, library, config = _identifier(args, mode)
+    model, library, config = _trained_model(args, mode)
     transport = None
     if args.server:
         from ppazam_core.serving import HttpTransport  # the HTTP stack only when asked for
 
         transport = HttpTransport(args.server)
-        identifier.channel = EncryptedChannel(identifier.circuits, identifier.channel.key_dir, transport)
+        model.channel.transport = transport
     try:
-        return _identify_clips(args, mode, identifier, library, config)
+        return _identify_clips(args, mode, model, library, config)
     finally:
         if transport is not None:
             transport.close()
 
 
-def _identify_clips(args: argparse.Namespace, mode: Mode, identifier: Identifier, library: Library,
+def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, library: Library,
                     config: ExperimentConfig) -> int:
     titles = {t.id: t.title for t in library}
     if args.clips.is_dir():
@@ -329,27 +351,29 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, identifier: Identifier
     failures = 0
     for clip in clips:
         try:
-            audio = load_audio(clip, config.data.features.sample_rate)
+            audio = load_audio(clip, model.features.sample_rate)
             started = time.perf_counter()
-            patches = identifier.patches(audio)
+            patches = query_patches(audio, model.features, config.data.segment_s)
             feature_s = time.perf_counter() - started
-            costs_before = len(identifier.channel.costs) if identifier.channel else 0
+            costs_before = len(model.channel.costs) if model.channel else 0
             started = time.perf_counter()
-            matches = identifier.combine(identifier.scores(patches, mode).track_scores)
+            segment_scores = model.scores(patches, mode).track_scores
+            # a two-stage model honours the config's combine rule; the others combine as the bench does
+            matches = (model.combine(segment_scores) if isinstance(model, Identifier)
+                       else rank_segments(model, segment_scores))
             total_s = time.perf_counter() - started
         except AudioError as e:
             failures += 1
             console.print(f"{clip}: skipped ({e.reason})", highlight=False, soft_wrap=True)
             continue
-        console.print(f"[bold]{clip}[/] ({mode}, cluster top-{min(config.cluster_top_k, identifier.n_clusters)}, "
-                      f"{len(patches)} segment(s); features {feature_s:.3f} s, classifiers {total_s:.2f} s)",
-                      highlight=False, soft_wrap=True)
+        search = "" if model.cluster_top_k is None else f", cluster top-{model.cluster_top_k}"
+        console.print(f"[bold]{clip}[/] ({model.family}, {mode}{search}, {len(patches)} segment(s); "
+                      f"features {feature_s:.3f} s, classifiers {total_s:.2f} s)", highlight=False, soft_wrap=True)
         for rank, match in enumerate(matches, start=1):
             console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
                           highlight=False, soft_wrap=True)
         if mode is Mode.FHE:
-            _print_costs(identifier.channel.costs[costs_before:], identifier.channel.key_setups,
-                         remote=args.server)
+            _print_costs(model.channel.costs[costs_before:], model.channel.key_setups, remote=args.server)
     return 1 if failures == len(clips) else 0
 
 
@@ -375,22 +399,10 @@ def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: st
 
 
 def _export_server(args: argparse.Namespace) -> int:
-    if args.family == TWO_STAGE:
-        identifier, library, config = _identifier(args, Mode.FHE)
-        folder, circuits = identifier.folder, identifier.circuits
-    else:
-        config, library, cache_dir = _experiment(args)
-        if Mode.FHE not in family_modes(args.family):
-            raise ConfigError.bad_value("--family", args.family,
-                                        "a family with an encrypted server side (it has no fhe mode)")
-        if not is_trained(args.family, library, config, cache_dir, True):
-            raise ArtifactError(f"no {args.family} model trained and compiled for {library.name} with this config; "
-                                f"run `ppazam train --family {args.family} --library {args.library}"
-                                f"{_config_flag(args)}` first")
-        model = train_family(args.family, library, config, cache_dir, args.workers, compiled=True)
-        if getattr(model, "channel", None) is None:
-            raise ConfigError.bad_value("--family", args.family, "a family with compiled circuits")
-        folder, circuits = model.folder, model.channel.circuits
+    if Mode.FHE not in family_modes(args.family):
+        raise ConfigError.bad_value("--family", args.family, "a family with an encrypted server side (it has no fhe mode)")
+    model, library, _ = _trained_model(args, Mode.FHE)
+    folder, circuits = model.folder, model.channel.circuits
     description = {"family": args.family, "model": folder.name, "library": library.name, "n_tracks": len(library)}
     dest = export_server(circuits, args.dest, description)
     bundle = ServerBundle.load(dest)

@@ -15,37 +15,25 @@ circuit in the same order, the server learns nothing from the calls, and a query
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ppazam_core.artifacts import load_weights, read_arrays, read_json, reading
-from ppazam_core.audio import SILENCE_DBFS, is_silent
-from ppazam_core.conditions import query_segments
 from ppazam_core.config import COMBINE_RULES, ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel, client_key_dir
-from ppazam_core.errors import ArtifactError, AudioError, ConfigError
+from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import ClearCircuit, SimulatedClassifier
 from ppazam_core.models import build_model
 from ppazam_core.privacy import CallPlan, cluster_entropy_bits
-from ppazam_core.recognition import Mode, Scores, combine_segments, log_softmax
+from ppazam_core.recognition import Match, Mode, Scores, combine_segments, log_softmax, query_patches, rank_segments
 from ppazam_core.store import is_complete
 from ppazam_core.training import predict_logits
 
 FAMILY = "two-stage-cnn"
 OBLIVIOUS_FAMILY = "two-stage-cnn-oblivious"
-MIN_QUERY_S = 1.0  # the shortest query the bench measures
-
-
-@dataclass(frozen=True)
-class Match:
-    track_id: str
-    score: float
-    votes: int | None = None
-
 
 class Identifier:
     """The ``two-stage-cnn`` family: a trained identifier loaded from its artifact folder.
@@ -115,16 +103,9 @@ class Identifier:
         return Scores(track_scores, np.exp(track_scores.max(axis=1)), cluster_log_probs)
 
     def patches(self, audio: np.ndarray) -> np.ndarray:
-        """Raw patches ``(segments, 1, H, W)`` of a mono clip at the front-end's rate, cut as the
-        bench cuts its queries (:func:`~ppazam_core.conditions.query_segments`): one segment,
-        its frames repeated, up to a segment's length, else segments every half segment. An
-        :class:`AudioError` for a clip shorter than :data:`MIN_QUERY_S` or silent."""
-        rate = self.config.data.features.sample_rate
-        if audio.shape[0] < MIN_QUERY_S * rate:
-            raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
-        if is_silent(audio):
-            raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
-        return self.front_end(query_segments(audio, rate, self.config.data.segment_s))
+        """Raw patches ``(segments, 1, H, W)`` of a mono clip at the front-end's rate
+        (:func:`~ppazam_core.recognition.query_patches`)."""
+        return query_patches(audio, self.features, self.config.data.segment_s)
 
     def identify(self, audio: np.ndarray, mode: Mode | str = Mode.FP32, top: int = 3) -> list[Match]:
         """Rank tracks for a mono clip at the front-end's sample rate."""
@@ -136,13 +117,12 @@ class Identifier:
         rule = rule or self.config.combine
         if rule not in COMBINE_RULES:
             raise ConfigError.bad_value("identify.combine", rule, COMBINE_RULES)
+        if rule == "mean-log-prob":
+            return rank_segments(self, segment_scores, top)
         mean = combine_segments(segment_scores, len(segment_scores))[0]
-        if rule == "majority-vote":
-            votes = np.bincount(segment_scores.argmax(axis=1), minlength=segment_scores.shape[1])
-            order = np.lexsort((-mean, -votes))[:top]
-            return [Match(self.track_ids[i], float(mean[i]), int(votes[i])) for i in order]
-        order = np.argsort(-mean, kind="stable")[:top]
-        return [Match(self.track_ids[i], float(mean[i])) for i in order]
+        votes = np.bincount(segment_scores.argmax(axis=1), minlength=segment_scores.shape[1])
+        order = np.lexsort((-mean, -votes))[:top]
+        return [Match(self.track_ids[i], float(mean[i]), int(votes[i])) for i in order]
 
     def call_plan(self) -> CallPlan:
         """The encrypted calls of one query segment and what they reveal (:mod:`ppazam_core.privacy`):

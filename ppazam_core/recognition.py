@@ -17,13 +17,16 @@ from typing import Protocol
 
 import numpy as np
 
+from ppazam_core.audio import SILENCE_DBFS, is_silent
+from ppazam_core.conditions import query_segments
 from ppazam_core.dataset import Dataset
 from ppazam_core.deployment import EncryptedChannel
-from ppazam_core.errors import ArtifactError, ConfigError
-from ppazam_core.features import FrontEndConfig
+from ppazam_core.errors import ArtifactError, AudioError, ConfigError
+from ppazam_core.features import FrontEnd, FrontEndConfig
 from ppazam_core.parallel import progress_bar
 
 SCORE_FLOOR = -1e3  # a segment's score of tracks it did not search (two-stage: other clusters' tracks)
+MIN_QUERY_S = 1.0  # the shortest query the bench measures
 
 
 class Mode(str, enum.Enum):
@@ -163,6 +166,39 @@ def predict(recognizer: Recognizer, dataset: Dataset, mode: Mode | str, rows: np
         recognizer.assignment[truth] if clustered and in_library else None,
         cluster_scores.argmax(axis=1) if clustered else None,
         np.asarray(seconds))
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked track of a query: its id, its combined score (see :func:`rank_segments`) and,
+    under the two-stage majority-vote rule, the segments that voted for it."""
+
+    track_id: str
+    score: float
+    votes: int | None = None
+
+
+def query_patches(audio: np.ndarray, features: FrontEndConfig, segment_s: float) -> np.ndarray:
+    """Raw patches ``(segments, *features.shape)`` float32 of a mono clip at
+    ``features.sample_rate`` Hz, cut as the bench cuts its queries
+    (:func:`~ppazam_core.conditions.query_segments`): one segment, its frames repeated, up to
+    ``segment_s`` seconds, else segments every half segment. An :class:`AudioError` for a clip
+    shorter than :data:`MIN_QUERY_S` or silent."""
+    rate = features.sample_rate
+    if audio.shape[0] < MIN_QUERY_S * rate:
+        raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
+    if is_silent(audio):
+        raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
+    return FrontEnd(features)(query_segments(audio, rate, segment_s))
+
+
+def rank_segments(recognizer: Recognizer, segment_scores: np.ndarray, top: int = 3) -> list[Match]:
+    """The ``top`` tracks of one query from its segments' track scores ``(segments, T)``,
+    combined as :func:`predict` combines them (:func:`combine_segments`); tracks no segment
+    scored (a two-stage model's unsearched clusters, a top-1 head's other tracks) are left out."""
+    mean = combine_segments(segment_scores, len(segment_scores))[0]
+    order = np.argsort(-mean, kind="stable")[:top]
+    return [Match(recognizer.track_ids[i], float(mean[i])) for i in order if mean[i] > SCORE_FLOOR]
 
 
 def combine_segments(scores: np.ndarray, segments: int) -> np.ndarray:

@@ -8,6 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import tone, write_audio
+from ppazam_core.audio import load_audio
+from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.errors import ArtifactError, ConfigError
@@ -18,8 +21,9 @@ from ppazam_core.features import FrontEnd
 from ppazam_core.open_set import open_set_metrics
 from ppazam_core.pipeline import noise_folder
 from ppazam_core.privacy import ledger
-from ppazam_core.recognition import Mode, predict, sample_queries
+from ppazam_core.recognition import Mode, predict, query_patches, rank_segments, sample_queries
 from ppazam_core.store import canonical_json
+from test_identifier import ranked_ids, write_query_flac
 
 OTHER_FAMILIES = [f for f in FAMILIES if f not in TWO_STAGE_FAMILIES]
 
@@ -174,3 +178,31 @@ def test_mfcc_votes_below_the_threshold_answer_unknown(family_models):
     needed = int(np.ceil(model.mfcc.vote_threshold * windows))
     confidence = np.array([needed - 1, needed, windows]) / (windows + 1) + 0.5 / (windows + 1)
     assert model.rejects(confidence).tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("family, mode", [("embedding-head", "fp32"), ("mfcc-logreg", "fhe-sim"),
+                                          ("landmark-fp", "fp32"), ("embedding-head-top1", "fhe-sim")])
+def test_cli_identifies_with_any_family(family, mode, family_models, tiny_library, tiny_config, session_cache,
+                                        tmp_path, capsys):
+    """``ppazam identify --family F --mode M`` prints the ranking the model gives the decoded
+    clip's segments, combined as the bench combines them; a top-1 head names one track."""
+    config, toml = tiny_config
+    model = family_models[family]
+    clip = write_query_flac(tmp_path, tiny_library)  # 4 s of track 0: two segments
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1", "--family", family]
+    assert main(["identify", str(clip), "--mode", mode, *common]) == 0
+    out = capsys.readouterr().out
+    patches = query_patches(load_audio(clip, model.features.sample_rate), model.features, config.data.segment_s)
+    expected = rank_segments(model, model.scores(patches, mode).track_scores)
+    assert ranked_ids(out) == [m.track_id for m in expected] and f"{family}, {mode}" in out
+    assert len(expected) == (1 if family == "embedding-head-top1" else 3)
+    assert expected[0].track_id == "syn00000"
+
+
+def test_cli_identify_refuses_a_mode_the_family_lacks(family_models, tiny_config, session_cache, tmp_path, capsys):
+    _, toml = tiny_config
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, tone(440, 2.0, 16_000), 16_000)
+    assert main(["identify", str(clip), "--family", "landmark-fp", "--mode", "fhe-sim", "--config", str(toml),
+                 "--cache-dir", str(session_cache)]) != 0
+    assert "a mode of landmark-fp (fp32)" in capsys.readouterr().err
