@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--parallel-runs", type=int, default=None,
                        help="FHE evaluations at once; the others queue (default 1: Concrete already uses "
                             "every core for one run)")
+    serve.add_argument("--max-key-gib", type=float, default=None,
+                       help="evaluation keys kept in all sessions, in GiB of memory as Concrete sizes them "
+                            "(default 8; a used key set takes 6-10x its upload)")
     serve.set_defaults(run=_serve)
 
     evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")
@@ -414,17 +417,20 @@ def _export_server(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ppazam_core.serving import DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, create_app, url_of, \
-        uvicorn_server
+    from ppazam_core.serving import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, \
+        create_app, url_of, uvicorn_server
 
     for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):
         if value is not None and value < 1:
             raise ConfigError.bad_value(option, value, "an integer >= 1")
+    if args.max_key_gib is not None and not args.max_key_gib > 0:
+        raise ConfigError.bad_value("--max-key-gib", args.max_key_gib, "a number of GiB > 0")
     if not 0 <= args.port <= 65535:
         raise ConfigError.bad_value("--port", args.port, "a port number from 0 to 65535")
     bundle = ServerBundle.load(args.bundle)
     app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
-                     max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS)
+                     max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS,
+                     max_key_bytes=int((args.max_key_gib or DEFAULT_MAX_KEY_BYTES / 1024**3) * 1024**3))
     try:
         sock = bind(args.host, args.port)
     except OSError as e:

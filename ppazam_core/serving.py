@@ -18,11 +18,14 @@ from its ``Content-Length`` before it is read, or as soon as the stream passes t
 that is not ``application/octet-stream`` (415); a body that stalls (no byte for ``body_idle_s``, or slower on average than
 ``min_body_rate`` bytes/s once ``body_idle_s`` have passed: 408); a key upload while
 ``max_receiving_keys`` key bodies are already arriving, or a query while ``max_queued`` are
-already waiting or running (503, retry later); more than ``max_connections`` requests at once
-(uvicorn's ``limit_concurrency``: 503). So a client that stalls its bodies holds a slot for
+already waiting or running (503, retry later); more than ``max_connections`` open connections
+(uvicorn's ``limit_concurrency``: 503), a connection that has not sent a request's headers
+:data:`HEADER_TIMEOUT_S` after opening or after its last answer is closed. So a client that stalls its bodies holds a slot for
 ``body_idle_s`` at most, and only its own. Memory is bounded: at most ``max_sessions``
 sessions, each holding at most one key set per circuit, and at most ``max_key_bytes`` of
-evaluation keys in all (counted as uploaded); past either the least recently used session is
+evaluation keys in all, counted at Concrete's in-memory size (``size_of_bootstrap_keys +
+size_of_keyswitch_keys``, 6 to 10 times the upload: keys are expanded once used; measured 0.77
+GB of server memory per 1.10 GB counted, so the count is an upper bound); past either the least recently used session is
 dropped (its client gets a 404 and must open a new one); sessions idle longer than
 ``session_ttl_s`` are dropped too; at most ``max_receiving_keys`` key bodies are read at once,
 and at most ``max_parallel_uploads`` checked against the circuit's key layout and deserialized
@@ -64,6 +67,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ppazam_core.deployment import HEADER, ClassifierServer, ServerBundle
 from ppazam_core.errors import FheError
@@ -80,6 +84,7 @@ DEFAULT_RECEIVING_KEYS = 8
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_BODY_IDLE_S = 20.0
 DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a 100 MB key set in under half an hour
+HEADER_TIMEOUT_S = 10.0  # seconds a connection may take to send a request's headers
 STALL_GRACE_S = 1.0  # seconds of a free event loop a body gets before it is called stalled
 DEFAULT_SESSION_TTL_S = 30 * 60.0
 BODY_SLACK = 2  # a body may be this many times the circuit's own size (plus the frame header)
@@ -115,11 +120,11 @@ class Sessions:
 
     @property
     def key_bytes(self) -> int:
-        """Bytes of evaluation keys held, as uploaded."""
+        """Bytes of evaluation keys held, counted at Concrete's in-memory size."""
         return sum(sum(s.key_bytes.values()) for s in self._sessions.values())
 
     def store_keys(self, session_id: str, name: str, keys: fhe.EvaluationKeys, size: int) -> None:
-        """Keep ``keys`` (``size`` bytes as uploaded) of circuit ``name`` in a session, dropping
+        """Keep ``keys`` (``size`` bytes in memory) of circuit ``name`` in a session, dropping
         the least recently used other sessions while the total passes ``max_key_bytes``; a 404
         for an unknown session, a 413 when this session alone would pass it."""
         session = self.get(session_id)
@@ -252,7 +257,8 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
     circuit) are kept; ``session_ttl_s``: seconds after which an idle session is dropped;
     ``max_parallel_runs``: FHE evaluations at once (of different circuits), the others queue;
     ``max_queued``: queries waiting or running at once, past which a query gets a 503;
-    ``max_key_bytes``: evaluation keys kept in all sessions together (bytes as uploaded);
+    ``max_key_bytes``: evaluation keys kept in all sessions together (bytes in memory, as
+    Concrete sizes them: ``size_of_bootstrap_keys + size_of_keyswitch_keys``);
     ``max_parallel_uploads``: key sets checked and deserialized at once; ``max_receiving_keys``:
     key bodies arriving at once, past which an upload gets a 503; ``body_limits``: how slowly a
     body may arrive. A :class:`ValueError` for a bound below 1."""
@@ -318,7 +324,8 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
             receiving.release()
         async with uploads:
             keys = await run_in_threadpool(server.read_keys, message)
-        sessions.store_keys(session_id, name, keys, len(message))  # 404 if it was dropped meanwhile
+        # counted at Concrete's in-memory size: a key set takes ~6-10x its upload once used
+        sessions.store_keys(session_id, name, keys, server.stats.evaluation_key_bytes)  # 404 if dropped meanwhile
         return Response(status_code=204)
 
     @app.post("/sessions/{session_id}/circuits/{name}")
@@ -370,12 +377,46 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class H11WithHeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection that has not completed a request's headers
+    within :data:`HEADER_TIMEOUT_S` of opening or of its last response. uvicorn has no such
+    limit, and its ``limit_concurrency`` counts open connections: 256 idle ones locked every
+    client out for as long as they were held."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._close_if_no_request)
+
+    def _close_if_no_request(self) -> None:
+        self._header_timer = None
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+
 def uvicorn_server(app: FastAPI, log_level: str = "warning",
                    max_connections: int = DEFAULT_MAX_CONNECTIONS) -> uvicorn.Server:
-    """uvicorn serving ``app`` (h11: bodies of tens of MB are fine; no websockets, no lifespan
-    events); past ``max_connections`` requests at once a new one gets a 503."""
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", ws="none", http="h11",
-                                         timeout_keep_alive=30, limit_concurrency=max_connections))
+    """uvicorn serving ``app`` (h11, with :class:`H11WithHeaderTimeout`: bodies of tens of MB
+    are fine; no websockets, no lifespan events); past ``max_connections`` open connections a
+    request gets a 503."""
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", ws="none",
+                                         http=H11WithHeaderTimeout, timeout_keep_alive=30,
+                                         limit_concurrency=max_connections))
 
 
 @contextmanager

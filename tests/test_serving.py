@@ -26,6 +26,7 @@ from ppazam_core.cli import main
 from ppazam_core.deployment import HEADER, KEYS, QUERY, EncryptedChannel, ServerBundle, export_server, frame
 from ppazam_core.errors import DamagedArtifactError, FheError
 from ppazam_core.fhe import SimulatedClassifier
+from ppazam_core import serving
 from ppazam_core.serving import OCTET_STREAM, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
     serve_in_background
 from test_fhe import circuits, fhe_config, identifier, queries  # noqa: F401  (session fixtures, reused)
@@ -41,7 +42,8 @@ def bundle(circuits, tmp_path_factory) -> ServerBundle:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server_url(bundle) -> str:
-    with serve_in_background(bundle, max_sessions=32) as url:
+    # 16 GiB counted: the load test's 8 sessions each hold one key set of 1.28 GB counted (~0.8 GB used)
+    with serve_in_background(bundle, max_sessions=32, max_key_bytes=16 * 1024**3) as url:
         yield url
 
 
@@ -167,15 +169,24 @@ def send_partial_body(url: str, path: str, declared: int, sent: bytes) -> socket
     return sock
 
 
-def test_stalled_and_abandoned_bodies_hold_nothing_for_long(identifier, queries, bundle, caplog):  # noqa: F811
-    """Slow-body clients (slowloris): a key body that stops arriving gets a 408 after the idle
+def test_stalled_and_abandoned_bodies_hold_nothing_for_long(identifier, queries, bundle, caplog,  # noqa: F811
+                                                            monkeypatch):
+    """Slow clients (slowloris): idle connections are closed; a key body that stops arriving gets a 408 after the idle
     limit and frees its place; while it stalls, other uploads get a 503 only past
     ``max_receiving_keys``; a stalled query body takes no place in the queries' queue; a client
     that disconnects mid-body leaves no traceback in the log."""
     client = identifier.channel.client("cluster")
     keys, query = client.evaluation_keys(), client.encrypt(patches(identifier, queries, [1]))
     limits = BodyLimits(idle_s=1.5, min_rate=0)
+    monkeypatch.setattr(serving, "HEADER_TIMEOUT_S", 1.0)
     with serve_in_background(bundle, max_receiving_keys=1, max_queued=1, body_limits=limits) as url:
+        # connections that never complete a request's headers are closed, answered or not
+        host, port = url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=30) for _ in range(3)]
+        idle[0].sendall(b"PUT /sessions/x/keys/cluster HTTP/1.1\r\nHost: x\r\n")
+        assert all(sock.recv(100) == b"" for sock in idle)
+        for sock in idle:
+            sock.close()
         http = httpx.Client(base_url=url, timeout=120)
         session = http.post("/sessions").json()["session"]
         keys_path, run_path = f"/sessions/{session}/keys/cluster", f"/sessions/{session}/circuits/cluster"
