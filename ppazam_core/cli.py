@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                             "every core for one run)")
     serve.add_argument("--max-key-gib", type=float, default=None,
                        help="evaluation keys kept in all sessions, in GiB of memory as Concrete sizes them "
-                            "(default 8; a used key set takes 6-10x its upload)")
+                            "(default 8; Concrete sizes a key set at 3-10x its upload)")
     serve.set_defaults(run=_serve)
 
     evaluate_command = commands.add_parser("evaluate", help="accuracy on the evaluation sets, per level and mode")

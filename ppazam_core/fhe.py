@@ -60,7 +60,7 @@ class CircuitStats:
     chosen for. ``bootstrap_key_bytes`` and ``keyswitch_key_bytes`` are Concrete's sizes of the
     evaluation keys as expanded in memory; ``serialized_key_bytes`` is what a client uploads (the
     serialized key set, compressed when the circuit was compiled with ``compress_evaluation_keys``:
-    3 to 8 times smaller for the default models)."""
+    3 to 10 times smaller for the default and the test circuits)."""
 
     circuit_id: str
     input_shape: tuple[int, ...]
@@ -178,7 +178,6 @@ def _fresh_evaluation_keys(client_specs: fhe.ClientSpecs) -> bytes:
     client = fhe.Client(client_specs)
     client.keygen(force=True)
     return client.evaluation_keys.serialize()
-
 
 
 def compile_classifier(model: torch.nn.Module, calibration: np.ndarray, n_classes: int, config: FheConfig,

@@ -24,7 +24,7 @@ already waiting or running (503, retry later); more than ``max_connections`` ope
 ``body_idle_s`` at most, and only its own. Memory is bounded: at most ``max_sessions``
 sessions, each holding at most one key set per circuit, and at most ``max_key_bytes`` of
 evaluation keys in all, counted at Concrete's in-memory size (``size_of_bootstrap_keys +
-size_of_keyswitch_keys``, 6 to 10 times the upload: keys are expanded once used; measured 0.77
+size_of_keyswitch_keys``, 3 to 10 times the upload: keys are expanded once used; measured 0.77
 GB of server memory per 1.10 GB counted, so the count is an upper bound); past either the least recently used session is
 dropped (its client gets a 404 and must open a new one); sessions idle longer than
 ``session_ttl_s`` are dropped too; at most ``max_receiving_keys`` key bodies are read at once,
@@ -324,7 +324,7 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
             receiving.release()
         async with uploads:
             keys = await run_in_threadpool(server.read_keys, message)
-        # counted at Concrete's in-memory size: a key set takes ~6-10x its upload once used
+        # counted at Concrete's in-memory size (3-10x the upload): keys expand once used
         sessions.store_keys(session_id, name, keys, server.stats.evaluation_key_bytes)  # 404 if dropped meanwhile
         return Response(status_code=204)
 
