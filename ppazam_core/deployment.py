@@ -156,6 +156,9 @@ class ServerBundle:
             raise ArtifactError(f"{folder} is not a server bundle ({BUNDLE_FILE} is missing); "
                                 "write one with `ppazam export-server`")
         description = read_json(folder / BUNDLE_FILE, "format", "circuits")
+        if description["format"] != BUNDLE_FORMAT:
+            raise damaged(folder / BUNDLE_FILE, f"bundle format {description['format']!r}; this ppazam reads "
+                                                f"format {BUNDLE_FORMAT}: export it again with this version")
         ids = description["circuits"]
         if not isinstance(ids, dict) or not ids:
             raise damaged(folder / BUNDLE_FILE, "it lists no circuit")

@@ -53,6 +53,7 @@ def patches(identifier, queries, rows) -> np.ndarray:  # noqa: F811
 
 @pytest.mark.parametrize("damage, reason", [
     (lambda index: index.update(circuits={}), "lists no circuit"),
+    (lambda index: index.update(format=99), "bundle format 99; this ppazam reads format 1"),
     (lambda index: index["circuits"].update({"../cluster": "0" * 32}), "not plain names"),
     (lambda index: index["circuits"].update({"ghost": "0" * 32}), "not plain names of folders"),
     (lambda index: index["circuits"].update(cluster="0" * 32), "the bundle lists 0000"),
