@@ -423,8 +423,8 @@ def _serve(args: argparse.Namespace) -> int:
     for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):
         if value is not None and value < 1:
             raise ConfigError.bad_value(option, value, "an integer >= 1")
-    if args.max_key_gib is not None and not args.max_key_gib > 0:
-        raise ConfigError.bad_value("--max-key-gib", args.max_key_gib, "a number of GiB > 0")
+    if args.max_key_gib is not None and not 0 < args.max_key_gib < 1024**2:
+        raise ConfigError.bad_value("--max-key-gib", args.max_key_gib, "a number of GiB above 0 (and below 2^20)")
     if not 0 <= args.port <= 65535:
         raise ConfigError.bad_value("--port", args.port, "a port number from 0 to 65535")
     bundle = ServerBundle.load(args.bundle)
