@@ -324,8 +324,10 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
             receiving.release()
         async with uploads:
             keys = await run_in_threadpool(server.read_keys, message)
-        # counted at Concrete's in-memory size (3-10x the upload): keys expand once used
-        sessions.store_keys(session_id, name, keys, server.stats.evaluation_key_bytes)  # 404 if dropped meanwhile
+        # counted at Concrete's in-memory size (3-10x the upload: keys expand once used), or as
+        # uploaded where Concrete counts less (a linear head without PBS: 0 bytes)
+        size = max(server.stats.evaluation_key_bytes, len(message))
+        sessions.store_keys(session_id, name, keys, size)  # 404 if it was dropped meanwhile
         return Response(status_code=204)
 
     @app.post("/sessions/{session_id}/circuits/{name}")
