@@ -183,7 +183,7 @@ class ServerBundle:
             server = ClassifierServer(self.folders[name])
             expected = self.description.get("circuits", {}).get(name, server.stats.circuit_id)
             if server.stats.circuit_id != expected:
-                raise damaged(self.folders[name] / "circuit.json",
+                raise damaged(self.folders[name] / CIRCUIT_FILE,
                               f"circuit id {server.stats.circuit_id}, the bundle lists {expected}")
             self._servers[name] = server
         return self._servers[name]
@@ -318,9 +318,11 @@ class ClassifierClient:
             self.client.keys = stored
             return time.perf_counter() - started, False
         self.client.keygen(force=True)
-        if not self.key_dir.parent.exists():  # a folder the user named (even /tmp) keeps its mode
+        try:
             self.key_dir.parent.mkdir(mode=0o700, parents=True)
             os.chmod(self.key_dir.parent, 0o700)  # mkdir's mode is masked by the umask
+        except FileExistsError:  # a folder the user named (even /tmp), or one another client just made, keeps its mode
+            pass
         with atomic_folder(self.key_dir) as tmp:  # mkdtemp: mode 0700
             with private_file(tmp / KEYS_FILE):
                 self.client.keys.serialize_to_file(tmp / KEYS_FILE)
