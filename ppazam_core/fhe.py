@@ -126,14 +126,16 @@ class KeyLayout:
     """What every serialized evaluation-key set of one circuit has in common: its ``length`` in
     bytes and its ``fixed`` byte runs (offset, bytes): the Cap'n Proto headers and key
     descriptions (ids and parameters: LWE dimension, polynomial size, levels, base logs). Found by
-    generating two key sets for the circuit's client specs and keeping the runs of at least
-    :attr:`MIN_RUN` equal bytes (random key material repeats 8 bytes with probability 2^-64).
+    generating two key sets for the circuit's client specs and keeping the runs of whole
+    :attr:`WORD`-byte words (Cap'n Proto's unit) that are equal in both: random key material
+    repeats a word with probability 2^-64, while single equal bytes at a run's edge are chance
+    (1 in 256 per edge) and would refuse a client's own keys.
     Concrete 2.10's ``ServerKeyset`` exposes no parameters to compare, and keys with parameters
     other than the circuit's pass its deserializer, then crash the process in the first bootstrap."""
 
     length: int
     fixed: tuple[tuple[int, bytes], ...]
-    MIN_RUN = 8
+    WORD = 8
 
     @classmethod
     def of(cls, client_specs: fhe.ClientSpecs) -> "KeyLayout":
@@ -142,10 +144,10 @@ class KeyLayout:
         first, second = (np.frombuffer(_fresh_evaluation_keys(client_specs), dtype=np.uint8) for _ in range(2))
         if len(first) != len(second):
             raise FheError(f"two key generations gave {len(first)} and {len(second)} bytes: no fixed layout")
-        equal = np.concatenate([[False], first == second, [False]])
-        edges = np.flatnonzero(np.diff(equal.astype(np.int8)))
-        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= cls.MIN_RUN]
-        return cls(len(first), tuple((a, first[a:b].tobytes()) for a, b in runs))
+        words = len(first) // cls.WORD
+        same = (first[:words * cls.WORD] == second[:words * cls.WORD]).reshape(words, cls.WORD).all(axis=1)
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], same, [False]]).astype(np.int8))) * cls.WORD
+        return cls(len(first), tuple((int(a), first[a:b].tobytes()) for a, b in zip(edges[::2], edges[1::2])))
 
     def check(self, payload: bytes, circuit_id: str) -> None:
         """An :class:`FheError` unless ``payload`` (serialized evaluation keys) has this layout."""

@@ -17,7 +17,8 @@ from ppazam_core.dataset import build_dataset
 from ppazam_core.deployment import (HEADER, ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, QUERY,
                                     ServerBundle, client_key_dir, export_server, frame)
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
-from ppazam_core.fhe import CircuitStats, SimulatedClassifier
+from ppazam_core import fhe as fhe_module
+from ppazam_core.fhe import CircuitStats, KeyLayout, SimulatedClassifier
 from ppazam_core.identifier import Identifier
 from ppazam_core.recognition import Mode, predict, sample_queries
 from ppazam_core.pipeline import compile_identifier, noise_folder, train_identifier
@@ -332,6 +333,26 @@ def test_missing_artifacts_are_clear_errors(circuits, tmp_path, identifier):
         Identifier(identifier.folder, tmp_path)
     with pytest.raises(ArtifactError, match="compile"):
         Identifier(identifier.folder).scores(np.zeros((1, 1, 32, 32), dtype=np.float32), "fhe-sim")
+
+
+def test_key_layout_keeps_whole_words_so_chance_equal_bytes_refuse_no_client(monkeypatch):
+    # two key generations whose random material starts with the same byte by chance (1 in 256):
+    # the layout must not take that byte for a parameter, or a third key set is refused
+    rng = np.random.default_rng(0)
+    header, trailer = bytes(range(24)), b"\x01\x00\x00\x00\x82\x00\x0a\x00"
+    def key_set(first_byte: int) -> bytes:
+        material = bytearray(rng.integers(0, 256, 64, dtype=np.uint8).tobytes())
+        material[0] = first_byte
+        return header + bytes(material) + trailer
+    generated = iter([key_set(0xB8), key_set(0xB8)])
+    monkeypatch.setattr(fhe_module, "_fresh_evaluation_keys", lambda specs: next(generated))
+    layout = KeyLayout.of(None)
+    assert layout.length == 96 and [offset for offset, _ in layout.fixed] == [0, 88]
+    layout.check(key_set(0x3C), "cluster")
+    parameters_changed = bytearray(key_set(0x3C))
+    parameters_changed[3] ^= 0x01
+    with pytest.raises(FheError, match="bytes 0-23"):
+        layout.check(bytes(parameters_changed), "cluster")
 
 
 def test_fhe_config_is_validated():
