@@ -5,6 +5,7 @@
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
     ppazam train [--library ...]           train every stage of the identifier
     ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
+    ppazam calibrate [--family ...]        choose and store the family's "no match" threshold
     ppazam identify CLIP|FOLDER            top-3 tracks of each clip, with any trained --family (--mode fhe:
                                            with per-stage costs; --server URL: the encrypted classifiers
                                            run on that server)
@@ -33,6 +34,7 @@ from rich.table import Table
 
 from ppazam_core.artifacts import read_json, reading
 from ppazam_core.audio import is_audio_path, load_audio
+from ppazam_core.calibration import calibrate_open_set, rule_folder, rule_mode
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
@@ -43,8 +45,9 @@ from ppazam_core.families import (FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, TWO_S
                                   train_family)
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.identifier import Identifier
-from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library
+from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, synthetic_distractors
 from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
+from ppazam_core.open_set import OpenSetRule, check_far
 from ppazam_core.privacy import ledger
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, rank_segments, sample_queries
@@ -55,6 +58,8 @@ from ppazam_core.store import atomic_write_text, canonical_json, config_hash, de
 console = Console()
 DEFAULT_FHE_QUERIES = 2
 DEFAULT_EVALUATE_MODES = ("fp32", "quant", "fhe-sim")
+DEFAULT_FAR = 0.01
+DEFAULT_DISTRACTOR_TRACKS = 16
 COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
 
 
@@ -118,6 +123,22 @@ def _parser() -> argparse.ArgumentParser:
                           help="with --mode fhe: run the encrypted classifiers on the `ppazam serve` server at URL "
                                "(e.g. http://127.0.0.1:8000) instead of in this process")
     identify.set_defaults(run=_identify)
+
+    calibrate_command = commands.add_parser(
+        "calibrate", help="choose a family's open-set threshold on distractor queries at a false-accept rate and "
+                          "store it with the model: identify then answers 'no match' below it")
+    _experiment_options(calibrate_command)
+    _family_option(calibrate_command)
+    calibrate_command.add_argument("--mode", choices=[m.value for m in Mode if m is not Mode.FHE],
+                                   default=Mode.FP32.value, help="mode (default fp32; fhe answers by the fhe-sim rule)")
+    calibrate_command.add_argument("--far", type=float, default=DEFAULT_FAR,
+                                   help=f"target false-accept rate on the distractors (default {DEFAULT_FAR})")
+    calibrate_command.add_argument("--distractors", type=Path,
+                                   help="folder of songs outside the library (needed for a folder library; "
+                                        "default for the synthetic one: more tracks of its generator, another seed)")
+    calibrate_command.add_argument("--distractor-tracks", type=int, default=DEFAULT_DISTRACTOR_TRACKS,
+                                   help=f"synthetic distractor tracks (default {DEFAULT_DISTRACTOR_TRACKS})")
+    calibrate_command.set_defaults(run=_calibrate)
 
     export = commands.add_parser("export-server", help="write the server bundle of a trained and compiled model: "
                                                        "each circuit's server side, no client part and no key")
@@ -345,6 +366,16 @@ def _identify(args: argparse.Namespace) -> int:
 def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, library: Library,
                     config: ExperimentConfig) -> int:
     titles = {t.id: t.title for t in library}
+    rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
+    if rule is None:
+        console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
+                      f"tracks, even a song outside the library (`ppazam calibrate --family {model.family} --mode "
+                      f"{rule_mode(mode)}` stores one)", style="dim", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"no match below confidence {rule.threshold:.4g} (target false-accept rate {rule.far:g}; "
+                      f"{rule.false_accepts:.2%} of {rule.n_distractors} distractor queries accepted, "
+                      f"{rule.top1_at_false_accepts:.2%} of {rule.n_library} library queries accepted and right)",
+                      style="dim", highlight=False, soft_wrap=True)
     if args.clips.is_dir():
         clips = sorted(p for p in args.clips.rglob("*") if p.is_file() and is_audio_path(p))
     else:
@@ -360,10 +391,11 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, lib
             feature_s = time.perf_counter() - started
             costs_before = len(model.channel.costs) if model.channel else 0
             started = time.perf_counter()
-            segment_scores = model.scores(patches, mode).track_scores
+            scores = model.scores(patches, mode)
             # a two-stage model honours the config's combine rule; the others combine as the bench does
-            matches = (model.combine(segment_scores) if isinstance(model, Identifier)
-                       else rank_segments(model, segment_scores))
+            matches = (model.combine(scores.track_scores) if isinstance(model, Identifier)
+                       else rank_segments(model, scores.track_scores))
+            confidence = float(np.mean(scores.confidence))  # as predict() combines a query's segments
             total_s = time.perf_counter() - started
         except AudioError as e:
             failures += 1
@@ -371,13 +403,52 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, lib
             continue
         search = "" if model.cluster_top_k is None else f", cluster top-{model.cluster_top_k}"
         console.print(f"[bold]{clip}[/] ({model.family}, {mode}{search}, {len(patches)} segment(s); "
-                      f"features {feature_s:.3f} s, classifiers {total_s:.2f} s)", highlight=False, soft_wrap=True)
-        for rank, match in enumerate(matches, start=1):
-            console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
-                          highlight=False, soft_wrap=True)
+                      f"features {feature_s:.3f} s, classifiers {total_s:.2f} s; confidence {confidence:.4g})",
+                      highlight=False, soft_wrap=True)
+        if rule is not None and not rule.accepts(confidence):
+            console.print(f"  no match (confidence {confidence:.4g} <= threshold {rule.threshold:.4g}; "
+                          f"best guess {matches[0].track_id if matches else 'none'})", highlight=False, soft_wrap=True)
+        else:
+            for rank, match in enumerate(matches, start=1):
+                console.print(f"  {rank}. {match.track_id}  score {match.score:.3f}  {titles.get(match.track_id, '')}",
+                              highlight=False, soft_wrap=True)
         if mode is Mode.FHE:
             _print_costs(model.channel.costs[costs_before:], model.channel.key_setups, remote=args.server)
     return 1 if failures == len(clips) else 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    mode = Mode(args.mode)
+    check_far(args.far, "--far")
+    if args.distractors is None and args.library != "synthetic":
+        raise ConfigError(f"--distractors FOLDER is needed for the folder library {args.library}: "
+                          "songs outside it, to choose the threshold on")
+    model, library, config = _trained_model(args, mode)
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.distractors is not None:
+        distractors = open_library(args.distractors, cache_dir, config.data.synthetic, config.data.segment_s,
+                                   args.workers)
+        shared = {t.sha256 for t in distractors if t.sha256} & {t.sha256 for t in library}
+        if shared:
+            raise ConfigError(f"{len(shared)} of the distractor tracks in {args.distractors} are library tracks; "
+                              "distractors must be songs outside the library")
+    else:
+        distractors = synthetic_distractors(config.data.synthetic, args.distractor_tracks, cache_dir, args.workers or 1)
+    started = time.perf_counter()
+    rule = calibrate_open_set(model, library, distractors, config, cache_dir, mode, args.far, args.workers)
+    path = rule.save(rule_folder(model, mode))
+    table = Table(title=f"open-set rule of {rule.family} in {rule.mode} ({library.name} against "
+                        f"{distractors.name}; levels {', '.join(rule.levels)})")
+    for column in ("target FAR", "threshold", "distractors accepted", "library accepted and right", "ROC-AUC",
+                   "library queries", "distractor queries"):
+        table.add_column(column)
+    table.add_row(f"{rule.far:g}", f"{rule.threshold:.4g}", f"{rule.false_accepts:.2%}",
+                  f"{rule.top1_at_false_accepts:.2%}", f"{rule.roc_auc:.3f}", str(rule.n_library),
+                  str(rule.n_distractors))
+    console.print(table)
+    console.print(f"stored in {path} [{time.perf_counter() - started:.1f} s]; `ppazam identify --family "
+                  f"{rule.family}` answers 'no match' at or below the threshold", highlight=False, soft_wrap=True)
+    return 0
 
 
 def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: str | None = None) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 from collections import Counter
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, get_type_hints
 
@@ -36,6 +36,7 @@ from ppazam_core.audio import (
 )
 from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
+from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash
 from ppazam_core.synth import render_track
 
@@ -241,6 +242,16 @@ def synthetic_library(spec: SyntheticSpec, cache_dir: Path, workers: int = 1) ->
     name = f"synthetic-{spec.n_tracks}x{spec.duration_s:g}s-seed{spec.seed}"
     atomic_write_text(manifest, canonical_json({"name": name, "spec": spec, "tracks": tracks}))
     return Library(name, tracks)
+
+
+def synthetic_distractors(spec: SyntheticSpec, n_tracks: int, cache_dir: Path, workers: int = 1) -> Library:
+    """``n_tracks`` songs outside the synthetic library of ``spec``: the same generator under
+    another seed (derived from ``spec.seed``), for open-set rejection. A :class:`ConfigError`
+    when ``n_tracks`` is below 1."""
+    if isinstance(n_tracks, bool) or not isinstance(n_tracks, int) or n_tracks < 1:
+        raise ConfigError.bad_value("distractor tracks", n_tracks, "an integer >= 1")
+    return synthetic_library(replace(spec, seed=derive_seed(spec.seed, "distractors"), n_tracks=n_tracks),
+                             cache_dir, workers)
 
 
 def _render_to_file(job: tuple[SyntheticSpec, int, str]) -> Track:

@@ -4,6 +4,7 @@ constructed case."""
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.families import CLEAR_ONLY, FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, family_features, train_family
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.mfcc_logreg import window_descriptors
+from ppazam_core.library import synthetic_distractors
 from ppazam_core.features import FrontEnd
-from ppazam_core.open_set import open_set_metrics
+from ppazam_core.open_set import OPEN_SET_FILE, OpenSetRule, open_set_metrics
 from ppazam_core.pipeline import noise_folder
 from ppazam_core.privacy import ledger
 from ppazam_core.recognition import Mode, predict, query_patches, rank_segments, sample_queries
@@ -206,3 +208,70 @@ def test_cli_identify_refuses_a_mode_the_family_lacks(family_models, tiny_config
     assert main(["identify", str(clip), "--family", "landmark-fp", "--mode", "fhe-sim", "--config", str(toml),
                  "--cache-dir", str(session_cache)]) != 0
     assert "a mode of landmark-fp (fp32)" in capsys.readouterr().err
+
+
+def test_calibrate_stores_a_no_match_rule_that_identify_applies(family_models, tiny_library, tiny_config,
+                                                               session_cache, tmp_path, capsys):
+    """``ppazam calibrate`` chooses the threshold on synthetic distractor queries (the fixed
+    threshold of open_set_metrics at the target rate) and stores it with the model; ``identify``
+    then answers "no match" for a clip at or below it, and names tracks above it."""
+    config, toml = tiny_config
+    model = family_models["embedding-head"]
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1", "--family", "embedding-head"]
+    song = write_query_flac(tmp_path, tiny_library)
+    beep = write_audio(tmp_path / "tone.wav", tone(440, 4.0, 16_000), 16_000)
+    (model.folder / OPEN_SET_FILE).unlink(missing_ok=True)
+    assert main(["identify", str(beep), *common]) == 0
+    out = capsys.readouterr().out
+    assert "no open-set threshold stored for embedding-head in fp32" in out and len(ranked_ids(out)) == 3
+
+    assert main(["calibrate", *common, "--far", "0.1", "--distractor-tracks", "4"]) == 0
+    assert "stored in" in capsys.readouterr().out
+    rule = OpenSetRule.load(model.folder, "embedding-head", "fp32")
+    distractors = synthetic_distractors(config.data.synthetic, 4, session_cache)
+    unknown = predict(model, queries_for("embedding-head", distractors, config, session_cache), Mode.FP32,
+                      in_library=False)
+    known = predict(model, queries_for("embedding-head", tiny_library, config, session_cache), Mode.FP32)
+    assert (rule.n_distractors, rule.n_library, rule.levels) == (20, 30, ("clean",))
+    assert rule.false_accepts == (unknown.confidence > rule.threshold).mean() <= 0.1
+    assert rule.top1_at_false_accepts == ((known.confidence > rule.threshold) & known.hits(1)).mean()
+
+    answers = {}
+    for clip in (song, beep):
+        assert main(["identify", str(clip), *common]) == 0
+        out = capsys.readouterr().out
+        patches = query_patches(load_audio(clip, model.features.sample_rate), model.features, config.data.segment_s)
+        confidence = float(model.scores(patches, Mode.FP32).confidence.mean())
+        assert ("no match (confidence" in out) != rule.accepts(confidence)
+        answers[clip.name] = ranked_ids(out)
+    assert answers == {"query.flac": answers["query.flac"], "tone.wav": []}  # a 440 Hz tone: no match
+    assert answers["query.flac"][0] == "syn00000"  # a library song: named
+
+
+def test_calibrate_refuses_bad_distractors_and_rates(family_models, tiny_library, tiny_config, session_cache, tmp_path,
+                                                     capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1", "--family", "embedding-head"]
+    assert main(["calibrate", *common, "--far", "1.5"]) == 1
+    assert "--far = 1.5 is not allowed" in capsys.readouterr().err
+    folder = tmp_path / "library"
+    for track in tiny_library.tracks[:3]:
+        write_audio(folder / f"{track.id}.wav", tiny_library.load(track, 16_000), 16_000)
+    assert main(["calibrate", *common, "--library", str(folder)]) == 1
+    assert "--distractors FOLDER is needed" in capsys.readouterr().err
+    assert main(["calibrate", *common, "--distractors", str(Path(tiny_library.tracks[0].source).parent)]) == 1
+    assert "6 of the distractor tracks in" in capsys.readouterr().err
+
+
+def test_a_damaged_open_set_rule_is_a_clear_error(family_models, tiny_library, tiny_config, session_cache, tmp_path,
+                                                 capsys):
+    model = family_models["embedding-head"]
+    rule = OpenSetRule("embedding-head", "fp32", 0.5, 0.01, 0.0, 0.9, 0.99, 30, 20, ("clean",), "x")
+    path = rule.save(model.folder)
+    assert OpenSetRule.load(model.folder, "embedding-head", "fp32") == rule
+    assert OpenSetRule.load(model.folder, "embedding-head", "quant") is None
+    path.write_text("{not json")
+    with pytest.raises(ArtifactError, match=f"{OPEN_SET_FILE} is damaged .*delete .*{OPEN_SET_FILE}"):
+        OpenSetRule.load(model.folder, "embedding-head", "fp32")
+    assert rule.save(model.folder) == path  # calibrating again replaces a damaged file
+    path.unlink()
