@@ -1,7 +1,8 @@
 """Latency per stage and mode through pytest-benchmark, with PBS counts and bytes in extra_info.
 
-Stages: ``features`` (front-end of one 3 s clip), ``first-stage`` (cluster classifier) and
-``second-stage`` (the classifier of the predicted cluster) of the two-stage CNN, and ``query``
+Stages: ``features`` (front-end of one 3 s clip), the stages a family times on its own (its
+registry record's ``stages``: ``first-stage``, the cluster classifier, and ``second-stage``, the
+classifier of the predicted cluster, of the two-stage CNN), and ``query``
 (the model's whole scoring of the clip's patch, front-end excluded: both stages with the suite's
 cluster top-k, the client's embedding and the head, the windows and their votes, the fingerprint
 lookup; in ``fhe`` mode it is timed query by query in test_accuracy). Rows give the median of
@@ -21,12 +22,13 @@ from dataclasses import replace
 import pytest
 
 from ppazam_core.features import FrontEnd
-from ppazam_core.families import TWO_STAGE, family_modes
+from ppazam_core.families import family_modes, get_family
+from ppazam_core.families.registry import families
 from ppazam_core.fhe import CircuitStats
-from ppazam_core.identifier import Identifier
 from ppazam_core.recognition import Mode
 
-STAGES = ("features", "first-stage", "second-stage", "query")
+FAMILY_STAGES = tuple(dict.fromkeys(stage for family in families().values() for stage in family.stages))
+STAGES = ("features", *FAMILY_STAGES, "query")
 PARTS = (("encrypt", "encrypt_s", "median_s", "s"), ("server", "server_s", "median_s", "s"),
          ("decrypt", "decrypt_s", "median_s", "s"), ("transport", "transport_s", "median_s", "s"),
          ("sent", "request_bytes", "median_bytes", "bytes"),
@@ -37,9 +39,11 @@ ESTIMATE_RATIO = (0.5, 2.0)  # measured server seconds over the calibrated estim
 
 
 def runs(run, params: dict) -> bool:
-    """Whether a parametrization can run: the family runs in the mode, only the two-stage CNN
-    has first and second stages (its oblivious variant calls the same circuits: not timed twice), encrypted queries are timed in test_accuracy, and the encrypted
-    breakdown needs encrypted calls (collection deselects the others)."""
+    """Whether a parametrization can run: the family runs in the mode and times the stage
+    (the family stages only the families that declare them: the two-stage CNN's oblivious variant
+    calls the same circuits and is not timed twice), encrypted queries are timed in
+    test_accuracy, and the encrypted breakdown needs encrypted calls (collection deselects the
+    others)."""
     family = params["ppazam_point"].family
     encrypted = Mode.FHE.value in run.suite.modes and bool(run.suite.fhe_conditions()) and \
         Mode.FHE in family_modes(family)
@@ -47,7 +51,7 @@ def runs(run, params: dict) -> bool:
         return encrypted
     mode, stage = Mode(params["ppazam_mode"]), params["stage"]
     return mode in family_modes(family) and (mode is not Mode.FHE or encrypted and stage != "query") and (
-        stage not in ("first-stage", "second-stage") or family == TWO_STAGE)
+        stage not in FAMILY_STAGES or stage in get_family(family).stages)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -61,16 +65,10 @@ def test_latency(benchmark, ppazam_run, ppazam_point, ppazam_model, ppazam_mode,
     patch = front_end(clip)
     calls = {"features": lambda: front_end(clip), "query": lambda: model.scores(patch, mode)}
     classifiers = model.circuit_names() if mode.needs_circuits else []
-    intra = None
-    if isinstance(model, Identifier):
-        normalized = model.normalizer(patch)
-        cluster = int(model.scores(patch, Mode.QUANT).cluster_log_probs.argmax())
-        intra = f"intra_{cluster:03d}" if model.members[cluster].size > 1 else None
-        calls["first-stage"] = lambda: model.classifier_logits(mode, "cluster", normalized)
-        calls["second-stage"] = lambda: model.classifier_logits(mode, intra, normalized)
-        if stage == "first-stage" and model.n_clusters == 1 or stage == "second-stage" and intra is None:
-            pytest.skip("single-stage identifier or one-track cluster: no such stage")
-        classifiers = [c for c in classifiers if c in ("cluster", intra)]
+    own = model.stage_calls(patch, mode)
+    if stage in FAMILY_STAGES and stage not in own:
+        pytest.skip(f"{model.family} has no {stage} here (e.g. a single-stage model or a one-track cluster)")
+    calls.update({name: call for name, (call, _) in own.items()})
     if mode is Mode.FHE and stage != "features":
         ppazam_run.stages.connect(model)  # keys are set up before timing
     rounds = 1 if mode is Mode.FHE and stage != "features" else ppazam_run.suite.latency_rounds
@@ -84,8 +82,9 @@ def test_latency(benchmark, ppazam_run, ppazam_point, ppazam_model, ppazam_mode,
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0 if mode is Mode.FHE else 1)
     benchmark.extra_info.update({"family": model.family, "mode": mode.value, "stage": stage,
                                  "bit_width": ppazam_point.bit_width})
-    described = {"first-stage": "cluster", "second-stage": intra}.get(stage) if isinstance(model, Identifier) \
-        else (classifiers[0] if classifiers and stage == "query" else None)
+    # a query of a staged model runs several classifiers: only a stage's own is described
+    described = own[stage][1] if stage in own else (classifiers[0] if classifiers and stage == "query" and not own
+                                                    else None)
     if described is not None:
         stats = CircuitStats.load(model.channel.circuits / described)
         benchmark.extra_info.update({"pbs_count": stats.pbs_count, "input_bytes": stats.input_ciphertext_bytes,
@@ -112,6 +111,7 @@ def calls_per_query(model, stage: str) -> int:
     return model.calls_per_query
 
 
+@pytest.mark.point_summary  # after every encrypted call of the point
 def test_encrypted_breakdown(ppazam_run, ppazam_point, ppazam_model):
     """Encrypt / server / decrypt split, bytes and ms per PBS of every encrypted call so far,
     and each circuit's server seconds against the calibrated cost model."""

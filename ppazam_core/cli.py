@@ -41,16 +41,15 @@ from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_server
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import (FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, TWO_STAGE_OBLIVIOUS, family_bits, family_eval_spec, family_modes, is_trained,
+from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
                                   train_family)
 from ppazam_core.fhe import CircuitStats
-from ppazam_core.identifier import Identifier
 from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, synthetic_distractors
-from ppazam_core.pipeline import compile_identifier, model_folder, noise_folder, train_identifier
+from ppazam_core.pipeline import compile_identifier, noise_folder
 from ppazam_core.open_set import OpenSetRule, check_far
 from ppazam_core.privacy import ledger
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
-from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, rank_segments, sample_queries
+from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
@@ -185,7 +184,8 @@ def _experiment_options(command: argparse.ArgumentParser) -> None:
 
 
 def _family_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--family", choices=FAMILIES, default=TWO_STAGE, help=f"model family (default {TWO_STAGE})")
+    names = family_names()
+    command.add_argument("--family", choices=names, default=names[0], help=f"model family (default {names[0]})")
 
 
 def _library_options(command: argparse.ArgumentParser) -> None:
@@ -273,18 +273,13 @@ def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Pa
 def _train(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
     started = time.perf_counter()
-    if args.family not in TWO_STAGE_FAMILIES:
-        model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh)
-        console.print(f"{args.family} for {library.name} ({len(library)} tracks) in {model.folder} "
-                      f"[{time.perf_counter() - started:.1f} s]; stage times {model.manifest['timings']}",
-                      highlight=False, soft_wrap=True)
-        return 0
-    folder = train_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
-    identifier = Identifier(folder)
-    console.print(f"identifier for {library.name} ({len(library)} tracks) in {folder} "
+    model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh, compiled=False)
+    console.print(f"{args.family} for {library.name} ({len(library)} tracks) in {model.folder} "
                   f"[{time.perf_counter() - started:.1f} s]", highlight=False, soft_wrap=True)
-    console.print(f"clusters: {identifier.n_clusters}, sizes {identifier.manifest['cluster_sizes']}; "
-                  f"stage times {identifier.manifest['timings']}", highlight=False, soft_wrap=True)
+    if model.assignment is not None:  # a clustered model
+        sizes = np.bincount(model.assignment)
+        console.print(f"clusters: {sizes.size}, sizes {sizes.tolist()}", highlight=False, soft_wrap=True)
+    console.print(f"stage times {model.manifest.get('timings', {})}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -315,34 +310,21 @@ def _config_flag(args: argparse.Namespace) -> str:
     return f" --config {args.config}" if args.config else ""
 
 
-def _identifier(args: argparse.Namespace, mode: Mode) -> tuple[Identifier, Library, ExperimentConfig]:
-    config, library, cache_dir = _experiment(args)
-    folder = model_folder(library, config, cache_dir)
-    if not folder.is_dir():
-        raise ArtifactError(f"no identifier trained for {library.name} with this config; "
-                            f"run `ppazam train --library {args.library}{_config_flag(args)}` first")
-    circuits = compile_identifier(library, config, cache_dir, args.workers) if mode.needs_circuits else None
-    return Identifier(folder, circuits), library, config
-
-
 def _trained_model(args: argparse.Namespace, mode: Mode) -> tuple[Recognizer, Library, ExperimentConfig]:
     """The trained model of ``args.family`` from the cache, with its compiled circuits when
-    ``mode`` needs them (a two-stage model's are compiled now if missing; the other families
-    compile while training). A :class:`ConfigError` for a mode the family lacks, an
-    :class:`ArtifactError` naming the command to run when the model is not trained."""
-    if mode not in family_modes(args.family):
+    ``mode`` needs them (compiled now if the family compiles apart from training and they are
+    missing). A :class:`ConfigError` for a mode the family lacks, an :class:`ArtifactError`
+    naming the command to run when the model is not trained."""
+    modes = family_modes(args.family)
+    if mode not in modes:
         raise ConfigError.bad_value("--mode", mode.value, f"a mode of {args.family} "
-                                                          f"({', '.join(m.value for m in family_modes(args.family))})")
-    if args.family in TWO_STAGE_FAMILIES:
-        identifier, library, config = _identifier(args, mode)
-        if args.family == TWO_STAGE_OBLIVIOUS:
-            identifier = Identifier(identifier.folder, identifier.circuits, oblivious=True)
-        return identifier, library, config
+                                                          f"({', '.join(m.value for m in modes)})")
     config, library, cache_dir = _experiment(args)
-    if not is_trained(args.family, library, config, cache_dir, True):
+    if not is_trained(args.family, library, config, cache_dir):
         raise ArtifactError(f"no {args.family} model trained for {library.name} with this config; run `ppazam "
                             f"train --family {args.family} --library {args.library}{_config_flag(args)}` first")
-    return train_family(args.family, library, config, cache_dir, args.workers, compiled=True), library, config
+    model = train_family(args.family, library, config, cache_dir, args.workers, compiled=mode.needs_circuits)
+    return model, library, config
 
 
 def _identify(args: argparse.Namespace) -> int:
@@ -392,9 +374,7 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, lib
             costs_before = len(model.channel.costs) if model.channel else 0
             started = time.perf_counter()
             scores = model.scores(patches, mode)
-            # a two-stage model honours the config's combine rule; the others combine as the bench does
-            matches = (model.combine(scores.track_scores) if isinstance(model, Identifier)
-                       else rank_segments(model, scores.track_scores))
+            matches = model.combine(scores.track_scores)  # the family's rule (two-stage: the config's combine)
             confidence = float(np.mean(scores.confidence))  # as predict() combines a query's segments
             total_s = time.perf_counter() - started
         except AudioError as e:
@@ -537,7 +517,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_out_folder(out)
     record = RunRecord({})
     bits = family_bits(args.family, config)
-    rounding = (config.fhe.rounding_bits or 0) if args.family in TWO_STAGE_FAMILIES else 0  # as the bench names it
+    rounding = get_family(args.family).rounding_bits(config)  # as the bench names it
     for level in config.data.eval_levels:
         dataset = build_dataset(library, family_eval_spec(args.family, config, level), cache_dir, noise_dir,
                                 args.workers)

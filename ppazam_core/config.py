@@ -13,10 +13,8 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [qat]                   # TrainConfig of the QAT fine-tuning
     [identify]              # cluster_top_k, combine
     [fhe]                   # FheConfig: rounding_bits, rounding_method, p_error, calibration_rows
-    [head]                  # HeadConfig of the embedding-head family
-    [mfcc]                  # MfccConfig of the mfcc-logreg family
-    [landmark]              # LandmarkConfig of the landmark-fp family
-    [knn]                   # KnnConfig of the embedding-knn family
+    [TABLE]                 # the settings of a registered model family that declares TABLE
+                            # (built in: [head], [mfcc], [landmark], [knn]; see ppazam_core.families)
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from ppazam_core.conditions import QueryCondition, check_gain_range
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
-from ppazam_core.family_configs import HeadConfig, KnnConfig, LandmarkConfig, MfccConfig
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
 from ppazam_core.models import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
@@ -42,7 +39,7 @@ from ppazam_core.training import TrainConfig
 
 DATA_TABLES = {"synthetic", "features", "data", "policies"}
 COMBINE_RULES = ("mean-log-prob", "majority-vote")
-FAMILY_TABLES = {"head": HeadConfig, "mfcc": MfccConfig, "landmark": LandmarkConfig, "knn": KnnConfig}
+CORE_TABLES = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe"}
 ROUNDING_METHODS = ("approximate", "exact")
 
 
@@ -186,10 +183,8 @@ class ExperimentConfig:
     cluster_top_k: int = 1
     combine: str = COMBINE_RULES[0]
     fhe: FheConfig = field(default_factory=FheConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    mfcc: MfccConfig = field(default_factory=MfccConfig)
-    landmark: LandmarkConfig = field(default_factory=LandmarkConfig)
-    knn: KnnConfig = field(default_factory=KnnConfig)
+    # the registered families' settings by table name (defaults for the tables a file leaves out)
+    tables: Mapping[str, Any] = field(default_factory=lambda: _family_tables({}))
 
     def __post_init__(self) -> None:
         if self.cluster_top_k < 1:
@@ -197,10 +192,17 @@ class ExperimentConfig:
         if self.combine not in COMBINE_RULES:
             raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
 
+    def table(self, name: str) -> Any:
+        """The settings of the family table ``name`` (e.g. ``config.table("head")``); a
+        :class:`ConfigError` when no registered family declares it."""
+        if name not in self.tables:
+            raise ConfigError.bad_value("family config table", name, sorted(self.tables))
+        return self.tables[name]
+
     def trained_parts(self) -> dict[str, Any]:
         """What the trained two-stage models depend on: everything but the FHE compilation
-        settings (save the rounding the QAT twin is fine-tuned under) and the other families' tables."""
-        parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fhe" and f.name not in FAMILY_TABLES}
+        settings (save the rounding the QAT twin is fine-tuned under) and the families' tables."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fhe", "tables")}
         return {**parts, "qat_rounding_bits": self.qat_rounding_bits()}
 
     def float_parts(self) -> dict[str, Any]:
@@ -225,7 +227,9 @@ class ExperimentConfig:
             "policies": policies,
             **{name: config[name] for name in ("embedding", "clusters", "model", "training", "qat")},
             "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
-            **{name: config[name] for name in ("fhe", *FAMILY_TABLES) if name in config},
+            **({"fhe": config["fhe"]} if "fhe" in config else {}),
+            # tables as stored since the family registry, else at the top level as before it
+            **config.get("tables", {name: value for name, value in config.items() if name in _registered_tables()}),
         })
 
     @classmethod
@@ -241,8 +245,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
-        tables = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe", *FAMILY_TABLES}
-        _only(data, DATA_TABLES | tables, "top-level table")
+        _only(data, DATA_TABLES | CORE_TABLES | set(_registered_tables()), "top-level table")
         model = dict(data.get("model", {}))
         _only(model, {f.name for f in fields(ModelSpec)}, "model")
         if "blocks" in model:
@@ -262,10 +265,27 @@ class ExperimentConfig:
             training=replace(default.training, **_checked(data.get("training", {}), TrainConfig, "training")),
             qat=replace(default.qat, **_checked(data.get("qat", {}), TrainConfig, "qat")),
             fhe=replace(default.fhe, **_checked(data.get("fhe", {}), FheConfig, "fhe")),
-            **{name: replace(getattr(default, name), **_checked(data.get(name, {}), cls, name))
-               for name, cls in FAMILY_TABLES.items()},
+            tables=_family_tables(data),
             **identify,
         )
+
+
+def require(ok: bool, key: str, value: object, allowed: str) -> None:
+    """A :class:`ConfigError` naming ``key``, ``value`` and what is ``allowed`` unless ``ok``."""
+    if not ok:
+        raise ConfigError.bad_value(key, value, allowed)
+
+
+def _registered_tables() -> dict[str, type]:
+    from ppazam_core.families.registry import family_tables  # the registry's families import this module
+
+    return family_tables()
+
+
+def _family_tables(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every registered family table, read from ``data``'s table of its name (a missing key
+    keeps the family's default)."""
+    return {name: cls(**_checked(data.get(name, {}), cls, name)) for name, cls in sorted(_registered_tables().items())}
 
 
 def _policy_table(policy: Mapping[str, Any]) -> dict[str, Any]:

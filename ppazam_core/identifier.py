@@ -16,6 +16,7 @@ circuit in the same order, the server learns nothing from the calls, and a query
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -142,6 +143,25 @@ class Identifier:
     def circuit_names(self) -> list[str]:
         """Names of the compiled classifiers (none without circuits)."""
         return [] if self.channel is None else self.channel.names()
+
+    def stage_calls(self, patch: np.ndarray, mode: Mode | str) -> dict[str, tuple[Callable[[], np.ndarray], str]]:
+        """The stages of one raw patch ``(1, 1, H, W)`` timed on their own: ``first-stage``
+        (the cluster classifier) and ``second-stage`` (the classifier of the patch's most likely
+        cluster, by the quantized model), each with the classifier it runs; a single-stage
+        model or a one-track cluster has no such stage."""
+        normalized = self.normalizer(patch)
+        cluster = int(self.scores(patch, Mode.QUANT).cluster_log_probs.argmax())
+        calls = {}
+        if self.n_clusters > 1:
+            calls["first-stage"] = (lambda: self.classifier_logits(mode, "cluster", normalized), "cluster")
+        if self.members[cluster].size > 1:
+            intra = f"intra_{cluster:03d}"
+            calls["second-stage"] = (lambda: self.classifier_logits(mode, intra, normalized), intra)
+        return calls
+
+    def rejects(self, confidence: np.ndarray) -> np.ndarray | None:
+        """No rule of its own for songs outside the library (see :mod:`ppazam_core.open_set`)."""
+        return None
 
     def classifier_logits(self, mode: Mode | str, name: str, X: np.ndarray) -> np.ndarray:
         """Logits of classifier ``name`` (``cluster`` or ``intra_NNN``) for normalized patches."""

@@ -13,7 +13,7 @@ import enum
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -75,6 +75,18 @@ class Recognizer(Protocol):
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores: ...
 
     def circuit_names(self) -> list[str]: ...
+
+    def combine(self, segment_scores: np.ndarray, top: int = 3) -> list[Match]:
+        """The ``top`` tracks of one query from its segments' track scores ``(segments, T)``."""
+        ...
+
+    def stage_calls(self, patch: np.ndarray, mode: Mode | str) -> dict[str, tuple[Callable[[], Any], str]]:
+        """Parts of a query timed on their own (stage name -> call, the classifier it runs)."""
+        ...
+
+    def rejects(self, confidence: np.ndarray) -> np.ndarray | None:
+        """The family's own "unknown" rule per query confidence, or ``None`` without one."""
+        ...
 
 
 @dataclass(frozen=True)

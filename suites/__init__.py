@@ -39,7 +39,7 @@ from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition, gain_sweep, length_sweep
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError
-from ppazam_core.families import FAMILIES
+from ppazam_core.families import family_names
 from ppazam_core.models import MAX_BITS, MIN_BITS
 from ppazam_core.recognition import Mode
 
@@ -53,7 +53,7 @@ class Suite:
     name: str
     description: str = ""
     library: str = "synthetic"
-    families: tuple[str, ...] = FAMILIES[:1]
+    families: tuple[str, ...] = field(default_factory=lambda: family_names()[:1])  # the default family
     modes: tuple[str, ...] = tuple(m.value for m in Mode)
     bit_widths: tuple[int, ...] = (4,)
     rounding_bits: tuple[int, ...] = (6,)
@@ -72,7 +72,7 @@ class Suite:
     experiment: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _members("families", self.families, FAMILIES)
+        _members("families", self.families, family_names())
         _members("modes", self.modes, [m.value for m in Mode])
         _members("bit_widths", self.bit_widths, range(MIN_BITS, MAX_BITS + 1))
         _members("rounding_bits", self.rounding_bits, range(2, 17))

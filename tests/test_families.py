@@ -15,7 +15,7 @@ from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.errors import ArtifactError, ConfigError
-from ppazam_core.families import CLEAR_ONLY, FAMILIES, TWO_STAGE, TWO_STAGE_FAMILIES, family_features, train_family
+from ppazam_core.families import family_features, family_names, family_modes, train_family
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.mfcc_logreg import window_descriptors
 from ppazam_core.library import synthetic_distractors
@@ -27,7 +27,9 @@ from ppazam_core.recognition import Mode, predict, query_patches, rank_segments,
 from ppazam_core.store import canonical_json
 from test_identifier import ranked_ids, write_query_flac
 
-OTHER_FAMILIES = [f for f in FAMILIES if f not in TWO_STAGE_FAMILIES]
+TWO_STAGE = "two-stage-cnn"
+OTHER_FAMILIES = [f for f in family_names() if not f.startswith(TWO_STAGE)]  # one model folder each
+CLEAR_ONLY = [f for f in family_names() if family_modes(f) == (Mode.FP32,)]
 
 
 def queries_for(family, library, config, cache, level="clean"):

@@ -27,14 +27,18 @@ def test_each_suite_point_runs_its_tests_together_in_suite_order():
     assert len(seen) > len(points)
     runs = [point for i, point in enumerate(seen) if i == 0 or seen[i - 1] != point]
     assert runs == points
+    # the encrypted breakdown summarises its point's encrypted calls: it closes the point
+    lines = [line for line in done.stdout.splitlines() if "::" in line]
+    summaries = [i for i, line in enumerate(lines) if "test_encrypted_breakdown[" in line]
+    assert summaries and all(i + 1 == len(seen) or seen[i + 1] != seen[i] for i in summaries)
 
 
 def test_run_json_names_the_command_and_only_the_points_left_after_deselection():
     run = BenchRun(load_suite("paper"), "synthetic", RunInfo.start("paper"), Path("out"), None,
                    SimpleNamespace(log=[], fingerprints=dict, fhe_transport="local"), None, Tolerance(), "pytest bench --suite paper -k w2-r6")
     kept = [p for p in run.points if p.id.endswith("-w2-r6") or p.family != "two-stage-cnn"]
-    items = [SimpleNamespace(callspec=SimpleNamespace(params={"ppazam_point": p}), module=SimpleNamespace())
-             for p in reversed(kept)]
+    items = [SimpleNamespace(callspec=SimpleNamespace(params={"ppazam_point": p}), module=SimpleNamespace(),
+                             get_closest_marker=lambda name: None) for p in reversed(kept)]
     pytest_collection_modifyitems(SimpleNamespace(stash={RUN_KEY: run}), items)
     provenance = run.provenance()
     assert [p["id"] for p in provenance["points"]] == [p.id for p in run.points if p in kept]

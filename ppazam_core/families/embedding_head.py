@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ppazam_core.config import ExperimentConfig
+from dataclasses import dataclass
+
+from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.embeddings import load_model
 from ppazam_core.families.linear_head import CompileHead, LinearHeadModel, fit_linear_head
 from ppazam_core.fhe import compile_linear
-from ppazam_core.families.store import write_family
+from ppazam_core.families.registry import FamilyTable
+from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.library import Library
 from ppazam_core.pipeline import train_embedding, training_dataset
 from ppazam_core.recognition import Mode, Scores, log_softmax
@@ -25,9 +28,29 @@ from ppazam_core.recognition import Mode, Scores, log_softmax
 FAMILY = "embedding-head"
 
 
+@dataclass(frozen=True)
+class HeadConfig:
+    """``embedding-head``: a Concrete ML ``LogisticRegression`` over the client's clear-text
+    embedding of each segment, evaluated encrypted on the server."""
+
+    n_bits: int = 8
+    C: float = 10.0
+    max_iter: int = 500
+    calibration_rows: int = 2048
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.n_bits, int) and 2 <= self.n_bits <= 16, "head.n_bits", self.n_bits, "2 to 16")
+        require(self.C > 0, "head.C", self.C, "a number > 0")
+        require(self.max_iter >= 1 and self.calibration_rows >= 1, "head.max_iter/calibration_rows",
+               (self.max_iter, self.calibration_rows), "integers >= 1")
+
+TABLE = FamilyTable("head", HeadConfig)
+
+
+
 def settings(config: ExperimentConfig) -> dict:
     """The parts of ``config`` the trained head depends on."""
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "head": config.head,
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "head": config.table(TABLE.name),
             "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 
@@ -42,7 +65,7 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, family, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        head = config.head
+        head = config.table(TABLE.name)
         fit_linear_head(embedded, dataset.y, len(library), head.n_bits, head.C, head.max_iter,
                         head.calibration_rows, config.fhe, tmp, compile_head)
         timings["head_s"] = time.perf_counter() - started
@@ -61,3 +84,7 @@ class EmbeddingHead(LinearHeadModel):
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         log_probs = log_softmax(self.head.logits(self.embedder.embed_patches(patches), mode))
         return Scores(log_probs, np.exp(log_probs.max(axis=1)))
+
+
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingHead, table=TABLE,
+                           bits=lambda config: config.table(TABLE.name).n_bits)

@@ -22,6 +22,7 @@ import numpy as np
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.families import embedding_head
 from ppazam_core.families.linear_head import HEAD, LinearHead
+from ppazam_core.families.store import single_model_family
 from ppazam_core.library import Library
 from ppazam_core.privacy import CallPlan
 from ppazam_core.recognition import Mode, Scores
@@ -81,3 +82,6 @@ class EmbeddingHeadTop1(embedding_head.EmbeddingHead):
         """One call; one track index (and its coarse score) back to the client."""
         return CallPlan({HEAD: 1.0}, 0.0, 1.0)
 
+
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingHeadTop1, table=embedding_head.TABLE,
+                           bits=lambda config: WEIGHT_BITS)

@@ -15,9 +15,12 @@ import numpy as np
 
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import crop_or_pad
-from ppazam_core.config import ExperimentConfig
+from dataclasses import dataclass
+
+from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.embeddings import load_model
-from ppazam_core.families.store import FamilyModel, write_family
+from ppazam_core.families.registry import FamilyTable
+from ppazam_core.families.store import FamilyModel, single_model_family, write_family
 from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
 from ppazam_core.parallel import progress_bar
@@ -29,8 +32,25 @@ REFERENCES_FILE = "references.npz"
 NO_MATCH = -2.0
 
 
+@dataclass(frozen=True)
+class KnnConfig:
+    """``embedding-knn``: exact nearest neighbours (faiss) among the embeddings of clean
+    reference segments taken every ``hop_s`` of every track (clear text)."""
+
+    hop_s: float = 0.5
+    neighbours: int = 10
+
+    def __post_init__(self) -> None:
+        require(self.hop_s > 0 and self.neighbours >= 1, "knn", (self.hop_s, self.neighbours),
+               "hop_s > 0, neighbours >= 1")
+
+
+TABLE = FamilyTable("knn", KnnConfig)
+
+
+
 def settings(config: ExperimentConfig) -> dict:
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "knn": config.knn}
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "knn": config.table(TABLE.name)}
 
 
 def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
@@ -42,7 +62,7 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     embedder = load_model(embedding)
     front_end = FrontEnd(config.data.features)
     rate = config.data.features.sample_rate
-    window, hop = int(round(config.data.segment_s * rate)), int(round(config.knn.hop_s * rate))
+    window, hop = int(round(config.data.segment_s * rate)), int(round(config.table(TABLE.name).hop_s * rate))
     vectors, tracks, offsets = [], [], []
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp, progress_bar() as progress:
         started = time.perf_counter()
@@ -73,7 +93,7 @@ class EmbeddingKnn(FamilyModel):
         vectors, self.reference_tracks = read_arrays(self.folder / REFERENCES_FILE, "vectors", "tracks")
         self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
-        self.neighbours = min(self.config.knn.neighbours, self.index.ntotal)
+        self.neighbours = min(self.config.table(TABLE.name).neighbours, self.index.ntotal)
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         similarity, nearest = self.index.search(self.embedder.embed_patches(patches), self.neighbours)
@@ -83,3 +103,6 @@ class EmbeddingKnn(FamilyModel):
             tracks = self.reference_tracks[nearest[:, column]]
             track_scores[rows, tracks] = np.maximum(track_scores[rows, tracks], similarity[:, column])
         return Scores(track_scores, track_scores.max(axis=1))
+
+
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE)

@@ -19,10 +19,10 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.config import ExperimentConfig
-from ppazam_core.families.store import FamilyModel, write_family
-from ppazam_core.family_configs import LandmarkConfig
-from ppazam_core.features import FrontEnd
+from ppazam_core.config import ExperimentConfig, require
+from ppazam_core.families.registry import FamilyTable
+from ppazam_core.families.store import FamilyModel, single_model_family, write_family
+from ppazam_core.features import FrontEnd, FrontEndConfig
 from ppazam_core.library import Library
 from ppazam_core.parallel import progress_bar
 from ppazam_core.recognition import Mode, Scores
@@ -31,8 +31,39 @@ FAMILY = "landmark-fp"
 INDEX_FILE = "landmarks.npz"
 
 
+@dataclass(frozen=True)
+class LandmarkConfig:
+    """``landmark-fp``: Wang-2003 style peak pairs on a fine log-mel spectrogram, matched with
+    offset-consistent voting (clear text, no privacy)."""
+
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    neighbourhood: int = 9
+    peaks_per_s: float = 30.0
+    fan_out: int = 8
+    max_dt: int = 48
+    max_df: int = 32
+
+    def __post_init__(self) -> None:
+        require(self.neighbourhood >= 3 and self.fan_out >= 1 and self.max_dt >= 2 and self.max_df >= 1,
+               "landmark", (self.neighbourhood, self.fan_out, self.max_dt, self.max_df),
+               "neighbourhood >= 3, fan_out >= 1, max_dt >= 2, max_df >= 1")
+        require(self.peaks_per_s > 0, "landmark.peaks_per_s", self.peaks_per_s, "a number > 0")
+
+    def front_end(self, sample_rate: int, segment_s: float) -> FrontEndConfig:
+        """The whole spectrogram of a ``segment_s`` clip, ``(1, n_mels, frames)``."""
+        frames = int(round(segment_s * sample_rate)) // self.hop_length + 1
+        return FrontEndConfig(kind="logmel", sample_rate=sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+                              n_mels=self.n_mels, patch_height=self.n_mels, patch_width=frames,
+                              patch_select="start")
+
+
+TABLE = FamilyTable("landmark", LandmarkConfig)
+
+
 def settings(config: ExperimentConfig) -> dict:
-    return {"landmark": config.landmark, "sample_rate": config.data.features.sample_rate}
+    return {"landmark": config.table(TABLE.name), "sample_rate": config.data.features.sample_rate}
 
 
 def landmarks(spectrogram: np.ndarray, config: LandmarkConfig, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,14 +90,15 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
           refresh: bool = False) -> None:
     """Index the landmarks of every track into ``folder``."""
     rate = config.data.features.sample_rate
-    front_end = FrontEnd(config.landmark.front_end(rate, config.data.segment_s))
+    landmark = config.table(TABLE.name)
+    front_end = FrontEnd(landmark.front_end(rate, config.data.segment_s))
     timings: dict[str, float] = {}
     hashes, tracks, times = [], [], []
     with write_family(folder, FAMILY, library, config, timings) as tmp, progress_bar() as progress:
         started = time.perf_counter()
         bar = progress.add_task("indexing landmarks", total=len(library))
         for label, track in enumerate(library):
-            track_hashes, anchors = landmarks(front_end.spectrogram(library.load(track, rate))[0], config.landmark, rate)
+            track_hashes, anchors = landmarks(front_end.spectrogram(library.load(track, rate))[0], landmark, rate)
             hashes.append(track_hashes)
             tracks.append(np.full(track_hashes.size, label, np.int32))
             times.append(anchors)
@@ -95,7 +127,7 @@ class LandmarkIndex(FamilyModel):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.landmark = self.config.landmark
+        self.landmark = self.config.table(TABLE.name)
         self.features = self.landmark.front_end(self.config.data.features.sample_rate, self.config.data.segment_s)
         self.hashes, self.tracks, self.times = read_arrays(self.folder / INDEX_FILE, "hashes", "tracks", "times")
 
@@ -128,3 +160,8 @@ class LandmarkIndex(FamilyModel):
         track = int(votes.argmax())
         return Location(track, float(offsets[track]) * self.landmark.hop_length / self.features.sample_rate,
                         int(votes[track]))
+
+
+SPEC = single_model_family(FAMILY, settings, train, LandmarkIndex, table=TABLE,
+                           front_end=lambda config: config.table(TABLE.name).front_end(
+                               config.data.features.sample_rate, config.data.segment_s))

@@ -11,7 +11,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from ppazam_core.artifacts import read_json, reading
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
+from ppazam_core.families.registry import Family, register
 from ppazam_core.library import Library
+from ppazam_core.recognition import Match, Mode, Recognizer, rank_segments
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
 
 FAMILY_FILE = "family.json"
@@ -28,6 +30,31 @@ FAMILY_FILE = "family.json"
 def family_folder(family: str, library: Library, settings: dict, cache_dir: Path) -> Path:
     """Where the model of ``family`` with ``settings`` trained on ``library`` lives."""
     return Path(cache_dir) / "models" / f"{family}-{config_hash({'library': library.fingerprint(), **settings})}"
+
+
+def single_model_family(name: str, settings: Callable[[ExperimentConfig], dict],
+                        train: Callable[[Library, ExperimentConfig, Path, Path, int | None, bool], None],
+                        load: Callable[[Path], Recognizer], **spec: Any) -> Family:
+    """Register the family ``name`` whose model is one store folder (:func:`family_folder` of
+    ``settings(config)``), written by ``train(library, config, folder, cache_dir, workers,
+    refresh)`` (which also compiles whatever the family runs encrypted) and read by
+    ``load(folder)``; ``spec`` holds the other :class:`~ppazam_core.families.registry.Family`
+    fields (its modes default to ``load``'s)."""
+
+    def folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
+        return family_folder(name, library, settings(config), cache_dir)
+
+    def is_trained(library: Library, config: ExperimentConfig, cache_dir: Path, compiled: bool = False) -> bool:
+        return FamilyModel.is_trained(folder(library, config, cache_dir))
+
+    def trained(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                refresh: bool = False, compiled: bool = True) -> Recognizer:
+        target = folder(library, config, cache_dir)
+        if refresh or not FamilyModel.is_trained(target):
+            train(library, config, target, cache_dir, workers, refresh)
+        return load(target)
+
+    return register(Family(name, trained, is_trained, **{"modes": getattr(load, "modes", tuple(Mode)), **spec}))
 
 
 @contextmanager
@@ -59,6 +86,19 @@ class FamilyModel:
     def circuit_names(self) -> list[str]:
         """Names of the compiled classifiers (none for clear-text families)."""
         return [] if self.channel is None else self.channel.names()
+
+    def combine(self, segment_scores: np.ndarray, top: int = 3) -> list[Match]:
+        """The ``top`` tracks of one query from its segments' track scores, as the bench
+        combines them (:func:`~ppazam_core.recognition.rank_segments`)."""
+        return rank_segments(self, segment_scores, top)
+
+    def stage_calls(self, patch: np.ndarray, mode: Mode | str) -> dict[str, tuple[Callable[[], Any], str]]:
+        """Stages timed apart from the whole query: none (one model call)."""
+        return {}
+
+    def rejects(self, confidence: np.ndarray) -> np.ndarray | None:
+        """The family's own "unknown" rule per query confidence, if it has one (else ``None``)."""
+        return None
 
     def __init__(self, folder: Path) -> None:
         folder = Path(folder)
