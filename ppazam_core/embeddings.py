@@ -3,7 +3,10 @@
 Two augmentations of the same track are a positive pair; every other clip in the batch is a
 negative. A track's embedding is the normalized mean of its segment embeddings. The HEAR
 functions (``load_model``, ``get_scene_embeddings``, ``get_timestamp_embeddings``) let the
-model be compared with other audio embedding models on raw audio.
+model be compared with other audio embedding models on raw audio (the HEAR 2021 common API,
+Turian et al. 2022, checked by its ``hearvalidator`` in the tests): a timestamp embedding is the
+embedding of the ``segment_s`` window centred on the timestamp (the sound zero-padded at both
+ends), timestamps every ``timestamp_hop_s`` from 0 (default 50 ms, the most HEAR suggests).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
 from ppazam_core.parallel import progress_bar
 
-HEAR_HOP_S = 0.5
+DEFAULT_TIMESTAMP_HOP_S = 0.05  # HEAR suggests at most 50 ms between timestamps
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class EmbeddingModel(nn.Module):
         self.sample_rate = features.sample_rate
         self.scene_embedding_size = config.dimension
         self.timestamp_embedding_size = config.dimension
+        self.timestamp_hop_s = DEFAULT_TIMESTAMP_HOP_S
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.encoder(patches), dim=1)
@@ -76,9 +80,13 @@ class EmbeddingModel(nn.Module):
         (folder / "embedding.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_model(model_file_path: str | Path) -> EmbeddingModel:
-    """HEAR API: load a saved embedding model folder. An :class:`ArtifactError` when it holds none,
-    a :class:`~ppazam_core.errors.DamagedArtifactError` when one of its files cannot be read."""
+def load_model(model_file_path: str | Path, timestamp_hop_s: float = DEFAULT_TIMESTAMP_HOP_S) -> EmbeddingModel:
+    """HEAR API: load a saved embedding model folder, its timestamps ``timestamp_hop_s`` apart
+    (seconds). An :class:`ArtifactError` when it holds none, a
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one of its files cannot be read, a
+    :class:`ConfigError` for a hop that is not a positive number of seconds."""
+    if isinstance(timestamp_hop_s, bool) or not isinstance(timestamp_hop_s, (int, float)) or not timestamp_hop_s > 0:
+        raise ConfigError.bad_value("timestamp_hop_s", timestamp_hop_s, "seconds > 0")
     folder = Path(model_file_path)
     if not (folder / "embedding.json").is_file():
         raise ArtifactError(f"{folder} holds no embedding model (embedding.json is missing)")
@@ -89,25 +97,27 @@ def load_model(model_file_path: str | Path) -> EmbeddingModel:
         features = FrontEndConfig(**meta["features"])
     model = EmbeddingModel(config, features, Normalizer.load(folder / "normalizer.npz"), meta["segment_s"])
     load_weights(model.encoder, folder / "encoder.pt")
+    model.timestamp_hop_s = float(timestamp_hop_s)
     return model.eval()
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """HEAR API: ``(n_sounds, n_samples)`` audio at ``model.sample_rate`` to embeddings
-    ``(n_sounds, n_timestamps, d)`` and window centres in milliseconds ``(n_sounds, n_timestamps)``."""
+    """HEAR API: ``(n_sounds, n_samples)`` float32 audio in [-1, 1] at ``model.sample_rate`` to
+    float32 embeddings ``(n_sounds, n_timestamps, d)`` and their timestamps in milliseconds
+    ``(n_sounds, n_timestamps)``: one every ``model.timestamp_hop_s`` from 0 to the sound's end,
+    each the centre of a ``segment_s`` window. A ``ValueError`` for another shape."""
     audio = torch.as_tensor(audio, dtype=torch.float32)
     if audio.ndim != 2:
         raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
     window = int(round(model.segment_s * model.sample_rate))
-    hop = int(round(HEAR_HOP_S * model.sample_rate))
-    n_windows = 1 + max(0, audio.shape[1] - window) // hop
-    padded = nn.functional.pad(audio, (0, max(0, window - audio.shape[1])))
-    clips = torch.stack([padded[:, i * hop : i * hop + window] for i in range(n_windows)], dim=1)
-    front_end = FrontEnd(model.features)
-    patches = front_end(clips.reshape(-1, window).numpy())
+    hop = max(1, int(round(model.timestamp_hop_s * model.sample_rate)))
+    n_windows = 1 + audio.shape[1] // hop
+    padded = nn.functional.pad(audio, (window // 2, window - window // 2))
+    clips = padded.unfold(1, window, hop)[:, :n_windows]  # (n_sounds, n_windows, window), window i centred at i * hop
+    patches = FrontEnd(model.features)(clips.reshape(-1, window).numpy())
     embeddings = torch.from_numpy(model.embed_patches(patches)).reshape(audio.shape[0], n_windows, -1)
-    centres = (torch.arange(n_windows) * hop + window / 2) / model.sample_rate * 1000.0
-    return embeddings, centres.expand(audio.shape[0], n_windows).clone()
+    timestamps = torch.arange(n_windows) * hop / model.sample_rate * 1000.0
+    return embeddings, timestamps.expand(audio.shape[0], n_windows).clone()
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> torch.Tensor:
