@@ -43,8 +43,12 @@ from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_ser
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
                                   train_family)
+from ppazam_core.families.embedding_prototypes import FAMILY as PROTOTYPES
+from ppazam_core.families.embedding_prototypes import enroll
+from ppazam_core.families.store import FAMILY_FILE
 from ppazam_core.fhe import CircuitStats
-from ppazam_core.library import DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, synthetic_distractors
+from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, scan_folder,
+                                 synthetic_distractors)
 from ppazam_core.pipeline import compile_identifier, noise_folder
 from ppazam_core.open_set import OpenSetRule, check_far
 from ppazam_core.privacy import ledger
@@ -118,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     _experiment_options(identify)
     _family_option(identify)
     identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value)
+    identify.add_argument("--model", type=Path, help="a model folder (e.g. written by `ppazam enroll --into`) "
+                                                     "instead of the trained model of --library and --config")
     identify.add_argument("--server", metavar="URL",
                           help="with --mode fhe: run the encrypted classifiers on the `ppazam serve` server at URL "
                                "(e.g. http://127.0.0.1:8000) instead of in this process")
@@ -138,6 +144,18 @@ def _parser() -> argparse.ArgumentParser:
     calibrate_command.add_argument("--distractor-tracks", type=int, default=DEFAULT_DISTRACTOR_TRACKS,
                                    help=f"synthetic distractor tracks (default {DEFAULT_DISTRACTOR_TRACKS})")
     calibrate_command.set_defaults(run=_calibrate)
+
+    enroll_command = commands.add_parser(
+        "enroll", help=f"add songs to an {PROTOTYPES} model without training (prototypes of clean segments), or "
+                       "remove some; the encrypted layer is recompiled")
+    enroll_command.add_argument("tracks", nargs="?", type=Path, help="an audio file or a folder of songs to add")
+    enroll_command.add_argument("--into", type=Path, required=True,
+                                help="the enrolled model's folder: new or empty (the trained model of --library "
+                                     "and --config plus the songs), or one enroll wrote (updated in place)")
+    enroll_command.add_argument("--remove", action="append", default=[], metavar="TRACK_ID",
+                                help="a track to remove (repeatable)")
+    _experiment_options(enroll_command)
+    enroll_command.set_defaults(run=_enroll, family=PROTOTYPES)
 
     export = commands.add_parser("export-server", help="write the server bundle of a trained and compiled model: "
                                                        "each circuit's server side, no client part and no key")
@@ -331,7 +349,13 @@ def _identify(args: argparse.Namespace) -> int:
     mode = Mode(args.mode)
     if args.server and mode is not Mode.FHE:
         raise ConfigError.bad_value("--server", args.server, "only with --mode fhe")
-    model, library, config = _trained_model(args, mode)
+    if args.model is not None:
+        model = _model_in(args.model, mode)
+        config = model.config
+        titles = {entry["id"]: entry["title"] for entry in model.manifest.get("enrolled", [])}
+    else:
+        model, library, config = _trained_model(args, mode)
+        titles = {t.id: t.title for t in library}
     transport = None
     if args.server:
         from ppazam_core.serving import HttpTransport  # the HTTP stack only when asked for
@@ -339,15 +363,27 @@ def _identify(args: argparse.Namespace) -> int:
         transport = HttpTransport(args.server)
         model.channel.transport = transport
     try:
-        return _identify_clips(args, mode, model, library, config)
+        return _identify_clips(args, mode, model, titles, config)
     finally:
         if transport is not None:
             transport.close()
 
 
-def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, library: Library,
+def _model_in(folder: Path, mode: Mode) -> Recognizer:
+    """The model of a folder a family wrote (e.g. ``ppazam enroll --into``), in ``mode``."""
+    if not (Path(folder) / FAMILY_FILE).is_file():
+        raise ArtifactError(f"{folder} holds no model ({FAMILY_FILE} is missing)")
+    family = get_family(read_json(Path(folder) / FAMILY_FILE, "family")["family"])
+    if family.load is None:
+        raise ArtifactError(f"{family.name} models are not loaded from one folder; use --library and --config")
+    if mode not in family.modes:
+        raise ConfigError.bad_value("--mode", mode.value, f"a mode of {family.name} "
+                                                          f"({', '.join(m.value for m in family.modes)})")
+    return family.load(Path(folder))
+
+
+def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, titles: dict[str, str],
                     config: ExperimentConfig) -> int:
-    titles = {t.id: t.title for t in library}
     rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
     if rule is None:
         console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
@@ -397,6 +433,39 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, lib
     return 1 if failures == len(clips) else 0
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    if args.tracks is None and not args.remove:
+        raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
+    into = Path(args.into)
+    if (into / FAMILY_FILE).is_file():
+        model = _model_in(into, Mode.FP32)
+        if model.family != PROTOTYPES:
+            raise ConfigError(f"{into} holds a {model.family} model; enroll adds songs to {PROTOTYPES} models")
+    elif into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise ConfigError(f"--into {into} is neither an enrolled model nor a new or empty folder")
+    else:
+        model, _, _ = _trained_model(args, Mode.FP32)
+    cache_dir = args.cache_dir or default_cache_dir()
+    tracks = Library("none", ())
+    if args.tracks is not None:
+        source = Path(args.tracks)
+        if source.is_file():
+            tracks = scan_folder(source.parent, model.config.data.segment_s, 1, cache_dir=cache_dir, only=source)
+        else:
+            tracks = open_library(source, cache_dir, min_duration_s=model.config.data.segment_s, workers=args.workers)
+        for skipped in tracks.skipped:
+            console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
+    started = time.perf_counter()
+    enrolled = enroll(model, tracks, into, args.remove)
+    timings = enrolled.manifest["timings"]
+    per_track = f"{timings['last_enroll_s'] / len(tracks):.3f} s a track to enroll, " if len(tracks) else ""
+    console.print(f"{len(tracks)} track(s) added, {len(args.remove)} removed: {len(enrolled.track_ids)} tracks in "
+                  f"{into} [{time.perf_counter() - started:.1f} s: {per_track}{timings['last_compile_s']:.2f} s to "
+                  f"recompile the encrypted layer]; identify with `ppazam identify --model {into} CLIP`",
+                  highlight=False, soft_wrap=True)
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     mode = Mode(args.mode)
     check_far(args.far, "--far")
@@ -442,7 +511,8 @@ def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: st
         table.add_column(column)
     for c in costs:
         row = [c.classifier, str(c.pbs_count), f"{c.encrypt_s:.3f}", f"{c.request_bytes / 1e3:.0f}",
-               f"{c.server_s:.2f}", f"{1000 * c.server_s / c.pbs_count:.1f}", f"{c.response_bytes / 1e3:.0f}",
+               f"{c.server_s:.2f}", f"{1000 * c.server_s / c.pbs_count:.1f}" if c.pbs_count else "-",
+               f"{c.response_bytes / 1e3:.0f}",
                f"{c.decrypt_s:.3f}"]
         table.add_row(*row, *([f"{c.transport_s:.3f}"] if remote else []))
     console.print(table)

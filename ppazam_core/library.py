@@ -192,15 +192,17 @@ def scan_folder(
     name: str | None = None,
     noise_dir: Path | None = None,
     cache_dir: Path | None = None,
+    only: Path | None = None,
 ) -> Library:
-    """Scan ``root`` recursively; every audio file is decoded once to validate it.
+    """Scan ``root`` recursively (or only its file ``only``); every audio file is decoded once to
+    validate it.
 
     With ``cache_dir``, what was learnt of each file (its content hash included) is kept under
     ``cache_dir/scans`` and reused while the file's size and modification time are unchanged.
     """
     if not root.is_dir():
         raise LibraryError(f"library folder {root} does not exist or is not a folder")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p))
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p)) if only is None else [only]
     if not paths:
         raise LibraryError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
     ids = _track_ids(root, paths)

@@ -23,6 +23,7 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.families import two_stage  # isort: skip (registered first: the default family)
 from ppazam_core.families import embedding_head, embedding_head_top1, mfcc_logreg, landmark, embedding_knn  # isort: skip
+from ppazam_core.families import embedding_prototypes  # isort: skip
 from ppazam_core.families.registry import Family, family_names, get_family, register
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
@@ -30,7 +31,7 @@ from ppazam_core.recognition import Mode, Recognizer
 from ppazam_core.threads import fixed_threads
 
 __all__ = ["Family", "family_names", "get_family", "register", "two_stage", "embedding_head", "embedding_head_top1",
-           "mfcc_logreg", "landmark", "embedding_knn"]
+           "mfcc_logreg", "landmark", "embedding_knn", "embedding_prototypes"]
 
 
 def family_modes(family: str) -> tuple[Mode, ...]:

@@ -59,7 +59,9 @@ class Family:
     * ``sweeps_rounding``: a suite makes one model per (bit width, rounding) point, named by
       the config's rounding bits; else one model per suite, named with rounding 0;
     * ``stages``: latency stages beside ``features`` and ``query`` that its models time
-      (:meth:`Recognizer.stage_calls`).
+      (:meth:`Recognizer.stage_calls`);
+    * ``load(folder)``: the model of one folder it wrote (``None``: not loadable on its own,
+      e.g. a model whose circuits live apart from it).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Family:
     bits: Callable[["ExperimentConfig"], int] | None = None
     sweeps_rounding: bool = False
     stages: tuple[str, ...] = ()
+    load: Callable[[Path], "Recognizer"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):

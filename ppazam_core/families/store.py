@@ -54,7 +54,7 @@ def single_model_family(name: str, settings: Callable[[ExperimentConfig], dict],
             train(library, config, target, cache_dir, workers, refresh)
         return load(target)
 
-    return register(Family(name, trained, is_trained, **{"modes": getattr(load, "modes", tuple(Mode)), **spec}))
+    return register(Family(name, trained, is_trained, load=load, **{"modes": getattr(load, "modes", tuple(Mode)), **spec}))
 
 
 @contextmanager

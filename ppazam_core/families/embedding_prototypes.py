@@ -1,0 +1,202 @@
+"""``embedding-prototypes``: enroll a song without training (prototypical networks, Snell et al.
+2017). The client embeds its query in the clear with the shared contrastive model, as in
+``embedding-head``; the server holds one prototype per track, the normalized mean embedding of
+``shots`` clean enrollment segments of it, and scores the encrypted query against every
+prototype: a linear layer whose weights are the prototypes (cosine similarities), compiled with
+Concrete ML (``LogisticRegression.from_sklearn_model``: nothing is fitted), in every mode.
+
+Adding a track (:func:`enroll`) embeds its segments and recompiles the layer; removing one drops
+its row. Enrollment segments are ``segment_s`` clips at ``shots`` evenly spaced offsets of the
+track, clean (the track as it is). Scores are ``log_softmax(cos / temperature)`` with the
+embedding's contrastive temperature; the confidence is the best track's probability.
+
+Artifacts: ``embedding/`` (the contrastive model), ``prototypes.npz`` (``prototypes (T, d)``
+float32, ``enroll_s (T,)``: seconds each track's enrollment took), the head of
+:mod:`.linear_head` and ``family.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
+from sklearn.linear_model import LogisticRegression
+
+from ppazam_core.artifacts import read_arrays
+from ppazam_core.audio import crop_or_pad
+from ppazam_core.config import ExperimentConfig, FheConfig, require
+from ppazam_core.embeddings import EmbeddingModel, load_model
+from ppazam_core.families.linear_head import HEAD, HEAD_FILE, LinearHeadModel, circuits_of
+from ppazam_core.families.registry import FamilyTable
+from ppazam_core.errors import ConfigError
+from ppazam_core.families.store import FAMILY_FILE, single_model_family, write_family
+from ppazam_core.features import FrontEnd
+from ppazam_core.fhe import CircuitStats, compile_linear
+from ppazam_core.library import Library
+from ppazam_core.pipeline import train_embedding
+from ppazam_core.recognition import Mode, Scores, log_softmax
+from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
+
+FAMILY = "embedding-prototypes"
+PROTOTYPES_FILE = "prototypes.npz"
+
+
+@dataclass(frozen=True)
+class PrototypeConfig:
+    """The ``[prototypes]`` table: enrollment segments per track (the k of k-shot) and the bit
+    width of the encrypted layer."""
+
+    shots: int = 5
+    n_bits: int = 8
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.shots, int) and self.shots >= 1, "prototypes.shots", self.shots, "an integer >= 1")
+        require(isinstance(self.n_bits, int) and 2 <= self.n_bits <= 16, "prototypes.n_bits", self.n_bits, "2 to 16")
+
+
+TABLE = FamilyTable("prototypes", PrototypeConfig)
+
+
+def settings(config: ExperimentConfig) -> dict:
+    """What the model depends on: the embedding's training, the enrollment and the compilation."""
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "prototypes": config.table(TABLE.name),
+            "p_error": config.fhe.p_error, "seed": config.fhe.seed}
+
+
+def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, shots: int) -> np.ndarray:
+    """``shots`` clips ``(shots, samples)`` float32 of ``segment_s`` at evenly spaced offsets of a
+    mono track (zero-padded when the track is shorter)."""
+    window = int(round(segment_s * sample_rate))
+    starts = np.linspace(0, max(0, audio.shape[0] - window), shots).astype(int)
+    return np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
+
+
+def prototypes(embedder: EmbeddingModel, library: Library, segment_s: float, shots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length) and the seconds
+    each took to enroll ``(T,)`` (decoding, front-end, embedding)."""
+    front_end = FrontEnd(embedder.features)
+    rate = embedder.features.sample_rate
+    rows, seconds = [], []
+    for track in library:
+        started = time.perf_counter()
+        clips = enrollment_segments(library.load(track, rate), rate, segment_s, shots)
+        mean = embedder.embed_patches(front_end(clips)).mean(axis=0)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        seconds.append(time.perf_counter() - started)
+    return np.asarray(rows, dtype=np.float32), np.asarray(seconds)
+
+
+def compile_prototypes(weights: np.ndarray, n_bits: int, fhe: FheConfig, folder: Path) -> CircuitStats:
+    """Compile the layer ``x -> weights @ x`` (``weights (T, d)``, T >= 2) into ``folder`` as a
+    Concrete ML ``LogisticRegression`` built from an sklearn one whose coefficients are
+    ``weights`` (no fitting), calibrated on the prototypes and their negations (unit-length
+    inputs span them)."""
+    if len(weights) < 2:
+        raise ValueError("a prototype layer needs at least two tracks")
+    layer = LogisticRegression()
+    two = len(weights) == 2
+    layer.coef_ = (weights[1:] - weights[:1]) if two else weights.astype(np.float64)
+    layer.intercept_ = np.zeros(1 if two else len(weights))
+    layer.classes_ = np.arange(len(weights))
+    calibration = np.concatenate([weights, -weights]).astype(np.float32)
+    model = ConcreteLogisticRegression.from_sklearn_model(layer, X=calibration, n_bits=n_bits)
+    circuit = circuits_of(folder) / HEAD
+    circuit.mkdir(parents=True)
+    stats = compile_linear(model, calibration, len(weights), fhe, circuit)
+    (folder / HEAD_FILE).write_text(model.dumps())
+    return stats
+
+
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Train (or load) the shared embedding on ``library``, enroll every track and compile."""
+    started = time.perf_counter()
+    embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    timings = {"embedding_s": time.perf_counter() - started}
+    table = config.table(TABLE.name)
+    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
+        weights, enroll_s = prototypes(load_model(embedding), library, config.data.segment_s, table.shots)
+        timings["enroll_s"] = float(enroll_s.sum())
+        started = time.perf_counter()
+        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=enroll_s)
+        compile_prototypes(weights, table.n_bits, config.fhe, tmp)
+        timings["compile_s"] = time.perf_counter() - started
+
+
+def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Sequence[str] = ()) -> "EmbeddingPrototypes":
+    """Write into ``dest`` (a new folder, or an enrolled model's to replace, atomically) the model
+    of ``model`` with every track of ``tracks`` added (its prototype from ``shots`` clean
+    segments: no training) and the tracks ``remove`` (ids) dropped; the layer is recompiled.
+    ``family.json`` records the tracks added (id, title, source, SHA-256, enrollment seconds)
+    and removed, and the seconds each step took. Returns the new model.
+
+    Raises:
+        ConfigError: a track id to add is already enrolled or given twice, an id to remove is
+            not enrolled, or fewer than two tracks would remain.
+    """
+    known = list(model.track_ids)
+    new_ids = [t.id for t in tracks]
+    clash = sorted({i for i in new_ids if i in known or new_ids.count(i) > 1})
+    if clash:
+        raise ConfigError(f"tracks {', '.join(clash[:5])} are already enrolled (or named twice); remove them first "
+                          "or rename the files")
+    missing = sorted(set(remove) - set(known))
+    if missing:
+        raise ConfigError(f"cannot remove {', '.join(missing[:5])}: not enrolled in {model.folder}")
+    keep = np.asarray([i not in set(remove) for i in known], dtype=bool)
+    if keep.sum() + len(new_ids) < 2:
+        raise ConfigError("an enrolled model needs at least two tracks")
+    shots = model.config.table(TABLE.name).shots
+    started = time.perf_counter()
+    added, enroll_s = prototypes(model.embedder, tracks, model.config.data.segment_s, shots)
+    embed_s = time.perf_counter() - started
+    weights = np.concatenate([model.prototypes[keep], added.reshape(-1, model.prototypes.shape[1])])
+    seconds = np.concatenate([model.enroll_s[keep], enroll_s])
+    manifest = model.manifest
+    history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
+                                               "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
+    with atomic_folder(Path(dest)) as tmp:
+        shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
+        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds)
+        started = time.perf_counter()
+        compile_prototypes(weights, model.config.table(TABLE.name).n_bits, model.config.fhe, tmp)
+        compile_s = time.perf_counter() - started
+        track_ids = [i for i, kept in zip(known, keep) if kept] + new_ids
+        fingerprint = canonical_json({"base": manifest.get("library_fingerprint"), "track_ids": track_ids,
+                                      "sha256": [t.sha256 for t in tracks]})
+        (tmp / FAMILY_FILE).write_text(json.dumps({
+            **manifest, "library": manifest["library"] if manifest["library"].endswith("+enrolled")
+            else f"{manifest['library']}+enrolled", "library_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
+            "track_ids": track_ids, "enrolled": history,
+            "removed": manifest.get("removed", []) + sorted(set(remove)),
+            "timings": {**manifest["timings"], "last_enroll_s": round(embed_s, 3), "last_compile_s": round(compile_s, 3)},
+        }, indent=2))
+    return EmbeddingPrototypes(Path(dest))
+
+
+class EmbeddingPrototypes(LinearHeadModel):
+    """A model of ``embedding-prototypes``: every track's score per patch in every mode."""
+
+    family = FAMILY
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.embedder = load_model(self.folder / "embedding")
+        self.features = self.embedder.features
+        self.prototypes, self.enroll_s = read_arrays(self.folder / PROTOTYPES_FILE, "prototypes", "enroll_s")
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        similarity = self.head.logits(self.embedder.embed_patches(patches), mode)
+        log_probs = log_softmax(similarity / self.config.embedding.temperature)
+        return Scores(log_probs, np.exp(log_probs.max(axis=1)))
+
+
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingPrototypes, table=TABLE,
+                           bits=lambda config: config.table(TABLE.name).n_bits)

@@ -1,0 +1,108 @@
+"""``embedding-prototypes`` and ``ppazam enroll``: a track's prototype is the normalized mean
+embedding of its clean enrollment segments, songs are added and removed without training, and
+an enrolled model identifies them in every mode."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import write_audio
+from ppazam_core.audio import load_audio
+from ppazam_core.cli import main
+from ppazam_core.families import train_family
+from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enrollment_segments
+from ppazam_core.features import FrontEnd
+from ppazam_core.library import synthetic_distractors
+from ppazam_core.recognition import Mode, predict, sample_queries
+from test_families import queries_for
+from test_identifier import ranked_ids
+
+
+@pytest.fixture(scope="module")
+def prototypes(tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    return train_family(FAMILY, tiny_library, config, session_cache, workers=1)
+
+
+@pytest.fixture(scope="module")
+def new_songs(tiny_config, session_cache, tmp_path_factory):
+    """Two songs the model never saw (the generator under another seed), as files of a folder."""
+    config, _ = tiny_config
+    folder = tmp_path_factory.mktemp("new-songs")
+    for track in synthetic_distractors(config.data.synthetic, 2, session_cache):
+        shutil.copy(track.source, folder / f"new_{track.id}.flac")
+    return folder
+
+
+def test_a_prototype_is_the_normalized_mean_embedding_of_clean_segments(prototypes, tiny_library, tiny_config):
+    config, _ = tiny_config
+    track = tiny_library.tracks[3]
+    clips = enrollment_segments(tiny_library.load(track, 16_000), 16_000, config.data.segment_s, 5)
+    assert clips.shape == (5, 48_000)
+    mean = prototypes.embedder.embed_patches(FrontEnd(prototypes.features)(clips)).mean(axis=0)
+    np.testing.assert_allclose(prototypes.prototypes[3], mean / np.linalg.norm(mean), atol=1e-6)
+    assert prototypes.enroll_s.shape == (len(tiny_library),) and (prototypes.enroll_s > 0).all()
+
+
+def test_every_mode_ranks_as_the_clear_layer(prototypes, tiny_library, tiny_config, session_cache):
+    config, _ = tiny_config
+    queries = queries_for(FAMILY, tiny_library, config, session_cache)
+    clear = predict(prototypes, queries, Mode.FP32)
+    assert clear.hits(1).mean() >= 0.6  # chance is 1/6
+    simulated = predict(prototypes, queries, Mode.FHE_SIM)
+    assert np.array_equal(predict(prototypes, queries, Mode.QUANT).ranking[:, 0], simulated.ranking[:, 0])
+    assert (simulated.ranking[:, 0] == clear.ranking[:, 0]).mean() >= 0.9  # 8-bit weights and inputs
+    encrypted = predict(prototypes, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
+    assert np.array_equal(encrypted.ranking[:, 0], simulated.take(encrypted.rows).ranking[:, 0])
+
+
+def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, tiny_config, session_cache, tmp_path,
+                                                       capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    into = tmp_path / "enrolled"
+    assert main(["enroll", str(new_songs), "--into", str(into), *common]) == 0
+    assert "2 track(s) added, 0 removed: 8 tracks" in capsys.readouterr().out
+    enrolled = EmbeddingPrototypes(into)
+    assert enrolled.track_ids == (*prototypes.track_ids, "new_syn00000", "new_syn00001")
+    np.testing.assert_array_equal(enrolled.prototypes[:6], prototypes.prototypes)  # nothing retrained
+    manifest = json.loads((into / "family.json").read_text())
+    assert [e["id"] for e in manifest["enrolled"]] == ["new_syn00000", "new_syn00001"]
+    assert all(e["enroll_s"] > 0 and len(e["sha256"]) == 64 for e in manifest["enrolled"])
+
+    clip = write_audio(tmp_path / "clip.wav", load_audio(new_songs / "new_syn00001.flac", 16_000)[16_000:80_000],
+                       16_000)
+    for mode in ("fp32", "fhe-sim", "fhe"):
+        assert main(["identify", str(clip), "--model", str(into), "--mode", mode]) == 0
+        out = capsys.readouterr().out
+        assert ranked_ids(out)[0] == "new_syn00001", out
+        assert mode != "fhe" or "ms/PBS" in out  # the cost table of a PBS-free layer
+
+    one_song = new_songs / "new_syn00000.flac"
+    assert main(["enroll", str(one_song), "--into", str(into), *common]) == 1
+    assert "new_syn00000 are already enrolled" in capsys.readouterr().err
+    assert main(["enroll", "--into", str(into), "--remove", "new_syn00000", "--remove", "syn00002", *common]) == 0
+    assert EmbeddingPrototypes(into).track_ids == ("syn00000", "syn00001", "syn00003", "syn00004", "syn00005",
+                                                   "new_syn00001")
+    assert main(["enroll", str(one_song), "--into", str(into), *common]) == 0  # a removed song comes back
+    assert EmbeddingPrototypes(into).track_ids[-1] == "new_syn00000"
+
+
+def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, session_cache, tmp_path, capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    assert main(["enroll", "--into", str(tmp_path / "x"), *common]) == 1
+    assert "nothing to do" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["enroll", str(new_songs), "--into", str(tmp_path / "busy"), *common]) == 1
+    assert "neither an enrolled model nor a new or empty folder" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert main(["enroll", "--into", str(tmp_path / "y"), "--remove", "nope", *common]) == 1
+    assert "cannot remove nope: not enrolled" in capsys.readouterr().err
+    assert main(["enroll", "--into", str(tmp_path / "z"), *common, "--remove", "syn00000", "--remove", "syn00001",
+                 "--remove", "syn00002", "--remove", "syn00003", "--remove", "syn00004"]) == 1
+    assert "at least two tracks" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
