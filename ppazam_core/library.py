@@ -246,13 +246,15 @@ def synthetic_library(spec: SyntheticSpec, cache_dir: Path, workers: int = 1) ->
     return Library(name, tracks)
 
 
-def synthetic_distractors(spec: SyntheticSpec, n_tracks: int, cache_dir: Path, workers: int = 1) -> Library:
+def synthetic_distractors(spec: SyntheticSpec, n_tracks: int, cache_dir: Path, workers: int = 1,
+                          purpose: str = "distractors") -> Library:
     """``n_tracks`` songs outside the synthetic library of ``spec``: the same generator under
-    another seed (derived from ``spec.seed``), for open-set rejection. A :class:`ConfigError`
-    when ``n_tracks`` is below 1."""
+    another seed (derived from ``spec.seed`` and ``purpose``: distractors for open-set rejection,
+    ``enrolled`` for tracks enrolled after training). A :class:`ConfigError` when ``n_tracks``
+    is below 1."""
     if isinstance(n_tracks, bool) or not isinstance(n_tracks, int) or n_tracks < 1:
-        raise ConfigError.bad_value("distractor tracks", n_tracks, "an integer >= 1")
-    return synthetic_library(replace(spec, seed=derive_seed(spec.seed, "distractors"), n_tracks=n_tracks),
+        raise ConfigError.bad_value(f"{purpose} tracks", n_tracks, "an integer >= 1")
+    return synthetic_library(replace(spec, seed=derive_seed(spec.seed, purpose), n_tracks=n_tracks),
                              cache_dir, workers)
 
 

@@ -8,6 +8,9 @@
   confidence for library vs distractor queries and the top-1 at 1% false accepts;
 * ``condition-sweeps``: rows modes of every family, columns the gain and length sweeps'
   conditions (``clean@-20dB``, ``phone-in-room@1s``, ...), cells top-1;
+* ``enrollment``: rows mode and shots of every family that enrolls tracks after training,
+  columns levels, cells top-1 on the tracks seen in training / on the enrolled ones, and the
+  n-way k-shot episodes' top-1 among the enrolled tracks;
 * ``headline``: one row per family, the one-screen summary the bench prints: top-1 per level in
   its most private mode, its spread over the gain sweep, top-1 at the shortest and longest
   query, and the seconds of one truly encrypted query.
@@ -90,6 +93,25 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
                      if pd.notna(table.loc[row, (level, "roc_auc")]) else "-" for row in table.index}
              for level in _level_order(rows)}
     return pd.DataFrame(cells).loc[row_order(rows)]
+
+
+def enrollment(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``family mode, k shots``, columns levels: ``seen / enrolled`` top-1, then ``n-way
+    top-1`` of the episodes (see ``bench/test_enrollment.py``)."""
+    rows = results[results["stage"].astype(str).str.startswith("enroll:")]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(shots=rows["stage"].str.extract(r"(\d+)-shot$")[0].astype(int),
+                       ways=rows["stage"].str.extract(r"^enroll:(\d+)-way")[0])
+    rows = labelled(rows).assign(row=lambda r: [f"{label}, {k} shots" for label, k in zip(r["row"], r["shots"])])
+    cells: dict[str, dict[str, str]] = {}
+    for (label, level), group in rows.groupby(["row", "level"], sort=False):
+        value = {metric: group.loc[group["metric"] == metric, "value"] for metric in ("top1_seen", "top1_enrolled")}
+        text = " / ".join(f"{value[m].iloc[0]:.2f}" if len(value[m]) else "-" for m in value)
+        episodes = group[group["metric"] == "episode_top1"]
+        text += "".join(f", {int(w)}-way {v:.2f}" for w, v in zip(episodes["ways"], episodes["value"]))
+        cells.setdefault(level, {})[label] = text
+    return pd.DataFrame(cells).reindex(row_order(rows)).fillna("-")
 
 
 LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}".format),
@@ -203,6 +225,9 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
               "privacy-ledger": (privacy_ledger(results), "Privacy ledger per query segment: what the server learns "
                                                           "about the song, what the client receives, bytes, keys, "
                                                           "security level and error probability"),
+              "enrollment": (enrollment(results), "Tracks enrolled after training from k clean segments: top-1 "
+                                                  "on tracks seen in training / on enrolled tracks, and n-way "
+                                                  "k-shot episodes among the enrolled tracks"),
               "headline": (headline(results, latency), "Each family in its most private mode: top-1 per level, "
                                                        "over gain and length, and encrypted seconds per query")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:

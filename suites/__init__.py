@@ -20,6 +20,9 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     latency_rounds = 10                     # repetitions of each timed stage (the gate needs ~10)
     seeds = { train = 0, eval = 1 }
     distractor_tracks = 0                   # tracks held out of training, for open-set rejection
+    enroll_tracks = 0                       # tracks held out of training, enrolled afterwards (families that enroll)
+    shots = [1, 3, 5, 10]                   # enrollment segments per enrolled track (k of n-way k-shot)
+    episode_ways = [5]                      # n of the n-way k-shot episodes among the enrolled tracks
     library_sizes = []                      # synthetic track counts to scale over (scaling suite)
 
 The bit widths and rounding bits sweep the two-stage CNN; the linear heads use the ``n_bits`` of
@@ -68,6 +71,9 @@ class Suite:
     latency_rounds: int = 10
     seeds: Mapping[str, int] = field(default_factory=lambda: {"train": 0, "eval": 1})
     distractor_tracks: int = 0
+    enroll_tracks: int = 0
+    shots: tuple[int, ...] = (1, 3, 5, 10)
+    episode_ways: tuple[int, ...] = (5,)
     library_sizes: tuple[int, ...] = ()
     experiment: Mapping[str, Any] = field(default_factory=dict)
 
@@ -82,7 +88,11 @@ class Suite:
         if isinstance(self.fhe_budget_s, bool) or not isinstance(self.fhe_budget_s, (int, float)) \
                 or not self.fhe_budget_s >= 0:
             raise ConfigError.bad_value(f"suite {self.name}: fhe_budget_s", self.fhe_budget_s, "seconds >= 0")
-        for key in ("distractor_tracks", "query_tracks"):
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.shots) or not self.shots:
+            raise ConfigError.bad_value(f"suite {self.name}: shots", self.shots, "integers >= 1")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in self.episode_ways):
+            raise ConfigError.bad_value(f"suite {self.name}: episode_ways", self.episode_ways, "integers >= 2")
+        for key in ("distractor_tracks", "query_tracks", "enroll_tracks"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
         if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):

@@ -130,10 +130,12 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
         timings["compile_s"] = time.perf_counter() - started
 
 
-def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Sequence[str] = ()) -> "EmbeddingPrototypes":
+def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Sequence[str] = (),
+           shots: int | None = None) -> "EmbeddingPrototypes":
     """Write into ``dest`` (a new folder, or an enrolled model's to replace, atomically) the model
     of ``model`` with every track of ``tracks`` added (its prototype from ``shots`` clean
-    segments: no training) and the tracks ``remove`` (ids) dropped; the layer is recompiled.
+    segments, default the config's: no training) and the tracks ``remove`` (ids) dropped; the
+    layer is recompiled.
     ``family.json`` records the tracks added (id, title, source, SHA-256, enrollment seconds)
     and removed, and the seconds each step took. Returns the new model.
 
@@ -153,7 +155,8 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     keep = np.asarray([i not in set(remove) for i in known], dtype=bool)
     if keep.sum() + len(new_ids) < 2:
         raise ConfigError("an enrolled model needs at least two tracks")
-    shots = model.config.table(TABLE.name).shots
+    shots = model.config.table(TABLE.name).shots if shots is None else shots
+    require(isinstance(shots, int) and shots >= 1, "shots", shots, "an integer >= 1")
     started = time.perf_counter()
     added, enroll_s = prototypes(model.embedder, tracks, model.config.data.segment_s, shots)
     embed_s = time.perf_counter() - started
@@ -161,7 +164,7 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     seconds = np.concatenate([model.enroll_s[keep], enroll_s])
     manifest = model.manifest
     history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
-                                               "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
+                                               "shots": shots, "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
     with atomic_folder(Path(dest)) as tmp:
         shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
         np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds)
@@ -199,4 +202,4 @@ class EmbeddingPrototypes(LinearHeadModel):
 
 
 SPEC = single_model_family(FAMILY, settings, train, EmbeddingPrototypes, table=TABLE,
-                           bits=lambda config: config.table(TABLE.name).n_bits)
+                           bits=lambda config: config.table(TABLE.name).n_bits, enroll=enroll)

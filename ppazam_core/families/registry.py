@@ -61,7 +61,10 @@ class Family:
     * ``stages``: latency stages beside ``features`` and ``query`` that its models time
       (:meth:`Recognizer.stage_calls`);
     * ``load(folder)``: the model of one folder it wrote (``None``: not loadable on its own,
-      e.g. a model whose circuits live apart from it).
+      e.g. a model whose circuits live apart from it);
+    * ``enroll(model, tracks, folder, shots=k)``: writes into ``folder`` the model with the
+      tracks of the library ``tracks`` added without training, from ``k`` segments each (``None``:
+      the family cannot enroll).
     """
 
     name: str
@@ -74,6 +77,7 @@ class Family:
     sweeps_rounding: bool = False
     stages: tuple[str, ...] = ()
     load: Callable[[Path], "Recognizer"] | None = None
+    enroll: Callable[..., "Recognizer"] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):

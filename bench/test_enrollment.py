@@ -1,0 +1,90 @@
+"""Enrollment without training, measured the few-shot way (families whose registry record can
+``enroll``, e.g. ``embedding-prototypes``; suites with ``enroll_tracks``).
+
+The suite's enrolled tracks are kept out of training (more tracks of the synthetic generator
+under their own seed, or tracks held out of a folder) and added to the trained model from
+``k`` clean segments each, for every ``k`` of ``shots`` (stage ``enroll:k-shot``). At each level
+and mode but ``fhe`` (fhe-sim computes the circuit's integers), the enrolled model answers the
+queries of the tracks seen in training (``top1_seen``) and of the enrolled ones
+(``top1_enrolled``, the whole library as the classes), and n-way k-shot episodes as in
+prototypical networks (Snell et al. 2017): ``EPISODES`` draws of n enrolled tracks, their queries
+ranked among those n tracks only (``episode_top1``, stage ``enroll:n-way-k-shot``). Latency rows
+give each track's enrollment seconds (median, min, max) and the recompilation's.
+"""
+
+import statistics
+
+import numpy as np
+
+from ppazam_core.families import get_family
+from ppazam_core.recognition import Mode, combine_segments
+from ppazam_core.results import wilson_interval
+from ppazam_core.seeding import derive_seed
+
+EPISODES = 100
+SANITY_CONDITION = "clean"
+
+
+def runs(run, params: dict) -> bool:
+    """Suites with tracks to enroll, families that enroll, the levels (not the sweeps), every
+    mode of the family but true FHE (collection deselects the others)."""
+    family = get_family(params["ppazam_point"].family)
+    mode = Mode(params["ppazam_mode"])
+    return run.suite.enroll_tracks > 0 and family.enroll is not None and mode in family.modes and \
+        mode is not Mode.FHE and not run.suite.is_sweep(params["ppazam_level"])
+
+
+def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam_level, ppazam_mode):
+    mode = Mode(ppazam_mode)
+    stages, config = ppazam_run.stages, ppazam_point.config
+    new_queries = stages.queries(ppazam_point.family, config, ppazam_level, enrolled=True)
+    seen_tracks = len(ppazam_model.track_ids)
+    for shots in ppazam_run.suite.shots:
+        model = stages.enrolled_model(ppazam_model, config, shots)
+        condition = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level, stage=f"enroll:{shots}-shot")
+        seen = stages.predict(model, ppazam_queries, mode, in_library=False)
+        seen_hits = seen.ranking[:, 0] == ppazam_queries.y[seen.rows * ppazam_queries.segments]
+        new = stages.predict(model, new_queries, mode, in_library=False)
+        new_truth = seen_tracks + new_queries.y[new.rows * new_queries.segments]
+        new_hits = new.ranking[:, 0] == new_truth
+        ppazam_run.record.results += [condition.proportion("top1_seen", seen_hits.sum(), len(seen_hits)),
+                                      condition.proportion("top1_enrolled", new_hits.sum(), len(new_hits))]
+        scores = combine_segments(model.scores(np.asarray(new_queries.X), mode).track_scores[:, seen_tracks:],
+                                  new_queries.segments)
+        for ways in ppazam_run.suite.episode_ways:
+            right, asked = episodes(scores, new_truth - seen_tracks, ways,
+                                    derive_seed(config.data.eval_seed, "episodes", ppazam_level, shots, ways))
+            if asked:
+                episode = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level,
+                                               stage=f"enroll:{ways}-way-{shots}-shot")
+                ppazam_run.record.results.append(episode.proportion("episode_top1", right, asked))
+        if mode is Mode.FP32 and ppazam_level == ppazam_run.suite.levels[0]:  # once per enrolled model
+            seconds = [entry["enroll_s"] for entry in model.manifest["enrolled"]]
+            timing = ppazam_run.condition(ppazam_point, model, mode.value, stage=f"enroll:{shots}-shot")
+            ppazam_run.record.latency += [
+                timing.row("enroll_s_per_track", statistics.median(seconds), len(seconds), "s",
+                           spread=(min(seconds), max(seconds))),
+                timing.row("recompile_s", model.manifest["timings"]["last_compile_s"], 1, "s")]
+        if ppazam_level == SANITY_CONDITION and shots == max(ppazam_run.suite.shots):
+            low, _ = wilson_interval(int(new_hits.sum()), len(new_hits))
+            assert low > 1 / len(model.track_ids), (
+                f"{ppazam_point.family} {mode}: enrolled tracks identified no better than chance "
+                f"({new_hits.mean():.2f} top-1 on {len(new_hits)} clean queries, {shots} shots)")
+
+
+def episodes(scores: np.ndarray, truth: np.ndarray, ways: int, seed: int) -> tuple[int, int]:
+    """Right answers and queries over :data:`EPISODES` n-way episodes: each draws ``ways`` of the
+    enrolled tracks and ranks their queries among them only (``scores (queries, tracks)``,
+    ``truth`` indices into the enrolled tracks). ``(0, 0)`` when fewer than ``ways`` are enrolled."""
+    tracks = np.unique(truth)
+    if len(tracks) < ways:
+        return 0, 0
+    rng = np.random.default_rng(seed)
+    right = asked = 0
+    for _ in range(EPISODES):
+        chosen = rng.choice(tracks, ways, replace=False)
+        queries = np.isin(truth, chosen)
+        answers = chosen[np.argmax(scores[np.ix_(queries, chosen)], axis=1)]
+        right += int((answers == truth[queries]).sum())
+        asked += int(queries.sum())
+    return right, asked
