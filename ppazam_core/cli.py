@@ -52,7 +52,6 @@ from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_l
 from ppazam_core.pipeline import compile_identifier, noise_folder
 from ppazam_core.open_set import OpenSetRule, check_far
 from ppazam_core.privacy import ledger
-from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
@@ -248,9 +247,13 @@ def _library_build_debian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    return shlex.join(["ppazam", *sys.argv[1:]])
+
+
 def _prepare(args: argparse.Namespace) -> int:
-    run_id = new_run_id()
-    out = args.out or Path("reports") / run_id
+    info = RunInfo.start("prepare")
+    out = args.out or Path("reports") / info.run_id
     timings: dict[str, float] = {}
     started = time.perf_counter()
     experiment, library, cache_dir = _experiment(args)
@@ -269,13 +272,10 @@ def _prepare(args: argparse.Namespace) -> int:
                          "shape": list(dataset.X.shape), "bytes": dataset.size_bytes,
                          "seconds": round(time.perf_counter() - started, 3),
                          "built_seconds": dataset.info["build_seconds"], "folder": str(dataset.folder)})
-    report = {
-        "run_id": run_id, "git_commit": git_commit(), "config_hash": config_hash(config),
-        "config": json.loads(canonical_json(config)),
-        "library": asdict(library.summary()), "noise_dir": str(noise_dir),
-        "timings": {k: round(v, 3) for k, v in timings.items()}, "datasets": datasets,
-        "environment": environment(),
-    }
+    report = info.provenance(_command_line(), {library.name: library.fingerprint()}, 0,
+                             config_hash=config_hash(config), config=json.loads(canonical_json(config)),
+                             library=asdict(library.summary()), noise_dir=str(noise_dir),
+                             timings={k: round(v, 3) for k, v in timings.items()}, datasets=datasets)
     atomic_write_text(out / "prepare.json", json.dumps(report, indent=2, default=str))
     _print_prepare(library, report, out)
     return 0
@@ -616,16 +616,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     for mode in modes:  # after the encrypted queries: their measured bytes go into the ledger
         condition = info.condition(model, config, bits, rounding, mode.value, stage="ledger", action=action)
         record.results += ledger(model, mode, model.channel).rows(condition)
-    record.provenance = {
-        "run_id": info.run_id, "timestamp": info.timestamp, "git_commit": info.git_commit, "code_hash": code_fingerprint(),
-        "suite": {"name": info.suite}, "library": library.name, "libraries": {library.name: library.fingerprint()},
-        "command": shlex.join(["ppazam", *sys.argv[1:]]), "family": args.family,
-        "config": json.loads(canonical_json(config)), "model": str(model.folder),
-        "training": {key: model.manifest[key] for key in ("cluster_sizes", "quant", "timings") if key in model.manifest},
-        "circuits": {name: asdict(CircuitStats.load(model.channel.circuits / name)) for name in model.circuit_names()}
+    record.provenance = info.provenance(
+        _command_line(), {library.name: library.fingerprint()}, 0, library=library.name, family=args.family,
+        config=json.loads(canonical_json(config)), model=str(model.folder),
+        training={key: model.manifest[key] for key in ("cluster_sizes", "quant", "timings") if key in model.manifest},
+        circuits={name: asdict(CircuitStats.load(model.channel.circuits / name)) for name in model.circuit_names()}
         if needs_circuits else {},
-        "key_setups": [asdict(k) for k in model.channel.key_setups.values()] if model.channel is not None else [],
-        "environment": environment(), "exit_status": 0}
+        key_setups=[asdict(k) for k in model.channel.key_setups.values()] if model.channel is not None else [])
     record.write(out)
     _print_evaluation(library, model, record.results, record.latency)
     console.print(f"run folder: {out} (run {info.run_id}, model {model.folder.name}); "

@@ -17,14 +17,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
 from ppazam_core.errors import ArtifactError
-from ppazam_core.provenance import code_fingerprint, git_commit, new_run_id
+from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.store import atomic_write_text, build_of, is_complete, settings_hash
 
 if TYPE_CHECKING:
@@ -106,6 +106,17 @@ class RunInfo:
     def start(cls, suite: str) -> "RunInfo":
         """A new run of ``suite``, now, at the checked-out commit."""
         return cls(new_run_id(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), git_commit(), suite)
+
+    def provenance(self, command: str, libraries: dict[str, str], exit_status: int | None = None,
+                   **details: Any) -> dict:
+        """What ``run.json`` (and ``prepare.json``) says of a run, whatever wrote it: the run (id,
+        UTC start, commit, :func:`~ppazam_core.provenance.code_fingerprint`, suite), the command
+        line, each library's content fingerprint by name, the machine
+        (:func:`~ppazam_core.provenance.environment`) and the exit status, then the writer's
+        ``details`` (which may describe the suite further)."""
+        return {"run_id": self.run_id, "timestamp": self.timestamp, "git_commit": self.git_commit,
+                "code_hash": code_fingerprint(), "suite": {"name": self.suite}, "command": command,
+                "libraries": libraries, "environment": environment(), "exit_status": exit_status, **details}
 
     def condition(self, model: Recognizer, config: ExperimentConfig, bit_width: int, rounding_bits: int, mode: str,
                   level: str = "", stage: str = "", action: str = "loaded") -> Condition:
