@@ -8,8 +8,9 @@ and mode but ``fhe`` (fhe-sim computes the circuit's integers), the enrolled mod
 queries of the tracks seen in training (``top1_seen``) and of the enrolled ones
 (``top1_enrolled``, the whole library as the classes), and n-way k-shot episodes as in
 prototypical networks (Snell et al. 2017): ``EPISODES`` draws of n enrolled tracks, their queries
-ranked among those n tracks only (``episode_top1``, stage ``enroll:n-way-k-shot``). Latency rows
-give each track's enrollment seconds (median, min, max) and the recompilation's.
+ranked among those n tracks only (``episode_top1``, stage ``enroll:n-way-k-shot``: the mean of the
+episodes' top-1 with its 95% interval over episodes, n the episodes; the same episodes for every
+k). Latency rows give each track's enrollment seconds (median, min, max) and the recompilation's.
 """
 
 import statistics
@@ -52,12 +53,14 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
         scores = combine_segments(model.scores(np.asarray(new_queries.X), mode).track_scores[:, seen_tracks:],
                                   new_queries.segments)
         for ways in ppazam_run.suite.episode_ways:
-            right, asked = episodes(scores, new_truth - seen_tracks, ways,
-                                    derive_seed(config.data.eval_seed, "episodes", ppazam_level, shots, ways))
-            if asked:
+            accuracy = episodes(scores, new_truth - seen_tracks, ways,
+                                derive_seed(config.data.eval_seed, "episodes", ppazam_level, ways))
+            if accuracy.size:
                 episode = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level,
                                                stage=f"enroll:{ways}-way-{shots}-shot")
-                ppazam_run.record.results.append(episode.proportion("episode_top1", right, asked))
+                half = 1.96 * accuracy.std(ddof=1) / np.sqrt(accuracy.size)
+                ppazam_run.record.results.append(episode.row("episode_top1", accuracy.mean(), accuracy.size, "fraction",
+                                                             ci=(accuracy.mean() - half, accuracy.mean() + half)))
         if mode is Mode.FP32 and ppazam_level == ppazam_run.suite.levels[0]:  # once per enrolled model
             seconds = [entry["enroll_s"] for entry in model.manifest["enrolled"]]
             timing = ppazam_run.condition(ppazam_point, model, mode.value, stage=f"enroll:{shots}-shot")
@@ -72,19 +75,18 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
                 f"({new_hits.mean():.2f} top-1 on {len(new_hits)} clean queries, {shots} shots)")
 
 
-def episodes(scores: np.ndarray, truth: np.ndarray, ways: int, seed: int) -> tuple[int, int]:
-    """Right answers and queries over :data:`EPISODES` n-way episodes: each draws ``ways`` of the
+def episodes(scores: np.ndarray, truth: np.ndarray, ways: int, seed: int) -> np.ndarray:
+    """Top-1 of each of :data:`EPISODES` n-way episodes ``(EPISODES,)``: each draws ``ways`` of the
     enrolled tracks and ranks their queries among them only (``scores (queries, tracks)``,
-    ``truth`` indices into the enrolled tracks). ``(0, 0)`` when fewer than ``ways`` are enrolled."""
+    ``truth`` indices into the enrolled tracks). Empty when fewer than ``ways`` are enrolled."""
     tracks = np.unique(truth)
     if len(tracks) < ways:
-        return 0, 0
+        return np.zeros(0)
     rng = np.random.default_rng(seed)
-    right = asked = 0
+    accuracy = []
     for _ in range(EPISODES):
         chosen = rng.choice(tracks, ways, replace=False)
         queries = np.isin(truth, chosen)
         answers = chosen[np.argmax(scores[np.ix_(queries, chosen)], axis=1)]
-        right += int((answers == truth[queries]).sum())
-        asked += int(queries.sum())
-    return right, asked
+        accuracy.append((answers == truth[queries]).mean())
+    return np.asarray(accuracy)

@@ -43,8 +43,7 @@ from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_ser
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
                                   train_family)
-from ppazam_core.families.embedding_prototypes import FAMILY as PROTOTYPES
-from ppazam_core.families.embedding_prototypes import enroll
+from ppazam_core.families.registry import families
 from ppazam_core.families.store import FAMILY_FILE
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, scan_folder,
@@ -144,9 +143,10 @@ def _parser() -> argparse.ArgumentParser:
                                    help=f"synthetic distractor tracks (default {DEFAULT_DISTRACTOR_TRACKS})")
     calibrate_command.set_defaults(run=_calibrate)
 
+    enrolling = _enrolling_families()
     enroll_command = commands.add_parser(
-        "enroll", help=f"add songs to an {PROTOTYPES} model without training (prototypes of clean segments), or "
-                       "remove some; the encrypted layer is recompiled")
+        "enroll", help=f"add songs to a model without training ({', '.join(enrolling)}), or remove some; its "
+                       "encrypted part is recompiled")
     enroll_command.add_argument("tracks", nargs="?", type=Path, help="an audio file or a folder of songs to add")
     enroll_command.add_argument("--into", type=Path, required=True,
                                 help="the enrolled model's folder: new or empty (the trained model of --library "
@@ -154,7 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     enroll_command.add_argument("--remove", action="append", default=[], metavar="TRACK_ID",
                                 help="a track to remove (repeatable)")
     _experiment_options(enroll_command)
-    enroll_command.set_defaults(run=_enroll, family=PROTOTYPES)
+    enroll_command.add_argument("--family", choices=enrolling, default=enrolling[0],
+                                help=f"the family of the trained model to start from (default {enrolling[0]})")
+    enroll_command.set_defaults(run=_enroll)
 
     export = commands.add_parser("export-server", help="write the server bundle of a trained and compiled model: "
                                                        "each circuit's server side, no client part and no key")
@@ -386,9 +388,10 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, tit
                     config: ExperimentConfig) -> int:
     rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
     if rule is None:
+        how = ("`ppazam calibrate` stores one for the trained models of --library and --config" if args.model else
+               f"`ppazam calibrate --family {model.family} --mode {rule_mode(mode)}` stores one")
         console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
-                      f"tracks, even a song outside the library (`ppazam calibrate --family {model.family} --mode "
-                      f"{rule_mode(mode)}` stores one)", style="dim", highlight=False, soft_wrap=True)
+                      f"tracks, even a song outside the library ({how})", style="dim", highlight=False, soft_wrap=True)
     else:
         console.print(f"no match below confidence {rule.threshold:.4g} (target false-accept rate {rule.far:g}; "
                       f"{rule.false_accepts:.2%} of {rule.n_distractors} distractor queries accepted, "
@@ -433,18 +436,26 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, tit
     return 1 if failures == len(clips) else 0
 
 
+def _enrolling_families() -> list[str]:
+    """The registered families that add songs without training."""
+    return [name for name, family in families().items() if family.enroll is not None]
+
+
 def _enroll(args: argparse.Namespace) -> int:
     if args.tracks is None and not args.remove:
         raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
     into = Path(args.into)
     if (into / FAMILY_FILE).is_file():
         model = _model_in(into, Mode.FP32)
-        if model.family != PROTOTYPES:
-            raise ConfigError(f"{into} holds a {model.family} model; enroll adds songs to {PROTOTYPES} models")
+        if "enrolled" not in model.manifest:  # e.g. a trained model of the store: it must keep matching its hash
+            raise ConfigError(f"--into {into} holds a model enroll did not write; name a new or empty folder")
     elif into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ConfigError(f"--into {into} is neither an enrolled model nor a new or empty folder")
     else:
         model, _, _ = _trained_model(args, Mode.FP32)
+    family = get_family(model.family)
+    if family.enroll is None:
+        raise ConfigError.bad_value("family of --into", model.family, _enrolling_families())
     cache_dir = args.cache_dir or default_cache_dir()
     tracks = Library("none", ())
     if args.tracks is not None:
@@ -456,7 +467,7 @@ def _enroll(args: argparse.Namespace) -> int:
         for skipped in tracks.skipped:
             console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
     started = time.perf_counter()
-    enrolled = enroll(model, tracks, into, args.remove)
+    enrolled = family.enroll(model, tracks, into, args.remove)
     timings = enrolled.manifest["timings"]
     per_track = f"{timings['last_enroll_s'] / len(tracks):.3f} s a track to enroll, " if len(tracks) else ""
     console.print(f"{len(tracks)} track(s) added, {len(args.remove)} removed: {len(enrolled.track_ids)} tracks in "

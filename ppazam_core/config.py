@@ -183,8 +183,10 @@ class ExperimentConfig:
     cluster_top_k: int = 1
     combine: str = COMBINE_RULES[0]
     fhe: FheConfig = field(default_factory=FheConfig)
-    # the registered families' settings by table name (defaults for the tables a file leaves out)
-    tables: Mapping[str, Any] = field(default_factory=lambda: _family_tables({}))
+    # the family tables whose settings differ from the family's defaults, by table name: a config
+    # (and its hash) holds no table of a family it leaves at its defaults, so installing or
+    # removing a plug-in family changes no other configuration
+    tables: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cluster_top_k < 1:
@@ -193,11 +195,15 @@ class ExperimentConfig:
             raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
 
     def table(self, name: str) -> Any:
-        """The settings of the family table ``name`` (e.g. ``config.table("head")``); a
-        :class:`ConfigError` when no registered family declares it."""
-        if name not in self.tables:
-            raise ConfigError.bad_value("family config table", name, sorted(self.tables))
-        return self.tables[name]
+        """The settings of the family table ``name`` (e.g. ``config.table("head")``), its
+        family's defaults unless the config sets them; a :class:`ConfigError` when no registered
+        family declares it."""
+        if name in self.tables:
+            return self.tables[name]
+        registered = _registered_tables()
+        if name not in registered:
+            raise ConfigError.bad_value("family config table", name, sorted(registered))
+        return registered[name]()
 
     def trained_parts(self) -> dict[str, Any]:
         """What the trained two-stage models depend on: everything but the FHE compilation
@@ -228,8 +234,9 @@ class ExperimentConfig:
             **{name: config[name] for name in ("embedding", "clusters", "model", "training", "qat")},
             "identify": {"cluster_top_k": config["cluster_top_k"], "combine": config["combine"]},
             **({"fhe": config["fhe"]} if "fhe" in config else {}),
-            # tables as stored since the family registry, else at the top level as before it
-            **config.get("tables", {name: value for name, value in config.items() if name in _registered_tables()}),
+            # tables as stored since the family registry, else at the top level as before it; a
+            # table of a family no longer installed cannot matter to the model that stored it
+            **{name: value for name, value in config.get("tables", config).items() if name in _registered_tables()},
         })
 
     @classmethod
@@ -283,9 +290,11 @@ def _registered_tables() -> dict[str, type]:
 
 
 def _family_tables(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Every registered family table, read from ``data``'s table of its name (a missing key
-    keeps the family's default)."""
-    return {name: cls(**_checked(data.get(name, {}), cls, name)) for name, cls in sorted(_registered_tables().items())}
+    """The family tables ``data`` sets, read and checked (a missing key keeps the family's
+    default), less those equal to their family's defaults."""
+    read = {name: cls(**_checked(data[name], cls, name)) for name, cls in sorted(_registered_tables().items())
+            if name in data}
+    return {name: settings for name, settings in read.items() if settings != type(settings)()}
 
 
 def _policy_table(policy: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
 from ppazam_core.parallel import progress_bar
 
 DEFAULT_TIMESTAMP_HOP_S = 0.05  # HEAR suggests at most 50 ms between timestamps
+WINDOWS_PER_BATCH = 256  # windows decoded and embedded at once (a 3-s window at 16 kHz is 192 KB)
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,11 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> tupl
     hop = max(1, int(round(model.timestamp_hop_s * model.sample_rate)))
     n_windows = 1 + audio.shape[1] // hop
     padded = nn.functional.pad(audio, (window // 2, window - window // 2))
-    clips = padded.unfold(1, window, hop)[:, :n_windows]  # (n_sounds, n_windows, window), window i centred at i * hop
-    patches = FrontEnd(model.features)(clips.reshape(-1, window).numpy())
-    embeddings = torch.from_numpy(model.embed_patches(patches)).reshape(audio.shape[0], n_windows, -1)
+    windows = padded.unfold(1, window, hop)[:, :n_windows]  # a view (n_sounds, n_windows, window), i centred at i * hop
+    front_end, step = FrontEnd(model.features), max(1, WINDOWS_PER_BATCH // audio.shape[0])
+    embeddings = torch.cat([
+        torch.from_numpy(model.embed_patches(front_end(windows[:, i : i + step].reshape(-1, window).numpy())))
+        .reshape(audio.shape[0], -1, model.timestamp_embedding_size) for i in range(0, n_windows, step)], dim=1)
     timestamps = torch.arange(n_windows) * hop / model.sample_rate * 1000.0
     return embeddings, timestamps.expand(audio.shape[0], n_windows).clone()
 

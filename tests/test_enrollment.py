@@ -100,6 +100,8 @@ def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, se
     assert main(["enroll", str(new_songs), "--into", str(tmp_path / "busy"), *common]) == 1
     assert "neither an enrolled model nor a new or empty folder" in capsys.readouterr().err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert main(["enroll", str(new_songs), "--into", str(prototypes.folder), *common]) == 1  # the store's model
+    assert "holds a model enroll did not write" in capsys.readouterr().err
     assert main(["enroll", "--into", str(tmp_path / "y"), "--remove", "nope", *common]) == 1
     assert "cannot remove nope: not enrolled" in capsys.readouterr().err
     assert main(["enroll", "--into", str(tmp_path / "z"), *common, "--remove", "syn00000", "--remove", "syn00001",

@@ -66,11 +66,17 @@ def test_the_built_in_families_are_registry_records():
 
 def test_a_family_table_is_read_from_toml_and_checked(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[head]\nn_bits = 6\n[knn]\nneighbours = 3\n")
+    path.write_text("[head]\nn_bits = 6\n[knn]\nneighbours = 3\n[mfcc]\nn_mfcc = 20\n")
     config = ExperimentConfig.from_toml(path)
     assert config.table("head").n_bits == 6 and config.table("knn").neighbours == 3
     assert config.table("mfcc") == ExperimentConfig().table("mfcc")
-    assert ExperimentConfig.from_canonical(json.loads(canonical_json(config))) == config
+    # a table left at its family's defaults is not part of the config (nor of its hash), so a
+    # plug-in family installed or removed changes no other configuration
+    stored = json.loads(canonical_json(config))
+    assert set(stored["tables"]) == {"head", "knn"} and canonical_json(ExperimentConfig()).count("tables\":{}") == 1
+    assert ExperimentConfig.from_canonical(stored) == config
+    stored["tables"]["uninstalled_family"] = {"x": 1}  # a model trained while a plug-in was installed
+    assert ExperimentConfig.from_canonical(stored) == config
     path.write_text("[head]\nbits = 6\n")
     with pytest.raises(ConfigError, match="head = 'bits' is not allowed"):
         ExperimentConfig.from_toml(path)

@@ -11,7 +11,8 @@ track, clean (the track as it is). Scores are ``log_softmax(cos / temperature)``
 embedding's contrastive temperature; the confidence is the best track's probability.
 
 Artifacts: ``embedding/`` (the contrastive model), ``prototypes.npz`` (``prototypes (T, d)``
-float32, ``enroll_s (T,)``: seconds each track's enrollment took), the head of
+float32, ``enroll_s (T,)``: seconds each track's enrollment took, ``segments (n, d)``: the
+enrollment segments' embeddings, whose range the layer's input quantizer covers), the head of
 :mod:`.linear_head` and ``family.json``.
 """
 
@@ -71,33 +72,42 @@ def settings(config: ExperimentConfig) -> dict:
 
 
 def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, shots: int) -> np.ndarray:
-    """``shots`` clips ``(shots, samples)`` float32 of ``segment_s`` at evenly spaced offsets of a
-    mono track (zero-padded when the track is shorter)."""
+    """``shots`` clips ``(shots, samples)`` float32 of ``segment_s`` from a mono track, the i-th
+    starting at ``(i + 1/2) / shots`` of the possible offsets (one shot: the middle, not the
+    intro), zero-padded when the track is shorter."""
     window = int(round(segment_s * sample_rate))
-    starts = np.linspace(0, max(0, audio.shape[0] - window), shots).astype(int)
+    starts = ((np.arange(shots) + 0.5) / shots * max(0, audio.shape[0] - window)).astype(int)
     return np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
 
 
-def prototypes(embedder: EmbeddingModel, library: Library, segment_s: float, shots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length) and the seconds
-    each took to enroll ``(T,)`` (decoding, front-end, embedding)."""
+def prototypes(embedder: EmbeddingModel, library: Library, segment_s: float,
+               shots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length), the seconds each
+    took to enroll ``(T,)`` (decoding, front-end, embedding) and the segments' own embeddings
+    ``(T * shots, d)`` float32 (they calibrate the layer's input range)."""
     front_end = FrontEnd(embedder.features)
     rate = embedder.features.sample_rate
-    rows, seconds = [], []
+    rows, seconds, segments = [], [], []
     for track in library:
         started = time.perf_counter()
         clips = enrollment_segments(library.load(track, rate), rate, segment_s, shots)
-        mean = embedder.embed_patches(front_end(clips)).mean(axis=0)
+        embedded = embedder.embed_patches(front_end(clips))
+        mean = embedded.mean(axis=0)
         rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
         seconds.append(time.perf_counter() - started)
-    return np.asarray(rows, dtype=np.float32), np.asarray(seconds)
+        segments.append(embedded)
+    d = embedder.timestamp_embedding_size
+    return (np.asarray(rows, dtype=np.float32).reshape(-1, d), np.asarray(seconds),
+            np.concatenate(segments).astype(np.float32) if segments else np.zeros((0, d), np.float32))
 
 
-def compile_prototypes(weights: np.ndarray, n_bits: int, fhe: FheConfig, folder: Path) -> CircuitStats:
+def compile_prototypes(weights: np.ndarray, calibration: np.ndarray, n_bits: int, fhe: FheConfig,
+                       folder: Path) -> CircuitStats:
     """Compile the layer ``x -> weights @ x`` (``weights (T, d)``, T >= 2) into ``folder`` as a
     Concrete ML ``LogisticRegression`` built from an sklearn one whose coefficients are
-    ``weights`` (no fitting), calibrated on the prototypes and their negations (unit-length
-    inputs span them)."""
+    ``weights`` (no fitting). Its inputs are quantized over the range of ``calibration``
+    (enrollment-segment embeddings, rows of ``d``), their negations and the prototypes': a
+    query's embedding outside it is clipped."""
     if len(weights) < 2:
         raise ValueError("a prototype layer needs at least two tracks")
     layer = LogisticRegression()
@@ -105,7 +115,7 @@ def compile_prototypes(weights: np.ndarray, n_bits: int, fhe: FheConfig, folder:
     layer.coef_ = (weights[1:] - weights[:1]) if two else weights.astype(np.float64)
     layer.intercept_ = np.zeros(1 if two else len(weights))
     layer.classes_ = np.arange(len(weights))
-    calibration = np.concatenate([weights, -weights]).astype(np.float32)
+    calibration = np.concatenate([calibration, -calibration, weights]).astype(np.float32)
     model = ConcreteLogisticRegression.from_sklearn_model(layer, X=calibration, n_bits=n_bits)
     circuit = circuits_of(folder) / HEAD
     circuit.mkdir(parents=True)
@@ -122,11 +132,11 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     timings = {"embedding_s": time.perf_counter() - started}
     table = config.table(TABLE.name)
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
-        weights, enroll_s = prototypes(load_model(embedding), library, config.data.segment_s, table.shots)
+        weights, enroll_s, segments = prototypes(load_model(embedding), library, config.data.segment_s, table.shots)
         timings["enroll_s"] = float(enroll_s.sum())
         started = time.perf_counter()
-        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=enroll_s)
-        compile_prototypes(weights, table.n_bits, config.fhe, tmp)
+        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=enroll_s, segments=segments)
+        compile_prototypes(weights, segments, table.n_bits, config.fhe, tmp)
         timings["compile_s"] = time.perf_counter() - started
 
 
@@ -158,18 +168,19 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     shots = model.config.table(TABLE.name).shots if shots is None else shots
     require(isinstance(shots, int) and shots >= 1, "shots", shots, "an integer >= 1")
     started = time.perf_counter()
-    added, enroll_s = prototypes(model.embedder, tracks, model.config.data.segment_s, shots)
+    added, enroll_s, segments = prototypes(model.embedder, tracks, model.config.data.segment_s, shots)
     embed_s = time.perf_counter() - started
-    weights = np.concatenate([model.prototypes[keep], added.reshape(-1, model.prototypes.shape[1])])
+    weights = np.concatenate([model.prototypes[keep], added])
     seconds = np.concatenate([model.enroll_s[keep], enroll_s])
+    calibration = np.concatenate([model.segments, segments])  # the range every enrollment has seen
     manifest = model.manifest
     history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
                                                "shots": shots, "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
     with atomic_folder(Path(dest)) as tmp:
         shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
-        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds)
+        np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds, segments=calibration)
         started = time.perf_counter()
-        compile_prototypes(weights, model.config.table(TABLE.name).n_bits, model.config.fhe, tmp)
+        compile_prototypes(weights, calibration, model.config.table(TABLE.name).n_bits, model.config.fhe, tmp)
         compile_s = time.perf_counter() - started
         track_ids = [i for i, kept in zip(known, keep) if kept] + new_ids
         fingerprint = canonical_json({"base": manifest.get("library_fingerprint"), "track_ids": track_ids,
@@ -193,7 +204,8 @@ class EmbeddingPrototypes(LinearHeadModel):
         super().__init__(folder)
         self.embedder = load_model(self.folder / "embedding")
         self.features = self.embedder.features
-        self.prototypes, self.enroll_s = read_arrays(self.folder / PROTOTYPES_FILE, "prototypes", "enroll_s")
+        self.prototypes, self.enroll_s, self.segments = read_arrays(self.folder / PROTOTYPES_FILE, "prototypes",
+                                                                    "enroll_s", "segments")
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         similarity = self.head.logits(self.embedder.embed_patches(patches), mode)

@@ -62,9 +62,11 @@ class Family:
       (:meth:`Recognizer.stage_calls`);
     * ``load(folder)``: the model of one folder it wrote (``None``: not loadable on its own,
       e.g. a model whose circuits live apart from it);
-    * ``enroll(model, tracks, folder, shots=k)``: writes into ``folder`` the model with the
-      tracks of the library ``tracks`` added without training, from ``k`` segments each (``None``:
-      the family cannot enroll).
+    * ``enroll(model, tracks, folder, remove=(), shots=None)``: writes into ``folder`` (atomically)
+      and returns the model with the tracks of the library ``tracks`` added without training,
+      from ``shots`` segments each (``None``: the family's default), and the track ids
+      ``remove`` dropped; its ``family.json`` lists them under ``enrolled`` and ``removed``
+      (``None``: the family cannot enroll).
     """
 
     name: str

@@ -7,8 +7,10 @@ run leaves nothing a later run trusts) and described by ``family.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,10 +41,13 @@ def single_model_family(name: str, settings: Callable[[ExperimentConfig], dict],
     ``settings(config)``), written by ``train(library, config, folder, cache_dir, workers,
     refresh)`` (which also compiles whatever the family runs encrypted) and read by
     ``load(folder)``; ``spec`` holds the other :class:`~ppazam_core.families.registry.Family`
-    fields (its modes default to ``load``'s)."""
+    fields (its modes default to ``load``'s). The folder's hash covers the code of a family
+    outside ``ppazam_core`` too (:func:`~ppazam_core.provenance.code_fingerprint` covers ours),
+    so that editing a plug-in family trains its model again."""
+    code = _plugin_code_hash(train, load)
 
     def folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
-        return family_folder(name, library, settings(config), cache_dir)
+        return family_folder(name, library, {**settings(config), **({"family_code": code} if code else {})}, cache_dir)
 
     def is_trained(library: Library, config: ExperimentConfig, cache_dir: Path, compiled: bool = False) -> bool:
         return FamilyModel.is_trained(folder(library, config, cache_dir))
@@ -55,6 +60,17 @@ def single_model_family(name: str, settings: Callable[[ExperimentConfig], dict],
         return load(target)
 
     return register(Family(name, trained, is_trained, load=load, **{"modes": getattr(load, "modes", tuple(Mode)), **spec}))
+
+
+def _plugin_code_hash(*functions: Callable) -> str:
+    """SHA-256 of the source files of the modules outside ``ppazam_core`` defining ``functions``
+    (empty when they are all ours)."""
+    digest = hashlib.sha256()
+    modules = sorted({f.__module__ for f in functions if not f.__module__.startswith("ppazam_core.")})
+    for module in modules:
+        source = getattr(sys.modules[module], "__file__", None)
+        digest.update(Path(source).read_bytes() if source else module.encode())
+    return digest.hexdigest()[:16] if modules else ""
 
 
 @contextmanager
