@@ -10,7 +10,10 @@ queries of the tracks seen in training (``top1_seen``) and of the enrolled ones
 prototypical networks (Snell et al. 2017): ``EPISODES`` draws of n enrolled tracks, their queries
 ranked among those n tracks only (``episode_top1``, stage ``enroll:n-way-k-shot``: the mean of the
 episodes' top-1 with its 95% interval over episodes, n the episodes; the same episodes for every
-k). Latency rows give each track's enrollment seconds (median, min, max) and the recompilation's.
+k). With distractor tracks, open-set rejection of the enrolled model is measured on the enrolled
+tracks' queries against the distractors' (``roc_auc_enrolled``, ``top1_at_far_enrolled`` at 1% false accepts,
+as in ``test_open_set``). Latency rows give each track's enrollment seconds (median, min, max) and
+the recompilation's.
 """
 
 import statistics
@@ -18,6 +21,7 @@ import statistics
 import numpy as np
 
 from ppazam_core.families import get_family
+from ppazam_core.open_set import DEFAULT_FAR, open_set_metrics
 from ppazam_core.recognition import Mode, combine_segments
 from ppazam_core.results import wilson_interval
 from ppazam_core.seeding import derive_seed
@@ -50,6 +54,14 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
         new_hits = new.ranking[:, 0] == new_truth
         ppazam_run.record.results += [condition.proportion("top1_seen", seen_hits.sum(), len(seen_hits)),
                                       condition.proportion("top1_enrolled", new_hits.sum(), len(new_hits))]
+        distractors = stages.queries(ppazam_point.family, config, ppazam_level, distractors=True)
+        if distractors is not None:
+            unknown = stages.predict(model, distractors, mode, in_library=False)
+            metrics = open_set_metrics(new.confidence, new_hits, unknown.confidence, DEFAULT_FAR)
+            ppazam_run.record.results += [
+                condition.row("roc_auc_enrolled", metrics.roc_auc, metrics.n_library + metrics.n_distractors,
+                              "fraction"),
+                condition.row("top1_at_far_enrolled", metrics.top1_at_far, metrics.n_library, "fraction")]
         scores = combine_segments(model.scores(np.asarray(new_queries.X), mode).track_scores[:, seen_tracks:],
                                   new_queries.segments)
         for ways in ppazam_run.suite.episode_ways:

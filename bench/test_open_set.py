@@ -5,10 +5,10 @@ interpolated at exactly :data:`FALSE_ACCEPTS`; ``false_accepts`` is the rate the
 below it achieved (see :mod:`ppazam_core.open_set`)."""
 
 from ppazam_core.families import family_modes
-from ppazam_core.open_set import open_set_metrics
+from ppazam_core.open_set import DEFAULT_FAR, open_set_metrics
 from ppazam_core.recognition import Mode
 
-FALSE_ACCEPTS = 0.01
+FALSE_ACCEPTS = DEFAULT_FAR
 
 
 def runs(run, params: dict) -> bool:

@@ -49,7 +49,7 @@ from ppazam_core.fhe import CircuitStats
 from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, scan_folder,
                                  synthetic_distractors)
 from ppazam_core.pipeline import compile_identifier, noise_folder
-from ppazam_core.open_set import OpenSetRule, check_far
+from ppazam_core.open_set import DEFAULT_FAR, OpenSetRule, check_far
 from ppazam_core.privacy import ledger
 from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
@@ -59,7 +59,6 @@ from ppazam_core.store import atomic_write_text, canonical_json, config_hash, de
 console = Console()
 DEFAULT_FHE_QUERIES = 2
 DEFAULT_EVALUATE_MODES = ("fp32", "quant", "fhe-sim")
-DEFAULT_FAR = 0.01
 DEFAULT_DISTRACTOR_TRACKS = 16
 COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
 

@@ -30,6 +30,7 @@ from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError
 from ppazam_core.store import atomic_write_text
 
 OPEN_SET_FILE = "open-set.json"
+DEFAULT_FAR = 0.01  # the false-accept rate the bench reports and `ppazam calibrate` targets by default
 
 
 @dataclass(frozen=True)
