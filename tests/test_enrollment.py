@@ -83,6 +83,14 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     one_song = new_songs / "new_syn00000.flac"
     assert main(["enroll", str(one_song), "--into", str(into), *common]) == 1
     assert "new_syn00000 are already enrolled" in capsys.readouterr().err
+    copy = tmp_path / "copies" / "same_song.flac"
+    copy.parent.mkdir()
+    shutil.copy(new_songs / "new_syn00001.flac", copy)
+    assert main(["enroll", str(copy), "--into", str(into), *common]) == 1
+    assert "same_song are the same audio as songs already enrolled" in capsys.readouterr().err
+    silence = write_audio(tmp_path / "quiet" / "silence.wav", np.zeros(16_000 * 4, dtype=np.float32), 16_000)
+    assert main(["enroll", str(silence), "--into", str(into), *common]) == 1
+    assert "silence are silent" in capsys.readouterr().err
     assert main(["enroll", "--into", str(into), "--remove", "new_syn00000", "--remove", "syn00002", *common]) == 0
     assert EmbeddingPrototypes(into).track_ids == ("syn00000", "syn00001", "syn00003", "syn00004", "syn00005",
                                                    "new_syn00001")

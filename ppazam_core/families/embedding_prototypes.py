@@ -34,7 +34,8 @@ from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
 from ppazam_core.embeddings import EmbeddingModel, load_model
-from ppazam_core.families.linear_head import HEAD, HEAD_FILE, LinearHeadModel, circuits_of
+from ppazam_core.families.embedding_head import EmbeddingHead
+from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.errors import ConfigError
 from ppazam_core.families.store import FAMILY_FILE, single_model_family, write_family
@@ -150,8 +151,9 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     and removed, and the seconds each step took. Returns the new model.
 
     Raises:
-        ConfigError: a track id to add is already enrolled or given twice, an id to remove is
-            not enrolled, or fewer than two tracks would remain.
+        ConfigError: a track id to add is already enrolled or given twice, a track to add is
+            silent or the same file content as an enrolled song, an id to remove is not
+            enrolled, or fewer than two tracks would remain.
     """
     known = list(model.track_ids)
     new_ids = [t.id for t in tracks]
@@ -162,6 +164,16 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     missing = sorted(set(remove) - set(known))
     if missing:
         raise ConfigError(f"cannot remove {', '.join(missing[:5])}: not enrolled in {model.folder}")
+    silent = [t.id for t in tracks if t.silent]
+    if silent:
+        raise ConfigError(f"tracks {', '.join(silent[:5])} are silent: nothing to enroll")
+    kept_ids = set(known) - set(remove)
+    enrolled_audio = {e["sha256"] for e in model.manifest.get("enrolled", []) if e["id"] in kept_ids}
+    copies = [t.id for i, t in enumerate(tracks) if t.sha256 and (
+        t.sha256 in enrolled_audio or t.sha256 in {u.sha256 for u in tracks.tracks[:i]})]
+    if copies:
+        raise ConfigError(f"tracks {', '.join(copies[:5])} are the same audio as songs already enrolled (or given "
+                          "twice)")
     keep = np.asarray([i not in set(remove) for i in known], dtype=bool)
     if keep.sum() + len(new_ids) < 2:
         raise ConfigError("an enrolled model needs at least two tracks")
@@ -195,15 +207,14 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     return EmbeddingPrototypes(Path(dest))
 
 
-class EmbeddingPrototypes(LinearHeadModel):
-    """A model of ``embedding-prototypes``: every track's score per patch in every mode."""
+class EmbeddingPrototypes(EmbeddingHead):
+    """A model of ``embedding-prototypes`` (the client side of ``embedding-head``, prototypes for
+    the head): every track's score per patch in every mode."""
 
     family = FAMILY
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.embedder = load_model(self.folder / "embedding")
-        self.features = self.embedder.features
         self.prototypes, self.enroll_s, self.segments = read_arrays(self.folder / PROTOTYPES_FILE, "prototypes",
                                                                     "enroll_s", "segments")
 
