@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyroomacoustics as pra
-import soundfile
+from scipy.io import wavfile
 
 from ppazam_core.artifacts import check_audio, damaged, read_json, reading
 from ppazam_core.errors import ConfigError, DamagedArtifactError
@@ -63,7 +63,9 @@ def room_bank(cache_dir: Path, spec: RoomBankSpec = RoomBankSpec()) -> Path:
         rooms = []
         for index in range(spec.rooms):
             response, facts = simulate_room(spec, np.random.default_rng([spec.seed, index]))
-            soundfile.write(str(tmp / f"room_{index:02d}.wav"), response, spec.sample_rate, subtype="FLOAT")
+            # scipy's float WAV: libsndfile adds a PEAK chunk stamped with the wall clock, so the
+            # same room written a second later would not be the same file
+            wavfile.write(tmp / f"room_{index:02d}.wav", spec.sample_rate, np.asarray(response, dtype=np.float32))
             rooms.append({"file": f"room_{index:02d}.wav", "frames": response.size, **facts})
         (tmp / "rooms.json").write_text(json.dumps({"spec": asdict(spec), "rooms": rooms}, indent=2))
     return folder
