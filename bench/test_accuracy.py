@@ -69,9 +69,9 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
         per_cluster = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level, f"cluster{int(cluster)}")
         rows += [per_cluster.proportion("top1", result.hits(1)[members].sum(), int(members.sum())),
                  per_cluster.proportion("top3", result.hits(3)[members].sum(), int(members.sum()))]
-    rows.append(condition.row("segments_per_query", ppazam_queries.segments, n, "count"))
+    rows.append(condition.row("segments_per_query", ppazam_queries.segments, n))
     if mode.needs_circuits:
-        rows.append(condition.row("p_error", ppazam_point.config.fhe.p_error, n, "probability"))
+        rows.append(condition.row("p_error", ppazam_point.config.fhe.p_error, n))
     if mode is Mode.FHE_SIM:
         clear = stages.predict(ppazam_model, ppazam_queries, Mode.FHE_DISABLE)
         circuit_agreeing = int((clear.ranking[:, 0] == result.ranking[:, 0]).sum())
@@ -81,7 +81,7 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
                  condition.proportion("simulation_self_agreement", self_agreeing, m)]
     if mode is Mode.FHE:  # one encrypted query end to end (every classifier call), keys already made
         latency = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level, "query")
-        ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n, "s",
+        ppazam_run.record.latency.append(latency.row("median_s", float(np.median(result.seconds)), n,
                                                      spread=(float(result.seconds.min()), float(result.seconds.max()))))
     ppazam_run.record.results.extend(rows)
 

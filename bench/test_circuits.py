@@ -28,17 +28,14 @@ def test_circuit_costs(ppazam_run, ppazam_point, ppazam_model):
     for name in names:
         stats = CircuitStats.load(ppazam_model.channel.circuits / name)
         condition = ppazam_run.condition(ppazam_point, ppazam_model, "fhe", stage=name)
-        units = {"compile_s": "s", "complexity": ""}
-        for fact in FACTS:
-            unit = units.get(fact, "bytes" if fact.endswith("bytes") else "count")
-            ppazam_run.record.results.append(condition.row(fact, getattr(stats, fact), 1, unit))
+        ppazam_run.record.results += [condition.row(fact, getattr(stats, fact), 1) for fact in FACTS]
         estimates[name] = cost_model.server_seconds(stats)
-        ppazam_run.record.results.append(replace(condition, mode="fhe-estimate").row("server_s", estimates[name], 1, "s"))
+        ppazam_run.record.results.append(replace(condition, mode="fhe-estimate").row("server_s", estimates[name], 1))
     if ppazam_model.cluster_top_k is None:
         query = ppazam_model.calls_per_query * sum(estimates.values())
     else:
         intra = [seconds for name, seconds in estimates.items() if name != "cluster"]
         query = estimates.get("cluster", 0.0) + (ppazam_model.cluster_top_k * statistics.median(intra) if intra else 0)
     condition = ppazam_run.condition(ppazam_point, ppazam_model, "fhe-estimate", stage="query")
-    ppazam_run.record.results.append(condition.row("server_s", query, 1, "s"))
+    ppazam_run.record.results.append(condition.row("server_s", query, 1))
     assert names, f"{ppazam_model.family} runs in modes that need circuits, yet none was compiled"

@@ -59,9 +59,8 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
             unknown = stages.predict(model, distractors, mode, in_library=False)
             metrics = open_set_metrics(new.confidence, new_hits, unknown.confidence, DEFAULT_FAR)
             ppazam_run.record.results += [
-                condition.row("roc_auc_enrolled", metrics.roc_auc, metrics.n_library + metrics.n_distractors,
-                              "fraction"),
-                condition.row("top1_at_far_enrolled", metrics.top1_at_far, metrics.n_library, "fraction")]
+                condition.row("roc_auc_enrolled", metrics.roc_auc, metrics.n_library + metrics.n_distractors),
+                condition.row("top1_at_far_enrolled", metrics.top1_at_far, metrics.n_library)]
         scores = combine_segments(model.scores(np.asarray(new_queries.X), mode).track_scores[:, seen_tracks:],
                                   new_queries.segments)
         for ways in ppazam_run.suite.episode_ways:
@@ -71,15 +70,15 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
                 episode = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level,
                                                stage=f"enroll:{ways}-way-{shots}-shot")
                 half = 1.96 * accuracy.std(ddof=1) / np.sqrt(accuracy.size)
-                ppazam_run.record.results.append(episode.row("episode_top1", accuracy.mean(), accuracy.size, "fraction",
+                ppazam_run.record.results.append(episode.row("episode_top1", accuracy.mean(), accuracy.size,
                                                              ci=(accuracy.mean() - half, accuracy.mean() + half)))
         if mode is Mode.FP32 and ppazam_level == ppazam_run.suite.levels[0]:  # once per enrolled model
             seconds = [entry["enroll_s"] for entry in model.manifest["enrolled"]]
             timing = ppazam_run.condition(ppazam_point, model, mode.value, stage=f"enroll:{shots}-shot")
             ppazam_run.record.latency += [
-                timing.row("enroll_s_per_track", statistics.median(seconds), len(seconds), "s",
+                timing.row("enroll_s_per_track", statistics.median(seconds), len(seconds),
                            spread=(min(seconds), max(seconds))),
-                timing.row("recompile_s", model.manifest["timings"]["last_compile_s"], 1, "s")]
+                timing.row("recompile_s", model.manifest["timings"]["last_compile_s"], 1)]
         if ppazam_level == SANITY_CONDITION and shots == max(ppazam_run.suite.shots):
             low, _ = wilson_interval(int(new_hits.sum()), len(new_hits))
             assert low > 1 / len(model.track_ids), (

@@ -29,10 +29,10 @@ from ppazam_core.recognition import Mode
 
 FAMILY_STAGES = tuple(dict.fromkeys(stage for family in families().values() for stage in family.stages))
 STAGES = ("features", *FAMILY_STAGES, "query")
-PARTS = (("encrypt", "encrypt_s", "median_s", "s"), ("server", "server_s", "median_s", "s"),
-         ("decrypt", "decrypt_s", "median_s", "s"), ("transport", "transport_s", "median_s", "s"),
-         ("sent", "request_bytes", "median_bytes", "bytes"),
-         ("received", "response_bytes", "median_bytes", "bytes"))
+PARTS = (("encrypt", "encrypt_s", "median_s"), ("server", "server_s", "median_s"),
+         ("decrypt", "decrypt_s", "median_s"), ("transport", "transport_s", "median_s"),
+         ("sent", "request_bytes", "median_bytes"),
+         ("received", "response_bytes", "median_bytes"))
 
 
 ESTIMATE_RATIO = (0.5, 2.0)  # measured server seconds over the calibrated estimate, for circuits with PBS
@@ -91,7 +91,7 @@ def test_latency(benchmark, ppazam_run, ppazam_point, ppazam_model, ppazam_mode,
                                      "output_bytes": stats.output_ciphertext_bytes})
     condition = ppazam_run.condition(ppazam_point, model, mode.value, stage=stage)
     measured = seconds[-rounds:]
-    ppazam_run.record.latency.append(condition.row("median_s", statistics.median(measured), len(measured), "s",
+    ppazam_run.record.latency.append(condition.row("median_s", statistics.median(measured), len(measured),
                                                    spread=(min(measured), max(measured))))
     ppazam_run.record.time_rounds(condition, "median_s", measured)
 
@@ -120,13 +120,14 @@ def test_encrypted_breakdown(ppazam_run, ppazam_point, ppazam_model):
         pytest.skip("no encrypted call of this model in this session (deselected by -k?)")
     for stage in sorted({role(c.classifier) for c in channel.costs}):
         costs = [c for c in channel.costs if role(c.classifier) == stage]
-        for part, field, metric, unit in PARTS:
+        for part, field, metric in PARTS:
             values = [getattr(c, field) for c in costs]
             condition = ppazam_run.condition(ppazam_point, ppazam_model, "fhe", stage=f"{stage}:{part}")
             median = statistics.median(values)
             ppazam_run.record.latency += [
-                condition.row(metric, median, len(values), unit, spread=(min(values), max(values))),
-                condition.row(f"per_query_{unit}", median * calls_per_query(ppazam_model, stage), len(values), unit)]
+                condition.row(metric, median, len(values), spread=(min(values), max(values))),
+                condition.row(metric.replace("median", "per_query"), median * calls_per_query(ppazam_model, stage),
+                              len(values))]
     cost_model = ppazam_run.cost_model()
     outside = []
     for name in sorted({c.classifier for c in channel.costs}):
@@ -140,16 +141,15 @@ def test_encrypted_breakdown(ppazam_run, ppazam_point, ppazam_model):
         estimate = cost_model.server_seconds(stats)
         ratio = statistics.median(server) / estimate
         ppazam_run.record.latency += [
-            condition.row("ms_per_pbs", statistics.median(per_pbs), len(per_pbs), "ms", spread=(min(per_pbs), max(per_pbs))),
-            replace(condition, mode="fhe-estimate").row("server_s", estimate, 1, "s"),
-            condition.row("server_s_over_estimate", ratio, len(server), "ratio")]
+            condition.row("ms_per_pbs", statistics.median(per_pbs), len(per_pbs), spread=(min(per_pbs), max(per_pbs))),
+            replace(condition, mode="fhe-estimate").row("server_s", estimate, 1),
+            condition.row("server_s_over_estimate", ratio, len(server))]
         if not ESTIMATE_RATIO[0] <= ratio <= ESTIMATE_RATIO[1]:
             outside.append(f"{name}: {statistics.median(server):.2f} s measured, {estimate:.2f} s estimated")
     for setup in channel.key_setups.values():
         condition = ppazam_run.condition(ppazam_point, ppazam_model, "fhe", stage=f"keys:{setup.classifier}")
-        ppazam_run.record.latency.append(condition.row("keys_s", setup.keys_s, 1, "s"))
-        ppazam_run.record.results.append(condition.row("evaluation_key_bytes_sent", setup.evaluation_key_bytes, 1,
-                                                       "bytes"))
+        ppazam_run.record.latency.append(condition.row("keys_s", setup.keys_s, 1))
+        ppazam_run.record.results.append(condition.row("evaluation_key_bytes_sent", setup.evaluation_key_bytes, 1))
     assert not outside, (f"server seconds outside {ESTIMATE_RATIO[0]}-{ESTIMATE_RATIO[1]}x of Concrete's cost model "
                          f"calibrated on this machine ({cost_model.seconds_per_complexity:.3g} s per unit): "
                          + "; ".join(outside))

@@ -28,11 +28,11 @@ def test_open_set(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
     condition = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level)
     n = metrics.n_library + metrics.n_distractors
     ppazam_run.record.results += [
-        condition.row("roc_auc", metrics.roc_auc, n, "fraction"),
-        condition.row("pr_auc", metrics.pr_auc, n, "fraction"),
-        condition.row("far_target", metrics.far, metrics.n_distractors, "fraction"),
-        condition.row("top1_at_far", metrics.top1_at_far, metrics.n_library, "fraction"),
-        condition.row("false_accepts", metrics.false_accepts, metrics.n_distractors, "fraction"),
+        condition.row("roc_auc", metrics.roc_auc, n),
+        condition.row("pr_auc", metrics.pr_auc, n),
+        condition.row("far_target", metrics.far, metrics.n_distractors),
+        condition.row("top1_at_far", metrics.top1_at_far, metrics.n_library),
+        condition.row("false_accepts", metrics.false_accepts, metrics.n_distractors),
         condition.proportion("top1_at_false_accepts", round(metrics.top1_at_false_accepts * metrics.n_library),
                              metrics.n_library),
     ]

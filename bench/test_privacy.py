@@ -37,7 +37,7 @@ def test_privacy_ledger(ppazam_run, ppazam_point, ppazam_model, ppazam_mode):
     if mode is not Mode.FHE or channel is None or not channel.costs:
         return
     patterns = call_patterns(channel.costs)
-    ppazam_run.record.results.append(condition.row("observed_call_patterns", len(set(patterns)), len(patterns), "count"))
+    ppazam_run.record.results.append(condition.row("observed_call_patterns", len(set(patterns)), len(patterns)))
     if row.server_learns_bits == 0:
         assert len(set(patterns)) == 1, (f"{ppazam_model.family} claims the server learns nothing, yet its "
                                          f"{len(patterns)} encrypted queries made {len(set(patterns))} call patterns")

@@ -617,10 +617,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                 same = simulated.take(result.rows)
                 record.results.append(condition.proportion("agreement", (same.ranking[:, 0] == result.ranking[:, 0]).sum(),
                                                            len(result.rows)))
-            record.latency.append(condition.row("seconds", seconds, len(result.rows), "s"))
+            record.latency.append(condition.row("seconds", seconds, len(result.rows)))
             if mode is Mode.FHE:
                 record.latency.append(replace(condition, stage="query").row(
-                    "median_s", float(np.median(result.seconds)), len(result.rows), "s",
+                    "median_s", float(np.median(result.seconds)), len(result.rows),
                     spread=(float(result.seconds.min()), float(result.seconds.max()))))
             record.predictions.append(prediction_frame(condition, result, dataset, model.track_ids))
     for mode in modes:  # after the encrypted queries: their measured bytes go into the ledger

@@ -40,9 +40,6 @@ from ppazam_core.recognition import Mode
 from ppazam_core.results import Condition
 
 ENCRYPTED_MODES = (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)  # modes that evaluate the encrypted design
-UNITS = {"server_learns_bits": "bits", "server_calls": "count", "client_scores": "count", "bytes_up": "bytes",
-         "bytes_down": "bytes", "key_bytes_up": "bytes", "security_bits": "bits", "p_error_per_query": "probability",
-         "sizes_measured": "flag"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class Ledger:
 
     def rows(self, condition: Condition) -> list[dict]:
         """Tidy result rows of this ledger under ``condition`` (give it ``stage="ledger"``)."""
-        return [condition.row(name, value, 1, UNITS[name]) for name, value in self.metrics().items()]
+        return [condition.row(name, value, 1) for name, value in self.metrics().items()]
 
 
 def cluster_entropy_bits(sizes: np.ndarray, searched: int) -> float:

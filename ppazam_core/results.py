@@ -24,6 +24,8 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from ppazam_core.errors import ArtifactError
+from ppazam_core.metrics import Interval
+from ppazam_core.metrics import metric as metric_of
 from ppazam_core.provenance import code_fingerprint, environment, git_commit, new_run_id
 from ppazam_core.store import atomic_write_text, build_of, is_complete, settings_hash
 
@@ -43,7 +45,6 @@ PREDICTION_COLUMNS = (*CONDITION_KEYS, *QUERY_KEYS, "truth", "top1_id", "top2_id
 TIMING_COLUMNS = (*CONDITION_KEYS, "metric", "round", "seconds")
 RESULTS_FILE, LATENCY_FILE, RUN_FILE = "results.csv", "latency.csv", "run.json"
 PREDICTIONS_FILE, TIMINGS_FILE = "predictions.csv.gz", "timings.csv.gz"
-ACCURACY_METRICS = ("top1", "top3", "cluster_accuracy", "agreement")
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,35 @@ class Condition:
     artifact_commit: str = ""
     artifact_action: str = ""
 
-    def row(self, metric: str, value: float, n: int, unit: str = "", ci: tuple[float, float] | None = None,
+    def row(self, metric: str, value: float, n: int, ci: tuple[float, float] | None = None,
             spread: tuple[float, float] | None = None) -> dict:
-        """One tidy row; ``ci`` is a 95% confidence interval of ``value``, ``spread`` the
-        minimum and maximum of the ``n`` observations it summarises (both NaN by default)."""
+        """One tidy row of the registered ``metric`` (:func:`~ppazam_core.metrics.metric`, which
+        gives its unit); ``ci`` is a 95% confidence interval of ``value``, ``spread`` the minimum
+        and maximum of the ``n`` observations it summarises (both NaN by default).
+
+        Raises:
+            KeyError: ``metric`` is not registered.
+            ValueError: ``ci`` or ``spread`` is given for a metric whose interval kind has none.
+        """
+        measured = metric_of(metric)
+        if ci is not None and measured.interval not in (Interval.WILSON, Interval.T):
+            raise ValueError(f"{metric} rows carry no confidence interval ({measured.interval.value})")
+        if spread is not None and measured.interval is not Interval.SPREAD:
+            raise ValueError(f"{metric} rows carry no spread ({measured.interval.value})")
         low, high = ci if ci is not None else (math.nan, math.nan)
         smallest, largest = spread if spread is not None else (math.nan, math.nan)
         return {**asdict(self), "metric": metric, "value": float(value), "ci_low": low, "ci_high": high,
-                "min": smallest, "max": largest, "n": int(n), "unit": unit}
+                "min": smallest, "max": largest, "n": int(n), "unit": measured.unit}
 
     def proportion(self, metric: str, successes: float, n: int) -> dict:
-        """A proportion with its 95% Wilson interval."""
-        return self.row(metric, successes / n if n else math.nan, n, "fraction", wilson_interval(successes, n))
+        """A proportion with its 95% Wilson interval.
+
+        Raises:
+            ValueError: ``metric``'s interval kind is not Wilson's.
+        """
+        if metric_of(metric).interval is not Interval.WILSON:
+            raise ValueError(f"{metric} is not a proportion with a Wilson interval")
+        return self.row(metric, successes / n if n else math.nan, n, wilson_interval(successes, n))
 
     def keys(self) -> dict:
         """The :data:`CONDITION_KEYS` of this condition."""

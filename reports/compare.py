@@ -2,8 +2,8 @@
 
 Accuracy is compared *paired*: the two runs' predictions (``predictions.csv.gz``) are matched on
 the condition (suite, library and its size, family, mode, bit width, rounding, level, stage) and
-the query's stable key (track, split, clip, offset, seed, gain, length). Per condition and metric
-(top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
+the query's stable key (track, split, clip, offset, seed, gain, length). Per condition and paired metric
+of :mod:`ppazam_core.metrics` (top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
 got right (``worse``) and only the run got right (``better``) -- go into McNemar's exact test
 (McNemar 1947; one-sided: is ``worse`` larger than a fair coin gives?). A metric regresses when
 its Holm-adjusted p-value (Holm 1979, over the tests of the comparison that could reach
@@ -34,10 +34,10 @@ from scipy.stats import binomtest, mannwhitneyu
 from statsmodels.stats.multitest import multipletests
 
 from ppazam_core.errors import ConfigError
+from ppazam_core.metrics import metric, metrics
 from ppazam_core.results import CONDITION_KEYS, QUERY_KEYS, read_predictions, read_run, read_timings
 
 VERDICT_FILE = "verdict.json"
-PAIRED_METRICS = {"top1": "top1", "top3": "top3", "cluster_accuracy": "cluster_correct"}
 LATENCY_KEYS = [k for k in CONDITION_KEYS if k != "level"]  # encrypted query times pooled over levels
 
 
@@ -187,7 +187,7 @@ def _accuracy_tests(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[lis
     both = merged[merged["_merge"] == "both"]
     tests = []
     for condition, group in both.groupby(list(CONDITION_KEYS), sort=False, dropna=False):
-        for metric, column in PAIRED_METRICS.items():
+        for metric, column in paired_metrics().items():
             ours, theirs = group[column], group[f"{column}_base"]
             if ours.isna().any() or theirs.isna().any():
                 continue
@@ -200,6 +200,12 @@ def _accuracy_tests(current: pd.DataFrame, reference: pd.DataFrame) -> tuple[lis
                           "min_p": 0.5 ** (worse + better),
                           "detail": f"{worse} queries only the baseline got right, {better} only the run"})
     return tests, len(both), only_run, only_base
+
+
+def paired_metrics() -> dict[str, str]:
+    """The metrics compared query by query, with the column of ``predictions.csv.gz`` holding
+    each query's hit (the metric table's ``paired``)."""
+    return {m.name: m.paired for m in metrics() if m.paired}
 
 
 def _latency_tests(*sides: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[list[dict], int, int, int]:
@@ -215,6 +221,8 @@ def _latency_tests(*sides: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[list[dict
     reference = {k: g["seconds"].to_numpy(float) for k, g in _keyed(samples[1], keys).groupby(keys, dropna=False)}
     tests, untested = [], 0
     for key in current.keys() & reference.keys():
+        if metric(key[-1]).higher_is_better is not False:
+            raise ValueError(f"{key[-1]} is timed, yet not a lower-is-better metric")
         ours, theirs = current[key], reference[key]
         if len(ours) < 2 or len(theirs) < 2:
             untested += 1

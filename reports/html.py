@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
-from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, headline, labelled,
-                            mode_comparison, open_set, privacy_ledger, row_order)
+from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, glossary,
+                            headline, labelled, mode_comparison, open_set, privacy_ledger, row_order)
 
 FIGURE_IDS = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
               "latency-by-stage", "sizes", "answer-bytes", "open-set", "scaling")
@@ -83,6 +83,11 @@ queries matched by key (max accuracy drop {{ verdict.tolerance.max_accuracy_drop
 {% endfor %}
 <h2>All accuracy rows</h2>
 {{ details }}
+<h2 id="metrics">Metrics</h2>
+<p>Every metric of this run: its unit, which way is better, and what the interval columns of its rows hold
+(wilson: 95% Wilson interval over n queries; t: 95% t-interval over n episodes; spread: minimum and maximum
+of the n observations of a median).</p>
+{{ metrics }}
 </body></html>
 """)
 
@@ -94,7 +99,7 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
     rejection = open_set(results)
     privacy = privacy_ledger(results)
     overall = results[results["stage"] == ""]
-    details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "ci_low",
+    details = overall[["family", "mode", "bit_width", "rounding_bits", "level", "metric", "value", "unit", "ci_low",
                        "ci_high", "n"]]
     query_s = float(run.get("suite", {}).get("query_s", 3.0))
     figures = [
@@ -129,7 +134,8 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
                            open_set=None if rejection.empty else rejection.to_html(border=0),
                            ledger=None if privacy.empty else privacy.to_html(border=0),
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
-                           details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"))
+                           details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"),
+                           metrics=glossary(results, latency).to_html(border=0))
 
 
 def _machine(run: dict) -> str:

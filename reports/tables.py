@@ -11,6 +11,8 @@
 * ``enrollment``: rows mode and shots of every family that enrolls tracks after training,
   columns levels, cells top-1 on the tracks seen in training / on the enrolled ones, and the
   n-way k-shot episodes' top-1 among the enrolled tracks;
+* ``metrics``: the metric table (:mod:`ppazam_core.metrics`) of the metrics the run holds:
+  unit, which way is better, the interval its rows carry, what it measures;
 * ``headline``: one row per family, the one-screen summary the bench prints: top-1 per level in
   its most private mode, its spread over the gain sweep, top-1 at the shortest and longest
   query, and the seconds of one truly encrypted query.
@@ -28,6 +30,7 @@ import pandas as pd
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
+from ppazam_core.metrics import metric
 from ppazam_core.recognition import Mode
 from ppazam_core.store import atomic_write_text
 
@@ -198,6 +201,25 @@ def encrypted_query_seconds(results: pd.DataFrame, latency: pd.DataFrame, family
     return (float(estimated["value"].median()), False) if not estimated.empty else None
 
 
+def glossary(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
+    """Rows the metrics of the run in the order they appear (qualifiers like ``train_s:embedding``
+    folded into their metric), columns unit, better (``higher``/``lower``/empty), interval and
+    description from :mod:`ppazam_core.metrics`; a metric written by a plug-in that is not
+    installed here is listed as not registered."""
+    rows = {}
+    for name in pd.concat([results["metric"], latency["metric"]]).astype(str):
+        base = name.split(":", 1)[0]
+        if base in rows:
+            continue
+        try:
+            known = metric(base)
+            rows[base] = {"unit": known.unit, "better": known.direction, "interval": known.interval.value,
+                          "description": known.description}
+        except KeyError:
+            rows[base] = {"unit": "?", "better": "?", "interval": "?", "description": "(not registered here)"}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["unit", "better", "interval", "description"])
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     flat = _flatten(table)
     return flat.to_markdown() if not flat.empty else "(no rows)"
@@ -228,6 +250,8 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
               "enrollment": (enrollment(results), "Tracks enrolled after training from k clean segments: top-1 "
                                                   "on tracks seen in training / on enrolled tracks, and n-way "
                                                   "k-shot episodes among the enrolled tracks"),
+              "metrics": (glossary(results, latency), "Metrics of this run: unit, which way is better, the "
+                                                      "interval its rows carry"),
               "headline": (headline(results, latency), "Each family in its most private mode: top-1 per level, "
                                                        "over gain and length, and encrypted seconds per query")}
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:

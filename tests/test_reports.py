@@ -44,34 +44,33 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
             for level, correct in SWEEPS:
                 c = cond("two-stage-cnn", mode, bits, 6, level)
                 record.results += [c.proportion("top1", int(correct * top1_scale), 200),
-                                   c.row("segments_per_query", 5 if level.endswith("@10s") else 1, 200, "count")]
+                                   c.row("segments_per_query", 5 if level.endswith("@10s") else 1, 200)]
             for stage, seconds in (("features", 0.002), ("first-stage", 0.01), ("second-stage", 0.01),
                                    ("query", 0.03)):
                 c = cond("two-stage-cnn", mode, bits, 6, stage=stage)
-                record.latency.append(c.row("median_s", seconds * latency_scale * (10 if mode == "fhe-sim" else 1), 5,
-                                            "s"))
+                record.latency.append(c.row("median_s", seconds * latency_scale * (10 if mode == "fhe-sim" else 1), 5))
         circuit = cond("two-stage-cnn", "fhe", bits, 6, stage="cluster")
-        record.results += [circuit.row("pbs_count", 100 * bits, 1, "count"),
-                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="cluster").row("server_s", 1.6 * bits, 1, "s"),
-                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="query").row("server_s", 4.8 * bits, 1, "s"),
-                           circuit.row("evaluation_key_bytes", 2e8, 1, "bytes"),
-                           circuit.row("input_ciphertext_bytes", 2.5e4, 1, "bytes")]
+        record.results += [circuit.row("pbs_count", 100 * bits, 1),
+                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="cluster").row("server_s", 1.6 * bits, 1),
+                           cond("two-stage-cnn", "fhe-estimate", bits, 6, stage="query").row("server_s", 4.8 * bits, 1),
+                           circuit.row("evaluation_key_bytes", 2e8, 1),
+                           circuit.row("input_ciphertext_bytes", 2.5e4, 1)]
     for tracks, library in ((64, "lib"), (1000, "lib-1000")):  # a second family, at two library sizes
         for mode in ("fp32", "fhe-sim"):
             for level in ("small", "large"):
                 c = cond("embedding-head", mode, 8, 0, level, library=library, tracks=tracks)
                 record.results += [c.proportion("top1", int(170 * top1_scale), 200), c.proportion("top3", 195, 200),
-                                   c.row("roc_auc", 0.93, 400, "fraction"), c.row("pr_auc", 0.95, 400, "fraction"),
-                                   c.row("top1_at_far", 0.6, 200, "fraction"), c.row("false_accepts", 0.00625, 160, "fraction")]
+                                   c.row("roc_auc", 0.93, 400), c.row("pr_auc", 0.95, 400),
+                                   c.row("top1_at_far", 0.6, 200), c.row("false_accepts", 0.00625, 160)]
         build = cond("embedding-head", "fp32", 8, 0, stage="build", library=library, tracks=tracks)
-        record.results.append(build.row("library_tracks", tracks, 1, "count"))
+        record.results.append(build.row("library_tracks", tracks, 1))
         for mode, bits in (("fp32", 6.0), ("fhe-sim", 0.0)):  # the privacy ledger
             ledger = cond("embedding-head", mode, 8, 0, stage="ledger", library=library, tracks=tracks)
-            record.results += [ledger.row("server_learns_bits", bits, 1, "bits"),
-                               ledger.row("bytes_down", 0 if mode == "fp32" else 1e4 * tracks, 1, "bytes"),
-                               ledger.row("client_scores", tracks, 1, "count")]
+            record.results += [ledger.row("server_learns_bits", bits, 1),
+                               ledger.row("bytes_down", 0 if mode == "fp32" else 1e4 * tracks, 1),
+                               ledger.row("client_scores", tracks, 1)]
         query = cond("embedding-head", "fhe", 8, 0, stage="query", library=library, tracks=tracks)
-        record.latency.append(query.row("median_s", 0.02 * tracks / 64 * latency_scale, 2, "s"))
+        record.latency.append(query.row("median_s", 0.02 * tracks / 64 * latency_scale, 2))
     return record
 
 
