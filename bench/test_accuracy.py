@@ -63,7 +63,7 @@ def test_accuracy(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppazam
             ours, theirs = result.hits(1), baseline.hits(1)
             rows += [condition.proportion("fhe_sim_top1_same_queries", theirs.sum(), n),
                      condition.row("mcnemar_p_vs_fhe_sim", mcnemar_exact(int((ours & ~theirs).sum()),
-                                                                         int((~ours & theirs).sum())), n, "p-value")]
+                                                                         int((~ours & theirs).sum())), n)]
     for cluster in np.unique(result.cluster_truth) if result.cluster_truth is not None else []:
         members = result.cluster_truth == cluster
         per_cluster = ppazam_run.condition(ppazam_point, ppazam_model, mode.value, ppazam_level, f"cluster{int(cluster)}")

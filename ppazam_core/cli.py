@@ -44,7 +44,7 @@ from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryEr
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
                                   train_family)
 from ppazam_core.families.registry import families
-from ppazam_core.families.store import FAMILY_FILE
+from ppazam_core.manifest import family_of, has_manifest
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, scan_folder,
                                  synthetic_distractors)
@@ -353,7 +353,7 @@ def _identify(args: argparse.Namespace) -> int:
     if args.model is not None:
         model = _model_in(args.model, mode)
         config = model.config
-        titles = {entry["id"]: entry["title"] for entry in model.manifest.get("enrolled", [])}
+        titles = model.manifest["titles"]
     else:
         model, library, config = _trained_model(args, mode)
         titles = {t.id: t.title for t in library}
@@ -372,9 +372,7 @@ def _identify(args: argparse.Namespace) -> int:
 
 def _model_in(folder: Path, mode: Mode) -> Recognizer:
     """The model of a folder a family wrote (e.g. ``ppazam enroll --into``), in ``mode``."""
-    if not (Path(folder) / FAMILY_FILE).is_file():
-        raise ArtifactError(f"{folder} holds no model ({FAMILY_FILE} is missing)")
-    family = get_family(read_json(Path(folder) / FAMILY_FILE, "family")["family"])
+    family = get_family(family_of(folder))
     if family.load is None:
         raise ArtifactError(f"{family.name} models are not loaded from one folder; use --library and --config")
     if mode not in family.modes:
@@ -444,7 +442,7 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.tracks is None and not args.remove:
         raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
     into = Path(args.into)
-    if (into / FAMILY_FILE).is_file():
+    if has_manifest(into):
         model = _model_in(into, Mode.FP32)
         if "enrolled" not in model.manifest:  # e.g. a trained model of the store: it must keep matching its hash
             raise ConfigError(f"--into {into} holds a model enroll did not write; name a new or empty folder")

@@ -6,7 +6,7 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [features]              # FrontEndConfig
     [data]                  # segment_s, train_policy, train_augmentations, eval_levels, noise_dir, ...
     [policies.NAME]         # custom augmentation policies (see ppazam_core.augment)
-    [embedding]             # EmbeddingConfig (contrastive track embeddings)
+    [embedding]             # EmbeddingConfig (contrastive track embeddings; embedder: a HEAR module)
     [clusters]              # ClusterConfig: n_clusters (1 = single stage), balanced, ...
     [model]                 # classifier blocks and bit widths (see ppazam_core.models)
     [training]              # TrainConfig of the fp32 classifiers
@@ -209,7 +209,7 @@ class ExperimentConfig:
         """What the trained two-stage models depend on: everything but the FHE compilation
         settings (save the rounding the QAT twin is fine-tuned under) and the families' tables."""
         parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fhe", "tables")}
-        return {**parts, "qat_rounding_bits": self.qat_rounding_bits()}
+        return {**parts, "embedding": self.embedding.contrastive(), "qat_rounding_bits": self.qat_rounding_bits()}
 
     def float_parts(self) -> dict[str, Any]:
         """What the fp32 stages (embedding, clusters, fp32 classifiers) depend on: the trained

@@ -12,7 +12,8 @@ ends), timestamps every ``timestamp_hop_s`` from 0 (default 50 ms, the most HEAR
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,18 @@ from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
 from ppazam_core.parallel import progress_bar
 
 DEFAULT_TIMESTAMP_HOP_S = 0.05  # HEAR suggests at most 50 ms between timestamps
+TRAINED_WEIGHTS = "trained"  # embedder_weights naming the contrastive model trained on the library
+MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 WINDOWS_PER_BATCH = 256  # windows decoded and embedded at once (a 3-s window at 16 kHz is 192 KB)
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """Encoder size and contrastive training settings."""
+    """Encoder size and contrastive training settings, and the embedding families' client-side
+    embedder: ``embedder`` empty for this contrastive model on log-mel patches, else a module
+    implementing the HEAR API (``"package.module"``, :mod:`ppazam_core.hear`) fed the waveform,
+    whose ``load_model`` gets ``embedder_weights``: ``"trained"`` for the contrastive model
+    trained here on the library, empty for none (the module's own default), else a path."""
 
     dimension: int = 64
     blocks: tuple[ConvBlock, ...] = (ConvBlock(32, 3, 2), ConvBlock(64, 3, 2), ConvBlock(64, 3, 2))
@@ -40,11 +47,28 @@ class EmbeddingConfig:
     batch_tracks: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
+    embedder: str = ""
+    embedder_weights: str = TRAINED_WEIGHTS
 
     def __post_init__(self) -> None:
         if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
             raise ConfigError.bad_value("embedding", (self.dimension, self.temperature, self.epochs, self.batch_tracks),
                                         "dimension >= 2, temperature > 0, epochs >= 1, batch_tracks >= 2")
+        if not isinstance(self.embedder, str) or (self.embedder and not MODULE_NAME.match(self.embedder)):
+            raise ConfigError.bad_value("embedding.embedder", self.embedder, "empty, or a module name like 'package.module'")
+        if not isinstance(self.embedder_weights, str):
+            raise ConfigError.bad_value("embedding.embedder_weights", self.embedder_weights,
+                                        f"'{TRAINED_WEIGHTS}', empty, or a path")
+
+    def contrastive(self) -> "EmbeddingConfig":
+        """The settings the contrastive model itself depends on (the client-side embedder left
+        out), which name its folder in the store."""
+        return replace(self, embedder="", embedder_weights=TRAINED_WEIGHTS)
+
+    @property
+    def needs_trained_model(self) -> bool:
+        """Whether the embedding families need the contrastive model trained here."""
+        return not self.embedder or self.embedder_weights == TRAINED_WEIGHTS
 
 
 class EmbeddingModel(nn.Module):

@@ -1,7 +1,8 @@
 """Front-ends: clips to CNN-ready patches (``N x 1 x H x W``) and their normalization.
 
-Two kinds share one config: ``logmel`` (log-scaled mel power spectrogram) and ``mfcc`` (with
-optional delta and delta-delta rows). Every clip is first scaled to ``level_dbfs`` RMS, so a
+Three kinds share one config: ``logmel`` (log-scaled mel power spectrogram), ``mfcc`` (with
+optional delta and delta-delta rows) and ``waveform`` (the samples themselves, a ``1 x W`` patch
+of ``W`` samples: the input of a HEAR embedder, :mod:`ppazam_core.hear`). Every clip is first scaled to ``level_dbfs`` RMS, so a
 query recorded louder or quieter gives the same patch (up to clipping and the noise floor): a
 constant gain is a constant in the dB domain, which the global per-bin normalization alone
 does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency
@@ -26,6 +27,7 @@ from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import DEFAULT_SAMPLE_RATE
 from ppazam_core.errors import ConfigError
 
+KINDS = ("logmel", "mfcc", "waveform")
 LOG_FLOOR = 1e-10
 SILENT_RMS = 1e-6  # clips quieter than this (-120 dBFS) are left as they are, not amplified
 
@@ -57,7 +59,7 @@ class FrontEndConfig:
     level_dbfs: float | None = -20.0  # RMS level every clip is scaled to; None keeps the recorded level
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("logmel", "mfcc"), "kind", self.kind, "logmel, mfcc")
+        _require(self.kind in KINDS, "kind", self.kind, KINDS)
         _require(self.patch_select in {p.value for p in PatchSelect}, "patch_select",
                  self.patch_select, [p.value for p in PatchSelect])
         _require(self.sample_rate >= 8000, "sample_rate", self.sample_rate, "an integer >= 8000")
@@ -69,8 +71,12 @@ class FrontEndConfig:
         _require(self.kind != "mfcc" or 1 <= self.n_mfcc <= self.n_mels, "n_mfcc", self.n_mfcc,
                  f"1 to n_mels ({self.n_mels})")
         _require(self.deltas in (0, 1, 2), "deltas", self.deltas, "0, 1, 2")
-        _require(self.patch_height >= 4 and self.patch_width >= 4, "patch size",
-                 (self.patch_height, self.patch_width), "both >= 4")
+        if self.kind == "waveform":
+            _require(self.patch_height == 1 and self.patch_width >= 16, "patch size", (self.patch_height, self.patch_width),
+                     "height 1 and width >= 16 samples for a waveform")
+        else:
+            _require(self.patch_height >= 4 and self.patch_width >= 4, "patch size",
+                     (self.patch_height, self.patch_width), "both >= 4")
         _require(self.level_dbfs is None or -60.0 <= self.level_dbfs <= 0.0, "level_dbfs", self.level_dbfs,
                  "a level from -60 to 0 dBFS, or omit it")
 
@@ -94,7 +100,9 @@ class FrontEnd:
         self.config = config
         mel = dict(n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
                    f_min=config.f_min, f_max=config.f_max, power=2.0)
-        if config.kind == "logmel":
+        if config.kind == "waveform":
+            self._transform = None
+        elif config.kind == "logmel":
             self._transform = torchaudio.transforms.MelSpectrogram(config.sample_rate, **mel)
         else:
             self._transform = torchaudio.transforms.MFCC(
@@ -107,8 +115,10 @@ class FrontEnd:
 
     def spectrogram(self, clips: np.ndarray) -> np.ndarray:
         """``(n,)`` or ``(N, n)`` clips to ``(N, H, frames)`` C-contiguous float32: every frame,
-        no patch cropping."""
+        no patch cropping (a waveform: ``(N, 1, n)`` leveled samples)."""
         batch = self.leveled(np.atleast_2d(np.asarray(clips, dtype=np.float32)))
+        if self._transform is None:
+            return np.ascontiguousarray(batch[:, None, :])
         with torch.no_grad():
             spec = self._transform(torch.from_numpy(batch)).double()
             if self.config.kind == "logmel":

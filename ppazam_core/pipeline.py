@@ -32,6 +32,8 @@ from ppazam_core.deployment import client_key_dir, forget_keys
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
 from ppazam_core.library import Library
 from ppazam_core.fhe import compile_classifier
+from ppazam_core.identifier import FAMILY
+from ppazam_core.manifest import model_manifest, write_manifest
 from ppazam_core.models import FloatCNN, build_model, qat_from_fp32, rounding_emulated
 from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
@@ -77,7 +79,7 @@ def training_dataset(library: Library, data: DataConfig, cache_dir: Path, worker
 def embedding_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
     """Where the contrastive embedding model of ``config`` trained on ``library`` lives; every
     family that embeds (two-stage clustering, embedding head, embedding k-NN) shares it."""
-    key = {"library": library.fingerprint(), "data": config.data.train_spec(), "embedding": config.embedding}
+    key = {"library": library.fingerprint(), "data": config.data.train_spec(), "embedding": config.embedding.contrastive()}
     return cache_dir / "embeddings" / config_hash(key)
 
 
@@ -92,7 +94,7 @@ def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path,
     dataset = training_dataset(library, config.data, cache_dir, workers)
     with atomic_folder(folder) as tmp:
         embedder, losses = train_embedding_model(dataset.X, dataset.y, dataset.normalizer, config.data.features,
-                                                 config.data.segment_s, config.embedding)
+                                                 config.data.segment_s, config.embedding.contrastive())
         embedder.save(tmp)
         (tmp / "losses.json").write_text(json.dumps(losses))
     return folder
@@ -177,17 +179,8 @@ def train_identifier(library: Library, config: ExperimentConfig, cache_dir: Path
         timings[f"{precision}_s"] = time.perf_counter() - started
         dataset.normalizer.save(tmp / "normalizer.npz")
         (tmp / "histories.json").write_text(json.dumps(histories))
-        manifest = {
-            "config_hash": folder.name,
-            "config": json.loads(canonical_json(config)),
-            "library": library.name,
-            "library_fingerprint": library.fingerprint(),
-            "track_ids": [t.id for t in library],
-            "cluster_sizes": clustering.sizes(),
-            "quant": precision,
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-        }
-        (tmp / "identifier.json").write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, model_manifest(FAMILY, folder, library, config, timings,
+                                           cluster_sizes=clustering.sizes(), quant=precision))
     return folder
 
 

@@ -90,7 +90,7 @@ def copied(folder: Path, session_cache: Path, cache: Path) -> Path:
     return cache / folder.relative_to(session_cache)
 
 
-@pytest.mark.parametrize("name, damage", [("identifier.json", garble), ("clusters.npz", truncate),
+@pytest.mark.parametrize("name, damage", [("model.json", garble), ("clusters.npz", truncate),
                                           ("normalizer.npz", truncate)])
 def test_a_damaged_identifier_file_is_an_error_naming_it(compiled, session_cache, cache, name, damage):
     model = copied(compiled.parent.parent, session_cache, cache)
@@ -148,7 +148,7 @@ def test_cli_identify_with_a_damaged_simulator_says_what_to_do(compiled, tiny_li
     assert "1." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command, damaged", [("identify", "identifier.json"), ("compile", "circuits.json")])
+@pytest.mark.parametrize("command, damaged", [("identify", "model.json"), ("compile", "circuits.json")])
 def test_cli_with_a_garbled_manifest_says_what_to_do(compiled, tiny_library, fhe_toml, session_cache, cache, tmp_path,
                                                      capsys, command, damaged):
     circuits = copied(compiled, session_cache, cache)
@@ -161,7 +161,7 @@ def test_cli_with_a_garbled_manifest_says_what_to_do(compiled, tiny_library, fhe
 
 
 @pytest.mark.parametrize("family, name, damage", [
-    ("mfcc-logreg", "family.json", garble),
+    ("mfcc-logreg", "model.json", garble),
     ("mfcc-logreg", "scaler.npz", truncate),
     ("mfcc-logreg", "head.json", garble),
     ("mfcc-logreg", "circuits/fhe/head/circuit.json", garble),

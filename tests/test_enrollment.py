@@ -58,8 +58,8 @@ def test_every_mode_ranks_as_the_clear_layer(prototypes, tiny_library, tiny_conf
     assert np.array_equal(encrypted.ranking[:, 0], simulated.take(encrypted.rows).ranking[:, 0])
 
 
-def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, tiny_config, session_cache, tmp_path,
-                                                       capsys):
+def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, tiny_library, tiny_config, session_cache,
+                                                       tmp_path, capsys):
     _, toml = tiny_config
     common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
     into = tmp_path / "enrolled"
@@ -68,9 +68,10 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     enrolled = EmbeddingPrototypes(into)
     assert enrolled.track_ids == (*prototypes.track_ids, "new_syn00000", "new_syn00001")
     np.testing.assert_array_equal(enrolled.prototypes[:6], prototypes.prototypes)  # nothing retrained
-    manifest = json.loads((into / "family.json").read_text())
+    manifest = json.loads((into / "model.json").read_text())
     assert [e["id"] for e in manifest["enrolled"]] == ["new_syn00000", "new_syn00001"]
     assert all(e["enroll_s"] > 0 and len(e["sha256"]) == 64 for e in manifest["enrolled"])
+    assert manifest["titles"]["syn00000"] == tiny_library.tracks[0].title and len(manifest["sha256"]) == 8
 
     clip = write_audio(tmp_path / "clip.wav", load_audio(new_songs / "new_syn00001.flac", 16_000)[16_000:80_000],
                        16_000)
@@ -87,7 +88,10 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     copy.parent.mkdir()
     shutil.copy(new_songs / "new_syn00001.flac", copy)
     assert main(["enroll", str(copy), "--into", str(into), *common]) == 1
-    assert "same_song are the same audio as songs already enrolled" in capsys.readouterr().err
+    assert "same_song is the audio of new_syn00001" in capsys.readouterr().err
+    shutil.copy(tiny_library.tracks[3].source, copy)  # a song the model was trained on
+    assert main(["enroll", str(copy), "--into", str(into), *common]) == 1
+    assert "same_song is the audio of syn00003" in capsys.readouterr().err
     silence = write_audio(tmp_path / "quiet" / "silence.wav", np.zeros(16_000 * 4, dtype=np.float32), 16_000)
     assert main(["enroll", str(silence), "--into", str(into), *common]) == 1
     assert "silence are silent" in capsys.readouterr().err

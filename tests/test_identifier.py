@@ -81,7 +81,7 @@ def test_another_bit_width_trains_only_qat_twins(trained, tiny_library, tiny_con
     for name in ("cluster", "intra_000"):
         for key, value in torch.load(trained.folder / "fp32" / f"{name}.pt", weights_only=True).items():
             torch.testing.assert_close(torch.load(other.folder / "fp32" / f"{name}.pt", weights_only=True)[key], value)
-    assert json.loads((other.folder / "identifier.json").read_text())["timings"]["fp32_s"] > 0
+    assert json.loads((other.folder / "model.json").read_text())["timings"]["fp32_s"] > 0
 
 
 def test_cluster_top_k_widens_the_search(trained, clean_queries):

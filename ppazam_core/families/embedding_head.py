@@ -3,7 +3,7 @@ never leaves it); the server evaluates an encrypted linear head over all tracks.
 
 Artifacts: ``embedding/`` (the shared contrastive model, see
 :func:`~ppazam_core.pipeline.train_embedding`), the head of :mod:`.linear_head`, and
-``family.json`` (config, library, track ids, timings).
+``model.json`` (:mod:`ppazam_core.manifest`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 from dataclasses import dataclass
 
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.embeddings import load_model
 from ppazam_core.families.linear_head import CompileHead, LinearHeadModel, fit_linear_head
 from ppazam_core.fhe import compile_linear
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.library import Library
-from ppazam_core.pipeline import train_embedding, training_dataset
+from ppazam_core.hear import (client_embedder, embedder_fingerprint, embedding_front_end, embedding_training_dataset,
+                               trained_embedder)
 from ppazam_core.recognition import Mode, Scores, log_softmax
 
 FAMILY = "embedding-head"
@@ -50,8 +50,8 @@ TABLE = FamilyTable("head", HeadConfig)
 
 def settings(config: ExperimentConfig) -> dict:
     """The parts of ``config`` the trained head depends on."""
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "head": config.table(TABLE.name),
-            "p_error": config.fhe.p_error, "seed": config.fhe.seed}
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+            "head": config.table(TABLE.name), "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 
 def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
@@ -59,9 +59,9 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     """Fit the head over the training segments' embeddings into ``folder`` and compile it with
     ``compile_head`` (see :func:`~ppazam_core.families.linear_head.fit_linear_head`)."""
     started = time.perf_counter()
-    embedding = train_embedding(library, config, cache_dir, workers, refresh)
-    dataset = training_dataset(library, config.data, cache_dir, workers)
-    embedded = load_model(embedding).embed_patches(dataset.X)
+    embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
+    dataset = embedding_training_dataset(library, config, cache_dir, workers)
+    embedded = embedder.embed_patches(dataset.X)
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, family, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
@@ -78,7 +78,7 @@ class EmbeddingHead(LinearHeadModel):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.embedder = load_model(self.folder / "embedding")
+        self.embedder = client_embedder(self.config, self.folder / "embedding")
         self.features = self.embedder.features
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
@@ -86,5 +86,5 @@ class EmbeddingHead(LinearHeadModel):
         return Scores(log_probs, np.exp(log_probs.max(axis=1)))
 
 
-SPEC = single_model_family(FAMILY, settings, train, EmbeddingHead, table=TABLE,
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingHead, table=TABLE, front_end=embedding_front_end,
                            bits=lambda config: config.table(TABLE.name).n_bits)

@@ -23,6 +23,7 @@ from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.families import embedding_head
 from ppazam_core.families.linear_head import HEAD, LinearHead
 from ppazam_core.families.store import single_model_family
+from ppazam_core.hear import embedding_front_end
 from ppazam_core.library import Library
 from ppazam_core.privacy import CallPlan
 from ppazam_core.recognition import Mode, Scores
@@ -84,4 +85,4 @@ class EmbeddingHeadTop1(embedding_head.EmbeddingHead):
 
 
 SPEC = single_model_family(FAMILY, settings, train, EmbeddingHeadTop1, table=embedding_head.TABLE,
-                           bits=lambda config: WEIGHT_BITS)
+                           front_end=embedding_front_end, bits=lambda config: WEIGHT_BITS)

@@ -18,13 +18,12 @@ from ppazam_core.audio import crop_or_pad
 from dataclasses import dataclass
 
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.embeddings import load_model
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
 from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
 from ppazam_core.parallel import progress_bar
-from ppazam_core.pipeline import train_embedding
+from ppazam_core.hear import client_embedder, embedder_fingerprint, embedding_front_end, trained_embedder
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -50,17 +49,17 @@ TABLE = FamilyTable("knn", KnnConfig)
 
 
 def settings(config: ExperimentConfig) -> dict:
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "knn": config.table(TABLE.name)}
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+            "knn": config.table(TABLE.name)}
 
 
 def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
           refresh: bool = False) -> None:
     """Embed the reference segments of every track into ``folder``."""
     started = time.perf_counter()
-    embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
     timings = {"embedding_s": time.perf_counter() - started}
-    embedder = load_model(embedding)
-    front_end = FrontEnd(config.data.features)
+    front_end = FrontEnd(embedder.features)
     rate = config.data.features.sample_rate
     window, hop = int(round(config.data.segment_s * rate)), int(round(config.table(TABLE.name).hop_s * rate))
     vectors, tracks, offsets = [], [], []
@@ -88,7 +87,7 @@ class EmbeddingKnn(FamilyModel):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.embedder = load_model(self.folder / "embedding")
+        self.embedder = client_embedder(self.config, self.folder / "embedding")
         self.features = self.embedder.features
         vectors, self.reference_tracks = read_arrays(self.folder / REFERENCES_FILE, "vectors", "tracks")
         self.index = faiss.IndexFlatIP(vectors.shape[1])
@@ -105,4 +104,4 @@ class EmbeddingKnn(FamilyModel):
         return Scores(track_scores, track_scores.max(axis=1))
 
 
-SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE)
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE, front_end=embedding_front_end)

@@ -13,13 +13,12 @@ embedding's contrastive temperature; the confidence is the best track's probabil
 Artifacts: ``embedding/`` (the contrastive model), ``prototypes.npz`` (``prototypes (T, d)``
 float32, ``enroll_s (T,)``: seconds each track's enrollment took, ``segments (n, d)``: the
 enrollment segments' embeddings, whose range the layer's input quantizer covers), the head of
-:mod:`.linear_head` and ``family.json``.
+:mod:`.linear_head` and ``model.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,16 +32,17 @@ from sklearn.linear_model import LogisticRegression
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
-from ppazam_core.embeddings import EmbeddingModel, load_model
+from ppazam_core.embeddings import EmbeddingModel
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.errors import ConfigError
-from ppazam_core.families.store import FAMILY_FILE, single_model_family, write_family
+from ppazam_core.families.store import single_model_family, write_family
+from ppazam_core.manifest import write_manifest
 from ppazam_core.features import FrontEnd
 from ppazam_core.fhe import CircuitStats, compile_linear
 from ppazam_core.library import Library
-from ppazam_core.pipeline import train_embedding
+from ppazam_core.hear import HearEmbedder, embedder_fingerprint, embedding_front_end, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
 
@@ -68,8 +68,8 @@ TABLE = FamilyTable("prototypes", PrototypeConfig)
 
 def settings(config: ExperimentConfig) -> dict:
     """What the model depends on: the embedding's training, the enrollment and the compilation."""
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "prototypes": config.table(TABLE.name),
-            "p_error": config.fhe.p_error, "seed": config.fhe.seed}
+    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+            "prototypes": config.table(TABLE.name), "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 
 def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, shots: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, s
     return np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
 
 
-def prototypes(embedder: EmbeddingModel, library: Library, segment_s: float,
+def prototypes(embedder: EmbeddingModel | HearEmbedder, library: Library, segment_s: float,
                shots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length), the seconds each
     took to enroll ``(T,)`` (decoding, front-end, embedding) and the segments' own embeddings
@@ -97,7 +97,7 @@ def prototypes(embedder: EmbeddingModel, library: Library, segment_s: float,
         rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
         seconds.append(time.perf_counter() - started)
         segments.append(embedded)
-    d = embedder.timestamp_embedding_size
+    d = embedder.scene_embedding_size
     return (np.asarray(rows, dtype=np.float32).reshape(-1, d), np.asarray(seconds),
             np.concatenate(segments).astype(np.float32) if segments else np.zeros((0, d), np.float32))
 
@@ -129,11 +129,11 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
           refresh: bool = False) -> None:
     """Train (or load) the shared embedding on ``library``, enroll every track and compile."""
     started = time.perf_counter()
-    embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
     timings = {"embedding_s": time.perf_counter() - started}
     table = config.table(TABLE.name)
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
-        weights, enroll_s, segments = prototypes(load_model(embedding), library, config.data.segment_s, table.shots)
+        weights, enroll_s, segments = prototypes(embedder, library, config.data.segment_s, table.shots)
         timings["enroll_s"] = float(enroll_s.sum())
         started = time.perf_counter()
         np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=enroll_s, segments=segments)
@@ -147,13 +147,15 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     of ``model`` with every track of ``tracks`` added (its prototype from ``shots`` clean
     segments, default the config's: no training) and the tracks ``remove`` (ids) dropped; the
     layer is recompiled.
-    ``family.json`` records the tracks added (id, title, source, SHA-256, enrollment seconds)
-    and removed, and the seconds each step took. Returns the new model.
+    Its manifest (:mod:`ppazam_core.manifest`) lists every track's title and audio SHA-256,
+    the tracks added (id, title, source, SHA-256, enrollment seconds) and removed, and the
+    seconds each step took. Returns the new model.
 
     Raises:
-        ConfigError: a track id to add is already enrolled or given twice, a track to add is
-            silent or the same file content as an enrolled song, an id to remove is not
-            enrolled, or fewer than two tracks would remain.
+        ConfigError: a track id to add is already known or given twice, a track to add is
+            silent or the same file content as a song of the model (trained or enrolled) or as
+            another one added, an id to remove is not in the model, or fewer than two tracks
+            would remain.
     """
     known = list(model.track_ids)
     new_ids = [t.id for t in tracks]
@@ -167,13 +169,15 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     silent = [t.id for t in tracks if t.silent]
     if silent:
         raise ConfigError(f"tracks {', '.join(silent[:5])} are silent: nothing to enroll")
-    kept_ids = set(known) - set(remove)
-    enrolled_audio = {e["sha256"] for e in model.manifest.get("enrolled", []) if e["id"] in kept_ids}
-    copies = [t.id for i, t in enumerate(tracks) if t.sha256 and (
-        t.sha256 in enrolled_audio or t.sha256 in {u.sha256 for u in tracks.tracks[:i]})]
+    audio = {sha: i for i, sha in model.manifest["sha256"].items() if i not in set(remove)}
+    copies = []
+    for track in (t for t in tracks if t.sha256):
+        if track.sha256 in audio:
+            copies.append(f"{track.id} is the audio of {audio[track.sha256]}")
+        else:
+            audio[track.sha256] = track.id
     if copies:
-        raise ConfigError(f"tracks {', '.join(copies[:5])} are the same audio as songs already enrolled (or given "
-                          "twice)")
+        raise ConfigError(f"the same audio is in the model already: {'; '.join(copies[:5])}")
     keep = np.asarray([i not in set(remove) for i in known], dtype=bool)
     if keep.sum() + len(new_ids) < 2:
         raise ConfigError("an enrolled model needs at least two tracks")
@@ -189,21 +193,23 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
                                                "shots": shots, "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
     with atomic_folder(Path(dest)) as tmp:
-        shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
+        if (model.folder / "embedding").is_dir():  # absent when a HEAR embedder brings its own weights
+            shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
         np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds, segments=calibration)
         started = time.perf_counter()
         compile_prototypes(weights, calibration, model.config.table(TABLE.name).n_bits, model.config.fhe, tmp)
         compile_s = time.perf_counter() - started
         track_ids = [i for i, kept in zip(known, keep) if kept] + new_ids
-        fingerprint = canonical_json({"base": manifest.get("library_fingerprint"), "track_ids": track_ids,
-                                      "sha256": [t.sha256 for t in tracks]})
-        (tmp / FAMILY_FILE).write_text(json.dumps({
+        titles = {**{i: t for i, t in manifest["titles"].items() if i in track_ids}, **{t.id: t.title for t in tracks}}
+        audio = {**{i: s for i, s in manifest["sha256"].items() if i in track_ids},
+                 **{t.id: t.sha256 for t in tracks if t.sha256}}
+        fingerprint = canonical_json({"base": manifest["library_fingerprint"], "track_ids": track_ids, "sha256": audio})
+        write_manifest(tmp, {
             **manifest, "library": manifest["library"] if manifest["library"].endswith("+enrolled")
             else f"{manifest['library']}+enrolled", "library_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
-            "track_ids": track_ids, "enrolled": history,
+            "track_ids": track_ids, "titles": titles, "sha256": audio, "enrolled": history,
             "removed": manifest.get("removed", []) + sorted(set(remove)),
-            "timings": {**manifest["timings"], "last_enroll_s": round(embed_s, 3), "last_compile_s": round(compile_s, 3)},
-        }, indent=2))
+            "timings": {**manifest["timings"], "last_enroll_s": round(embed_s, 3), "last_compile_s": round(compile_s, 3)}})
     return EmbeddingPrototypes(Path(dest))
 
 
@@ -224,5 +230,5 @@ class EmbeddingPrototypes(EmbeddingHead):
         return Scores(log_probs, np.exp(log_probs.max(axis=1)))
 
 
-SPEC = single_model_family(FAMILY, settings, train, EmbeddingPrototypes, table=TABLE,
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingPrototypes, table=TABLE, front_end=embedding_front_end,
                            bits=lambda config: config.table(TABLE.name).n_bits, enroll=enroll)

@@ -65,7 +65,7 @@ class Family:
     * ``enroll(model, tracks, folder, remove=(), shots=None)``: writes into ``folder`` (atomically)
       and returns the model with the tracks of the library ``tracks`` added without training,
       from ``shots`` segments each (``None``: the family's default), and the track ids
-      ``remove`` dropped; its ``family.json`` lists them under ``enrolled`` and ``removed``
+      ``remove`` dropped; its manifest (``model.json``) lists them under ``enrolled`` and ``removed``
       (``None``: the family cannot enroll).
     """
 

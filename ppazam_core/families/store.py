@@ -2,13 +2,13 @@
 
 A family's model lives in ``cache_dir/models/<family>-<hash>``, the hash covering the library's
 fingerprint and the settings the model depends on. It is written atomically (an interrupted
-run leaves nothing a later run trusts) and described by ``family.json``.
+run leaves nothing a later run trusts) and described by its manifest
+(:mod:`ppazam_core.manifest`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sys
 from contextlib import contextmanager
@@ -17,16 +17,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ppazam_core.artifacts import read_json, reading
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.registry import Family, register
 from ppazam_core.library import Library
+from ppazam_core.manifest import has_manifest, model_manifest, read_manifest, write_manifest
 from ppazam_core.recognition import Match, Mode, Recognizer, rank_segments
-from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json, config_hash, is_complete
-
-FAMILY_FILE = "family.json"
+from ppazam_core.store import DONE_MARKER, atomic_folder, config_hash, is_complete
 
 
 def family_folder(family: str, library: Library, settings: dict, cache_dir: Path) -> Path:
@@ -76,20 +74,17 @@ def _plugin_code_hash(*functions: Callable) -> str:
 @contextmanager
 def write_family(folder: Path, family: str, library: Library, config: ExperimentConfig, timings: dict[str, float],
                  embedding: Path | None = None) -> Iterator[Path]:
-    """A temporary folder to write the model into; ``family.json`` (with ``timings`` as they
-    are when the block ends) is added and the folder committed when the block succeeds."""
+    """A temporary folder to write the model into; its manifest (with ``timings`` as they are
+    when the block ends) is added and the folder committed when the block succeeds."""
     with atomic_folder(folder) as tmp:
         if embedding is not None:
             shutil.copytree(embedding, tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
         yield tmp
-        manifest = {"family": family, "config_hash": folder.name, "config": json.loads(canonical_json(config)),
-                    "library": library.name, "library_fingerprint": library.fingerprint(),
-                    "track_ids": [t.id for t in library], "timings": {k: round(v, 3) for k, v in timings.items()}}
-        (tmp / FAMILY_FILE).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, model_manifest(family, folder, library, config, timings))
 
 
 class FamilyModel:
-    """What the single-model families share: a finished folder with ``family.json``. An
+    """What the single-model families share: a finished folder with a manifest. An
     :class:`ArtifactError` when the folder is missing, unfinished or of another family, a
     :class:`~ppazam_core.errors.DamagedArtifactError` when one of its files cannot be read."""
 
@@ -121,13 +116,8 @@ class FamilyModel:
         if not self.is_trained(folder):
             raise ArtifactError(f"{folder} is not a finished {self.family} model (missing or interrupted); train it")
         self.folder = folder
-        self.manifest = read_json(folder / FAMILY_FILE, "family", "track_ids", "config", "timings")
-        if self.manifest["family"] != self.family:
-            raise ArtifactError(f"{folder} holds a {self.manifest['family']} model, not {self.family}")
-        with reading(folder / FAMILY_FILE):
-            self.track_ids: tuple[str, ...] = tuple(self.manifest["track_ids"])
-            self.config = ExperimentConfig.from_canonical(self.manifest["config"])
+        self.manifest, self.config, self.track_ids = read_manifest(folder, self.family)
 
     @staticmethod
     def is_trained(folder: Path) -> bool:
-        return is_complete(Path(folder)) and (Path(folder) / FAMILY_FILE).is_file()
+        return is_complete(Path(folder)) and has_manifest(folder)

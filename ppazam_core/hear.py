@@ -1,0 +1,150 @@
+"""Any module implementing the HEAR API as the client-side embedder of the embedding families.
+
+The HEAR 2021 common API (Turian et al., "HEAR: Holistic Evaluation of Audio Representations",
+PMLR 176, 2022) asks a module for ``load_model(model_file_path)`` returning a model with
+``sample_rate`` and ``scene_embedding_size``, and ``get_scene_embeddings(audio, model)`` mapping
+``(n_sounds, n_samples)`` float32 audio in [-1, 1] to ``(n_sounds, scene_embedding_size)``.
+Setting ``[embedding] embedder = "package.module"`` makes ``embedding-head``,
+``embedding-head-top1``, ``embedding-knn`` and ``embedding-prototypes`` cut each query into
+waveform segments (a ``waveform`` front-end, :mod:`ppazam_core.features`), embed each segment
+with the module's scene embedding on the client, in the clear, and run their server side (the
+encrypted head, the index, the prototypes) on those vectors, L2-normalized. ppazam's own
+contrastive model is such a module (:mod:`ppazam_core.embeddings`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import torchaudio
+
+from ppazam_core.config import ExperimentConfig
+from ppazam_core.dataset import Dataset, build_dataset
+from ppazam_core.embeddings import TRAINED_WEIGHTS, EmbeddingModel, load_model
+from ppazam_core.errors import ConfigError
+from ppazam_core.features import FrontEndConfig
+from ppazam_core.library import Library
+from ppazam_core.pipeline import noise_folder, train_embedding
+
+SOUNDS_PER_BATCH = 16  # segments handed to get_scene_embeddings at once
+HEAR_FUNCTIONS = ("load_model", "get_scene_embeddings")
+HEAR_ATTRIBUTES = ("sample_rate", "scene_embedding_size")
+
+
+def embedding_front_end(config: ExperimentConfig) -> FrontEndConfig:
+    """The front-end of an embedding family's patches: the config's log-mel features for
+    ppazam's own embedder, else the waveform of each ``segment_s`` segment at the working rate,
+    leveled as the features are (a ``(1, 1, samples)`` patch)."""
+    features = config.data.features
+    if not config.embedding.embedder:
+        return features
+    return replace(features, kind="waveform", patch_height=1,
+                   patch_width=int(round(config.data.segment_s * features.sample_rate)))
+
+
+def hear_module(name: str) -> ModuleType:
+    """The HEAR module ``name``, imported.
+
+    Raises:
+        ConfigError: it cannot be imported, or lacks ``load_model`` or ``get_scene_embeddings``.
+    """
+    try:
+        module = import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"embedding.embedder {name!r} cannot be imported ({e}); install it, or leave embedder "
+                          "empty for ppazam's own") from None
+    missing = [f for f in HEAR_FUNCTIONS if not callable(getattr(module, f, None))]
+    if missing:
+        raise ConfigError(f"embedding.embedder {name!r} is not a HEAR module: it has no {', '.join(missing)}")
+    return module
+
+
+def embedder_fingerprint(config: ExperimentConfig) -> str:
+    """SHA-256 (16 hex digits) of the HEAR module's source file, so that a changed embedder
+    trains the families' models again; empty for ppazam's own embedder (its code is in
+    :func:`~ppazam_core.provenance.code_fingerprint`) and for a module without a source file."""
+    name = config.embedding.embedder
+    if not name or name.split(".")[0] == "ppazam_core":
+        return ""
+    source = getattr(hear_module(name), "__file__", None)
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+
+
+class HearEmbedder:
+    """A HEAR module's model as a client-side embedder: :meth:`embed_patches` maps waveform
+    patches to unit-length scene embeddings. ``features`` is the waveform front-end of the
+    patches it takes (:func:`embedding_front_end`).
+
+    Raises:
+        ConfigError: the module is not a HEAR module, or its model lacks ``sample_rate`` or
+            ``scene_embedding_size``.
+    """
+
+    def __init__(self, module: str, weights: str | Path | None, features: FrontEndConfig) -> None:
+        self.module = hear_module(module)
+        self.model = self.module.load_model() if weights is None else self.module.load_model(str(weights))
+        missing = [a for a in HEAR_ATTRIBUTES if not hasattr(self.model, a)]
+        if missing:
+            raise ConfigError(f"the model of embedding.embedder {module!r} has no {', '.join(missing)} (HEAR API)")
+        self.name = module
+        self.features = features
+        self.scene_embedding_size = int(self.model.scene_embedding_size)
+
+    @torch.no_grad()
+    def embed_patches(self, patches: np.ndarray) -> np.ndarray:
+        """``(N, 1, 1, samples)`` float32 waveform patches at ``features.sample_rate`` to
+        ``(N, scene_embedding_size)`` float32 unit-length embeddings (resampled to the model's
+        rate first when the two differ).
+
+        Raises:
+            ValueError: the patches are not waveform patches, or the module returns another shape.
+        """
+        patches = np.asarray(patches, dtype=np.float32)
+        if patches.ndim != 4 or patches.shape[1:3] != (1, 1):
+            raise ValueError(f"a HEAR embedder takes (N, 1, 1, samples) waveform patches, got {patches.shape}")
+        audio = torch.from_numpy(patches[:, 0, 0].copy())
+        rate = int(self.model.sample_rate)
+        if rate != self.features.sample_rate:
+            audio = torchaudio.functional.resample(audio, self.features.sample_rate, rate)
+        embedded = [torch.as_tensor(self.module.get_scene_embeddings(audio[i : i + SOUNDS_PER_BATCH], self.model))
+                    for i in range(0, len(audio), SOUNDS_PER_BATCH)]
+        vectors = torch.cat(embedded).float() if embedded else torch.zeros(0, self.scene_embedding_size)
+        if vectors.shape != (len(patches), self.scene_embedding_size):
+            raise ValueError(f"{self.name}.get_scene_embeddings returned shape {tuple(vectors.shape)}, expected "
+                             f"{(len(patches), self.scene_embedding_size)}")
+        return torch.nn.functional.normalize(vectors, dim=1).numpy()
+
+
+def client_embedder(config: ExperimentConfig, trained: Path | None) -> EmbeddingModel | HearEmbedder:
+    """The client-side embedder of an embedding family's model configured by ``config``:
+    ppazam's contrastive model stored in ``trained``, or the HEAR module ``[embedding]``
+    names (its weights ``trained``, none, or a path)."""
+    embedding = config.embedding
+    if not embedding.embedder:
+        return load_model(trained)
+    weights = {TRAINED_WEIGHTS: trained, "": None}.get(embedding.embedder_weights, embedding.embedder_weights)
+    return HearEmbedder(embedding.embedder, weights, embedding_front_end(config))
+
+
+def trained_embedder(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
+                     refresh: bool = False) -> tuple[Path | None, EmbeddingModel | HearEmbedder]:
+    """What an embedding family trains before its server side: the contrastive model, when
+    its embedder needs it (its folder, which the family copies into its model folder as
+    ``embedding/``; else ``None``), and the client-side embedder."""
+    embedding = train_embedding(library, config, cache_dir, workers, refresh) \
+        if config.embedding.needs_trained_model else None
+    return embedding, client_embedder(config, embedding)
+
+
+def embedding_training_dataset(library: Library, config: ExperimentConfig, cache_dir: Path,
+                               workers: int | None = None) -> Dataset:
+    """The training segments of ``config`` as patches of :func:`embedding_front_end` (the
+    shared log-mel training set for ppazam's own embedder)."""
+    spec = replace(config.data.train_spec(), features=embedding_front_end(config))
+    return build_dataset(library, spec, cache_dir, noise_folder(library, config.data, cache_dir), workers)
