@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
                                         "default for the synthetic one: more tracks of its generator, another seed)")
     calibrate_command.add_argument("--distractor-tracks", type=int, default=DEFAULT_DISTRACTOR_TRACKS,
                                    help=f"synthetic distractor tracks (default {DEFAULT_DISTRACTOR_TRACKS})")
+    calibrate_command.add_argument("--model", type=Path,
+                                   help="a model folder written by `ppazam enroll --into` instead of the trained "
+                                        "model of --family; its library is the tracks it kept of --library and "
+                                        "the songs enrolled (read from their files)")
     calibrate_command.set_defaults(run=_calibrate)
 
     enrolling = _enrolling_families()
@@ -385,7 +389,7 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, tit
                     config: ExperimentConfig) -> int:
     rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
     if rule is None:
-        how = ("`ppazam calibrate` stores one for the trained models of --library and --config" if args.model else
+        how = (f"`ppazam calibrate --model {args.model} --mode {rule_mode(mode)}` stores one" if args.model else
                f"`ppazam calibrate --family {model.family} --mode {rule_mode(mode)}` stores one")
         console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
                       f"tracks, even a song outside the library ({how})", style="dim", highlight=False, soft_wrap=True)
@@ -480,17 +484,29 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.distractors is None and args.library != "synthetic":
         raise ConfigError(f"--distractors FOLDER is needed for the folder library {args.library}: "
                           "songs outside it, to choose the threshold on")
-    model, library, config = _trained_model(args, mode)
     cache_dir = args.cache_dir or default_cache_dir()
+    if args.model is not None:
+        model = _model_in(args.model, mode)
+        config = model.config
+        library = _library_of(model, args, cache_dir)
+    else:
+        model, library, config = _trained_model(args, mode)
+    in_library = {t.sha256 for t in library if t.sha256}
     if args.distractors is not None:
         distractors = open_library(args.distractors, cache_dir, config.data.synthetic, config.data.segment_s,
                                    args.workers)
-        shared = {t.sha256 for t in distractors if t.sha256} & {t.sha256 for t in library}
+        shared = {t.sha256 for t in distractors if t.sha256} & in_library
         if shared:
             raise ConfigError(f"{len(shared)} of the distractor tracks in {args.distractors} are library tracks; "
                               "distractors must be songs outside the library")
     else:
-        distractors = synthetic_distractors(config.data.synthetic, args.distractor_tracks, cache_dir, args.workers or 1)
+        generated = synthetic_distractors(config.data.synthetic, args.distractor_tracks, cache_dir, args.workers or 1)
+        distractors = Library(generated.name, tuple(t for t in generated if t.sha256 not in in_library))
+        if len(distractors) < len(generated):  # e.g. generated songs a user enrolled
+            console.print(f"{len(generated) - len(distractors)} generated distractor track(s) are in the model's "
+                          "library and were left out", style="dim", highlight=False, soft_wrap=True)
+        if not len(distractors):
+            raise ConfigError("every generated distractor is in the model's library: pass --distractors FOLDER")
     started = time.perf_counter()
     rule = calibrate_open_set(model, library, distractors, config, cache_dir, mode, args.far, args.workers)
     path = rule.save(rule_folder(model, mode))
@@ -503,9 +519,39 @@ def _calibrate(args: argparse.Namespace) -> int:
                   f"{rule.top1_at_false_accepts:.2%}", f"{rule.roc_auc:.3f}", str(rule.n_library),
                   str(rule.n_distractors))
     console.print(table)
-    console.print(f"stored in {path} [{time.perf_counter() - started:.1f} s]; `ppazam identify --family "
-                  f"{rule.family}` answers 'no match' at or below the threshold", highlight=False, soft_wrap=True)
+    identify = f"--model {args.model}" if args.model else f"--family {rule.family}"
+    console.print(f"stored in {path} [{time.perf_counter() - started:.1f} s]; `ppazam identify {identify} --mode "
+                  f"{rule.mode}` answers 'no match' at or below the threshold (each mode has its own rule)",
+                  highlight=False, soft_wrap=True)
     return 0
+
+
+def _library_of(model: Recognizer, args: argparse.Namespace, cache_dir: Path) -> Library:
+    """The library of a model folder, in its track order: the tracks of ``--library`` it keeps
+    and the songs enroll added, scanned again from their files.
+
+    Raises:
+        ConfigError: a track of the model is neither in ``--library`` nor an enrolled song.
+        LibraryError: an enrolled song's file is gone or holds other audio than when enrolled.
+    """
+    config = model.config
+    base = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
+    tracks = {t.id: t for t in base if t.id in model.track_ids}
+    for entry in model.manifest.get("enrolled", []):
+        if entry["id"] not in model.track_ids or entry["id"] in tracks:
+            continue
+        source = Path(entry["source"])
+        if not source.is_file():
+            raise LibraryError(f"the file of enrolled song {entry['id']}, {source}, is gone")
+        scanned = scan_folder(source.parent, config.data.segment_s, 1, cache_dir=cache_dir, only=source)
+        if len(scanned) != 1 or scanned.tracks[0].sha256 != entry["sha256"]:
+            raise LibraryError(f"{source} no longer holds the audio enrolled as {entry['id']}")
+        tracks[entry["id"]] = replace(scanned.tracks[0], id=entry["id"])
+    missing = [i for i in model.track_ids if i not in tracks]
+    if missing:
+        raise ConfigError(f"{len(missing)} tracks of {model.folder} ({', '.join(missing[:3])}) are neither in --library "
+                          f"{args.library} nor enrolled songs: name the library the model was trained on")
+    return Library(model.manifest["library"], tuple(tracks[i] for i in model.track_ids), noise_dir=base.noise_dir)
 
 
 def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: str | None = None) -> None:

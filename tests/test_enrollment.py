@@ -120,3 +120,26 @@ def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, se
                  "--remove", "syn00002", "--remove", "syn00003", "--remove", "syn00004"]) == 1
     assert "at least two tracks" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_an_enrolled_model_gets_its_own_open_set_rule(prototypes, new_songs, tiny_config, session_cache, tmp_path,
+                                                      capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    songs, into = tmp_path / "songs", tmp_path / "enrolled"
+    shutil.copytree(new_songs, songs)
+    assert main(["enroll", str(songs), "--into", str(into), *common]) == 0
+    calibrate = ["calibrate", "--model", str(into), "--mode", "fp32", "--distractor-tracks", "4", *common]
+    assert main(calibrate) == 0
+    out = capsys.readouterr().out
+    # the generated distractors start with the two songs enrolled here: calibrating on them would be wrong
+    assert "2 generated distractor track(s) are in the model's library and were left out" in out
+    assert f"identify --model {into} --mode fp32" in out
+    rule = json.loads((into / "open-set.json").read_text())[f"{FAMILY}/fp32"]
+    assert rule["n_library"] > 0 and rule["n_library"] == 4 * rule["n_distractors"]  # 8 tracks against 2
+    clip = write_audio(tmp_path / "clip.wav", load_audio(songs / "new_syn00001.flac", 16_000)[16_000:80_000], 16_000)
+    assert main(["identify", str(clip), "--model", str(into)]) == 0
+    assert "no match below confidence" in capsys.readouterr().out
+    (songs / "new_syn00000.flac").unlink()
+    assert main(calibrate) == 1
+    assert "the file of enrolled song new_syn00000" in capsys.readouterr().err
