@@ -109,7 +109,7 @@ def load_audio(
                     pieces.append(data.mean(axis=1, dtype=np.float32))
                 first += link.frames
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioError(path, f"cannot decode audio ({e})") from e
+        raise AudioError(path, f"cannot decode audio: the file is truncated or damaged (libsndfile: {e})") from e
     mono = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     if mono.shape[0] == 0:
         raise AudioError(path, "zero-length audio" if start == 0 else f"no audio after {offset_s} s")
@@ -125,7 +125,7 @@ def read_blocks(path: str | Path, blocksize: int) -> Iterator[np.ndarray]:
         for link in _open_links(path):
             yield from link.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as e:
-        raise AudioError(path, f"cannot decode audio ({e})") from e
+        raise AudioError(path, f"cannot decode audio: the file is truncated or damaged (libsndfile: {e})") from e
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -118,7 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
     _experiment_options(identify)
     _family_option(identify)
-    identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value)
+    identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value,
+                          help="fp32 (default), quant, fhe-sim (Concrete's simulation of the encrypted circuits) "
+                               "or fhe (truly encrypted, with the cost of each stage)")
     identify.add_argument("--model", type=Path, help="a model folder (e.g. written by `ppazam enroll --into`) "
                                                      "instead of the trained model of --library and --config")
     identify.add_argument("--server", metavar="URL",

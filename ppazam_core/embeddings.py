@@ -38,7 +38,10 @@ class EmbeddingConfig:
     embedder: ``embedder`` empty for this contrastive model on log-mel patches, else a module
     implementing the HEAR API (``"package.module"``, :mod:`ppazam_core.hear`) fed the waveform,
     whose ``load_model`` gets ``embedder_weights``: ``"trained"`` for the contrastive model
-    trained here on the library, empty for none (the module's own default), else a path."""
+    trained here on the library, empty for none (the module's own default), else a path.
+    ``background_tracks`` more songs of the synthetic generator (a seed of their own, outside
+    the library, its distractors and its enrolled songs) join the contrastive training only:
+    more classes for an embedding that must also separate songs enrolled after training."""
 
     dimension: int = 64
     blocks: tuple[ConvBlock, ...] = (ConvBlock(32, 3, 2), ConvBlock(64, 3, 2), ConvBlock(64, 3, 2))
@@ -47,6 +50,7 @@ class EmbeddingConfig:
     batch_tracks: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
+    background_tracks: int = 0
     embedder: str = ""
     embedder_weights: str = TRAINED_WEIGHTS
 
@@ -54,6 +58,9 @@ class EmbeddingConfig:
         if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
             raise ConfigError.bad_value("embedding", (self.dimension, self.temperature, self.epochs, self.batch_tracks),
                                         "dimension >= 2, temperature > 0, epochs >= 1, batch_tracks >= 2")
+        if isinstance(self.background_tracks, bool) or not isinstance(self.background_tracks, int) or \
+                self.background_tracks < 0:
+            raise ConfigError.bad_value("embedding.background_tracks", self.background_tracks, "an integer >= 0")
         if not isinstance(self.embedder, str) or (self.embedder and not MODULE_NAME.match(self.embedder)):
             raise ConfigError.bad_value("embedding.embedder", self.embedder, "empty, or a module name like 'package.module'")
         if not isinstance(self.embedder_weights, str):

@@ -30,7 +30,7 @@ from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import Dataset, build_dataset
 from ppazam_core.deployment import client_key_dir, forget_keys
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
-from ppazam_core.library import Library
+from ppazam_core.library import Library, synthetic_distractors
 from ppazam_core.fhe import compile_classifier
 from ppazam_core.identifier import FAMILY
 from ppazam_core.manifest import model_manifest, write_manifest
@@ -92,8 +92,15 @@ def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path,
     if is_complete(folder) and not refresh:
         return folder
     dataset = training_dataset(library, config.data, cache_dir, workers)
+    X, y = np.asarray(dataset.X), np.asarray(dataset.y)
+    if config.embedding.background_tracks:
+        background = synthetic_distractors(config.data.synthetic, config.embedding.background_tracks, cache_dir,
+                                           workers or 1, "background")
+        extra = build_dataset(background, config.data.train_spec(), cache_dir, noise_folder(library, config.data, cache_dir),
+                              workers)
+        X, y = np.concatenate([X, np.asarray(extra.X)]), np.concatenate([y, np.asarray(extra.y) + len(library)])
     with atomic_folder(folder) as tmp:
-        embedder, losses = train_embedding_model(dataset.X, dataset.y, dataset.normalizer, config.data.features,
+        embedder, losses = train_embedding_model(X, y, dataset.normalizer, config.data.features,
                                                  config.data.segment_s, config.embedding.contrastive())
         embedder.save(tmp)
         (tmp / "losses.json").write_text(json.dumps(losses))

@@ -5,12 +5,13 @@ import os
 import sys
 import types
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from ppazam_core import embeddings
+from ppazam_core import embeddings, pipeline
 from ppazam_core.embeddings import (
     EmbeddingConfig,
     get_scene_embeddings,
@@ -105,3 +106,22 @@ def test_the_hear_wrapper_passes_the_hear_2021_validator(tmp_path, monkeypatch):
         warnings.filterwarnings("error", message=".*interval between timestamps")
         monkeypatch.setattr(embeddings, "load_model", functools.partial(load_model, timestamp_hop_s=0.5))  # the old hop
         validate.ValidateModel("ppazam_core.embeddings", str(tmp_path / "emb"), device="cpu")()
+
+
+def test_background_tracks_join_the_contrastive_training_as_classes_of_their_own(tiny_library, tiny_config,
+                                                                               session_cache, monkeypatch):
+    config, _ = tiny_config
+    more = replace(config, embedding=replace(config.embedding, background_tracks=2))
+    seen = {}
+
+    def recording(patches, labels, *args):
+        seen["labels"] = np.unique(labels)
+        return train_embedding_model(patches, labels, *args)
+
+    monkeypatch.setattr(pipeline, "train_embedding_model", recording)
+    folder = pipeline.train_embedding(tiny_library, more, session_cache, workers=1)
+    assert folder != pipeline.embedding_folder(tiny_library, config, session_cache)
+    assert list(seen["labels"]) == list(range(len(tiny_library) + 2))  # the library's labels, then two more
+    assert load_model(folder).config.background_tracks == 2
+    with pytest.raises(ConfigError, match="background_tracks"):
+        replace(config.embedding, background_tracks=-1)

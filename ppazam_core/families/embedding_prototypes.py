@@ -149,7 +149,9 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     layer is recompiled.
     Its manifest (:mod:`ppazam_core.manifest`) lists every track's title and audio SHA-256,
     the tracks added (id, title, source, SHA-256, enrollment seconds) and removed, and the
-    seconds each step took. Returns the new model.
+    seconds each step took. The enrollment segments' embeddings of every song ever enrolled,
+    removed ones included, stay in ``prototypes.npz``: they set the encrypted layer's input range,
+    which is recompiled over them. Returns the new model.
 
     Raises:
         ConfigError: a track id to add is already known or given twice, a track to add is
