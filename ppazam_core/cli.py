@@ -539,7 +539,7 @@ def _library_of(model: Recognizer, args: argparse.Namespace, cache_dir: Path) ->
     config = model.config
     base = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
     tracks = {t.id: t for t in base if t.id in model.track_ids}
-    for entry in model.manifest.get("enrolled", []):
+    for entry in reversed(model.manifest.get("enrolled", [])):  # the latest enrollment of a song counts
         if entry["id"] not in model.track_ids or entry["id"] in tracks:
             continue
         source = Path(entry["source"])

@@ -21,13 +21,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ppazam_core.artifacts import damaged, load_weights, read_arrays
+from ppazam_core.artifacts import load_weights, read_arrays
 from ppazam_core.config import COMBINE_RULES
 from ppazam_core.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEnd, Normalizer
 from ppazam_core.fhe import ClearCircuit, SimulatedClassifier
-from ppazam_core.manifest import MANIFEST_FILE, read_manifest
+from ppazam_core.manifest import read_manifest
 from ppazam_core.models import build_model
 from ppazam_core.privacy import CallPlan, cluster_entropy_bits
 from ppazam_core.recognition import Match, Mode, Scores, combine_segments, log_softmax, query_patches, rank_segments
@@ -56,10 +56,7 @@ class Identifier:
         self.family = OBLIVIOUS_FAMILY if oblivious else FAMILY
         self.oblivious = oblivious
         self.folder = folder
-        self.manifest, self.config, self.track_ids = read_manifest(folder, FAMILY)
-        for key in ("quant", "cluster_sizes"):
-            if key not in self.manifest:
-                raise damaged(folder / MANIFEST_FILE, f"no {key} in it")
+        self.manifest, self.config, self.track_ids = read_manifest(folder, FAMILY, "quant", "cluster_sizes")
         self.assignment = read_arrays(folder / "clusters.npz", "assignment")[0]
         self.n_clusters = int(self.assignment.max()) + 1
         self.members = [np.flatnonzero(self.assignment == c) for c in range(self.n_clusters)]

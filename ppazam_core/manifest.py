@@ -69,16 +69,16 @@ def family_of(folder: Path) -> str:
     return read_json(Path(folder) / MANIFEST_FILE, "family")["family"]
 
 
-def read_manifest(folder: Path, family: str) -> tuple[dict, ExperimentConfig, tuple[str, ...]]:
-    """The manifest of the model folder ``folder`` written by ``family``, its configuration and
-    its track ids.
+def read_manifest(folder: Path, family: str, *details: str) -> tuple[dict, ExperimentConfig, tuple[str, ...]]:
+    """The manifest of the model folder ``folder`` written by ``family`` (holding the family's
+    own fields ``details`` too), its configuration and its track ids.
 
     Raises:
         ArtifactError: the folder holds a model of another family.
         DamagedArtifactError: the manifest is missing, unreadable or lacks a field.
     """
     path = Path(folder) / MANIFEST_FILE
-    manifest = read_json(path, *REQUIRED)
+    manifest = read_json(path, *REQUIRED, *details)
     if manifest["family"] != family:
         raise ArtifactError(f"{folder} holds a {manifest['family']} model, not {family}")
     with reading(path):
