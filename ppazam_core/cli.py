@@ -551,8 +551,8 @@ def _library_of(model: Recognizer, args: argparse.Namespace, cache_dir: Path) ->
         tracks[entry["id"]] = replace(scanned.tracks[0], id=entry["id"])
     missing = [i for i in model.track_ids if i not in tracks]
     if missing:
-        raise ConfigError(f"{len(missing)} tracks of {model.folder} ({', '.join(missing[:3])}) are neither in --library "
-                          f"{args.library} nor enrolled songs: name the library the model was trained on")
+        raise ConfigError(f"{len(missing)} tracks of {model.folder} ({', '.join(missing[:3])}) are neither in "
+                          f"--library {args.library} nor enrolled songs: name the library the model was trained on")
     return Library(model.manifest["library"], tuple(tracks[i] for i in model.track_ids), noise_dir=base.noise_dir)
 
 

@@ -62,7 +62,8 @@ class EmbeddingConfig:
                 self.background_tracks < 0:
             raise ConfigError.bad_value("embedding.background_tracks", self.background_tracks, "an integer >= 0")
         if not isinstance(self.embedder, str) or (self.embedder and not MODULE_NAME.match(self.embedder)):
-            raise ConfigError.bad_value("embedding.embedder", self.embedder, "empty, or a module name like 'package.module'")
+            raise ConfigError.bad_value("embedding.embedder", self.embedder,
+                                        "empty, or a module name like 'package.module'")
         if not isinstance(self.embedder_weights, str):
             raise ConfigError.bad_value("embedding.embedder_weights", self.embedder_weights,
                                         f"'{TRAINED_WEIGHTS}', empty, or a path")

@@ -2,9 +2,9 @@
 
 Three kinds share one config: ``logmel`` (log-scaled mel power spectrogram), ``mfcc`` (with
 optional delta and delta-delta rows) and ``waveform`` (the samples themselves, a ``1 x W`` patch
-of ``W`` samples: the input of a HEAR embedder, :mod:`ppazam_core.hear`). Every clip is first scaled to ``level_dbfs`` RMS, so a
-query recorded louder or quieter gives the same patch (up to clipping and the noise floor): a
-constant gain is a constant in the dB domain, which the global per-bin normalization alone
+of ``W`` samples: the input of a HEAR embedder, :mod:`ppazam_core.hear`). Every clip is first
+scaled to ``level_dbfs`` RMS, so a query recorded louder or quieter gives the same patch (up to
+clipping and the noise floor): a constant gain is a constant in the dB domain, which the global per-bin normalization alone
 does not remove (+-6 dB cost the learned families 60-80 points of top-1 before). The frequency
 axis is resampled to the patch height when the two differ; the time axis is cropped to the patch width (``start``, ``center`` or the
 ``max-energy`` window) or, when the clip is short, filled by repeating its frames ("repeat
