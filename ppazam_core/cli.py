@@ -44,10 +44,10 @@ from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryEr
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
                                   train_family)
 from ppazam_core.families.registry import families
-from ppazam_core.manifest import family_of, has_manifest
+from ppazam_core.manifest import family_of, holds_model
 from ppazam_core.fhe import CircuitStats
-from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, open_library, scan_folder,
-                                 synthetic_distractors)
+from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, Track, open_library,
+                                 scan_folder, synthetic_distractors)
 from ppazam_core.pipeline import compile_identifier, noise_folder
 from ppazam_core.open_set import DEFAULT_FAR, OpenSetRule, check_far
 from ppazam_core.privacy import ledger
@@ -448,7 +448,7 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.tracks is None and not args.remove:
         raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
     into = Path(args.into)
-    if has_manifest(into):
+    if holds_model(into):
         model = _model_in(into, Mode.FP32)
         if "enrolled" not in model.manifest:  # e.g. a trained model of the store: it must keep matching its hash
             raise ConfigError(f"--into {into} holds a model enroll did not write; name a new or empty folder")
@@ -533,12 +533,12 @@ def _library_of(model: Recognizer, args: argparse.Namespace, cache_dir: Path) ->
     and the songs enroll added, scanned again from their files.
 
     Raises:
-        ConfigError: a track of the model is neither in ``--library`` nor an enrolled song.
+        ConfigError: a track of the model is neither in ``--library`` nor an enrolled song, or
+            ``--library`` holds other audio under its id.
         LibraryError: an enrolled song's file is gone or holds other audio than when enrolled.
     """
     config = model.config
-    base = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
-    tracks = {t.id: t for t in base if t.id in model.track_ids}
+    tracks: dict[str, Track] = {}
     for entry in reversed(model.manifest.get("enrolled", [])):  # the latest enrollment of a song counts
         if entry["id"] not in model.track_ids or entry["id"] in tracks:
             continue
@@ -549,6 +549,14 @@ def _library_of(model: Recognizer, args: argparse.Namespace, cache_dir: Path) ->
         if len(scanned) != 1 or scanned.tracks[0].sha256 != entry["sha256"]:
             raise LibraryError(f"{source} no longer holds the audio enrolled as {entry['id']}")
         tracks[entry["id"]] = replace(scanned.tracks[0], id=entry["id"])
+    base = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
+    audio = model.manifest["sha256"]
+    for track in base:
+        if track.id in model.track_ids and track.id not in tracks:
+            if track.sha256 and audio.get(track.id, track.sha256) != track.sha256:
+                raise ConfigError(f"track {track.id} of --library {args.library} is not the audio {model.folder} "
+                                  "was built with: name the library the model was trained on")
+            tracks[track.id] = track
     missing = [i for i in model.track_ids if i not in tracks]
     if missing:
         raise ConfigError(f"{len(missing)} tracks of {model.folder} ({', '.join(missing[:3])}) are neither in "

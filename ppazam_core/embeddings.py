@@ -37,8 +37,9 @@ class EmbeddingConfig:
     """Encoder size and contrastive training settings, and the embedding families' client-side
     embedder: ``embedder`` empty for this contrastive model on log-mel patches, else a module
     implementing the HEAR API (``"package.module"``, :mod:`ppazam_core.hear`) fed the waveform,
-    whose ``load_model`` gets ``embedder_weights``: ``"trained"`` for the contrastive model
-    trained here on the library, empty for none (the module's own default), else a path.
+    whose ``load_model`` gets ``embedder_weights``: empty for none (the module's own default
+    weights), ``"trained"`` for the contrastive model trained here on the library (what
+    ``ppazam_core.embeddings`` loads), else a path.
     ``background_tracks`` more songs of the synthetic generator (a seed of their own, outside
     the library, its distractors and its enrolled songs) join the contrastive training only:
     more classes for an embedding that must also separate songs enrolled after training."""
@@ -52,7 +53,7 @@ class EmbeddingConfig:
     seed: int = 0
     background_tracks: int = 0
     embedder: str = ""
-    embedder_weights: str = TRAINED_WEIGHTS
+    embedder_weights: str = ""
 
     def __post_init__(self) -> None:
         if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
@@ -66,12 +67,12 @@ class EmbeddingConfig:
                                         "empty, or a module name like 'package.module'")
         if not isinstance(self.embedder_weights, str):
             raise ConfigError.bad_value("embedding.embedder_weights", self.embedder_weights,
-                                        f"'{TRAINED_WEIGHTS}', empty, or a path")
+                                        f"empty, '{TRAINED_WEIGHTS}', or a path")
 
     def contrastive(self) -> "EmbeddingConfig":
         """The settings the contrastive model itself depends on (the client-side embedder left
         out), which name its folder in the store."""
-        return replace(self, embedder="", embedder_weights=TRAINED_WEIGHTS)
+        return replace(self, embedder="", embedder_weights="")
 
     @property
     def needs_trained_model(self) -> bool:

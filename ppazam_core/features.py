@@ -156,7 +156,8 @@ class FrontEnd:
         elif self.config.patch_select == PatchSelect.CENTER:
             start = (frames - width) // 2
         else:
-            energy = np.convolve(spec.mean(axis=0), np.ones(width), mode="valid")
+            frames_energy = np.square(spec).mean(axis=0) if self.config.kind == "waveform" else spec.mean(axis=0)
+            energy = np.convolve(frames_energy, np.ones(width), mode="valid")
             start = int(np.argmax(energy))
         return np.ascontiguousarray(spec[:, start : start + width])
 

@@ -30,7 +30,7 @@ from ppazam_core.embeddings import TRAINED_WEIGHTS, EmbeddingModel, load_model
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
-from ppazam_core.pipeline import noise_folder, train_embedding
+from ppazam_core.pipeline import contrastive_settings, noise_folder, train_embedding
 
 SOUNDS_PER_BATCH = 16  # segments handed to get_scene_embeddings at once
 HEAR_FUNCTIONS = ("load_model", "get_scene_embeddings")
@@ -65,6 +65,13 @@ def hear_module(name: str) -> ModuleType:
     return module
 
 
+def embedding_settings(config: ExperimentConfig) -> dict:
+    """What an embedding family's model depends on through its client-side embedder: the
+    contrastive model's settings (:func:`~ppazam_core.pipeline.contrastive_settings`), the
+    ``[embedding]`` table and the HEAR module's source (:func:`embedder_fingerprint`)."""
+    return {**contrastive_settings(config), "embedding": config.embedding, "embedder": embedder_fingerprint(config)}
+
+
 def embedder_fingerprint(config: ExperimentConfig) -> str:
     """SHA-256 (16 hex digits) of the HEAR module's source file, so that a changed embedder
     trains the families' models again; empty for ppazam's own embedder (its code is in
@@ -82,13 +89,18 @@ class HearEmbedder:
     patches it takes (:func:`embedding_front_end`).
 
     Raises:
-        ConfigError: the module is not a HEAR module, or its model lacks ``sample_rate`` or
-            ``scene_embedding_size``.
+        ConfigError: the module is not a HEAR module, its ``load_model`` fails, or its model
+            lacks ``sample_rate`` or ``scene_embedding_size``.
     """
 
     def __init__(self, module: str, weights: str | Path | None, features: FrontEndConfig) -> None:
         self.module = hear_module(module)
-        self.model = self.module.load_model() if weights is None else self.module.load_model(str(weights))
+        try:
+            self.model = self.module.load_model() if weights is None else self.module.load_model(str(weights))
+        except Exception as e:  # any failure of a third-party loader: name the module and its weights
+            raise ConfigError(f"embedding.embedder {module!r} could not load its model from "
+                              f"{'its default weights' if weights is None else weights} ({type(e).__name__}: {e}); "
+                              "check embedding.embedder_weights") from None
         missing = [a for a in HEAR_ATTRIBUTES if not hasattr(self.model, a)]
         if missing:
             raise ConfigError(f"the model of embedding.embedder {module!r} has no {', '.join(missing)} (HEAR API)")
@@ -105,15 +117,15 @@ class HearEmbedder:
         Raises:
             ValueError: the patches are not waveform patches, or the module returns another shape.
         """
-        patches = np.asarray(patches, dtype=np.float32)
         if patches.ndim != 4 or patches.shape[1:3] != (1, 1):
             raise ValueError(f"a HEAR embedder takes (N, 1, 1, samples) waveform patches, got {patches.shape}")
-        audio = torch.from_numpy(patches[:, 0, 0].copy())
         rate = int(self.model.sample_rate)
-        if rate != self.features.sample_rate:
-            audio = torchaudio.functional.resample(audio, self.features.sample_rate, rate)
-        embedded = [torch.as_tensor(self.module.get_scene_embeddings(audio[i : i + SOUNDS_PER_BATCH], self.model))
-                    for i in range(0, len(audio), SOUNDS_PER_BATCH)]
+        embedded = []
+        for start in range(0, len(patches), SOUNDS_PER_BATCH):  # batch by batch: a training set may be memory-mapped
+            audio = torch.from_numpy(np.array(patches[start : start + SOUNDS_PER_BATCH, 0, 0], dtype=np.float32))
+            if rate != self.features.sample_rate:
+                audio = torchaudio.functional.resample(audio, self.features.sample_rate, rate)
+            embedded.append(torch.as_tensor(self.module.get_scene_embeddings(audio, self.model)).detach().cpu())
         vectors = torch.cat(embedded).float() if embedded else torch.zeros(0, self.scene_embedding_size)
         if vectors.shape != (len(patches), self.scene_embedding_size):
             raise ValueError(f"{self.name}.get_scene_embeddings returned shape {tuple(vectors.shape)}, expected "

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ppazam_core.library import Library
 
 MANIFEST_FILE = "model.json"
+OLDER_MANIFESTS = ("family.json", "identifier.json")  # before the one format
 REQUIRED = ("family", "config_hash", "config", "library", "library_fingerprint", "track_ids", "titles", "sha256",
             "timings")
 
@@ -57,13 +58,22 @@ def has_manifest(folder: Path) -> bool:
     return (Path(folder) / MANIFEST_FILE).is_file()
 
 
+def holds_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model of this or an older ppazam (whose manifests had other names)."""
+    return has_manifest(folder) or any((Path(folder) / name).is_file() for name in OLDER_MANIFESTS)
+
+
 def family_of(folder: Path) -> str:
     """The family that wrote the model folder ``folder``.
 
     Raises:
-        ArtifactError: ``folder`` holds no manifest.
+        ArtifactError: ``folder`` holds no manifest, or one of an older ppazam.
         DamagedArtifactError: the manifest cannot be read.
     """
+    older = [name for name in OLDER_MANIFESTS if (Path(folder) / name).is_file()]
+    if older and not has_manifest(folder):
+        raise ArtifactError(f"{folder} was written by an older ppazam ({older[0]}, not {MANIFEST_FILE}): train the "
+                            "model again, or enroll its songs into a new folder")
     if not has_manifest(folder):
         raise ArtifactError(f"{folder} holds no ppazam model ({MANIFEST_FILE} is missing)")
     return read_json(Path(folder) / MANIFEST_FILE, "family")["family"]

@@ -79,8 +79,15 @@ def training_dataset(library: Library, data: DataConfig, cache_dir: Path, worker
 def embedding_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
     """Where the contrastive embedding model of ``config`` trained on ``library`` lives; every
     family that embeds (two-stage clustering, embedding head, embedding k-NN) shares it."""
-    key = {"library": library.fingerprint(), "data": config.data.train_spec(), "embedding": config.embedding.contrastive()}
+    key = {"library": library.fingerprint(), "data": config.data.train_spec(), **contrastive_settings(config)}
     return cache_dir / "embeddings" / config_hash(key)
+
+
+def contrastive_settings(config: ExperimentConfig) -> dict:
+    """What the contrastive model depends on beside the library and its training segments: its
+    own settings and, with background songs, the generator settings they are drawn from."""
+    background = {"background": config.data.synthetic} if config.embedding.background_tracks else {}
+    return {"embedding": config.embedding.contrastive(), **background}
 
 
 @fixed_threads()

@@ -75,7 +75,7 @@ class Condition:
     artifact_commit: str = ""
     artifact_action: str = ""
 
-    def row(self, metric: str, value: float, n: int, ci: tuple[float, float] | None = None,
+    def row(self, metric: str, value: float, n: int, *, ci: tuple[float, float] | None = None,
             spread: tuple[float, float] | None = None) -> dict:
         """One tidy row of the registered ``metric`` (:func:`~ppazam_core.metrics.metric`, which
         gives its unit); ``ci`` is a 95% confidence interval of ``value``, ``spread`` the minimum
@@ -103,7 +103,7 @@ class Condition:
         """
         if metric_of(metric).interval is not Interval.WILSON:
             raise ValueError(f"{metric} is not a proportion with a Wilson interval")
-        return self.row(metric, successes / n if n else math.nan, n, wilson_interval(successes, n))
+        return self.row(metric, successes / n if n else math.nan, n, ci=wilson_interval(successes, n))
 
     def keys(self) -> dict:
         """The :data:`CONDITION_KEYS` of this condition."""

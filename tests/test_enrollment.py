@@ -143,3 +143,8 @@ def test_an_enrolled_model_gets_its_own_open_set_rule(prototypes, new_songs, tin
     (songs / "new_syn00000.flac").unlink()
     assert main(calibrate) == 1
     assert "the file of enrolled song new_syn00000" in capsys.readouterr().err
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "family.json").write_text("{}")
+    assert main(["identify", str(clip), "--model", str(older)]) == 1
+    assert "written by an older ppazam (family.json, not model.json)" in capsys.readouterr().err

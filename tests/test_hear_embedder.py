@@ -54,7 +54,7 @@ def clean_top1(model, library, config, session_cache, mode: str) -> float:
 
 
 def test_ppazam_s_own_hear_module_embeds_the_waveform_for_the_encrypted_head(tiny_library, session_cache):
-    config = config_with('embedder = "ppazam_core.embeddings"')
+    config = config_with('embedder = "ppazam_core.embeddings"\nembedder_weights = "trained"')
     model = train_family("embedding-head", tiny_library, config, session_cache, workers=1)
     assert isinstance(model.embedder, HearEmbedder) and model.features.kind == "waveform"
     clip = tiny_library.load(tiny_library.tracks[2], 16_000)[16_000:64_000]
@@ -70,7 +70,7 @@ def test_a_third_party_hear_module_at_another_rate_needs_no_contrastive_training
                                                                                tmp_path, monkeypatch):
     (tmp_path / "toy_hear.py").write_text(TOY_HEAR)
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = config_with('embedder = "toy_hear"\nembedder_weights = ""')
+    config = config_with('embedder = "toy_hear"')
     for family in ("embedding-knn", "embedding-prototypes"):
         model = train_family(family, tiny_library, config, session_cache, workers=1)
         assert not (model.folder / "embedding").exists()
@@ -85,9 +85,13 @@ def test_what_is_not_a_hear_module_is_refused_with_a_clear_error(tiny_library, s
         train_family("embedding-knn", tiny_library, config_with('embedder = "no_such_hear_module"'), session_cache)
     with pytest.raises(ConfigError, match="not a HEAR module: it has no load_model, get_scene_embeddings"):
         train_family("embedding-knn", tiny_library, config_with('embedder = "json"'), session_cache)
+    with pytest.raises(ConfigError, match="could not load its model from /no/such/weights"):
+        train_family("embedding-knn", tiny_library,
+                     config_with('embedder = "ppazam_core.embeddings"\nembedder_weights = "/no/such/weights"'),
+                     session_cache)
     (tmp_path / "wrong_shape.py").write_text(textwrap.dedent(TOY_HEAR).replace(
         "return torch.log10(bands + 1e-9)", "return torch.log10(bands + 1e-9)[:, :8]"))
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError, match=r"returned shape \(\d+, 8\), expected \(\d+, 16\)"):
-        train_family("embedding-knn", tiny_library, config_with('embedder = "wrong_shape"\nembedder_weights = ""'),
+        train_family("embedding-knn", tiny_library, config_with('embedder = "wrong_shape"'),
                      session_cache)

@@ -2,7 +2,8 @@
 never leaves it); the server evaluates an encrypted linear head over all tracks.
 
 Artifacts: ``embedding/`` (the shared contrastive model, see
-:func:`~ppazam_core.pipeline.train_embedding`), the head of :mod:`.linear_head`, and
+:func:`~ppazam_core.pipeline.train_embedding`; absent when a HEAR embedder brings its own
+weights, :mod:`ppazam_core.hear`), the head of :mod:`.linear_head`, and
 ``model.json`` (:mod:`ppazam_core.manifest`).
 """
 
@@ -21,7 +22,7 @@ from ppazam_core.fhe import compile_linear
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.library import Library
-from ppazam_core.hear import (client_embedder, embedder_fingerprint, embedding_front_end, embedding_training_dataset,
+from ppazam_core.hear import (client_embedder, embedding_front_end, embedding_settings, embedding_training_dataset,
                                trained_embedder)
 from ppazam_core.recognition import Mode, Scores, log_softmax
 
@@ -50,7 +51,7 @@ TABLE = FamilyTable("head", HeadConfig)
 
 def settings(config: ExperimentConfig) -> dict:
     """The parts of ``config`` the trained head depends on."""
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+    return {"data": config.data.train_spec(), **embedding_settings(config),
             "head": config.table(TABLE.name), "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 

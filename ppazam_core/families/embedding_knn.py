@@ -23,7 +23,7 @@ from ppazam_core.families.store import FamilyModel, single_model_family, write_f
 from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
 from ppazam_core.parallel import progress_bar
-from ppazam_core.hear import client_embedder, embedder_fingerprint, embedding_front_end, trained_embedder
+from ppazam_core.hear import client_embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -49,7 +49,7 @@ TABLE = FamilyTable("knn", KnnConfig)
 
 
 def settings(config: ExperimentConfig) -> dict:
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+    return {"data": config.data.train_spec(), **embedding_settings(config),
             "knn": config.table(TABLE.name)}
 
 

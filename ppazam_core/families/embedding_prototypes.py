@@ -10,7 +10,8 @@ its row. Enrollment segments are ``segment_s`` clips at ``shots`` evenly spaced 
 track, clean (the track as it is). Scores are ``log_softmax(cos / temperature)`` with the
 embedding's contrastive temperature; the confidence is the best track's probability.
 
-Artifacts: ``embedding/`` (the contrastive model), ``prototypes.npz`` (``prototypes (T, d)``
+Artifacts: ``embedding/`` (the contrastive model; absent when a HEAR embedder brings its own
+weights), ``prototypes.npz`` (``prototypes (T, d)``
 float32, ``enroll_s (T,)``: seconds each track's enrollment took, ``segments (n, d)``: the
 enrollment segments' embeddings, whose range the layer's input quantizer covers), the head of
 :mod:`.linear_head` and ``model.json``.
@@ -42,7 +43,7 @@ from ppazam_core.manifest import write_manifest
 from ppazam_core.features import FrontEnd
 from ppazam_core.fhe import CircuitStats, compile_linear
 from ppazam_core.library import Library
-from ppazam_core.hear import HearEmbedder, embedder_fingerprint, embedding_front_end, trained_embedder
+from ppazam_core.hear import HearEmbedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
 
@@ -68,7 +69,7 @@ TABLE = FamilyTable("prototypes", PrototypeConfig)
 
 def settings(config: ExperimentConfig) -> dict:
     """What the model depends on: the embedding's training, the enrollment and the compilation."""
-    return {"data": config.data.train_spec(), "embedding": config.embedding, "embedder": embedder_fingerprint(config),
+    return {"data": config.data.train_spec(), **embedding_settings(config),
             "prototypes": config.table(TABLE.name), "p_error": config.fhe.p_error, "seed": config.fhe.seed}
 
 
