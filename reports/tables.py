@@ -114,7 +114,8 @@ def enrollment(results: pd.DataFrame) -> pd.DataFrame:
         episodes = group[group["metric"] == "episode_top1"]
         text += "".join(f", {int(w)}-way {v:.2f}" for w, v in zip(episodes["ways"], episodes["value"]))
         cells.setdefault(level, {})[label] = text
-    return pd.DataFrame(cells).reindex(row_order(rows)).fillna("-")
+    table = pd.DataFrame(cells).reindex(row_order(rows)).fillna("-")
+    return table[sorted(table.columns, key=_level_rank)]  # stable: custom levels keep their run order
 
 
 LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}".format),
