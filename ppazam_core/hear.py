@@ -25,12 +25,12 @@ import torch
 import torchaudio
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import Dataset, build_dataset
+from ppazam_core.dataset import Dataset
 from ppazam_core.embeddings import TRAINED_WEIGHTS, EmbeddingModel, load_model
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
-from ppazam_core.pipeline import contrastive_settings, noise_folder, train_embedding
+from ppazam_core.pipeline import contrastive_settings, train_embedding, training_dataset
 
 SOUNDS_PER_BATCH = 16  # segments handed to get_scene_embeddings at once
 HEAR_FUNCTIONS = ("load_model", "get_scene_embeddings")
@@ -158,5 +158,4 @@ def embedding_training_dataset(library: Library, config: ExperimentConfig, cache
                                workers: int | None = None) -> Dataset:
     """The training segments of ``config`` as patches of :func:`embedding_front_end` (the
     shared log-mel training set for ppazam's own embedder)."""
-    spec = replace(config.data.train_spec(), features=embedding_front_end(config))
-    return build_dataset(library, spec, cache_dir, noise_folder(library, config.data, cache_dir), workers)
+    return training_dataset(library, replace(config.data, features=embedding_front_end(config)), cache_dir, workers)
