@@ -330,9 +330,11 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_flag(args: argparse.Namespace) -> str:
-    """`` --config FILE`` when the user gave one: for the commands a hint tells them to run."""
-    return f" --config {args.config}" if args.config else ""
+def _setting_flags(args: argparse.Namespace) -> str:
+    """`` --config FILE`` and `` --cache-dir DIR`` when the user gave them: for the commands a
+    hint tells them to run."""
+    config = f" --config {args.config}" if args.config else ""
+    return config + (f" --cache-dir {args.cache_dir}" if getattr(args, "cache_dir", None) else "")
 
 
 def _trained_model(args: argparse.Namespace, mode: Mode) -> tuple[Recognizer, Library, ExperimentConfig]:
@@ -347,7 +349,7 @@ def _trained_model(args: argparse.Namespace, mode: Mode) -> tuple[Recognizer, Li
     config, library, cache_dir = _experiment(args)
     if not is_trained(args.family, library, config, cache_dir):
         raise ArtifactError(f"no {args.family} model trained for {library.name} with this config; run `ppazam "
-                            f"train --family {args.family} --library {args.library}{_config_flag(args)}` first")
+                            f"train --family {args.family} --library {args.library}{_setting_flags(args)}` first")
     model = train_family(args.family, library, config, cache_dir, args.workers, compiled=mode.needs_circuits)
     return model, library, config
 
