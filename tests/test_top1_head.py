@@ -146,6 +146,8 @@ def test_a_concrete_ml_circuit_keeps_concrete_mls_codec(tmp_path):
     client = ClassifierClient(tmp_path / "cml" / "client", tmp_path / "keys")
     server = ClassifierServer(tmp_path / "cml" / "server")
     logits = client.decrypt(server.run(client.encrypt(X_eval[:1]), server.read_keys(client.evaluation_keys())))
-    np.testing.assert_allclose(logits, model.decision_function(X_eval[:1], fhe="disable"), rtol=1e-5)
+    # Concrete's p_error lets the encrypted accumulator be off by one: one output step at most.
+    step = model.output_quantizers[0].scale
+    np.testing.assert_allclose(logits, model.decision_function(X_eval[:1], fhe="disable"), rtol=0, atol=1.01 * step)
     with pytest.raises(ArtifactError):
         t1.Top1Codec.load(tmp_path / "cml" / "client")  # a Concrete ML client holds no top-1 codec
