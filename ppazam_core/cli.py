@@ -358,6 +358,7 @@ def _identify(args: argparse.Namespace) -> int:
     mode = Mode(args.mode)
     if args.server and mode is not Mode.FHE:
         raise ConfigError.bad_value("--server", args.server, "only with --mode fhe")
+    clips = _clip_paths(args.clips)  # before a model is loaded or compiled
     if args.model is not None:
         model = _model_in(args.model, mode)
         config = model.config
@@ -372,7 +373,7 @@ def _identify(args: argparse.Namespace) -> int:
         transport = HttpTransport(args.server)
         model.channel.transport = transport
     try:
-        return _identify_clips(args, mode, model, titles, config)
+        return _identify_clips(args, clips, mode, model, titles, config)
     finally:
         if transport is not None:
             transport.close()
@@ -389,8 +390,19 @@ def _model_in(folder: Path, mode: Mode) -> Recognizer:
     return family.load(Path(folder))
 
 
-def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, titles: dict[str, str],
-                    config: ExperimentConfig) -> int:
+def _clip_paths(path: Path) -> list[Path]:
+    """The clip ``path`` names, or every audio file under it. A :class:`LibraryError` when it
+    does not exist or a folder holds no audio file."""
+    if not path.exists():
+        raise LibraryError(f"{path}: no such file or folder")
+    clips = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_path(p)) if path.is_dir() else [path]
+    if not clips:
+        raise LibraryError(f"no audio files under {path}")
+    return clips
+
+
+def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, model: Recognizer,
+                    titles: dict[str, str], config: ExperimentConfig) -> int:
     rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
     if rule is None:
         how = (f"`ppazam calibrate --model {args.model} --mode {rule_mode(mode)}` stores one" if args.model else
@@ -398,16 +410,10 @@ def _identify_clips(args: argparse.Namespace, mode: Mode, model: Recognizer, tit
         console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
                       f"tracks, even a song outside the library ({how})", style="dim", highlight=False, soft_wrap=True)
     else:
-        console.print(f"no match below confidence {rule.threshold:.4g} (target false-accept rate {rule.far:g}; "
+        console.print(f"no match at or below confidence {rule.threshold:.4g} (target false-accept rate {rule.far:g}; "
                       f"{rule.false_accepts:.2%} of {rule.n_distractors} distractor queries accepted, "
                       f"{rule.top1_at_false_accepts:.2%} of {rule.n_library} library queries accepted and right)",
                       style="dim", highlight=False, soft_wrap=True)
-    if args.clips.is_dir():
-        clips = sorted(p for p in args.clips.rglob("*") if p.is_file() and is_audio_path(p))
-    else:
-        clips = [args.clips]
-    if not clips:
-        raise LibraryError(f"no audio files under {args.clips}")
     failures = 0
     for clip in clips:
         try:
@@ -475,6 +481,10 @@ def _enroll(args: argparse.Namespace) -> int:
     enrolled = family.enroll(model, tracks, into, args.remove)
     timings = enrolled.manifest["timings"]
     per_track = f"{timings['last_enroll_s'] / len(tracks):.3f} s a track to enroll, " if len(tracks) else ""
+    for track in tracks:
+        console.print(f"  added {track.id} ({track.title})", highlight=False, soft_wrap=True)
+    for track_id in args.remove:
+        console.print(f"  removed {track_id}", highlight=False, soft_wrap=True)
     console.print(f"{len(tracks)} track(s) added, {len(args.remove)} removed: {len(enrolled.track_ids)} tracks in "
                   f"{into} [{time.perf_counter() - started:.1f} s: {per_track}{timings['last_compile_s']:.2f} s to "
                   f"recompile the encrypted layer]; identify with `ppazam identify --model {into} CLIP`",

@@ -100,7 +100,8 @@ class HearEmbedder:
         except Exception as e:  # any failure of a third-party loader: name the module and its weights
             raise ConfigError(f"embedding.embedder {module!r} could not load its model from "
                               f"{'its default weights' if weights is None else weights} ({type(e).__name__}: {e}); "
-                              "check embedding.embedder_weights") from None
+                              "check embedding.embedder_weights: empty for the module's own default weights, "
+                              "\"trained\" for the contrastive model ppazam trains on the library, or a path") from None
         missing = [a for a in HEAR_ATTRIBUTES if not hasattr(self.model, a)]
         if missing:
             raise ConfigError(f"the model of embedding.embedder {module!r} has no {', '.join(missing)} (HEAR API)")

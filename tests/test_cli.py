@@ -44,6 +44,9 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     bad.write_text("[data]\nepochs = 3\n")
     assert main(["prepare", "--config", str(bad), "--cache-dir", str(tmp_path)]) == 1
     assert "epochs" in capsys.readouterr().err
+    # a missing clip is named before any model is looked for (the cache here holds none)
+    assert main(["identify", str(tmp_path / "no-clip.wav"), "--cache-dir", str(tmp_path)]) == 1
+    assert "no-clip.wav: no such file or folder" in capsys.readouterr().err
 
 
 def test_prepare_builds_the_data_path_and_writes_a_report(tmp_path, capsys):
