@@ -1,6 +1,6 @@
 """The encrypted identifier served over HTTP: a real server on a loopback socket, the tiny
 compiled circuits of test_fhe (256 PBS each, exact rounding, p_error 1e-5: decrypted integers
-agree exactly), hostile requests, concurrent clients, and the CLI's export-server / serve /
+agree exactly with the simulation's but in about 1 query of 400), hostile requests, concurrent clients, and the CLI's export-server / serve /
 identify --server."""
 
 from __future__ import annotations
@@ -273,7 +273,8 @@ def test_transport_errors_carry_the_servers_message(identifier, queries, bundle)
 def test_concurrent_clients_each_with_their_own_keys(identifier, circuits, queries, server_url, tmp_path,  # noqa: F811
                                                       record_property):
     """8 clients (threads), each with its own session and freshly generated keys, 2 queries each
-    of the cluster circuit: no error, every result equal to the simulation's integers.
+    of the cluster circuit: no error, every result but at most one (p_error) equal to the
+    simulation's integers.
     Throughput and latency are recorded, not asserted. (Each client sees the cluster circuit
     only, so that it generates one key set, not three: key generation is the slow part here.)"""
     n_clients, rows = 8, np.arange(16) % len(queries)
@@ -312,13 +313,17 @@ def test_concurrent_clients_each_with_their_own_keys(identifier, circuits, queri
     wall = time.perf_counter() - started
     assert not errors, errors
     assert sorted(results) == list(range(n_clients))
-    latencies, server_s = [], []
+    latencies, server_s, differing = [], [], []
     for out in results.values():
         for row, logits, seconds, cost in out:
-            np.testing.assert_array_equal(logits, expected[row : row + 1])
+            if not np.array_equal(logits, expected[row : row + 1]):
+                differing.append((row, logits, expected[row : row + 1]))
             assert cost.server_s > 0 and cost.transport_s >= 0
             latencies.append(seconds)
             server_s.append(cost.server_s)
+    # p_error 1e-5 a PBS, 256 PBS a query: about 1 query in 400 (encrypted or simulated) has a
+    # table lookup off by one; keys or sessions crossed between clients would garble every query
+    assert len(differing) <= 1, differing
     n = len(latencies)
     figures = {"clients": n_clients, "queries": n, "wall_s": round(wall, 2), "throughput_qps": round(n / wall, 3),
                "latency_p50_s": round(float(np.percentile(latencies, 50)), 2),
