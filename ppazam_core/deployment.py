@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -101,7 +102,12 @@ class ClassifierServer:
     both are a concrete-python ``server.zip``); it keeps no keys (see :class:`LocalTransport`
     and :mod:`ppazam_core.serving` for the sessions that do). An :class:`ArtifactError` when
     ``server.zip`` or ``key-layout.json`` is missing, a
-    :class:`~ppazam_core.errors.DamagedArtifactError` when one cannot be read."""
+    :class:`~ppazam_core.errors.DamagedArtifactError` when one cannot be read.
+
+    Runs are serialized by :attr:`run_lock` (re-entrant), whoever calls: Concrete's server object
+    is not documented as thread-safe, and one loaded circuit may serve several apps and
+    transports in one process. A caller may take the lock first to wait for the circuit before
+    it takes anything else."""
 
     def __init__(self, server_dir: Path) -> None:
         server_dir = Path(server_dir)
@@ -111,6 +117,7 @@ class ClassifierServer:
         with reading(server_dir / "server.zip") as path:
             self._server = fhe.Server.load(path)
         self.key_layout = KeyLayout.load(server_dir)
+        self.run_lock = threading.RLock()
 
     def read_keys(self, message: bytes) -> fhe.EvaluationKeys:
         """A client's framed evaluation keys for this circuit, deserialized; an :class:`FheError`
@@ -130,7 +137,8 @@ class ClassifierServer:
             raise FheError(f"no evaluation keys received for circuit {self.stats.circuit_id}; send them first")
         payload = unframe(message, QUERY, self.stats.circuit_id)
         try:
-            result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)
+            with self.run_lock:
+                result = self._server.run(fhe.Value.deserialize(payload), evaluation_keys=keys)
         except (RuntimeError, ValueError) as e:
             raise FheError(f"query for circuit {self.stats.circuit_id} cannot be evaluated: {e}") from e
         return frame(RESULT, self.stats.circuit_id, result.serialize())

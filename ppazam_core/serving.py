@@ -41,8 +41,9 @@ which the loop reads nothing; a body's idle limit allows for that (:data:`STALL_
 already spreads one run over the cores, and two runs side by side are each about 3.5 times
 slower than one alone on a 2-core machine (measured on the tiny 256-PBS circuits: 5.7 s alone,
 20 s each when two run together), so by default one run at a time (``max_parallel_runs``);
-runs of the same circuit are always serialized by a lock (Concrete's server object is not
-documented as thread-safe).
+runs of the same circuit are always serialized, by the circuit's own lock
+(:attr:`~ppazam_core.deployment.ClassifierServer.run_lock`, shared by every app serving the
+same bundle).
 
 :class:`HttpTransport` is the client side (a :class:`~ppazam_core.deployment.Transport`);
 :func:`serve_in_background` runs the server on a loopback socket in this process (tests, bench).
@@ -268,7 +269,6 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
                          f"{max_receiving_keys}")
     servers = {name: bundle.server(name) for name in bundle.names()}
     caps = {name: body_caps(server) for name, server in servers.items()}
-    locks = {name: threading.Lock() for name in servers}
     slots = threading.BoundedSemaphore(max_parallel_runs)
     queued = threading.BoundedSemaphore(max_queued)  # taken without waiting: full -> 503
     sessions = Sessions(max_sessions, session_ttl_s, max_key_bytes)
@@ -340,7 +340,7 @@ def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
 
         def evaluate(message: bytes) -> tuple[bytes, float, float]:
             arrived = time.perf_counter()
-            with locks[name], slots:
+            with server.run_lock, slots:
                 started = time.perf_counter()
                 result = server.run(message, keys)
                 return result, time.perf_counter() - started, started - arrived

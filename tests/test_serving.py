@@ -27,7 +27,7 @@ from ppazam_core.deployment import HEADER, KEYS, QUERY, EncryptedChannel, Server
 from ppazam_core.errors import DamagedArtifactError, FheError
 from ppazam_core.fhe import SimulatedClassifier
 from ppazam_core import serving
-from ppazam_core.serving import OCTET_STREAM, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
+from ppazam_core.serving import OCTET_STREAM, QUEUE_SECONDS, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
     serve_in_background
 from test_fhe import circuits, fhe_config, identifier, queries  # noqa: F401  (session fixtures, reused)
 
@@ -157,6 +157,28 @@ def test_hostile_requests_are_refused_and_the_server_keeps_serving(identifier, q
                                   identifier.channel.logits("cluster", patches(identifier, queries, [3])))
     assert http.delete(f"/sessions/{session}").status_code == 204
     refused("POST", run_path, 404, "unknown session", query)
+    http.close()
+
+
+def test_a_circuit_runs_one_query_at_a_time_whichever_app_serves_it(identifier, queries, server_url,  # noqa: F811
+                                                                     bundle):
+    """Apps and transports serving one loaded bundle share each circuit's run lock: while another
+    holder runs the circuit (here the test holds its lock), a query waits, then is answered."""
+    client = identifier.channel.client("cluster")
+    http = httpx.Client(base_url=server_url, timeout=120)
+    session = http.post("/sessions").json()["session"]
+    assert http.put(f"/sessions/{session}/keys/cluster", content=client.evaluation_keys(),
+                    headers=BINARY).status_code == 204
+    query = client.encrypt(patches(identifier, queries, [2]))
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(
+        http.post(f"/sessions/{session}/circuits/cluster", content=query, headers=BINARY)))
+    with bundle.server("cluster").run_lock:
+        worker.start()
+        worker.join(timeout=2.0)
+        assert worker.is_alive() and not answers
+    worker.join(timeout=120)
+    assert answers[0].status_code == 200 and float(answers[0].headers[QUEUE_SECONDS]) >= 2.0
     http.close()
 
 
