@@ -401,9 +401,8 @@ def _clip_paths(path: Path) -> list[Path]:
     return clips
 
 
-def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, model: Recognizer,
-                    titles: dict[str, str], config: ExperimentConfig) -> int:
-    rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
+def _announce_rule(args: argparse.Namespace, model: Recognizer, mode: Mode, rule: OpenSetRule | None) -> None:
+    """Say which open-set rule the answers follow (or that none is stored, and how to store one)."""
     if rule is None:
         how = (f"`ppazam calibrate --model {args.model} --mode {rule_mode(mode)}` stores one" if args.model else
                f"`ppazam calibrate --family {model.family} --mode {rule_mode(mode)}` stores one")
@@ -414,7 +413,14 @@ def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, mod
                       f"{rule.false_accepts:.2%} of {rule.n_distractors} distractor queries accepted, "
                       f"{rule.top1_at_false_accepts:.2%} of {rule.n_library} library queries accepted and right)",
                       style="dim", highlight=False, soft_wrap=True)
-    failures = 0
+
+
+def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, model: Recognizer,
+                    titles: dict[str, str], config: ExperimentConfig) -> int:
+    """Identify each clip and print its best tracks (or "no match"); a clip that cannot be read is
+    listed as skipped and the others go on. Exit status 1 when every clip was skipped."""
+    rule = OpenSetRule.load(rule_folder(model, mode), model.family, rule_mode(mode).value)
+    failures = answered = 0
     for clip in clips:
         try:
             audio = load_audio(clip, model.features.sample_rate)
@@ -431,9 +437,13 @@ def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, mod
             failures += 1
             console.print(f"{clip}: skipped ({e.reason})", highlight=False, soft_wrap=True)
             continue
+        if answered == 0:  # said once, before the first answer: not at all when no clip can be read
+            _announce_rule(args, model, mode, rule)
+        answered += 1
         search = "" if model.cluster_top_k is None else f", cluster top-{model.cluster_top_k}"
+        # scoring: everything after the front-end (a client-side embedder, the classifiers, encryption)
         console.print(f"[bold]{clip}[/] ({model.family}, {mode}{search}, {len(patches)} segment(s); "
-                      f"features {feature_s:.3f} s, classifiers {total_s:.2f} s; confidence {confidence:.4g})",
+                      f"front-end {feature_s:.3f} s, scoring {total_s:.2f} s; confidence {confidence:.4g})",
                       highlight=False, soft_wrap=True)
         if rule is not None and not rule.accepts(confidence):
             console.print(f"  no match (confidence {confidence:.4g} <= threshold {rule.threshold:.4g}; "
@@ -444,6 +454,9 @@ def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, mod
                               highlight=False, soft_wrap=True)
         if mode is Mode.FHE:
             _print_costs(model.channel.costs[costs_before:], model.channel.key_setups, remote=args.server)
+    if failures:
+        console.print(f"{failures} of {len(clips)} clip(s) skipped", style="bold red" if not answered else None,
+                      highlight=False)
     return 1 if failures == len(clips) else 0
 
 

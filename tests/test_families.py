@@ -223,6 +223,13 @@ def test_calibrate_stores_a_no_match_rule_that_identify_applies(family_models, t
     song = write_query_flac(tmp_path, tiny_library)
     beep = write_audio(tmp_path / "tone.wav", tone(440, 4.0, 16_000), 16_000)
     (model.folder / OPEN_SET_FILE).unlink(missing_ok=True)
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "corrupt.wav").write_bytes(b"RIFF then no audio at all")
+    (unreadable / "empty.flac").write_bytes(b"")
+    assert main(["identify", str(unreadable), *common]) == 1  # no answer at all: no word on answers either
+    out = capsys.readouterr().out
+    assert "2 of 2 clip(s) skipped" in out and "open-set threshold" not in out and not ranked_ids(out)
     assert main(["identify", str(beep), *common]) == 0
     out = capsys.readouterr().out
     assert "no open-set threshold stored for embedding-head in fp32" in out and len(ranked_ids(out)) == 3
