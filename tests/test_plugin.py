@@ -4,10 +4,12 @@
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from fixtures.plugin import RUN_KEY, BenchRun, pytest_collection_modifyitems, suite_points
 from ppazam_core.results import RunInfo
@@ -70,18 +72,26 @@ def test_an_out_folder_that_is_not_a_run_is_refused_before_anything_runs(tmp_pat
     assert "Traceback" not in done.stderr and (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_a_family_whose_one_encrypted_query_outlasts_its_budget_runs_one_in_all():
-    suite = load_suite("default")
+def test_a_familys_encrypted_queries_stop_where_its_budget_does():
+    suite = replace(load_suite("default"), fhe_budget_s=100.0)
     run = BenchRun(suite, "synthetic", RunInfo.start("default"), Path("out"), None,
                    SimpleNamespace(log=[], fingerprints=dict, fhe_transport="local"), None, Tolerance(), "pytest bench --benchmark")
-    leaky, oblivious = run.points[0], run.points[1]
+    fast, slow, oblivious = run.points[2], run.points[0], run.points[1]
     queries = SimpleNamespace(y=np.repeat(np.arange(4), 3), segments=1)
     levels = suite.fhe_conditions()
-    share = suite.fhe_budget_s / len(levels)
-    for level in levels:  # one query each at most its share: every condition runs
-        rows, budget = run.fhe_rows(leaky, queries, level)
-        assert len(rows) == 12 and budget == share
-        run.spent_on_fhe(leaky, 0.9 * suite.fhe_budget_s)
-    assert run.fhe_rows(oblivious, queries, levels[0]) is not None
-    run.spent_on_fhe(oblivious, 1.2 * suite.fhe_budget_s)  # its first query alone took more than the budget
+    assert len(levels) == 5
+    for done, level in enumerate(levels):  # cheap queries: every condition, sharing the budget left
+        rows, share = run.fhe_rows(fast, queries, level)
+        assert len(rows) == 12 and share == pytest.approx((100.0 - 1.2 * done) / (5 - done))
+        run.spent_on_fhe(fast, np.full(12, 0.1))
+    shares = []
+    for level in levels:  # 30 s a query: one query each while 30 s are left, then skips
+        planned = run.fhe_rows(slow, queries, level)
+        if planned is None:
+            break
+        shares.append(planned[1])
+        run.spent_on_fhe(slow, np.array([30.0]))
+    assert shares == [20.0, 70.0 / 4, 40.0 / 3] and run.fhe_spent(slow) == (90.0, 3)
+    assert run.fhe_rows(oblivious, queries, levels[0]) is not None  # the first always runs, whatever it costs
+    run.spent_on_fhe(oblivious, np.array([120.0]))
     assert all(run.fhe_rows(oblivious, queries, level) is None for level in levels[1:])
