@@ -4,6 +4,8 @@ level and the chance of an off table lookup, per query segment. After the truly 
 queries of a model, the calls the server actually saw are checked against the ledger: a design
 that claims to reveal nothing must have made the same calls, in the same order, for every query."""
 
+import pytest
+
 from ppazam_core.families import family_modes
 from ppazam_core.privacy import ledger
 from ppazam_core.recognition import Mode
@@ -28,6 +30,7 @@ def call_patterns(costs) -> list[tuple[str, ...]]:
     return [tuple(p) for p in patterns]
 
 
+@pytest.mark.point_summary  # after every encrypted query of the point, so the check sees them all
 def test_privacy_ledger(ppazam_run, ppazam_point, ppazam_model, ppazam_mode):
     mode = Mode(ppazam_mode)
     channel = ppazam_model.channel

@@ -29,10 +29,15 @@ def test_each_suite_point_runs_its_tests_together_in_suite_order():
     assert len(seen) > len(points)
     runs = [point for i, point in enumerate(seen) if i == 0 or seen[i - 1] != point]
     assert runs == points
-    # the encrypted breakdown summarises its point's encrypted calls: it closes the point
+    # the encrypted breakdown and the privacy ledger (which checks the calls the server saw)
+    # summarise their point's encrypted calls: they close the point
     lines = [line for line in done.stdout.splitlines() if "::" in line]
-    summaries = [i for i, line in enumerate(lines) if "test_encrypted_breakdown[" in line]
-    assert summaries and all(i + 1 == len(seen) or seen[i + 1] != seen[i] for i in summaries)
+    summary = ("test_encrypted_breakdown[", "test_privacy_ledger[")
+    for point in points:
+        mine = [line for line, p in zip(lines, seen) if p == point]
+        first = min(i for i, line in enumerate(mine) if line.split("::")[1].startswith(summary))
+        assert all(line.split("::")[1].startswith(summary) for line in mine[first:]), point
+        assert any(line.split("::")[1].startswith("test_accuracy[") for line in mine[:first]), point
 
 
 def test_run_json_names_the_command_and_only_the_points_left_after_deselection():
