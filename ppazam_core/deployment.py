@@ -156,6 +156,7 @@ class ServerBundle:
         self.folders = dict(sorted(folders.items()))
         self.description = description or {}
         self._servers: dict[str, ClassifierServer] = {}
+        self._loading = threading.Lock()  # one ClassifierServer (and run lock) per circuit, whoever asks first
 
     @classmethod
     def load(cls, folder: Path) -> "ServerBundle":
@@ -187,14 +188,17 @@ class ServerBundle:
         """The server side of classifier ``name``; an :class:`FheError` for a name not in the bundle."""
         if name not in self.folders:
             raise FheError(f"no circuit named {name!r} here; this server holds {', '.join(self.folders) or 'none'}")
-        if name not in self._servers:
-            server = ClassifierServer(self.folders[name])
-            expected = self.description.get("circuits", {}).get(name, server.stats.circuit_id)
-            if server.stats.circuit_id != expected:
-                raise damaged(self.folders[name] / CIRCUIT_FILE,
-                              f"circuit id {server.stats.circuit_id}, the bundle lists {expected}")
-            self._servers[name] = server
-        return self._servers[name]
+        with self._loading:
+            return self._servers[name] if name in self._servers else self._load(name)
+
+    def _load(self, name: str) -> ClassifierServer:
+        server = ClassifierServer(self.folders[name])
+        expected = self.description.get("circuits", {}).get(name, server.stats.circuit_id)
+        if server.stats.circuit_id != expected:
+            raise damaged(self.folders[name] / CIRCUIT_FILE,
+                          f"circuit id {server.stats.circuit_id}, the bundle lists {expected}")
+        self._servers[name] = server
+        return server
 
 
 def export_server(circuits: Path, dest: Path, description: dict) -> Path:

@@ -230,6 +230,11 @@ def test_calibrate_stores_a_no_match_rule_that_identify_applies(family_models, t
     assert main(["identify", str(unreadable), *common]) == 1  # no answer at all: no word on answers either
     out = capsys.readouterr().out
     assert "2 of 2 clip(s) skipped" in out and "open-set threshold" not in out and not ranked_ids(out)
+    write_audio(unreadable / "tone.wav", tone(440, 4.0, 16_000), 16_000)  # one readable clip among them
+    assert main(["identify", str(unreadable), *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count("no open-set threshold stored") == 1 and "2 of 3 clip(s) skipped" in out
+    assert out.index("no open-set threshold stored") < out.index("tone.wav (") and len(ranked_ids(out)) == 3
     assert main(["identify", str(beep), *common]) == 0
     out = capsys.readouterr().out
     assert "no open-set threshold stored for embedding-head in fp32" in out and len(ranked_ids(out)) == 3

@@ -97,6 +97,11 @@ def test_a_familys_encrypted_queries_stop_where_its_budget_does():
         shares.append(planned[1])
         run.spent_on_fhe(slow, np.array([30.0]))
     assert shares == [20.0, 70.0 / 4, 40.0 / 3] and run.fhe_spent(slow) == (90.0, 3)
+    steady = run.points[3]  # 4 queries of 5.25 s a condition: the fifth condition has 16 s left, more than
+    for level in levels:    # one query at the mean (5.25 s), less than one condition's worth (21 s)
+        assert run.fhe_rows(steady, queries, level) is not None
+        run.spent_on_fhe(steady, np.full(4, 5.25))
+    assert run.fhe_spent(steady) == (105.0, 20)
     assert run.fhe_rows(oblivious, queries, levels[0]) is not None  # the first always runs, whatever it costs
     run.spent_on_fhe(oblivious, np.array([120.0]))
     assert all(run.fhe_rows(oblivious, queries, level) is None for level in levels[1:])
