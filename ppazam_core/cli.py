@@ -119,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     _experiment_options(identify)
     _family_option(identify)
     identify.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.FP32.value,
-                          help="fp32 (default), quant, fhe-sim (Concrete's simulation of the encrypted circuits) "
-                               "or fhe (truly encrypted, with the cost of each stage)")
+                          help="fp32 (default), quant, fhe-disable (Concrete ML's clear execution of the compiled "
+                               "circuits), fhe-sim (Concrete's simulation of the encrypted circuits) or fhe (truly "
+                               "encrypted, with the cost of each stage)")
     identify.add_argument("--model", type=Path, help="a model folder (e.g. written by `ppazam enroll --into`) "
                                                      "instead of the trained model of --library and --config")
     identify.add_argument("--server", metavar="URL",
@@ -406,7 +407,8 @@ def _announce_rule(args: argparse.Namespace, model: Recognizer, mode: Mode, rule
     if rule is None:
         how = (f"`ppazam calibrate --model {args.model} --mode {rule_mode(mode)}` stores one" if args.model else
                f"`ppazam calibrate --family {model.family} --mode {rule_mode(mode)}` stores one")
-        console.print(f"no open-set threshold stored for {model.family} in {rule_mode(mode)}: every clip gets its best "
+        whose = f"{rule_mode(mode)}, whose rule {mode} answers by" if rule_mode(mode) is not mode else str(mode)
+        console.print(f"no open-set threshold stored for {model.family} in {whose}: every clip gets its best "
                       f"tracks, even a song outside the library ({how})", style="dim", highlight=False, soft_wrap=True)
     else:
         console.print(f"no match at or below confidence {rule.threshold:.4g} (target false-accept rate {rule.far:g}; "

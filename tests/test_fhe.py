@@ -377,7 +377,9 @@ def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_con
     clip = write_audio(tmp_path / "clip.wav", audio, 16_000)
     common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
     assert main(["identify", str(clip), "--mode", "fhe", *common]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "stored for two-stage-cnn in fhe-sim, whose rule fhe answers by" in out  # no fhe rule of its own
     ranked = [line.split() for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
     # a clean clip of track 1; one cluster searched (cluster_top_k 1), so only its two tracks are
     # ranked: the other cluster's tracks were never scored

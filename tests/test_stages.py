@@ -2,7 +2,10 @@
 
 import numpy as np
 
+from fixtures import stages as stages_module
+from fixtures.prediction_store import STORED_MODES, prediction_folder
 from fixtures.stages import Stages
+from ppazam_core.recognition import Mode
 from suites import load_suite
 
 
@@ -16,3 +19,39 @@ def test_query_tracks_queries_the_same_seeded_choice_of_tracks(tiny_library, ses
     assert capped[0].track_ids == every.track_ids == tuple(t.id for t in tiny_library)
     np.testing.assert_array_equal(capped[0].y, capped[1].y)
     np.testing.assert_array_equal(np.asarray(capped[0].X), np.asarray(every.X[np.isin(every.y, queried)]))
+
+
+def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_the_store(trained, clean_queries,
+                                                                                          tmp_path, monkeypatch, caplog):
+    made = []
+    real = stages_module.predict
+    monkeypatch.setattr(stages_module, "predict", lambda model, queries, mode, *a: made.append(mode) or
+                        real(model, queries, mode, *a))
+    first = Stages("synthetic", tmp_path, workers=1)
+    rankings = {mode: first.predict(trained, clean_queries, mode) for mode in (Mode.FP32, Mode.QUANT)}
+    outside = first.predict(trained, clean_queries, Mode.FP32, in_library=False)  # as for distractors: no truth
+    assert (first.predictions_made, first.predictions_read, len(made)) == (3, 0, 3)
+
+    later = Stages("synthetic", tmp_path, workers=1)
+    for mode, ranked in rankings.items():
+        read = later.predict(trained, clean_queries, mode)
+        for name in ("rows", "truth", "ranking", "confidence", "cluster_truth", "cluster_predicted", "seconds"):
+            np.testing.assert_array_equal(getattr(read, name), getattr(ranked, name))
+    read = later.predict(trained, clean_queries, Mode.FP32, in_library=False)
+    assert read.cluster_truth is None and outside.cluster_truth is None
+    np.testing.assert_array_equal(read.cluster_predicted, outside.cluster_predicted)
+    assert (later.predictions_made, later.predictions_read, len(made)) == (0, 3, 3)
+
+    later.predict(trained, clean_queries, Mode.FP32, np.array([0, 1]))  # other rows: other predictions
+    assert (later.predictions_made, len(made)) == (1, 4)
+    refreshing = Stages("synthetic", tmp_path, workers=1, refresh=True)
+    refreshing.predict(trained, clean_queries, Mode.FP32)
+    assert (refreshing.predictions_made, refreshing.predictions_read, len(made)) == (1, 0, 5)
+
+    folder = prediction_folder(tmp_path, trained, clean_queries, Mode.FP32, None, True)
+    (folder / "predictions.npz").write_bytes(b"not a numpy archive")
+    damaged = Stages("synthetic", tmp_path, workers=1)
+    again = damaged.predict(trained, clean_queries, Mode.FP32)
+    np.testing.assert_array_equal(again.ranking, rankings[Mode.FP32].ranking)
+    assert damaged.predictions_made == 1 and "predictions.npz is damaged" in caplog.text
+    assert Mode.FHE not in STORED_MODES  # truly encrypted queries are measured in every run
