@@ -1,5 +1,7 @@
 """The bench's stage builder on the tiny library (the quick suite's library)."""
 
+import shutil
+
 import numpy as np
 
 from fixtures import stages as stages_module
@@ -54,4 +56,8 @@ def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_t
     again = damaged.predict(trained, clean_queries, Mode.FP32)
     np.testing.assert_array_equal(again.ranking, rankings[Mode.FP32].ranking)
     assert damaged.predictions_made == 1 and "predictions.npz is damaged" in caplog.text
+    subset = prediction_folder(tmp_path, trained, clean_queries, Mode.FP32, np.array([0, 1]), True)
+    shutil.copy(folder / "predictions.npz", subset / "predictions.npz")  # readable, but another query set
+    damaged.predict(trained, clean_queries, Mode.FP32, np.array([0, 1]))
+    assert damaged.predictions_made == 2 and "not the 2 asked for" in caplog.text
     assert Mode.FHE not in STORED_MODES  # truly encrypted queries are measured in every run
