@@ -1,5 +1,6 @@
 """The bench's stage builder on the tiny library (the quick suite's library)."""
 
+import json
 import shutil
 
 import numpy as np
@@ -24,7 +25,7 @@ def test_query_tracks_queries_the_same_seeded_choice_of_tracks(tiny_library, ses
 
 
 def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_the_store(trained, clean_queries,
-                                                                                          tmp_path, monkeypatch, caplog):
+                                                                                          tmp_path, monkeypatch):
     made = []
     real = stages_module.predict
     monkeypatch.setattr(stages_module, "predict", lambda model, queries, mode, *a: made.append(mode) or
@@ -51,13 +52,16 @@ def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_t
     assert (refreshing.predictions_made, refreshing.predictions_read, len(made)) == (1, 0, 5)
 
     folder = prediction_folder(tmp_path, trained, clean_queries, Mode.FP32, None, True)
+    about = json.loads((folder / "about.json").read_text())  # what the folder ranks, for whoever looks
+    assert (about["family"], about["mode"], about["queries"]) == (trained.family, "fp32", clean_queries.folder.name)
     (folder / "predictions.npz").write_bytes(b"not a numpy archive")
     damaged = Stages("synthetic", tmp_path, workers=1)
     again = damaged.predict(trained, clean_queries, Mode.FP32)
     np.testing.assert_array_equal(again.ranking, rankings[Mode.FP32].ranking)
-    assert damaged.predictions_made == 1 and "predictions.npz is damaged" in caplog.text
+    assert damaged.predictions_made == 1
+    assert [(e.action, e.detail.split(": ")[0]) for e in damaged.log] == [("damaged", str(folder / "predictions.npz"))]
     subset = prediction_folder(tmp_path, trained, clean_queries, Mode.FP32, np.array([0, 1]), True)
     shutil.copy(folder / "predictions.npz", subset / "predictions.npz")  # readable, but another query set
     damaged.predict(trained, clean_queries, Mode.FP32, np.array([0, 1]))
-    assert damaged.predictions_made == 2 and "not the 2 asked for" in caplog.text
+    assert damaged.predictions_made == 2 and "not the 2 asked for" in damaged.log[-1].detail
     assert Mode.FHE not in STORED_MODES  # truly encrypted queries are measured in every run
