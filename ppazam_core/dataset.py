@@ -6,7 +6,8 @@ the track, the augmentation seed and the recording gain are all derived from tha
 query can be rebuilt on its own. A query longer than a segment is augmented whole, then cut
 into segments (:func:`~ppazam_core.conditions.segment_starts`), one row each, consecutive.
 Tracks are processed on a worker pool and streamed into a memory-mapped array, so
-memory does not grow with the library. The folder is written atomically
+memory does not grow with the library; datasets of the same clips through several front-ends
+are built in one pass (:func:`build_datasets`). The folder is written atomically
 (:func:`ppazam_core.store.atomic_folder`); a stored dataset found damaged is built again.
 """
 
@@ -16,7 +17,8 @@ import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -128,53 +130,88 @@ def build_dataset(
     ``library``) draws clips from those tracks only; labels and ``track_ids`` stay the whole
     library's, and each clip is the one the whole-library dataset holds for its track. A stored
     dataset with a damaged file is built again, with a warning."""
+    return build_datasets(library, [spec], cache_dir, noise_dir, workers, tracks)[0]
+
+
+def build_datasets(
+    library: Library,
+    specs: Sequence[DatasetSpec],
+    cache_dir: Path,
+    noise_dir: Path | None = None,
+    workers: int | None = None,
+    tracks: Sequence[int] | None = None,
+) -> list[Dataset]:
+    """:func:`build_dataset` for specs that differ in their front-end only (the same clips seen
+    by several families): the clips of those not in the store are cut and augmented once and
+    each front-end is applied to them, which gives the datasets :func:`build_dataset` would
+    build one at a time. Returned in the order of ``specs``; a :class:`ValueError` for specs
+    that differ in anything but ``features``, or in its sample rate (the clips' own)."""
+    if len({replace(s, features=None) for s in specs}) > 1 or len({s.features.sample_rate for s in specs}) > 1:
+        raise ValueError("datasets built together must differ in their front-end only, at one sample rate")
     chosen = None if tracks is None else tuple(sorted(set(int(t) for t in tracks)))
     if chosen is not None and (not chosen or chosen[0] < 0 or chosen[-1] >= len(library)):
         raise ConfigError.bad_value("dataset tracks", tracks, f"positions 0 to {len(library) - 1}, at least one")
-    folder = cache_dir / "datasets" / dataset_key(library, spec, noise_dir, chosen)
-    if is_complete(folder):
-        try:
-            return load_dataset(folder)
-        except DamagedArtifactError as e:
-            logger.warning("%s is damaged (%s); building dataset %s again", e.path, e.reason, folder.name)
+    folders = [cache_dir / "datasets" / dataset_key(library, spec, noise_dir, chosen) for spec in specs]
+    found: dict[Path, Dataset] = {}
+    for folder in dict.fromkeys(folders):
+        if is_complete(folder):
+            try:
+                found[folder] = load_dataset(folder)
+            except DamagedArtifactError as e:
+                logger.warning("%s is damaged (%s); building dataset %s again", e.path, e.reason, folder.name)
+    missing = {folder: spec for folder, spec in zip(folders, specs) if folder not in found}
+    if missing:
+        _build(library, missing, noise_dir, default_workers() if workers is None else workers, chosen, cache_dir)
+        found.update((folder, load_dataset(folder)) for folder in missing)
+    return [found[folder] for folder in folders]
+
+
+def _build(library: Library, specs: dict[Path, DatasetSpec], noise_dir: Path | None, workers: int,
+           chosen: tuple[int, ...] | None, cache_dir: Path) -> None:
+    """Write the dataset of each ``folder: spec`` (specs differing in their front-end only)."""
     if len(library) == 0:
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
-    workers = default_workers() if workers is None else workers
+    spec = next(iter(specs.values()))
     rooms = room_bank(cache_dir, rooms_spec(spec)) if spec.policy.needs_rooms else None
     n_per = spec.augmentations_per_track
     labels = range(len(library)) if chosen is None else chosen
+    per_track = n_per * spec.segments
     started = time.perf_counter()
-    with atomic_folder(folder) as tmp:
-        per_track = n_per * spec.segments
-        X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
-                                      shape=(len(labels) * per_track, *spec.features.shape))
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_folder(folder)) for folder in specs]
+        Xs = [np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
+                                        shape=(len(labels) * per_track, *s.features.shape))
+              for tmp, s in zip(tmps, specs.values())]
         rows: list[dict] = []
-        jobs = [(library.tracks[label], spec, None if noise_dir is None else str(noise_dir),
+        jobs = [(library.tracks[label], tuple(specs.values()), None if noise_dir is None else str(noise_dir),
                  None if rooms is None else str(rooms)) for label in labels]
         described = f"dataset {spec.policy.name} x{n_per} ({spec.split})"
         for slot, (label, (patches, track_rows)) in enumerate(zip(labels, parallel_map(_track_rows, jobs, workers,
                                                                                           described))):
-            X[slot * per_track : (slot + 1) * per_track] = patches
+            for X, front_end_patches in zip(Xs, patches):
+                X[slot * per_track : (slot + 1) * per_track] = front_end_patches
             rows.extend({**row, "label": label} for row in track_rows)
-        X.flush()
         meta = pd.DataFrame(rows)
-        np.save(tmp / "y.npy", meta["label"].to_numpy(np.int64))
-        meta.to_csv(tmp / "meta.csv", index=False)
-        Normalizer.fit(X).save(tmp / "normalizer.npz")
-        del X
-        info = {
-            "library": library.name,
-            "library_fingerprint": library.fingerprint(),
-            "noise_dir": None if noise_dir is None else str(noise_dir),
-            "spec": json.loads(canonical_json(spec)),
-            "track_ids": [t.id for t in library],
-            "tracks_drawn_from": len(labels),
-            "segments_per_query": spec.segments,
-            "n_rows": len(meta),
-            "build_seconds": round(time.perf_counter() - started, 3),
-        }
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
-    return load_dataset(folder)
+        seconds = round(time.perf_counter() - started, 3)
+        for tmp, X, s in zip(tmps, Xs, specs.values()):
+            X.flush()
+            np.save(tmp / "y.npy", meta["label"].to_numpy(np.int64))
+            meta.to_csv(tmp / "meta.csv", index=False)
+            Normalizer.fit(X).save(tmp / "normalizer.npz")
+            info = {
+                "library": library.name,
+                "library_fingerprint": library.fingerprint(),
+                "noise_dir": None if noise_dir is None else str(noise_dir),
+                "spec": json.loads(canonical_json(s)),
+                "track_ids": [t.id for t in library],
+                "tracks_drawn_from": len(labels),
+                "segments_per_query": s.segments,
+                "n_rows": len(meta),
+                "build_seconds": seconds,
+                "built_with_front_ends": len(specs),
+            }
+            (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+        del X, Xs
 
 
 def load_dataset(folder: Path) -> Dataset:
@@ -216,16 +253,19 @@ def rooms_spec(spec: DatasetSpec) -> RoomBankSpec:
     return RoomBankSpec(sample_rate=spec.features.sample_rate)
 
 
-def _track_rows(job: tuple[Track, DatasetSpec, str | None, str | None]) -> tuple[np.ndarray, list[dict]]:
-    """Every clip of one track. Runs on one thread in workers and inline alike, since
-    reduction order changes with the thread count and rows must not depend on ``workers``."""
+def _track_rows(job: tuple[Track, tuple[DatasetSpec, ...], str | None, str | None]
+                ) -> tuple[list[np.ndarray], list[dict]]:
+    """Every clip of one track through each spec's front-end (the specs differ in it only).
+    Runs on one thread in workers and inline alike, since reduction order changes with the
+    thread count and rows must not depend on ``workers``."""
     with fixed_threads(1):
         return _track_rows_single_threaded(*job)
 
 
-def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str | None,
-                                rooms_dir: str | None) -> tuple[np.ndarray, list[dict]]:
-    augmenter, front_end = _tools(spec, noise_dir, rooms_dir)
+def _track_rows_single_threaded(track: Track, specs: tuple[DatasetSpec, ...], noise_dir: str | None,
+                                rooms_dir: str | None) -> tuple[list[np.ndarray], list[dict]]:
+    spec = specs[0]
+    augmenter = _augmenter(spec.policy, spec.features.sample_rate, noise_dir, rooms_dir)
     rate = spec.features.sample_rate
     audio = load_audio(track.source, rate)
     n_samples = int(round(spec.clip_s * rate))
@@ -240,15 +280,21 @@ def _track_rows_single_threaded(track: Track, spec: DatasetSpec, noise_dir: str 
         rows.extend({"track_id": track.id, "augmentation": index, "segment": number,
                      "offset_s": round(offset + start, 4), "seed": seed, "gain_db": round(gain, 3),
                      "policy": spec.policy.name, "split": spec.split} for number, start in enumerate(starts))
-    return front_end(np.stack(clips)), rows
+    batch = np.stack(clips)
+    return [_front_end(s.features)(batch) for s in specs], rows
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(spec: DatasetSpec, noise_dir: str | None, rooms_dir: str | None) -> tuple[Augmenter, FrontEnd]:
-    """Per-process augmenter and front-end (a worker builds them once)."""
-    augmenter = Augmenter(spec.policy, spec.features.sample_rate, None if noise_dir is None else Path(noise_dir),
-                          None if rooms_dir is None else Path(rooms_dir))
-    return augmenter, FrontEnd(spec.features)
+def _augmenter(policy: AugmentationPolicy, sample_rate: int, noise_dir: str | None, rooms_dir: str | None) -> Augmenter:
+    """Per-process augmenter (a worker builds it once)."""
+    return Augmenter(policy, sample_rate, None if noise_dir is None else Path(noise_dir),
+                     None if rooms_dir is None else Path(rooms_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _front_end(config: FrontEndConfig) -> FrontEnd:
+    """Per-process front-end (a worker builds it once)."""
+    return FrontEnd(config)
 
 
 def _noise_fingerprint(spec: DatasetSpec, noise_dir: Path | None) -> list | None:

@@ -8,7 +8,7 @@ from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import Augmenter, builtin_policy
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.conditions import apply_gain
-from ppazam_core.dataset import DatasetSpec, build_dataset, clip_gain, clip_offset, dataset_key
+from ppazam_core.dataset import DatasetSpec, build_dataset, build_datasets, clip_gain, clip_offset, dataset_key
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig
 from ppazam_core.noise import synthetic_noise_bank
@@ -90,6 +90,26 @@ def test_worker_pool_gives_identical_rows(tiny_library, tmp_path, noise_dir):
     pooled = build_dataset(tiny_library, _spec(), tmp_path / "b", noise_dir, workers=2)
     np.testing.assert_array_equal(np.asarray(serial.X), np.asarray(pooled.X))
     assert serial.meta.equals(pooled.meta)
+
+
+def test_front_ends_built_together_see_the_clips_each_would_see_alone(tiny_library, tmp_path, noise_dir, monkeypatch):
+    mfcc = replace(_spec(), features=FrontEndConfig(kind="mfcc", patch_width=120, hop_length=400))
+    alone = [build_dataset(tiny_library, spec, tmp_path / "alone", noise_dir, workers=1) for spec in (_spec(), mfcc)]
+    augmented = []
+    original = dataset_module._track_rows
+    monkeypatch.setattr(dataset_module, "_track_rows", lambda job: augmented.append(job) or original(job))
+    together = build_datasets(tiny_library, [_spec(), mfcc, _spec()], tmp_path / "together", noise_dir, workers=1)
+    assert len(augmented) == len(tiny_library)  # each track's clips cut and augmented once for both front-ends
+    assert together[0] is together[2]
+    for one, other in zip(alone, together):
+        assert one.folder.name == other.folder.name
+        np.testing.assert_array_equal(np.asarray(one.X), np.asarray(other.X))
+        assert one.meta.equals(other.meta)
+    with pytest.raises(ValueError, match="front-end only"):
+        build_datasets(tiny_library, [_spec(), replace(_spec(), seed=1)], tmp_path, noise_dir, workers=1)
+    with pytest.raises(ValueError, match="one sample rate"):
+        build_datasets(tiny_library, [_spec(), replace(_spec(), features=FrontEndConfig(sample_rate=8000, f_max=4000))], tmp_path,
+                       noise_dir, workers=1)
 
 
 def test_interrupted_build_leaves_nothing_trusted(tiny_library, cache_dir, noise_dir, monkeypatch):
