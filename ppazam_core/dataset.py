@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import logging
 import time
 from contextlib import ExitStack
@@ -29,7 +30,7 @@ from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.audio import crop_or_pad, load_audio
 from ppazam_core.augment import AugmentationPolicy, Augmenter
 from ppazam_core.conditions import apply_gain, check_gain_range, query_segments, segment_starts
-from ppazam_core.errors import ConfigError, DamagedArtifactError, LibraryError
+from ppazam_core.errors import ConfigError, DamagedArtifactError, LibraryError, is_number
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.library import Library, Track
 from ppazam_core.parallel import default_workers, parallel_map
@@ -46,7 +47,9 @@ class DatasetSpec:
     """What a dataset is made of (the library and noise folder are given separately). Each
     query clip lasts ``query_s`` (default: one segment of ``segment_s``) and is heard at a gain
     drawn uniformly from ``gain_db`` (dB; ``(g, g)`` fixes it) after the policy's transforms,
-    hard-clipped to full scale."""
+    hard-clipped to full scale. A track gets ``augmentations_per_track`` clips, or more when it
+    is long: ``clips_per_minute`` of its duration (0: the count alone), so clips cover a 3-minute
+    song as densely as a 30-s one (:meth:`clips_for`)."""
 
     policy: AugmentationPolicy
     augmentations_per_track: int = 50
@@ -56,6 +59,7 @@ class DatasetSpec:
     split: str = Split.TRAIN.value
     gain_db: tuple[float, float] = (0.0, 0.0)
     query_s: float | None = None
+    clips_per_minute: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gain_db", check_gain_range("gain_db", tuple(self.gain_db)))
@@ -63,10 +67,17 @@ class DatasetSpec:
             raise ConfigError.bad_value("query_s", self.query_s, "a number of seconds > 0")
         if self.augmentations_per_track < 1:
             raise ConfigError.bad_value("augmentations_per_track", self.augmentations_per_track, "an integer >= 1")
+        if not is_number(self.clips_per_minute) or not self.clips_per_minute >= 0:
+            raise ConfigError.bad_value("clips_per_minute", self.clips_per_minute, "a number >= 0")
         if not self.segment_s > 0:
             raise ConfigError.bad_value("segment_s", self.segment_s, "a number > 0")
         if self.split not in {s.value for s in Split}:
             raise ConfigError.bad_value("split", self.split, [s.value for s in Split])
+
+    def clips_for(self, duration_s: float) -> int:
+        """Clips drawn from a track of ``duration_s`` seconds: ``augmentations_per_track``, or
+        ``ceil(clips_per_minute * duration_s / 60)`` when that is more."""
+        return max(self.augmentations_per_track, math.ceil(self.clips_per_minute * duration_s / 60.0 - 1e-9))
 
     @property
     def clip_s(self) -> float:
@@ -173,23 +184,22 @@ def _build(library: Library, specs: dict[Path, DatasetSpec], noise_dir: Path | N
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
     spec = next(iter(specs.values()))
     rooms = room_bank(cache_dir, rooms_spec(spec)) if spec.policy.needs_rooms else None
-    n_per = spec.augmentations_per_track
     labels = range(len(library)) if chosen is None else chosen
-    per_track = n_per * spec.segments
+    ends = np.cumsum([spec.clips_for(library.tracks[label].duration_s) * spec.segments for label in labels])
     started = time.perf_counter()
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_folder(folder)) for folder in specs]
         Xs = [np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
-                                        shape=(len(labels) * per_track, *s.features.shape))
+                                        shape=(int(ends[-1]), *s.features.shape))
               for tmp, s in zip(tmps, specs.values())]
         rows: list[dict] = []
         jobs = [(library.tracks[label], tuple(specs.values()), None if noise_dir is None else str(noise_dir),
                  None if rooms is None else str(rooms)) for label in labels]
-        described = f"dataset {spec.policy.name} x{n_per} ({spec.split})"
+        described = f"dataset {spec.policy.name}: {int(ends[-1]) // spec.segments} clips ({spec.split})"
         for slot, (label, (patches, track_rows)) in enumerate(zip(labels, parallel_map(_track_rows, jobs, workers,
                                                                                           described))):
             for X, front_end_patches in zip(Xs, patches):
-                X[slot * per_track : (slot + 1) * per_track] = front_end_patches
+                X[ends[slot] - len(front_end_patches) : ends[slot]] = front_end_patches
             rows.extend({**row, "label": label} for row in track_rows)
         meta = pd.DataFrame(rows)
         seconds = round(time.perf_counter() - started, 3)
@@ -271,7 +281,7 @@ def _track_rows_single_threaded(track: Track, specs: tuple[DatasetSpec, ...], no
     n_samples = int(round(spec.clip_s * rate))
     starts = segment_starts(spec.clip_s, spec.segment_s)
     clips, rows = [], []
-    for index in range(spec.augmentations_per_track):
+    for index in range(spec.clips_for(track.duration_s)):
         offset = clip_offset(track, spec, index, audio.shape[0] / rate)
         seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
         gain = clip_gain(track, spec, index)

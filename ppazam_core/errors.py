@@ -33,6 +33,16 @@ class ConfigError(PpazamError):
         return cls(f"{key} = {value!r} is not allowed; allowed: {allowed_text}")
 
 
+def is_integer(value: object) -> bool:
+    """An ``int`` and not a ``bool`` (TOML's ``true`` is no count): for config checks."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An ``int`` or ``float`` and not a ``bool``: for config checks."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class DebianError(PpazamError):
     """Building the Debian music library failed (missing tools, packages or files)."""
 

@@ -153,6 +153,18 @@ def test_bad_dataset_spec_values():
         _spec(augmentations_per_track=0)
     with pytest.raises(ConfigError, match="split"):
         _spec(split="test")
+    with pytest.raises(ConfigError, match="clips_per_minute"):
+        _spec(clips_per_minute="dense")
+
+
+def test_a_long_track_gets_clips_in_proportion_to_its_length(tiny_library, tmp_path, noise_dir):
+    fixed = build_dataset(tiny_library, _spec(), tmp_path, noise_dir, workers=1)
+    dense = build_dataset(tiny_library, _spec(clips_per_minute=60.0), tmp_path, noise_dir, workers=1)
+    assert _spec(clips_per_minute=60.0).clips_for(8.0) == 8 and _spec(clips_per_minute=15.0).clips_for(8.0) == 4
+    assert dense.X.shape[0] == 6 * 8 and np.bincount(dense.y).tolist() == [8] * 6
+    first = dense.meta["augmentation"].to_numpy() < 4  # a track's first clips are the fixed-count dataset's
+    np.testing.assert_array_equal(np.asarray(dense.X)[first], np.asarray(fixed.X))
+    assert dense.meta[first].drop(columns="label").reset_index(drop=True).equals(fixed.meta.drop(columns="label"))
 
 
 def test_data_config_from_toml(tmp_path):
@@ -172,7 +184,10 @@ def test_data_config_from_toml(tmp_path):
 @pytest.mark.parametrize(
     "toml, message",
     [("[data]\nepochs = 3\n", "epochs"), ("[trainer]\n", "trainer"), ('[data]\neval_levels = ["loud"]\n', "loud"),
-     ("[data]\neval_seed = 0\n", "eval_seed"), ("[synthetic]\ntracks = 3\n", "tracks"), ("[data\n", "not valid TOML")],
+     ("[data]\neval_seed = 0\n", "eval_seed"), ("[synthetic]\ntracks = 3\n", "tracks"), ("[data\n", "not valid TOML"),
+     ('[data]\ntrain_augmentations = "many"\n', "train_augmentations"), ("[data]\ntrain_clips_per_minute = -1\n",
+                                                                        "train_clips_per_minute"),
+     ("[data]\neval_queries = true\n", "eval_queries")],
 )
 def test_bad_data_config_names_the_key(tmp_path, toml, message):
     path = tmp_path / "c.toml"
