@@ -751,6 +751,8 @@ def _print_prepare(library: Library, report: dict, out: Path) -> None:
     console.print(f"[bold]library[/] {library.name}: {summary['n_tracks']} tracks, "
                   f"{_duration(summary['total_duration_s'])}, {len(summary['skipped'])} skipped, "
                   f"{len(summary['silent_tracks'])} silent ({timings})", highlight=False, soft_wrap=True)
+    for skipped in summary["skipped"]:
+        console.print(f"  skipped {skipped['path']}: {skipped['reason']}", highlight=False, soft_wrap=True)
     table = Table(title="datasets")
     for column in ("split", "policy", "rows", "patch", "size", "time (s)"):
         table.add_column(column)

@@ -20,6 +20,7 @@ A file may hold any of these tables; every key is optional and unknown keys are 
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -74,7 +75,7 @@ class DataConfig:
             object.__setattr__(self, key, check_gain_range(f"data.{key}", tuple(getattr(self, key))))
         require(is_integer(self.train_augmentations) and self.train_augmentations >= 1, "data.train_augmentations",
                 self.train_augmentations, "an integer >= 1")
-        require(is_number(self.train_clips_per_minute) and self.train_clips_per_minute >= 0,
+        require(is_number(self.train_clips_per_minute) and 0 <= self.train_clips_per_minute < math.inf,
                 "data.train_clips_per_minute", self.train_clips_per_minute, "a number >= 0 (0: the count alone)")
         require(is_integer(self.eval_queries) and self.eval_queries >= 1, "data.eval_queries", self.eval_queries,
                 "an integer >= 1")
@@ -103,6 +104,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataConfig":
         _only(data, DATA_TABLES, "top-level table")
+        _tables(data)
         data_table = dict(data.get("data", {}))
         scalar_keys = {f.name for f in fields(cls)} - {"synthetic", "features", "policies"}
         _only(data_table, scalar_keys, "data")
@@ -265,6 +267,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
         _only(data, DATA_TABLES | CORE_TABLES | set(_registered_tables()), "top-level table")
+        _tables(data)
         model = dict(data.get("model", {}))
         _only(model, {f.name for f in fields(ModelSpec)}, "model")
         if "blocks" in model:
@@ -325,6 +328,13 @@ def _block(entry: Mapping[str, Any]) -> ConvBlock:
 def _checked(table: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
     _only(table, {f.name for f in fields(cls)}, where)
     return dict(table)
+
+
+def _tables(data: Mapping[str, Any]) -> None:
+    """A :class:`ConfigError` for a top-level key holding a value instead of a table."""
+    for name, value in data.items():
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a table ([{name}] with keys under it), not {value!r}")
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

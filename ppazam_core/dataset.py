@@ -67,7 +67,7 @@ class DatasetSpec:
             raise ConfigError.bad_value("query_s", self.query_s, "a number of seconds > 0")
         if self.augmentations_per_track < 1:
             raise ConfigError.bad_value("augmentations_per_track", self.augmentations_per_track, "an integer >= 1")
-        if not is_number(self.clips_per_minute) or not self.clips_per_minute >= 0:
+        if not is_number(self.clips_per_minute) or not 0 <= self.clips_per_minute < math.inf:
             raise ConfigError.bad_value("clips_per_minute", self.clips_per_minute, "a number >= 0")
         if not self.segment_s > 0:
             raise ConfigError.bad_value("segment_s", self.segment_s, "a number > 0")

@@ -53,14 +53,15 @@ class ArtifactError(PpazamError):
 
 class DamagedArtifactError(ArtifactError):
     """A file of a finished cache folder that cannot be read (truncated, garbled, corrupt):
-    names the file, why, and the folder to delete so that the next run rebuilds it."""
+    names the file, why, and the folder to delete so that the next run rebuilds it (or, with
+    ``remedy``, what rebuilds it instead)."""
 
-    def __init__(self, path: str | Path, reason: str, folder: str | Path) -> None:
+    def __init__(self, path: str | Path, reason: str, folder: str | Path, remedy: str | None = None) -> None:
         self.path = str(path)
         self.reason = reason
         self.folder = Path(folder)
-        super().__init__(f"{self.path} is damaged ({reason}); delete {self.folder} and run the command again "
-                         "to rebuild it")
+        super().__init__(f"{self.path} is damaged ({reason}); delete {self.folder} and "
+                         f"{remedy or 'run the command again to rebuild it'}")
 
 
 class FheError(PpazamError):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError
+from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError, is_integer, is_number
 from ppazam_core.store import atomic_write_text
 
 OPEN_SET_FILE = "open-set.json"
@@ -140,9 +140,13 @@ class OpenSetRule:
         if entry is None:
             return None
         try:
-            return cls(**{**entry, "levels": tuple(entry["levels"])})
+            rule = cls(**{**entry, "levels": tuple(entry["levels"])})
         except (TypeError, KeyError) as e:
-            raise DamagedArtifactError(path, f"rule {family}/{mode}: {e}", path) from e
+            raise _damaged(path, f"rule {family}/{mode}: {e}") from e
+        numbers = (rule.threshold, rule.far, rule.false_accepts, rule.top1_at_false_accepts, rule.roc_auc)
+        if not all(is_number(v) for v in numbers) or not all(is_integer(n) for n in (rule.n_library, rule.n_distractors)):
+            raise _damaged(path, f"rule {family}/{mode}: a field that should be a number is not")
+        return rule
 
 
 def _read_rules(path: Path) -> dict:
@@ -151,7 +155,12 @@ def _read_rules(path: Path) -> dict:
     try:
         rules = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DamagedArtifactError(path, f"{type(e).__name__}: {e}", path) from e
+        raise _damaged(path, f"{type(e).__name__}: {e}") from e
     if not isinstance(rules, dict):
-        raise DamagedArtifactError(path, "not a JSON object", path)
+        raise _damaged(path, "not a JSON object")
     return rules
+
+
+def _damaged(path: Path, reason: str) -> DamagedArtifactError:
+    """The error for a damaged rules file: ``ppazam calibrate`` stores the rules again."""
+    return DamagedArtifactError(path, reason, path, "run ppazam calibrate again to store the rule")

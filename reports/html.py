@@ -345,11 +345,18 @@ def _sizes(figure, results: pd.DataFrame) -> bool:
     rows = results[results["metric"].isin(SIZE_METRICS)]
     if rows.empty:
         return False
+    # one bar per family, bit width, rounding and circuit: families name their circuits alike ("head")
+    point = ["family", "bit_width", "rounding_bits", "stage"]
+    several = rows.drop_duplicates(["bit_width", "rounding_bits"]).shape[0] > 1
+    circuit = [f"{f} w{w:g}" + (f"r{r:g}" if r else "") + f" {s}" if several else f"{f} {s}"
+               for f, w, r, s in rows[point].itertuples(index=False)]
     ax = figure.add_subplot()
-    sns.barplot(data=rows.assign(MB=rows["value"] / 1e6), x="stage", y="MB", hue="metric", ax=ax, errorbar=None)
+    sns.barplot(data=rows.assign(MB=rows["value"] / 1e6, circuit=circuit).drop_duplicates(["circuit", "metric"]),
+                x="circuit", y="MB", hue="metric", ax=ax, errorbar=None)
     ax.set_yscale("log")
-    ax.set_xlabel("circuit")
+    ax.set_xlabel("")
     ax.set_ylabel("MB (log scale)")
+    ax.tick_params(axis="x", labelrotation=30)
     return True
 
 

@@ -58,10 +58,23 @@ def test_prepare_builds_the_data_path_and_writes_a_report(tmp_path, capsys):
                  "--workers", "1"]) == 0
     report = json.loads((out / "prepare.json").read_text())
     assert [(d["split"], d["policy"], d["rows"]) for d in report["datasets"]] == [
-        ("train", "mixed", 12), ("eval", "small", 8), ("eval", "large", 8)]
+        ("train", "mixed", 60), ("eval", "small", 8), ("eval", "large", 8)]  # 6-s tracks at 150 clips a minute: 15
     assert report["library"]["n_tracks"] == 4 and len(report["config_hash"]) == 16
     assert report["environment"]["packages"]["concrete-ml"] == "1.9.0"
     assert "datasets" in capsys.readouterr().out
+
+
+def test_prepare_names_the_files_it_skipped(tmp_path, capsys):
+    folder = tmp_path / "music"
+    for i, hz in enumerate((220.0, 330.0)):
+        write_audio(folder / f"song{i}.wav", tone(hz, 6.0, 16000), 16000)
+    (folder / "broken.wav").write_bytes(b"not audio at all" * 64)
+    config = tmp_path / "small.toml"
+    config.write_text("[data]\ntrain_augmentations = 2\ntrain_clips_per_minute = 0\neval_queries = 1\n"
+                      "eval_levels = [\"small\"]\n")
+    assert main(["prepare", "--library", str(folder), "--config", str(config), "--out", str(tmp_path / "report"),
+                 "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]) == 0
+    assert f"skipped {folder / 'broken.wav'}:" in capsys.readouterr().out
 
 
 def test_no_command_prints_help(capsys):

@@ -187,7 +187,9 @@ def test_data_config_from_toml(tmp_path):
      ("[data]\neval_seed = 0\n", "eval_seed"), ("[synthetic]\ntracks = 3\n", "tracks"), ("[data\n", "not valid TOML"),
      ('[data]\ntrain_augmentations = "many"\n', "train_augmentations"), ("[data]\ntrain_clips_per_minute = -1\n",
                                                                         "train_clips_per_minute"),
-     ("[data]\neval_queries = true\n", "eval_queries")],
+     ("[data]\neval_queries = true\n", "eval_queries"), ("[data]\ntrain_clips_per_minute = inf\n",
+                                                          "train_clips_per_minute"),
+     ("data = 5\n", "data must be a table"), ('synthetic = "x"\n', "synthetic must be a table")],
 )
 def test_bad_data_config_names_the_key(tmp_path, toml, message):
     path = tmp_path / "c.toml"

@@ -285,7 +285,14 @@ def test_a_damaged_open_set_rule_is_a_clear_error(family_models, tiny_library, t
     assert OpenSetRule.load(model.folder, "embedding-head", "fp32") == rule
     assert OpenSetRule.load(model.folder, "embedding-head", "quant") is None
     path.write_text("{not json")
-    with pytest.raises(ArtifactError, match=f"{OPEN_SET_FILE} is damaged .*delete .*{OPEN_SET_FILE}"):
+    with pytest.raises(ArtifactError, match=f"{OPEN_SET_FILE} is damaged .*delete .*{OPEN_SET_FILE} and run ppazam "
+                                            "calibrate again"):
         OpenSetRule.load(model.folder, "embedding-head", "fp32")
     assert rule.save(model.folder) == path  # calibrating again replaces a damaged file
+    for field, value in (("threshold", "x"), ("threshold", None), ("n_library", 2.5)):
+        entry = json.loads(path.read_text())
+        path.write_text(json.dumps({"embedding-head/fp32": {**entry["embedding-head/fp32"], field: value}}))
+        with pytest.raises(ArtifactError, match="should be a number"):
+            OpenSetRule.load(model.folder, "embedding-head", "fp32")
+        rule.save(model.folder)
     path.unlink()
