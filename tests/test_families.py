@@ -3,6 +3,7 @@ encrypted heads agree across modes, landmarks locate an excerpt, open-set metric
 constructed case."""
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def test_encrypted_head_agrees_with_its_simulation(family, family_models, tiny_l
     assert len(costs) == 2 * model.calls_per_query and all(c.request_bytes > 0 and c.server_s > 0 for c in costs)
 
 
-def test_top1_head_answers_one_track_in_every_encrypted_mode(family_models, tiny_library, tiny_config, session_cache):
+def test_top1_head_answers_one_track_in_every_encrypted_mode(family_models, tiny_library, tiny_config, session_cache,
+                                                             caplog):
     config, _ = tiny_config
     model = family_models["embedding-head-top1"]
     queries = queries_for("embedding-head-top1", tiny_library, config, session_cache)
@@ -99,8 +101,13 @@ def test_top1_head_answers_one_track_in_every_encrypted_mode(family_models, tiny
     assert np.array_equal(clear.hits(3), clear.hits(1))
     assert (clear.ranking[:, 0] == full.ranking[:, 0]).mean() >= 0.9  # the argmax of (nearly) the same scores
     assert (simulated.ranking[:, 0] == clear.ranking[:, 0]).mean() >= 0.9  # approximate rounding, PBS errors
-    encrypted = predict(model, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
-    assert (encrypted.ranking[:, 1:] == -1).all() and (encrypted.ranking[:, 0] >= 0).all()
+    with caplog.at_level(logging.WARNING, logger="ppazam_core.top1_head"):
+        encrypted = predict(model, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
+    # a true call is a random draw: a bootstrapping error (global_p_error 0.01) decodes to no
+    # track, answered as none (-1) with a warning; both of two queries is a 1-in-10,000 draw
+    corrupted = sum("decodes to no track" in r.getMessage() for r in caplog.records)
+    assert (encrypted.ranking[:, 1:] == -1).all() and corrupted <= 1
+    assert (encrypted.ranking[:, 0] >= 0).sum() == len(encrypted.ranking) - corrupted
     costs = model.channel.costs
     assert len(costs) == 2 and all(c.pbs_count == 4 * len(model.track_ids) - 1 for c in costs)
     assert all(c.response_bytes < 100_000 for c in costs)
