@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import logging
+import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
