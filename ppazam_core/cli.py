@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ppazam_core.artifacts import read_json, reading
@@ -238,12 +239,20 @@ def _library_info(args: argparse.Namespace) -> int:
     table.add_row("sample rates (Hz: tracks)", ", ".join(f"{k}: {v}" for k, v in summary.sample_rates.items()))
     table.add_row("channels (n: tracks)", ", ".join(f"{k}: {v}" for k, v in summary.channels.items()))
     table.add_row("silent tracks", ", ".join(summary.silent_tracks) or "none")
+    table.add_row("same audio", "; ".join(" = ".join(group) for group in summary.same_audio) or "none")
     table.add_row("skipped files", str(len(summary.skipped)))
     table.add_row("background noise", str(library.noise_dir) if library.noise_dir else "built-in synthetic bank")
     console.print(table)
     for skipped in summary.skipped:
         console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
     return 0
+
+
+def _print_library_warnings(library: Library) -> None:
+    """What a user should know of ``library`` before trusting figures made on it (see
+    :meth:`~ppazam_core.library.LibrarySummary.warnings`)."""
+    for line in library.summary().warnings():
+        console.print(f"  [yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _library_build_debian(args: argparse.Namespace) -> int:
@@ -299,6 +308,7 @@ def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Pa
 def _train(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
     started = time.perf_counter()
+    _print_library_warnings(library)
     model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh, compiled=False)
     console.print(f"{args.family} for {library.name} ({len(library)} tracks) in {model.folder} "
                   f"[{time.perf_counter() - started:.1f} s]", highlight=False, soft_wrap=True)
@@ -662,6 +672,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
+    _print_library_warnings(library)
     allowed = family_modes(args.family)
     for mode in args.modes or []:
         if Mode(mode) not in allowed:
@@ -751,8 +762,7 @@ def _print_prepare(library: Library, report: dict, out: Path) -> None:
     console.print(f"[bold]library[/] {library.name}: {summary['n_tracks']} tracks, "
                   f"{_duration(summary['total_duration_s'])}, {len(summary['skipped'])} skipped, "
                   f"{len(summary['silent_tracks'])} silent ({timings})", highlight=False, soft_wrap=True)
-    for skipped in summary["skipped"]:
-        console.print(f"  skipped {skipped['path']}: {skipped['reason']}", highlight=False, soft_wrap=True)
+    _print_library_warnings(library)
     table = Table(title="datasets")
     for column in ("split", "policy", "rows", "patch", "size", "time (s)"):
         table.add_column(column)

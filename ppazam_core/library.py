@@ -89,7 +89,9 @@ class SyntheticSpec:
 
 @dataclass(frozen=True)
 class LibrarySummary:
-    """Counts shown by ``ppazam library info`` and written into reports."""
+    """Counts shown by ``ppazam library info`` and written into reports. ``silent_tracks``
+    (below -60 dBFS) and ``same_audio`` (groups of track ids whose files hold the same bytes)
+    are kept as tracks but cannot be told apart by any family: they cap every top-1."""
 
     name: str
     n_tracks: int
@@ -98,6 +100,18 @@ class LibrarySummary:
     skipped: tuple[SkippedFile, ...]
     sample_rates: dict[int, int]
     channels: dict[int, int]
+    same_audio: tuple[tuple[str, ...], ...] = ()
+
+    def warnings(self) -> list[str]:
+        """One line per problem a user should know before trusting figures on this library:
+        skipped files, silent tracks, tracks holding the same audio."""
+        lines = [f"skipped {s.path}: {s.reason}" for s in self.skipped]
+        if self.silent_tracks:
+            lines.append(f"{len(self.silent_tracks)} silent track(s), no family can identify them: "
+                         f"{', '.join(self.silent_tracks[:10])}")
+        lines += [f"tracks {', '.join(group)} hold the same audio: no family can tell them apart"
+                  for group in self.same_audio]
+        return lines
 
 
 @dataclass(frozen=True)
@@ -160,7 +174,16 @@ class Library:
             skipped=self.skipped,
             sample_rates=dict(sorted(Counter(t.sample_rate for t in self.tracks).items())),
             channels=dict(sorted(Counter(t.channels for t in self.tracks).items())),
+            same_audio=self.same_audio(),
         )
+
+    def same_audio(self) -> tuple[tuple[str, ...], ...]:
+        """Groups of track ids (library order) whose files have the same content hash."""
+        groups: dict[str, list[str]] = {}
+        for track in self.tracks:
+            if track.sha256:
+                groups.setdefault(track.sha256, []).append(track.id)
+        return tuple(tuple(ids) for ids in groups.values() if len(ids) > 1)
 
 
 def open_library(

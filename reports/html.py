@@ -46,6 +46,9 @@ figure { margin: 1.5rem 0; } img { max-width: 100%; }
 <h1>ppazam: {{ suite }} suite</h1>
 <p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
 started {{ run.timestamp }}{% if run.command %}, command <code>{{ run.command }}</code>{% endif %}. {{ machine }}</p>
+{% for name, warnings in (run.library_warnings or {}).items() %}<p class="fail">Library <code>{{ name | e }}</code>:
+{{ warnings | length }} warning(s); figures on it are capped where tracks are silent or hold the same audio.</p>
+<ul>{% for line in warnings %}<li>{{ line | e }}</li>{% endfor %}</ul>{% endfor %}
 <h2>At a glance</h2>
 <p>Each family in its most private mode: top-1 per level, its spread over the gain sweep, top-1
 at the shortest and longest query, and seconds per truly encrypted query (~: estimated).</p>

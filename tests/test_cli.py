@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ def test_library_info_folder_lists_skipped_files_as_json(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_tracks"] == 1
     assert summary["skipped"] == [{"path": str(tmp_path / "music" / "b.wav"), "reason": "empty file (0 bytes)"}]
+    assert summary["same_audio"] == []
+    shutil.copy(tmp_path / "music" / "a.flac", tmp_path / "music" / "c.flac")
+    assert main(["library", "info", str(tmp_path / "music"), "--workers", "1"]) == 0
+    assert "a = c" in capsys.readouterr().out
 
 
 def test_errors_are_reported_without_a_traceback(tmp_path, capsys):

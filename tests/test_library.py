@@ -52,6 +52,18 @@ def test_folder_scan_lists_tracks_and_skips_bad_files(fma_folder):
     assert summary.sample_rates == {16_000: 1, 22_050: 1, 44_100: 1, 48_000: 1}
 
 
+def test_silent_tracks_and_copies_of_one_file_are_warned_of(fma_folder):
+    shutil.copy(fma_folder / "000" / "000005.flac", fma_folder / "001" / "copy.flac")
+    summary = scan_folder(fma_folder, min_duration_s=3.0).summary()
+    assert summary.same_audio == (("000005", "copy"),)
+    warnings = summary.warnings()
+    assert sum(line.startswith("skipped ") for line in warnings) == 3
+    assert any("silent" in line and "001001" in line for line in warnings)
+    assert "tracks 000005, copy hold the same audio: no family can tell them apart" in warnings
+    assert synthetic_library(SyntheticSpec(n_tracks=2, duration_s=2.0), fma_folder.parent / "cache").summary(
+    ).warnings() == []
+
+
 def test_tracks_load_at_the_requested_rate(fma_folder):
     library = scan_folder(fma_folder)
     audio = library.load(library.tracks[1], 16_000)

@@ -114,6 +114,7 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert ledger[0][:4] == ["", "server learns (bits)", "scores to client", "down (KB)"]
     assert ledger[2:] == [["embedding-head (clear)", "6", "64", "0"], ["embedding-head (encrypted)", "0", "64", "640"]]
     assert 'id="privacy"' in page
+    assert "Library <code>" not in page  # no library warnings in this run
     layout = (out / "tables" / "original-layout-fp32.tex").read_text()
     assert r"\toprule" in layout and "Top-1" in layout and "Top-3" in layout and "cluster" not in layout.split(
         r"\midrule")[1].split("\n")[0]
@@ -122,6 +123,17 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / REPORT_FILE).read_text().count("data:image/png") == len(FIGURES)
     assert (out / "tables" / "mode-comparison.tex").is_file()
+
+
+def test_library_warnings_head_the_report(tmp_path):
+    record = small_run()
+    record.provenance["library_warnings"] = {"my <music>": ["skipped a&b.wav: empty file (0 bytes)",
+                                                             "tracks x, y hold the same audio: no family can tell "
+                                                             "them apart"]}
+    write_report(record, tmp_path / "run")
+    page = (tmp_path / "run" / REPORT_FILE).read_text()
+    assert "Library <code>my &lt;music&gt;</code>:\n2 warning(s)" in page
+    assert "<li>skipped a&amp;b.wav: empty file (0 bytes)</li>" in page and "<li>tracks x, y hold" in page
 
 
 def test_a_reused_out_folder_shows_only_the_new_run(tmp_path):

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 
+from conftest import tone, write_audio
 from fixtures import stages as stages_module
 from fixtures.prediction_store import STORED_MODES, prediction_folder
 from fixtures.stages import Stages
@@ -80,3 +81,15 @@ def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_t
     damaged.predict(trained, clean_queries, Mode.FP32, np.array([0, 1]))
     assert damaged.predictions_made == 2 and "not the 2 asked for" in damaged.log[-1].detail
     assert Mode.FHE not in STORED_MODES  # truly encrypted queries are measured in every run
+
+
+def test_a_folder_librarys_skipped_files_and_copies_are_kept_for_the_report(tmp_path):
+    music = tmp_path / "music"
+    write_audio(music / "a.flac", tone(440, 4.0, 16_000), 16_000)
+    write_audio(music / "b.flac", tone(550, 4.0, 16_000), 16_000)
+    shutil.copy(music / "a.flac", music / "c.flac")
+    (music / "d.wav").write_bytes(b"")
+    stages = Stages(str(music), tmp_path / "cache", workers=1)
+    library = stages.library(load_suite("quick").config(4, 6))
+    assert stages.library_warnings == {library.name: [f"skipped {music / 'd.wav'}: empty file (0 bytes)",
+                                                      "tracks a, c hold the same audio: no family can tell them apart"]}
