@@ -238,13 +238,13 @@ def _library_info(args: argparse.Namespace) -> int:
     table.add_row("total duration", _duration(summary.total_duration_s))
     table.add_row("sample rates (Hz: tracks)", ", ".join(f"{k}: {v}" for k, v in summary.sample_rates.items()))
     table.add_row("channels (n: tracks)", ", ".join(f"{k}: {v}" for k, v in summary.channels.items()))
-    table.add_row("silent tracks", ", ".join(summary.silent_tracks) or "none")
-    table.add_row("same audio", "; ".join(" = ".join(group) for group in summary.same_audio) or "none")
+    table.add_row("silent tracks", escape(", ".join(summary.silent_tracks)) or "none")
+    table.add_row("identical files", escape("; ".join(" = ".join(group) for group in summary.same_audio)) or "none")
     table.add_row("skipped files", str(len(summary.skipped)))
     table.add_row("background noise", str(library.noise_dir) if library.noise_dir else "built-in synthetic bank")
     console.print(table)
     for skipped in summary.skipped:
-        console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
+        console.print(escape(f"  skipped {skipped.path}: {skipped.reason}"), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -672,7 +672,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
-    _print_library_warnings(library)
     allowed = family_modes(args.family)
     for mode in args.modes or []:
         if Mode(mode) not in allowed:
@@ -680,6 +679,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.fhe_queries < 1:
         raise ConfigError.bad_value("--fhe-queries", args.fhe_queries, "an integer >= 1 (leave out --mode fhe for none)")
     modes = [Mode(m) for m in args.modes or DEFAULT_EVALUATE_MODES if Mode(m) in allowed]
+    _print_library_warnings(library)
     needs_circuits = any(m.needs_circuits for m in modes)
     action = "loaded" if is_trained(args.family, library, config, cache_dir, needs_circuits) else "built"
     model = train_family(args.family, library, config, cache_dir, args.workers, compiled=needs_circuits)

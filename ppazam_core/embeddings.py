@@ -30,8 +30,8 @@ DEFAULT_TIMESTAMP_HOP_S = 0.05  # HEAR suggests at most 50 ms between timestamps
 TRAINED_WEIGHTS = "trained"  # embedder_weights naming the contrastive model trained on the library
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # The encoder runs in the clear on the client, so its size costs no PBS, only training and
-# embedding time. On the default suite's synthetic library without background songs (fp32
-# linear head, top-1 at clean / medium / large / phone-in-room, phone-in-room 1 s / 10 s):
+# embedding time. On the default suite's synthetic library without background songs (2026-12-02,
+# 640 queries a condition, fp32 linear head, top-1 at clean / medium / large / phone-in-room, phone-in-room 1 s / 10 s):
 #   3 stride-2 blocks of 32, 64, 64 channels   0.99 / 0.89 / 0.84 / 0.67, 0.50 / 0.87
 #   3 stride-2 blocks of 64, 128, 128          0.99 / 0.91 / 0.85 / 0.74, 0.55 / 0.93
 #   a stride-1 block of 32, then these         1.00 / 0.96 / 0.91 / 0.81, 0.59 / 0.96 (~3x the training time of the first)

@@ -90,8 +90,9 @@ class SyntheticSpec:
 @dataclass(frozen=True)
 class LibrarySummary:
     """Counts shown by ``ppazam library info`` and written into reports. ``silent_tracks``
-    (below -60 dBFS) and ``same_audio`` (groups of track ids whose files hold the same bytes)
-    are kept as tracks but cannot be told apart by any family: they cap every top-1."""
+    (below -60 dBFS) and ``same_audio`` (groups of track ids whose files are byte-identical;
+    see :meth:`Library.same_audio`) are kept as tracks, but no family can identify a silent
+    track or tell identical files apart: they cap every top-1."""
 
     name: str
     n_tracks: int
@@ -102,15 +103,20 @@ class LibrarySummary:
     channels: dict[int, int]
     same_audio: tuple[tuple[str, ...], ...] = ()
 
-    def warnings(self) -> list[str]:
-        """One line per problem a user should know before trusting figures on this library:
-        skipped files, silent tracks, tracks holding the same audio."""
-        lines = [f"skipped {s.path}: {s.reason}" for s in self.skipped]
+    def warnings(self, most: int = 10) -> list[str]:
+        """Lines a user should read before trusting figures on this library: each skipped file,
+        the silent tracks, each group of identical files; at most ``most`` of each kind, then
+        how many more (``library info --json`` lists them all)."""
+        lines = [f"skipped {s.path}: {s.reason}" for s in self.skipped[:most]]
+        lines += [f"... and {len(self.skipped) - most} more skipped file(s)"] if len(self.skipped) > most else []
         if self.silent_tracks:
+            more = f" and {len(self.silent_tracks) - most} more" if len(self.silent_tracks) > most else ""
             lines.append(f"{len(self.silent_tracks)} silent track(s), no family can identify them: "
-                         f"{', '.join(self.silent_tracks[:10])}")
-        lines += [f"tracks {', '.join(group)} hold the same audio: no family can tell them apart"
-                  for group in self.same_audio]
+                         f"{', '.join(self.silent_tracks[:most])}{more}")
+        lines += [f"tracks {', '.join(group)} are identical files: no family can tell them apart"
+                  for group in self.same_audio[:most]]
+        if len(self.same_audio) > most:
+            lines.append(f"... and {len(self.same_audio) - most} more group(s) of identical files")
         return lines
 
 
@@ -178,7 +184,9 @@ class Library:
         )
 
     def same_audio(self) -> tuple[tuple[str, ...], ...]:
-        """Groups of track ids (library order) whose files have the same content hash."""
+        """Groups of track ids (library order) whose files are byte-identical (the same
+        SHA-256); tracks without a content hash are left out. The same recording encoded twice
+        is not caught."""
         groups: dict[str, list[str]] = {}
         for track in self.tracks:
             if track.sha256:

@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page (figures embedded as PNG data), no network needed.
 
-Sections: provenance, summary table (every family side by side), the Pareto figure (fhe-sim
+Sections: provenance, the library's warnings (skipped files, silent tracks, identical files),
+summary table (every family side by side), the Pareto figure (fhe-sim
 top-1 against encrypted seconds per query, one point per family, bit width and rounding),
 accuracy against augmentation level per mode, top-1 against recording gain and against query
 length, bit-width curves (accuracy and encrypted latency on two axes), latency per stage
@@ -46,8 +47,8 @@ figure { margin: 1.5rem 0; } img { max-width: 100%; }
 <h1>ppazam: {{ suite }} suite</h1>
 <p>Run <code>{{ run.run_id }}</code>, commit <code>{{ run.git_commit }}</code>, library <code>{{ run.library }}</code>,
 started {{ run.timestamp }}{% if run.command %}, command <code>{{ run.command }}</code>{% endif %}. {{ machine }}</p>
-{% for name, warnings in (run.library_warnings or {}).items() %}<p class="fail">Library <code>{{ name | e }}</code>:
-{{ warnings | length }} warning(s); figures on it are capped where tracks are silent or hold the same audio.</p>
+{% for name, warnings in (run.library_warnings or {}).items() %}<p class="fail">Library <code>{{ name | e }}</code> as opened:
+{{ warnings | length }} warning(s) (skipped files are left out of every figure; silent tracks and identical files cap top-1).</p>
 <ul>{% for line in warnings %}<li>{{ line | e }}</li>{% endfor %}</ul>{% endfor %}
 <h2>At a glance</h2>
 <p>Each family in its most private mode: top-1 per level, its spread over the gain sweep, top-1

@@ -59,7 +59,9 @@ def test_silent_tracks_and_copies_of_one_file_are_warned_of(fma_folder):
     warnings = summary.warnings()
     assert sum(line.startswith("skipped ") for line in warnings) == 3
     assert any("silent" in line and "001001" in line for line in warnings)
-    assert "tracks 000005, copy hold the same audio: no family can tell them apart" in warnings
+    assert "tracks 000005, copy are identical files: no family can tell them apart" in warnings
+    unhashed = Library("x", (Track("a", "a", "a.wav", 4.0, 16_000), Track("b", "b", "b.wav", 4.0, 16_000)))
+    assert unhashed.same_audio() == ()
     assert synthetic_library(SyntheticSpec(n_tracks=2, duration_s=2.0), fma_folder.parent / "cache").summary(
     ).warnings() == []
 

@@ -128,12 +128,12 @@ def test_csv_html_tables_round_trip(tmp_path):
 def test_library_warnings_head_the_report(tmp_path):
     record = small_run()
     record.provenance["library_warnings"] = {"my <music>": ["skipped a&b.wav: empty file (0 bytes)",
-                                                             "tracks x, y hold the same audio: no family can tell "
+                                                             "tracks x, y are identical files: no family can tell "
                                                              "them apart"]}
     write_report(record, tmp_path / "run")
     page = (tmp_path / "run" / REPORT_FILE).read_text()
-    assert "Library <code>my &lt;music&gt;</code>:\n2 warning(s)" in page
-    assert "<li>skipped a&amp;b.wav: empty file (0 bytes)</li>" in page and "<li>tracks x, y hold" in page
+    assert "Library <code>my &lt;music&gt;</code> as opened:\n2 warning(s)" in page
+    assert "<li>skipped a&amp;b.wav: empty file (0 bytes)</li>" in page and "<li>tracks x, y are identical" in page
 
 
 def test_a_reused_out_folder_shows_only_the_new_run(tmp_path):

@@ -92,4 +92,4 @@ def test_a_folder_librarys_skipped_files_and_copies_are_kept_for_the_report(tmp_
     stages = Stages(str(music), tmp_path / "cache", workers=1)
     library = stages.library(load_suite("quick").config(4, 6))
     assert stages.library_warnings == {library.name: [f"skipped {music / 'd.wav'}: empty file (0 bytes)",
-                                                      "tracks a, c hold the same audio: no family can tell them apart"]}
+                                                      "tracks a, c are identical files: no family can tell them apart"]}
