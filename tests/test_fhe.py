@@ -40,6 +40,7 @@ eval_levels = ["clean"]
 [embedding]
 epochs = 2
 batch_tracks = 6
+blocks = [{{ channels = 32, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}]  # as TINY_TOML's: the expected widths below come from its clusters
 [clusters]
 n_clusters = 2
 [identify]
