@@ -2,6 +2,8 @@
 
     ppazam library info synthetic|PATH     track counts, duration, silent and skipped files
     ppazam library build-debian DEST       real music from Debian's packages
+    ppazam encoder train --out DIR         train a fingerprint encoder on its own corpus
+    ppazam encoder info [DIR]              how the shipped (or another) encoder was made
     ppazam prepare [--library ...]         the data path: library, noise, datasets, summary
     ppazam train [--library ...]           train every stage of the identifier
     ppazam compile [--library ...]         compile the QAT classifiers for FHE, print their costs
@@ -40,6 +42,7 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
+from ppazam_core.encoder.cli import register as register_encoder_commands
 from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_server
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
@@ -97,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     debian.add_argument("--noise-package", default=NOISE_PACKAGE,
                         help="package whose sound effects become the background-noise folder")
     debian.set_defaults(run=_library_build_debian)
+
+    register_encoder_commands(commands)
 
     prepare = commands.add_parser("prepare", help="build the library, noise bank and datasets")
     _experiment_options(prepare)

@@ -31,6 +31,7 @@ from ppazam_core.clustering import ClusterConfig
 from ppazam_core.conditions import QueryCondition, check_gain_range
 from ppazam_core.dataset import DatasetSpec
 from ppazam_core.embeddings import EmbeddingConfig
+from ppazam_core.encoder.shipped import encoder_identity
 from ppazam_core.errors import ConfigError, is_integer, is_number
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
@@ -223,7 +224,10 @@ class ExperimentConfig:
         """What the trained two-stage models depend on: everything but the FHE compilation
         settings (save the rounding the QAT twin is fine-tuned under) and the families' tables."""
         parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fhe", "tables")}
-        return {**parts, "embedding": self.embedding.contrastive(), "qat_rounding_bits": self.qat_rounding_bits()}
+        encoder = {"encoder_sha256": encoder_identity(self.embedding.encoder)} \
+            if self.embedding.uses_fingerprint_encoder else {}
+        return {**parts, "embedding": self.embedding.contrastive(), "qat_rounding_bits": self.qat_rounding_bits(),
+                **encoder}
 
     def float_parts(self) -> dict[str, Any]:
         """What the fp32 stages (embedding, clusters, fp32 classifiers) depend on: the trained

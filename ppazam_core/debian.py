@@ -60,14 +60,14 @@ def build_debian_library(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.partial-", dir=dest.parent) as tmp_name:
         tmp = Path(tmp_name)
-        debs = _download(wanted, tmp / "debs")
-        versions = {pkg: _version(deb) for pkg, deb in debs.items()}
+        debs = download_packages(wanted, tmp / "debs")
+        versions = {pkg: package_version(deb) for pkg, deb in debs.items()}
         layout = tmp / "library"
         music_files = noise_files = 0
         for pkg, deb in debs.items():
             unpacked = tmp / "unpacked" / pkg
             unpacked.parent.mkdir(parents=True, exist_ok=True)
-            _run(["dpkg", "-x", str(deb), str(unpacked)], f"unpacking {deb.name}")
+            unpack(deb, unpacked)
             audio = sorted(p for p in unpacked.rglob("*") if p.is_file() and is_audio_path(p))
             for path in audio:
                 is_noise = pkg == noise_package and NOISE_SUBDIR in path.relative_to(unpacked).parts
@@ -95,8 +95,13 @@ def build_debian_library(
     return DebianBuild(dest, versions, music_files, noise_files)
 
 
-def _download(packages: list[str], folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True)
+def download_packages(packages: Sequence[str], folder: Path) -> dict[str, Path]:
+    """``apt-get download`` of ``packages`` into ``folder``; their ``.deb`` files by package.
+
+    Raises:
+        DebianError: apt-get fails or gives no file for a package.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o777)  # apt drops to the _apt user for downloads when it can
     result = subprocess.run(["apt-get", "download", *packages], cwd=folder,
                             capture_output=True, text=True)
@@ -114,8 +119,14 @@ def _download(packages: list[str], folder: Path) -> dict[str, Path]:
     return debs
 
 
-def _version(deb: Path) -> str:
+def package_version(deb: Path) -> str:
+    """The version a ``.deb`` file declares; a :class:`DebianError` when dpkg-deb cannot read it."""
     return _run(["dpkg-deb", "--field", str(deb), "Version"], f"reading {deb.name}").strip()
+
+
+def unpack(deb: Path, folder: Path) -> None:
+    """``dpkg -x`` of a ``.deb`` file into ``folder``; a :class:`DebianError` when it fails."""
+    _run(["dpkg", "-x", str(deb), str(folder)], f"unpacking {deb.name}")
 
 
 def _music_relative(unpacked: Path, path: Path) -> Path:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from ppazam_core.artifacts import load_weights, read_json, reading
+from ppazam_core.encoder.references import track_means
+from ppazam_core.encoder.shipped import SHIPPED, TRAIN
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
@@ -41,8 +43,12 @@ WINDOWS_PER_BATCH = 256  # windows decoded and embedded at once (a 3-s window at
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """Encoder size and contrastive training settings, and the embedding families' client-side
-    embedder: ``embedder`` empty for this contrastive model on log-mel patches, else a module
+    """The embedding families' client-side embedder. ``encoder``: ``"shipped"`` (default) for
+    the fingerprint encoder shipped with ppazam (:mod:`ppazam_core.encoder`), a folder for one
+    ``ppazam encoder train`` wrote, ``"train"`` for this module's contrastive model trained on
+    each library (the recipe before the shipped encoder, kept for comparison; the other keys
+    but ``embedder`` and ``embedder_weights`` are its settings). ``embedder``: empty for one of
+    these, else a module
     implementing the HEAR API (``"package.module"``, :mod:`ppazam_core.hear`) fed the waveform,
     whose ``load_model`` gets ``embedder_weights``: empty for none (the module's own default
     weights), ``"trained"`` for the contrastive model trained here on the library (what
@@ -61,6 +67,7 @@ class EmbeddingConfig:
     background_tracks: int = 0
     embedder: str = ""
     embedder_weights: str = ""
+    encoder: str = SHIPPED
 
     def __post_init__(self) -> None:
         if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
@@ -72,6 +79,9 @@ class EmbeddingConfig:
         if not isinstance(self.embedder, str) or (self.embedder and not MODULE_NAME.match(self.embedder)):
             raise ConfigError.bad_value("embedding.embedder", self.embedder,
                                         "empty, or a module name like 'package.module'")
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ConfigError.bad_value("embedding.encoder", self.encoder,
+                                        f"'{SHIPPED}', '{TRAIN}', or the folder of an encoder `ppazam encoder train` wrote")
         if not isinstance(self.embedder_weights, str):
             raise ConfigError.bad_value("embedding.embedder_weights", self.embedder_weights,
                                         f"empty, '{TRAINED_WEIGHTS}', or a path")
@@ -84,7 +94,12 @@ class EmbeddingConfig:
     @property
     def needs_trained_model(self) -> bool:
         """Whether the embedding families need the contrastive model trained here."""
-        return not self.embedder or self.embedder_weights == TRAINED_WEIGHTS
+        return (not self.embedder and self.encoder == TRAIN) or self.embedder_weights == TRAINED_WEIGHTS
+
+    @property
+    def uses_fingerprint_encoder(self) -> bool:
+        """Whether the client-side embedder is a fingerprint encoder (shipped or a folder)."""
+        return not self.embedder and self.encoder != TRAIN
 
 
 class EmbeddingModel(nn.Module):
@@ -220,11 +235,4 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def track_embeddings(model: EmbeddingModel, patches: np.ndarray, labels: np.ndarray, n_tracks: int) -> np.ndarray:
     """``(n_tracks, d)``: the normalized mean of each track's segment embeddings."""
-    segment = model.embed_patches(patches)
-    sums = np.zeros((n_tracks, segment.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, segment)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError("every track needs at least one segment to be embedded")
-    return (sums / norms).astype(np.float32)
-
+    return track_means(model.embed_patches(patches), labels, n_tracks)

@@ -27,6 +27,8 @@ import torchaudio
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import Dataset
 from ppazam_core.embeddings import TRAINED_WEIGHTS, EmbeddingModel, load_model
+from ppazam_core.encoder.model import FingerprintEncoder, load_encoder, saved_front_end, segment_front_end
+from ppazam_core.encoder.shipped import encoder_folder, encoder_identity
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
@@ -38,10 +40,14 @@ HEAR_ATTRIBUTES = ("sample_rate", "scene_embedding_size")
 
 
 def embedding_front_end(config: ExperimentConfig) -> FrontEndConfig:
-    """The front-end of an embedding family's patches: the config's log-mel features for
-    ppazam's own embedder, else the waveform of each ``segment_s`` segment at the working rate,
-    leveled as the features are (a ``(1, 1, samples)`` patch)."""
+    """The front-end of an embedding family's patches: the fingerprint encoder's own log-mel
+    front-end over ``segment_s`` (:mod:`ppazam_core.encoder`), the config's log-mel features
+    for the per-library contrastive model (``encoder = "train"``), else, for a HEAR module, the
+    waveform of each ``segment_s`` segment at the working rate, leveled as the features are (a
+    ``(1, 1, samples)`` patch)."""
     features = config.data.features
+    if config.embedding.uses_fingerprint_encoder:
+        return segment_front_end(saved_front_end(encoder_folder(config.embedding.encoder)), config.data.segment_s)
     if not config.embedding.embedder:
         return features
     return replace(features, kind="waveform", patch_height=1,
@@ -67,9 +73,18 @@ def hear_module(name: str) -> ModuleType:
 
 def embedding_settings(config: ExperimentConfig) -> dict:
     """What an embedding family's model depends on through its client-side embedder: the
-    contrastive model's settings (:func:`~ppazam_core.pipeline.contrastive_settings`), the
-    ``[embedding]`` table and the HEAR module's source (:func:`embedder_fingerprint`)."""
+    fingerprint encoder's weights (their SHA-256), or the contrastive model's settings
+    (:func:`~ppazam_core.pipeline.contrastive_settings`), the ``[embedding]`` table and the
+    HEAR module's source (:func:`embedder_fingerprint`)."""
+    if config.embedding.uses_fingerprint_encoder:
+        return {"embedding": config.embedding, "encoder_sha256": encoder_identity(config.embedding.encoder)}
     return {**contrastive_settings(config), "embedding": config.embedding, "embedder": embedder_fingerprint(config)}
+
+
+def fingerprint_encoder(config: ExperimentConfig, folder: Path | None = None) -> FingerprintEncoder:
+    """The fingerprint encoder ``[embedding] encoder`` names (or the copy in ``folder``), its
+    features the patches of ``segment_s`` segments."""
+    return load_encoder(folder or encoder_folder(config.embedding.encoder)).for_segments(config.data.segment_s)
 
 
 def embedder_fingerprint(config: ExperimentConfig) -> str:
@@ -134,11 +149,17 @@ class HearEmbedder:
         return torch.nn.functional.normalize(vectors, dim=1).numpy()
 
 
-def client_embedder(config: ExperimentConfig, trained: Path | None) -> EmbeddingModel | HearEmbedder:
+Embedder = EmbeddingModel | FingerprintEncoder | HearEmbedder
+
+
+def client_embedder(config: ExperimentConfig, trained: Path | None) -> Embedder:
     """The client-side embedder of an embedding family's model configured by ``config``:
-    ppazam's contrastive model stored in ``trained``, or the HEAR module ``[embedding]``
-    names (its weights ``trained``, none, or a path)."""
+    the fingerprint encoder or ppazam's per-library contrastive model stored in ``trained``
+    (a model's ``embedding/`` copy), or the HEAR module ``[embedding]`` names (its weights
+    ``trained``, none, or a path)."""
     embedding = config.embedding
+    if embedding.uses_fingerprint_encoder:
+        return fingerprint_encoder(config, trained)
     if not embedding.embedder:
         return load_model(trained)
     weights = {TRAINED_WEIGHTS: trained, "": None}.get(embedding.embedder_weights, embedding.embedder_weights)
@@ -146,17 +167,22 @@ def client_embedder(config: ExperimentConfig, trained: Path | None) -> Embedding
 
 
 def trained_embedder(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
-                     refresh: bool = False) -> tuple[Path | None, EmbeddingModel | HearEmbedder]:
-    """What an embedding family trains before its server side: the contrastive model, when
-    its embedder needs it (its folder, which the family copies into its model folder as
-    ``embedding/``; else ``None``), and the client-side embedder."""
-    embedding = train_embedding(library, config, cache_dir, workers, refresh) \
-        if config.embedding.needs_trained_model else None
+                     refresh: bool = False) -> tuple[Path | None, Embedder]:
+    """What an embedding family needs before its server side: the folder of its client-side
+    embedder's weights, which the family copies into its model folder as ``embedding/`` (the
+    fingerprint encoder's, nothing trained; the contrastive model trained on ``library`` for
+    ``encoder = "train"``; ``None`` for a HEAR module with weights of its own), and the embedder."""
+    if config.embedding.uses_fingerprint_encoder:
+        embedding = encoder_folder(config.embedding.encoder)
+    elif config.embedding.needs_trained_model:
+        embedding = train_embedding(library, config, cache_dir, workers, refresh)
+    else:
+        embedding = None
     return embedding, client_embedder(config, embedding)
 
 
 def embedding_training_dataset(library: Library, config: ExperimentConfig, cache_dir: Path,
                                workers: int | None = None) -> Dataset:
     """The training segments of ``config`` as patches of :func:`embedding_front_end` (the
-    shared log-mel training set for ppazam's own embedder)."""
+    shared log-mel training set for the per-library contrastive model)."""
     return training_dataset(library, replace(config.data, features=embedding_front_end(config)), cache_dir, workers)

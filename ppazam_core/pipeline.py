@@ -30,6 +30,9 @@ from ppazam_core.config import DataConfig, ExperimentConfig
 from ppazam_core.dataset import Dataset, build_dataset
 from ppazam_core.deployment import client_key_dir, forget_keys
 from ppazam_core.embeddings import load_model, track_embeddings, train_embedding_model
+from ppazam_core.encoder.model import FingerprintEncoder, load_encoder
+from ppazam_core.encoder.references import reference_embeddings, track_means
+from ppazam_core.encoder.shipped import encoder_folder
 from ppazam_core.library import Library, synthetic_distractors
 from ppazam_core.fhe import compile_classifier
 from ppazam_core.identifier import FAMILY
@@ -114,6 +117,14 @@ def train_embedding(library: Library, config: ExperimentConfig, cache_dir: Path,
     return folder
 
 
+def enrolled_track_embeddings(library: Library, config: ExperimentConfig, encoder: FingerprintEncoder) -> np.ndarray:
+    """``(T, d)``: each track's normalized mean embedding by the fingerprint encoder over its
+    clean segments, one every half segment (enrollment, nothing trained)."""
+    segment_s = config.data.segment_s
+    vectors, tracks, _ = reference_embeddings(encoder.for_segments(segment_s), library, segment_s, segment_s / 2)
+    return track_means(vectors, tracks, len(library))
+
+
 def float_folder(library: Library, config: ExperimentConfig, cache_dir: Path) -> Path:
     """Where the fp32 stages of ``config`` trained on ``library`` live: embedding, clusters and
     fp32 classifiers, which every bit width and rounding of the QAT twins shares."""
@@ -123,8 +134,8 @@ def float_folder(library: Library, config: ExperimentConfig, cache_dir: Path) ->
 @fixed_threads()
 def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Path, workers: int | None = None,
                        refresh: bool = False, dataset: Dataset | None = None) -> Path:
-    """Train (or find in the store) the embedding, the clusters and the fp32 classifiers; returns
-    their folder (``embedding/``, ``clusters.npz``, ``fp32/``, ``histories.json``, ``timings.json``).
+    """Train (or find in the store) the embedding (none with a fingerprint encoder: the library's
+    tracks are embedded by it), the clusters and the fp32 classifiers; returns their folder (``embedding/``, ``clusters.npz``, ``fp32/``, ``histories.json``, ``timings.json``).
     ``dataset``: the training dataset, when the caller has already loaded it."""
     folder = float_folder(library, config, cache_dir)
     if is_complete(folder) and not refresh:
@@ -135,11 +146,16 @@ def train_float_stages(library: Library, config: ExperimentConfig, cache_dir: Pa
     timings: dict[str, float] = {}
     with atomic_folder(folder) as tmp:
         started = time.perf_counter()
-        embedding = train_embedding(library, config, cache_dir, workers, refresh)
+        histories: dict[str, object] = {}
+        if config.embedding.uses_fingerprint_encoder:
+            embedding = encoder_folder(config.embedding.encoder)
+            vectors = enrolled_track_embeddings(library, config, load_encoder(embedding))
+        else:
+            embedding = train_embedding(library, config, cache_dir, workers, refresh)
+            histories["embedding"] = read_json(embedding / "losses.json")
+            vectors = track_embeddings(load_model(embedding), dataset.X, dataset.y, len(library))
         shutil.copytree(embedding, tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
-        histories: dict[str, object] = {"embedding": read_json(embedding / "losses.json")}
-        clustering = cluster_tracks(track_embeddings(load_model(embedding), dataset.X, dataset.y, len(library)),
-                                    config.clusters)
+        clustering = cluster_tracks(vectors, config.clusters)
         np.savez(tmp / "clusters.npz", assignment=clustering.assignment, centroids=clustering.centroids)
         timings["embedding_and_clusters_s"] = time.perf_counter() - started
         logger.info("clusters: %s", clustering.sizes())

@@ -27,10 +27,11 @@ train_augmentations = 60
 eval_queries = 5
 eval_levels = ["clean"]
 [embedding]
+# the per-library contrastive recipe with the earlier, smaller encoder (ppazam_core/embeddings.py):
+# the tiny models' expected answers and circuit widths in the tests were set with its clusters
+encoder = "train"
 epochs = 3
 batch_tracks = 6
-# the earlier, smaller encoder (ppazam_core/embeddings.py): the tiny models' expected answers and
-# circuit widths in the tests were set with its clusters
 blocks = [{{ channels = 32, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}]
 [clusters]
 n_clusters = 2

@@ -38,9 +38,10 @@ train_augmentations = 24
 eval_queries = 3
 eval_levels = ["clean"]
 [embedding]
+encoder = "train"  # the per-library recipe, as TINY_TOML's: the expected widths below come from its clusters
 epochs = 2
 batch_tracks = 6
-blocks = [{{ channels = 32, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}]  # as TINY_TOML's: the expected widths below come from its clusters
+blocks = [{{ channels = 32, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}, {{ channels = 64, kernel = 3, stride = 2 }}]
 [clusters]
 n_clusters = 2
 [identify]

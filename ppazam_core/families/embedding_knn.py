@@ -14,15 +14,13 @@ import faiss
 import numpy as np
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.audio import crop_or_pad
 from dataclasses import dataclass
 
 from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.families.registry import FamilyTable
+from ppazam_core.encoder.references import reference_embeddings
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
-from ppazam_core.features import FrontEnd
 from ppazam_core.library import Library
-from ppazam_core.parallel import progress_bar
 from ppazam_core.hear import client_embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores
 
@@ -59,23 +57,11 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     started = time.perf_counter()
     embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
     timings = {"embedding_s": time.perf_counter() - started}
-    front_end = FrontEnd(embedder.features)
-    rate = config.data.features.sample_rate
-    window, hop = int(round(config.data.segment_s * rate)), int(round(config.table(TABLE.name).hop_s * rate))
-    vectors, tracks, offsets = [], [], []
-    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp, progress_bar() as progress:
+    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        bar = progress.add_task("embedding reference segments", total=len(library))
-        for label, track in enumerate(library):
-            audio = library.load(track, rate)
-            starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
-            clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
-            vectors.append(embedder.embed_patches(front_end(clips)))
-            tracks.append(np.full(starts.size, label))
-            offsets.append(starts / rate)
-            progress.advance(bar)
-        np.savez(tmp / REFERENCES_FILE, vectors=np.concatenate(vectors).astype(np.float32),
-                 tracks=np.concatenate(tracks), offsets_s=np.concatenate(offsets))
+        vectors, tracks, offsets = reference_embeddings(embedder, library, config.data.segment_s,
+                                                        config.table(TABLE.name).hop_s)
+        np.savez(tmp / REFERENCES_FILE, vectors=vectors, tracks=tracks, offsets_s=offsets)
         timings["references_s"] = time.perf_counter() - started
 
 

@@ -33,7 +33,6 @@ from sklearn.linear_model import LogisticRegression
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
-from ppazam_core.embeddings import EmbeddingModel
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
@@ -43,7 +42,7 @@ from ppazam_core.manifest import write_manifest
 from ppazam_core.features import FrontEnd
 from ppazam_core.fhe import CircuitStats, compile_linear
 from ppazam_core.library import Library
-from ppazam_core.hear import HearEmbedder, embedding_front_end, embedding_settings, trained_embedder
+from ppazam_core.hear import Embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
 
@@ -82,7 +81,7 @@ def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, s
     return np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
 
 
-def prototypes(embedder: EmbeddingModel | HearEmbedder, library: Library, segment_s: float,
+def prototypes(embedder: Embedder, library: Library, segment_s: float,
                shots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length), the seconds each
     took to enroll ``(T,)`` (decoding, front-end, embedding) and the segments' own embeddings
