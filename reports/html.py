@@ -66,7 +66,7 @@ fixed threshold at or below 1% achieved on the distractor queries.</p>
 design (fhe-disable and fhe-sim evaluate it): bits about the song the server learns from which circuits
 a query calls, encrypted calls, scores the client decrypts, ciphertext kilobytes up and down,
 evaluation-key megabytes uploaded once, the security level of the FHE parameters, and the probability
-that at least one table lookup of a query is off by a quantization step. Definitions: README, "Privacy ledger".</p>
+that at least one table lookup of a query is off by a quantization step. Definitions: docs/privacy-and-serving.md.</p>
 {{ ledger }}{% endif %}
 {% if verdict %}
 <h2 id="verdict">Regression check</h2>

@@ -87,18 +87,27 @@ def test_encoder_train_end_to_end_and_an_embedding_family_uses_it(tmp_path, tiny
     assert model.features.n_mels == 64  # the encoder's own front-end, not the CNN's 32 x 32 patch
 
 
-def test_a_corpus_streams_to_disk_and_resumes_where_it_stopped(tmp_path, monkeypatch):
-    spec = CorpusSpec(generated_songs=40, song_s=8.0, packages=())
+def _peak_bytes(spec: CorpusSpec, cache: Path) -> tuple[int, int]:
+    """Peak bytes Python allocated while building the corpus and drawing windows from it, and
+    the corpus's size."""
     tracemalloc.start()
-    whole = build_corpus(spec, tmp_path / "whole")
-    reader = CorpusReader(whole)
+    built = build_corpus(spec, cache)
+    reader = CorpusReader(built)
     windows = [reader.draw(np.random.default_rng(i), 8, 16_000) for i in range(3)]
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    size = (whole.folder / AUDIO_FILE).stat().st_size
-    assert size == 40 * 8 * 16_000 * 2
-    assert peak < size / 2, f"{peak} bytes held while building a corpus of {size}"  # one batch of songs at a time
     assert all(w.shape == (8, 16_000) and np.abs(w).max() > 0 for w in windows)
+    return peak, (built.folder / AUDIO_FILE).stat().st_size
+
+
+def test_a_corpus_streams_to_disk_and_resumes_where_it_stopped(tmp_path, monkeypatch):
+    spec = CorpusSpec(generated_songs=40, song_s=8.0, packages=())
+    small_peak, small_size = _peak_bytes(spec, tmp_path / "whole")
+    large_peak, large_size = _peak_bytes(replace(spec, generated_songs=160), tmp_path / "large")
+    assert small_size == 40 * 8 * 16_000 * 2 and large_size == 4 * small_size
+    # memory holds a batch of songs, whatever the corpus's size: four times the songs, not four times the memory
+    assert large_peak < 1.5 * small_peak and large_peak < large_size / 3, (small_peak, large_peak, large_size)
+    whole = build_corpus(spec, tmp_path / "whole")
 
     original = corpus_module._render_batch
     calls = {"n": 0}
