@@ -1,4 +1,8 @@
-"""Any module implementing the HEAR API as the client-side embedder of the embedding families.
+"""The embedding families' client-side embedder: the fingerprint encoder (shipped, or a folder),
+the per-library contrastive model, or any module implementing the HEAR API.
+
+``[embedding] encoder`` chooses between the first two (:mod:`ppazam_core.encoder`); a HEAR
+module named by ``[embedding] embedder`` takes their place.
 
 The HEAR 2021 common API (Turian et al., "HEAR: Holistic Evaluation of Audio Representations",
 PMLR 176, 2022) asks a module for ``load_model(model_file_path)`` returning a model with

@@ -24,6 +24,7 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     shots = [1, 3, 5, 10]                   # enrollment segments per enrolled track (k of n-way k-shot)
     episode_ways = [5]                      # n of the n-way k-shot episodes among the enrolled tracks
     library_sizes = []                      # synthetic track counts to scale over (scaling suite)
+    size_families = []                      # only these families at library_sizes, the suite's library too (empty: all, instead of it)
 
 The bit widths and rounding bits sweep the two-stage CNN; the linear heads use the ``n_bits`` of
 their ``[head]``/``[mfcc]`` tables and the clear-text families run once, in ``fp32``.
@@ -75,6 +76,7 @@ class Suite:
     shots: tuple[int, ...] = (1, 3, 5, 10)
     episode_ways: tuple[int, ...] = (5,)
     library_sizes: tuple[int, ...] = ()
+    size_families: tuple[str, ...] = ()
     experiment: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +99,11 @@ class Suite:
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
         if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):
             raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes, "integers >= 2")
+        if self.size_families:
+            _members("size_families", self.size_families, self.families)
+        if self.size_families and not self.library_sizes:
+            raise ConfigError.bad_value(f"suite {self.name}: size_families", self.size_families,
+                                        "families measured at library_sizes: give library_sizes too")
         if self.library_sizes and self.library != "synthetic":
             raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes,
                                         "only with library = \"synthetic\"")
@@ -151,8 +158,16 @@ class Suite:
         return [(b, r) for b in self.bit_widths for r in self.rounding_bits]
 
     def sizes(self) -> tuple[int | None, ...]:
-        """The synthetic library sizes to run (``None``: the suite's library as it is)."""
+        """The synthetic library sizes to run (``None``: the suite's library as it is): the
+        suite's library and then ``library_sizes`` when ``size_families`` names the families
+        measured at those sizes, else ``library_sizes`` instead of it."""
+        if self.size_families:
+            return (None, *self.library_sizes)
         return self.library_sizes or (None,)
+
+    def families_at(self, n_tracks: int | None) -> tuple[str, ...]:
+        """The families measured at library size ``n_tracks`` (a value of :meth:`sizes`)."""
+        return self.size_families if self.size_families and n_tracks is not None else self.families
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Suite":

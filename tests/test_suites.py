@@ -61,6 +61,9 @@ def test_nightly_suite_uses_the_debian_library():
     ("query_tracks = 2.5", "query_tracks = 2.5 is not allowed"),
     ('library = "music"\nlibrary_sizes = [100]', 'only with library = "synthetic"'),
     ("library_sizes = [1]", "library_sizes = (1,) is not allowed"),
+    ('families = ["embedding-head"]\nsize_families = ["embedding-knn"]\nlibrary_sizes = [100]',
+     "size_families = 'embedding-knn' is not allowed"),
+    ('families = ["embedding-head"]\nsize_families = ["embedding-head"]', "give library_sizes too"),
     ("modes = []", "modes is empty"),
 ])
 def test_bad_suite_files_name_key_and_allowed_values(tmp_path, text, message):
@@ -95,5 +98,17 @@ def test_paper_suite_compares_every_family():
 
 def test_scaling_suite_sizes_set_the_synthetic_library():
     suite = load_suite("scaling")
-    assert suite.sizes() == (100, 1000, 10000)
-    assert [suite.config(4, 7, n).data.synthetic.n_tracks for n in suite.sizes()] == [100, 1000, 10000]
+    assert suite.sizes() == (1000, 10000)
+    assert [suite.config(4, 7, n).data.synthetic.n_tracks for n in suite.sizes()] == [1000, 10000]
+    assert all(suite.families_at(n) == suite.families for n in suite.sizes())
+
+
+def test_size_families_add_library_sizes_beside_the_suite_s_own_library(tmp_path):
+    path = tmp_path / "sized.toml"
+    path.write_text('families = ["two-stage-cnn", "embedding-head"]\nsize_families = ["embedding-head"]\n'
+                    "library_sizes = [200]\n")
+    suite = load_suite(path)
+    assert suite.sizes() == (None, 200)
+    assert suite.families_at(None) == ("two-stage-cnn", "embedding-head")
+    assert suite.families_at(200) == ("embedding-head",)
+    assert suite.config(4, 6).data.synthetic.n_tracks == 64 and suite.config(4, 6, 200).data.synthetic.n_tracks == 200

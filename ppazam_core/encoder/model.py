@@ -118,7 +118,7 @@ class FingerprintEncoder(nn.Module):
         out = np.zeros((len(patches), self.architecture.dimension), dtype=np.float32)
         per_batch = max(1, BATCH // len(starts))
         for first in range(0, len(patches), per_batch):
-            chunk = torch.from_numpy(patches[first : first + per_batch])
+            chunk = torch.tensor(patches[first : first + per_batch])  # a copy: a stored dataset is read-only
             windows = torch.stack([chunk[..., s : s + self.window] for s in starts], dim=1)
             embedded = self(windows.reshape(-1, 1, self.front_end.n_mels, self.window))
             mean = embedded.reshape(len(chunk), len(starts), -1).mean(dim=1)
