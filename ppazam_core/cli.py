@@ -1,4 +1,4 @@
-"""The ``ppazam`` command.
+"""ppazam: benchmark privacy-preserving song identification in the clear, quantized, simulated and encrypted.
 
     ppazam library info synthetic|PATH     track counts, duration, silent and skipped files
     ppazam library build-debian DEST       real music from Debian's packages
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppazam", description=__doc__.strip().splitlines()[0])
-    commands = parser.add_subparsers(title="commands")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     library = commands.add_parser("library", help="inspect or build music libraries")
     library_commands = library.add_subparsers(title="library commands")
@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
     prepare.set_defaults(run=_prepare)
 
-    train = commands.add_parser("train", help="train a family's models (default: the two-stage CNN's embeddings, "
-                                              "clusters and classifiers, fp32 and QAT)")
+    train = commands.add_parser("train", help="train a family's models (default: the two-stage CNN: clusters of the "
+                                              "fingerprint encoder's embeddings, fp32 and QAT classifiers)")
     _experiment_options(train)
     _family_option(train)
     train.add_argument("--refresh", action="store_true", help="retrain even if the cache holds the models")

@@ -108,6 +108,7 @@ def train_encoder(config: EncoderTrainConfig, out: Path, cache_dir: Path, worker
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; give a new folder for the encoder")
+    record = build_record()  # the code as it is when training starts, whatever is committed meanwhile
     work = work_folder(out)
     key = settings_hash(config)
     state = _load_state(work, key)
@@ -149,7 +150,7 @@ def train_encoder(config: EncoderTrainConfig, out: Path, cache_dir: Path, worker
     with atomic_folder(out) as tmp:
         encoder.save(tmp)
         (tmp / LOSSES_FILE).write_text(json.dumps(losses, indent=1))
-        manifest = encoder_manifest(config, corpus, weights_sha256(tmp), train_s, corpus_s)
+        manifest = encoder_manifest(config, corpus, weights_sha256(tmp), train_s, corpus_s, record)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return out
@@ -172,11 +173,11 @@ def _train_step(config: EncoderTrainConfig, views: ViewMaker, encoder: Fingerpri
 
 
 def encoder_manifest(config: EncoderTrainConfig, corpus: Corpus, sha256: str, train_s: float,
-                     corpus_s: float) -> dict:
+                     corpus_s: float, record: dict) -> dict:
     """How an encoder was made: corpus (generator seed and songs, Debian packages and versions,
-    tracks and hours), front-end, architecture, steps, code commit and hash, seeds, machine,
-    seconds, and the SHA-256 of the weights."""
-    record = build_record()
+    tracks and hours), front-end, architecture, steps, code commit and hash (``record``, from
+    :func:`~ppazam_core.provenance.build_record` when training started), seeds, machine, seconds,
+    and the SHA-256 of the weights."""
     return {"kind": "ppazam fingerprint encoder", "weights_sha256": sha256,
             "corpus": corpus.summary(), "front_end": asdict(FINGERPRINT_FRONT_END),
             "architecture": asdict(config.architecture), "training": asdict(config),
@@ -184,7 +185,8 @@ def encoder_manifest(config: EncoderTrainConfig, corpus: Corpus, sha256: str, tr
                       "generator": corpus_seed(config.corpus.seed)},
             "git_commit": record["git_commit"], "code_hash": record["code_hash"], "packages": record["packages"],
             "machine": {"cpu": cpu_model(), "platform": platform.platform(), "threads": torch.get_num_threads()},
-            "training_s": round(train_s, 1), "corpus_s": round(corpus_s, 1), "built_at": record["built_at"]}
+            "training_s": round(train_s, 1), "corpus_s": round(corpus_s, 1), "started_at": record["built_at"],
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _save_state(work: Path, key: str, encoder: FingerprintEncoder, optimizer: torch.optim.Optimizer, step: int,
