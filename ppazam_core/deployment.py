@@ -18,6 +18,11 @@ the server process inside Concrete at the next query. The digest is
 an integrity check against accidents, **not authentication**: anyone on the path can rewrite a
 payload and its digest together. Run the server behind TLS to stop tampering in transit.
 
+A circuit folder may also hold a packed CKKS head (:mod:`ppazam_core.fhe_packed`: a
+``packed.json`` in its ``client.zip`` and ``server.zip``); :func:`open_client` and
+:func:`open_server` pick its client and server, which offer the same methods, so the channel,
+the bundle and :mod:`ppazam_core.serving` serve it alike.
+
 The client's keys (secret keys included) live only in a client folder outside every model
 folder (:func:`client_key_dir`), written with mode 0600 in a 0700 folder; they are stored with
 their SHA-256 and checked before Concrete reads them: damaged keys (which Concrete may accept and
@@ -63,6 +68,7 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 KEY_DIR_ENV = "PPAZAM_CLIENT_KEYS"
 CIRCUIT_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+PACKED_MEMBER = "packed.json"  # in client.zip / server.zip: a packed CKKS head (ppazam_core.fhe_packed)
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +198,44 @@ class ServerBundle:
             return self._servers[name] if name in self._servers else self._load(name)
 
     def _load(self, name: str) -> ClassifierServer:
-        server = ClassifierServer(self.folders[name])
+        server = open_server(self.folders[name])
         expected = self.description.get("circuits", {}).get(name, server.stats.circuit_id)
         if server.stats.circuit_id != expected:
             raise damaged(self.folders[name] / CIRCUIT_FILE,
                           f"circuit id {server.stats.circuit_id}, the bundle lists {expected}")
         self._servers[name] = server
         return server
+
+
+def _is_packed(folder: Path, archive: str) -> bool:
+    """Whether ``folder/archive`` is a packed CKKS head's (:mod:`ppazam_core.fhe_packed`)."""
+    try:
+        with zipfile.ZipFile(Path(folder) / archive) as z:
+            return PACKED_MEMBER in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def open_server(server_dir: Path) -> ClassifierServer:
+    """The server side of a circuit folder: Concrete's (:class:`ClassifierServer`), or a packed
+    CKKS head's (:class:`~ppazam_core.fhe_packed.PackedServer`, same interface)."""
+    if _is_packed(server_dir, "server.zip"):
+        from ppazam_core.fhe_packed import PackedServer  # it builds on this module
+
+        server = PackedServer(server_dir)
+        server.prepare()  # the weights' plaintexts encoded now, not in the first query's time
+        return server
+    return ClassifierServer(server_dir)
+
+
+def open_client(client_dir: Path, key_dir: Path) -> "ClassifierClient":
+    """The client side of a circuit folder: Concrete's (:class:`ClassifierClient`), or a packed
+    CKKS head's (:class:`~ppazam_core.fhe_packed.PackedClient`, same interface)."""
+    if _is_packed(client_dir, "client.zip"):
+        from ppazam_core.fhe_packed import PackedClient  # it builds on this module
+
+        return PackedClient(client_dir, key_dir)
+    return ClassifierClient(client_dir, key_dir)
 
 
 def export_server(circuits: Path, dest: Path, description: dict) -> Path:
@@ -451,7 +488,7 @@ class EncryptedChannel:
         for name in self.names():
             if name in self.key_setups:
                 continue
-            client = ClassifierClient(self.circuits / name / "client", self.key_dir)
+            client = open_client(self.circuits / name / "client", self.key_dir)
             keys_s, generated = client.ensure_keys()
             keys = client.evaluation_keys()
             started = time.perf_counter()

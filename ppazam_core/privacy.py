@@ -22,6 +22,8 @@ For one model in one mode, per query segment (a longer query repeats it per segm
 * ``p_error_per_query`` -- probability that at least one table lookup of a query is off
   (``1 - prod (1 - p_error)^PBS`` over its calls; ``p_error`` per lookup from Concrete). An
   error moves one lookup's result by a quantization step; the accuracy rows show what it costs.
+  A packed CKKS design has no lookup: its call plan gives the chance that one call's approximation
+  error changes the top-1 (``CallPlan.p_error_per_call``, measured at build).
 
 The design of each family comes from its :class:`CallPlan` (``model.call_plan()``).
 """
@@ -50,6 +52,7 @@ class CallPlan:
     calls: dict[str, float]
     server_learns_bits: float
     client_scores: float
+    p_error_per_call: float = 0.0  # a design without table lookups (CKKS): the chance one call's answer is off
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ def ledger(model, mode: Mode | str, channel: EncryptedChannel | None) -> Ledger:
     keys = (sum(s.evaluation_key_bytes for s in channel.key_setups.values()) if keys_measured
             else sum(s.serialized_key_bytes + HEADER.size for s in stats.values()))
     survive = math.prod((1.0 - stats[n].p_error) ** (stats[n].pbs_count * calls) for n, calls in plan.calls.items())
+    survive *= (1.0 - plan.p_error_per_call) ** sum(plan.calls.values())
     return Ledger(
         server_learns_bits=plan.server_learns_bits,
         server_calls=sum(plan.calls.values()),

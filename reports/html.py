@@ -124,9 +124,10 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
         {"id": "latency-by-stage", "title": "Latency per stage (median of rounds)",
          "png": _png(_latency_by_stage, latency)},
         {"id": "sizes", "title": "Key and ciphertext sizes per circuit", "png": _png(_sizes, results)},
-        {"id": "answer-bytes", "title": "Answer bytes per query segment against library size, per encrypted design "
-                                        "(privacy ledger; one library size: one point per design)",
-         "png": _png(_answer_bytes, results)},
+        {"id": "answer-bytes", "title": "Answer bytes (privacy ledger) and server seconds per query segment against "
+                                        "library size, per encrypted design, with Apple's PNNS point (star); dashed, "
+                                        "hollow: extrapolated past the largest measured size (an estimate)",
+         "png": _png(_answer_bytes, results, latency)},
         {"id": "open-set", "title": "Open-set rejection: ROC-AUC of the confidence, library vs distractor queries",
          "png": _png(_open_set, results)},
         {"id": "scaling", "title": "Cost and accuracy against library size",
@@ -378,22 +379,72 @@ def _open_set(figure, results: pd.DataFrame) -> bool:
     return True
 
 
-def _answer_bytes(figure, results: pd.DataFrame) -> bool:
-    """The ledger's response bytes of each encrypted design against the library size, log axes."""
-    rows = results[(results["stage"] == "ledger") & (results["metric"] == "bytes_down")
-                   & results["mode"].isin(["fhe", "fhe-sim", "fhe-disable"]) & (results["value"] > 0)]
-    rows = rows.drop_duplicates(["family", "n_tracks"]).rename(columns={"n_tracks": "tracks"})
-    if rows.empty:
+# Apple's private nearest-neighbour search (swift-homomorphic-encryption, PNNS; BFV, 4,096 rows of
+# 128 dimensions): the design point a packed design must reach (docs/design-notes.md)
+PNNS_ANCHOR = {"tracks": 4096, "answer_bytes": 52.1e3, "server_s": 0.012}
+EXTRAPOLATE_TO = 100_000  # tracks: a design measured at two sizes or more is drawn to here, dashed
+
+
+def _per_design(results: pd.DataFrame, latency: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per encrypted design and library size: the ledger's answer bytes per segment, and the
+    server's seconds per segment (every encrypted stage's measured median, summed)."""
+    answers = results[(results["stage"] == "ledger") & (results["metric"] == "bytes_down")
+                      & results["mode"].isin(["fhe", "fhe-sim", "fhe-disable"]) & (results["value"] > 0)]
+    answers = answers.drop_duplicates(["family", "n_tracks"])[["family", "n_tracks", "value"]]
+    server = latency[(latency["mode"] == "fhe") & latency["stage"].astype(str).str.endswith(":server")
+                     & (latency["metric"] == "per_query_s")] if not latency.empty else latency
+    if not server.empty:
+        server = server.groupby(["family", "n_tracks"], as_index=False)["value"].sum()
+    return answers.rename(columns={"n_tracks": "tracks"}), \
+        (server.rename(columns={"n_tracks": "tracks"}) if not server.empty else server)
+
+
+def _extrapolated(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each design's cost past its largest measured size, to :data:`EXTRAPOLATE_TO` tracks: the
+    power law through its two largest measured sizes, its exponent clamped to [0, 1] (flat, up to
+    the per-track cost at the largest size: a packed design's shards make steps that a power law
+    through two of them would overshoot)."""
+    out = []
+    for family, measured in rows.groupby("family"):
+        measured = measured.sort_values("tracks")
+        if len(measured) < 2 or measured["tracks"].iloc[-1] >= EXTRAPOLATE_TO:
+            continue
+        (n1, v1), (n2, v2) = measured[["tracks", "value"]].iloc[-2:].to_numpy()
+        slope = np.log(v2 / v1) / np.log(n2 / n1) if v1 > 0 and v2 > 0 and n2 > n1 else 1.0
+        slope = min(max(slope, 0.0), 1.0)  # at most its per-track cost (a packed design's shards step up)
+        for n in (n2, EXTRAPOLATE_TO):
+            out.append({"family": family, "tracks": n, "value": v2 * (n / n2) ** slope})
+    return pd.DataFrame(out)
+
+
+def _answer_bytes(figure, results: pd.DataFrame, latency: pd.DataFrame) -> bool:
+    """Answer bytes and server seconds per segment of each encrypted design against the library
+    size, log-log, Apple's PNNS point drawn in; past a design's largest measured size (two sizes
+    or more), its extrapolation, dashed and marked as an estimate."""
+    answers, server = _per_design(results, latency)
+    if answers.empty:
         return False
-    ax = figure.add_subplot()
-    sns.lineplot(data=rows, x="tracks", y="value", hue="family", style="family", markers=True, dashes=False, ax=ax,
-                 errorbar=None)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("library tracks")
-    ax.set_ylabel("bytes the client receives per segment")
-    ax.axhline(100e3, color="grey", linestyle=":", linewidth=1)
-    ax.legend(fontsize="x-small")
+    families = list(dict.fromkeys([*answers["family"], *([] if server.empty else server["family"])]))
+    palette = dict(zip(families, sns.color_palette(n_colors=len(families))))
+    left, right = figure.subplots(1, 2)
+    panels = ((left, answers, "answer_bytes", "bytes the client receives per segment"),
+              (right, server, "server_s", "server seconds per segment (fhe)"))
+    for ax, rows, anchor, label in panels:
+        if not rows.empty:
+            for family, measured in rows.groupby("family", sort=False):
+                measured = measured.sort_values("tracks")
+                ax.plot(measured["tracks"], measured["value"], marker="o", color=palette[family], label=family)
+            estimate = _extrapolated(rows)
+            for family, line in (estimate.groupby("family", sort=False) if not estimate.empty else ()):
+                ax.plot(line["tracks"], line["value"], linestyle="--", marker="o", markerfacecolor="none",
+                        color=palette[family], label=f"{family} (estimate)")
+        ax.plot([PNNS_ANCHOR["tracks"]], [PNNS_ANCHOR[anchor]], marker="*", markersize=12, linestyle="none",
+                color="black", label="Apple PNNS (BFV, 128-dim)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("library tracks")
+        ax.set_ylabel(label)
+        ax.legend(fontsize="x-small")
     return True
 
 

@@ -9,7 +9,8 @@ register through the ``ppazam.families`` entry points.
   cluster, so that the server cannot tell the song's cluster;
 * ``embedding-head``: clear-text embedding on the client, encrypted linear head on the server;
   ``embedding-head-top1``: the same, the server also computing the encrypted argmax, so that
-  the client receives one track instead of every track's score;
+  the client receives one track instead of every track's score; ``embedding-head-packed``: the
+  same head scored under CKKS, thousands of tracks per ciphertext (:mod:`ppazam_core.fhe_packed`);
 * ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
 * ``landmark-fp`` and ``embedding-knn``: clear-text references (``fp32`` mode only).
 """
@@ -24,6 +25,7 @@ from ppazam_core.dataset import DatasetSpec
 from ppazam_core.families import two_stage  # isort: skip (registered first: the default family)
 from ppazam_core.families import embedding_head, embedding_head_top1, mfcc_logreg, landmark, embedding_knn  # isort: skip
 from ppazam_core.families import embedding_prototypes  # isort: skip
+from ppazam_core.families import embedding_head_packed  # isort: skip
 from ppazam_core.families.registry import Family, family_names, get_family, register
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
@@ -31,7 +33,7 @@ from ppazam_core.recognition import Mode, Recognizer
 from ppazam_core.threads import fixed_threads
 
 __all__ = ["Family", "family_names", "get_family", "register", "two_stage", "embedding_head", "embedding_head_top1",
-           "mfcc_logreg", "landmark", "embedding_knn", "embedding_prototypes"]
+           "mfcc_logreg", "landmark", "embedding_knn", "embedding_prototypes", "embedding_head_packed"]
 
 
 def family_modes(family: str) -> tuple[Mode, ...]:
