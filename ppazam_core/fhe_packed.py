@@ -251,6 +251,30 @@ def packed_scores(params: PackedParams, diags: np.ndarray, bias: np.ndarray, x: 
     return np.concatenate(scores)[: params.n_tracks]
 
 
+def best_per_group(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The best score of each group of rows: ``scores`` ``(..., rows)``, ``groups`` ``(rows,)``
+    the group of each row (non-decreasing, every group from 0 present: see
+    :func:`check_groups`); ``(..., n_groups)``. A private kNN's track scores: each track's best
+    reference segment."""
+    groups = np.asarray(groups)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return np.maximum.reduceat(np.asarray(scores), starts, axis=-1)
+
+
+def check_groups(groups: np.ndarray, rows: int, n_groups: int | None = None) -> str | None:
+    """Why ``groups`` cannot group ``rows`` rows into (``n_groups``) contiguous groups numbered
+    from 0 in order, or ``None`` when it can."""
+    groups = np.asarray(groups)
+    if groups.shape != (rows,) or rows == 0 or not np.issubdtype(groups.dtype, np.integer):
+        return f"{groups.shape} {groups.dtype} group labels for {rows} rows"
+    steps = np.diff(groups)
+    if groups[0] != 0 or np.any((steps != 0) & (steps != 1)):
+        return "group labels are not contiguous runs numbered 0, 1, 2, ..."
+    if n_groups is not None and int(groups[-1]) + 1 != n_groups:
+        return f"{int(groups[-1]) + 1} groups, expected {n_groups}"
+    return None
+
+
 def fixed_point(values: np.ndarray, scale: float) -> np.ndarray:
     """``values`` on the grid of ``1 / scale``: CKKS's fixed-point encoding, in the clear."""
     return np.round(np.asarray(values, dtype=np.float64) * scale) / scale
@@ -608,12 +632,17 @@ def _sha256(path: Path) -> str:
 
 
 def build_packed(W: np.ndarray, b: np.ndarray, ring: int, moduli_bits: tuple[int, ...], query_scale_bits: int,
-                 calibration: np.ndarray, folder: Path) -> CircuitStats:
+                 calibration: np.ndarray, folder: Path, groups: np.ndarray | None = None) -> CircuitStats:
     """Write the packed head of weights ``W`` ``(N, d)`` and biases ``b`` into ``folder`` (new):
     client and server sides, and the costs and approximation error measured by encrypting
-    ``calibration`` rows under a throwaway key (sizes of keys, query and answer as sent)."""
+    ``calibration`` rows under a throwaway key (sizes of keys, query and answer as sent).
+    ``groups`` ``(N,)``: the answer each row belongs to when the client takes the best row of
+    each group (a kNN's track of each reference, see :func:`best_per_group`); the chance of a
+    changed top-1 is then that of a changed best group. ``None``: every row is an answer."""
     started = time.perf_counter()
     W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    if groups is not None and (reason := check_groups(groups, W.shape[0])) is not None:
+        raise ValueError(f"packed head groups: {reason}")
     params = plan(W.shape[1], W.shape[0], ring, moduli_bits, query_scale_bits)
     norm = max(1.0, float(np.linalg.norm(calibration, axis=1).max()) if len(calibration) else 1.0)
     bound = float((np.linalg.norm(W, axis=1) * norm * SCORE_MARGIN + np.abs(b)).max())
@@ -637,7 +666,7 @@ def build_packed(W: np.ndarray, b: np.ndarray, ring: int, moduli_bits: tuple[int
     for side in ("client", "server"):
         provisional.save(folder / side)
     KeyLayout(1 << 40, ()).save(folder / "server")  # replaced below by the measured size
-    measured = measure(folder, calibration, W, b)
+    measured = measure(folder, calibration, W, b, groups)
     compile_s = time.perf_counter() - started
     stats = _stats(params, circuit_id, measured["key_bytes"], measured["query_bytes"], measured["answer_bytes"],
                    measured["p_top1_flip"], compile_s)
@@ -664,11 +693,13 @@ def _stats(params: PackedParams, circuit_id: str, key_bytes: int, query_bytes: i
                         security_bits=SECURITY_BITS, serialized_key_bytes=int(key_bytes))
 
 
-def measure(folder: Path, calibration: np.ndarray, W: np.ndarray, b: np.ndarray) -> dict:
+def measure(folder: Path, calibration: np.ndarray, W: np.ndarray, b: np.ndarray,
+            groups: np.ndarray | None = None) -> dict:
     """Encrypt ``calibration`` rows under a throwaway secret key and compare the decrypted scores
     with the exact ones: the CKKS error (std and max over every score), payload sizes, and the
     probability that the error changes a query's top-1 under a Gaussian model of it (the mean
-    over the rows of ``P(N(0, 2 sigma^2) > gap)``, ``gap`` the exact best-minus-second score)."""
+    over the rows of ``P(N(0, 2 sigma^2) > gap)``, ``gap`` the exact best-minus-second score;
+    with ``groups``, of the best score of each group, see :func:`best_per_group`)."""
     with tempfile.TemporaryDirectory(prefix="ppazam-packed-keys-") as keys:
         server, client = PackedServer(folder / "server"), PackedClient(folder / "client", Path(keys))
         galois = client.evaluation_keys()
@@ -682,7 +713,8 @@ def measure(folder: Path, calibration: np.ndarray, W: np.ndarray, b: np.ndarray)
             got = client.decrypt(answer)[0].astype(np.float64)
             exact = W @ x + b
             errors.append(got - exact)
-            top = np.sort(exact)[-2:] if len(exact) > 1 else np.array([0.0, np.inf])
+            answers_exact = exact if groups is None else best_per_group(exact, groups)
+            top = np.sort(answers_exact)[-2:] if len(answers_exact) > 1 else np.array([0.0, np.inf])
             gaps.append(top[1] - top[0])
             queries.append(len(query))
             answers.append(len(answer))

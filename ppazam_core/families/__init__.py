@@ -11,6 +11,8 @@ register through the ``ppazam.families`` entry points.
   ``embedding-head-top1``: the same, the server also computing the encrypted argmax, so that
   the client receives one track instead of every track's score; ``embedding-head-packed``: the
   same head scored under CKKS, thousands of tracks per ciphertext (:mod:`ppazam_core.fhe_packed`);
+* ``embedding-knn-packed``: private nearest-neighbour search on that backend: the encrypted
+  embedding scored against every track's reference segments, the client taking each track's best;
 * ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
 * ``landmark-fp`` and ``embedding-knn``: clear-text references (``fp32`` mode only).
 """
@@ -25,7 +27,7 @@ from ppazam_core.dataset import DatasetSpec
 from ppazam_core.families import two_stage  # isort: skip (registered first: the default family)
 from ppazam_core.families import embedding_head, embedding_head_top1, mfcc_logreg, landmark, embedding_knn  # isort: skip
 from ppazam_core.families import embedding_prototypes  # isort: skip
-from ppazam_core.families import embedding_head_packed  # isort: skip
+from ppazam_core.families import embedding_head_packed, embedding_knn_packed  # isort: skip
 from ppazam_core.families.registry import Family, family_names, get_family, register
 from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import Library
@@ -33,7 +35,8 @@ from ppazam_core.recognition import Mode, Recognizer
 from ppazam_core.threads import fixed_threads
 
 __all__ = ["Family", "family_names", "get_family", "register", "two_stage", "embedding_head", "embedding_head_top1",
-           "mfcc_logreg", "landmark", "embedding_knn", "embedding_prototypes", "embedding_head_packed"]
+           "mfcc_logreg", "landmark", "embedding_knn", "embedding_prototypes", "embedding_head_packed",
+           "embedding_knn_packed"]
 
 
 def family_modes(family: str) -> tuple[Mode, ...]:

@@ -1,0 +1,114 @@
+"""``embedding-knn-packed``: private nearest-neighbour search over reference segments (the design
+of Apple's PNNS) on the packed CKKS backend (:mod:`ppazam_core.fhe_packed`).
+
+The server holds, in the clear, the embeddings of every track's clean reference segments, one
+every ``[knnpacked] hop_s`` (``embedding-knn``'s references:
+:func:`~ppazam_core.encoder.references.reference_embeddings`), as the rows of ``W``, with
+``b = 0``. The client embeds its query segment in the clear (unit vectors, as the references),
+encrypts it, and the server computes every reference's inner product -- its cosine similarity
+-- under CKKS, ``n`` rows a ciphertext (4,096 by default): ``tracks x segments per track`` rows
+make ``ceil(rows / n)`` ciphertexts in the answer. The client decrypts every row's score and
+takes each track's best (max over its rows): the track scores of ``embedding-knn`` over every
+reference rather than the ``neighbours`` nearest. The confidence is the best similarity.
+
+The server learns nothing from the call (one call a segment, the same for every song); the
+client learns every reference's similarity (``rows`` scores a segment). A shorter hop describes
+more moments of each song (a query falls nearer a reference: better accuracy, above all for
+short or noisy queries) at the cost of more rows: a larger answer and more server work, one
+ciphertext and one shard's products per 4,096 rows. The default, 1 s, keeps a 30-s track to 28
+rows (146 tracks a ciphertext at 3-s segments); ``embedding-knn`` uses 0.5 s.
+
+Artifacts: ``embedding/``, ``references.npz`` (the ``tracks`` and ``offsets_s`` of ``W``'s
+rows), ``head.npz`` (``W``, ``b``), ``circuits/fhe/packed/`` and ``model.json``; the packed head,
+its modes and its call plan are those of :mod:`ppazam_core.families.packed_head`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ppazam_core.artifacts import damaged, read_arrays
+from ppazam_core.config import ExperimentConfig, require
+from ppazam_core.encoder.references import reference_embeddings
+from ppazam_core.families.packed_head import TABLE as PACKED_TABLE
+from ppazam_core.families.packed_head import PackedFamilyModel, packed_family, write_packed_head
+from ppazam_core.families.registry import FamilyTable
+from ppazam_core.families.store import write_family
+from ppazam_core.fhe_packed import best_per_group, check_groups
+from ppazam_core.hear import embedding_settings, trained_embedder
+from ppazam_core.library import Library
+from ppazam_core.recognition import Mode, Scores
+
+FAMILY = "embedding-knn-packed"
+REFERENCES_FILE = "references.npz"
+
+
+@dataclass(frozen=True)
+class KnnPackedConfig:
+    """``embedding-knn-packed``: the server's rows are clean reference segments of every track,
+    one every ``hop_s`` seconds (fewer rows than ``embedding-knn``'s 0.5 s: a smaller answer,
+    less server work, references further apart). CKKS parameters: ``[packed]``."""
+
+    hop_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.hop_s, (int, float)) and self.hop_s > 0, "knnpacked.hop_s", self.hop_s,
+                "a number of seconds > 0")
+
+
+TABLE = FamilyTable("knnpacked", KnnPackedConfig)
+
+
+def settings(config: ExperimentConfig) -> dict:
+    """The parts of ``config`` the references and their packed circuit depend on."""
+    return {"data": config.data.train_spec(), **embedding_settings(config), "knnpacked": config.table(TABLE.name),
+            "packed": config.table(PACKED_TABLE.name), "seed": config.fhe.seed}
+
+
+def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: Path, workers: int | None = None,
+          refresh: bool = False) -> None:
+    """Embed every track's reference segments into ``folder`` and build their packed circuit
+    (calibrated on reference segments encrypted under a throwaway key: the CKKS error, sizes,
+    and the chance the error changes the best track)."""
+    started = time.perf_counter()
+    embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
+    timings = {"embedding_s": time.perf_counter() - started}
+    with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
+        started = time.perf_counter()
+        vectors, tracks, offsets = reference_embeddings(embedder, library, config.data.segment_s,
+                                                        config.table(TABLE.name).hop_s)
+        np.savez(tmp / REFERENCES_FILE, tracks=tracks, offsets_s=offsets)
+        timings["references_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        write_packed_head(tmp, vectors, np.zeros(len(vectors)), config, vectors, groups=tracks)
+        timings["packed_s"] = time.perf_counter() - started
+
+
+class EmbeddingKnnPacked(PackedFamilyModel):
+    """A built ``embedding-knn-packed`` model: a track scores its best reference's cosine
+    similarity."""
+
+    family = FAMILY
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        path = self.folder / REFERENCES_FILE
+        if not path.is_file():
+            raise damaged(path, "it is missing")
+        (self.reference_tracks,) = read_arrays(path, "tracks")
+        reason = check_groups(self.reference_tracks, self.head.rows, len(self.track_ids))
+        if reason is not None:
+            raise damaged(path, f"its reference tracks do not fit the packed head's {self.head.rows} rows "
+                                f"of {len(self.track_ids)} tracks: {reason}")
+
+    def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
+        similarity = self.head.logits(self.embedder.embed_patches(patches), mode)
+        track_scores = best_per_group(similarity, self.reference_tracks)
+        return Scores(track_scores, track_scores.max(axis=1))
+
+
+SPEC = packed_family(FAMILY, settings, train, EmbeddingKnnPacked, TABLE)
