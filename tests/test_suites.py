@@ -98,8 +98,8 @@ def test_paper_suite_compares_every_family():
 
 def test_scaling_suite_sizes_set_the_synthetic_library():
     suite = load_suite("scaling")
-    assert suite.sizes() == (1000, 10000)
-    assert [suite.config(4, 7, n).data.synthetic.n_tracks for n in suite.sizes()] == [1000, 10000]
+    assert suite.sizes() == (100, 1000, 10000)
+    assert [suite.config(4, 7, n).data.synthetic.n_tracks for n in suite.sizes()] == [100, 1000, 10000]
     assert all(suite.families_at(n) == suite.families for n in suite.sizes())
 
 
