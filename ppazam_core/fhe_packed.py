@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tenseal.sealapi as seal
 import zstandard
 
 from ppazam_core.artifacts import damaged, read_json, reading
@@ -72,6 +71,20 @@ from ppazam_core.deployment import (HEADER, KEYS, KEYS_DIGEST_FILE, PACKED_MEMBE
 from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError, FheError
 from ppazam_core.fhe import CircuitStats, KeyLayout
 from ppazam_core.store import atomic_folder, is_complete
+
+
+class _Seal:
+    """``tenseal.sealapi``, imported at first use: a process that never scores a packed head
+    (every Concrete family, the whole server of a Concrete bundle) never loads SEAL's native
+    library beside Concrete's."""
+
+    def __getattr__(self, name: str) -> Any:
+        import tenseal.sealapi
+
+        return getattr(tenseal.sealapi, name)
+
+
+seal = _Seal()
 
 # HomomorphicEncryption.org security standard (Albrecht et al. 2018), Table 1: the largest
 # log2 of the coefficient modulus for 128-bit classical security, ternary (uniform) secret
