@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from ppazam_core.artifacts import damaged, read_json, reading
 from ppazam_core.deployment import (HEADER, KEYS, KEYS_DIGEST_FILE, PACKED_MEMBER, QUERY, RESULT, frame,
@@ -336,6 +335,8 @@ def inflated(payload: bytes, limit: int, what: str) -> bytes:
         body = payload[SEAL_HEADER.size :]
     elif mode == COMPR_ZSTD:
         try:
+            import zstandard  # at first use, as SEAL: Concrete-only processes load neither
+
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload[SEAL_HEADER.size :])) as reader:
                 body = reader.read(limit + 1)
         except zstandard.ZstdError as e:
