@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppazam_core.deployment import HEADER
+from ppazam_core.wire import HEADER
 from ppazam_core.fhe_packed import PackedClient, PackedServer, build_packed
 
 DIM = 64

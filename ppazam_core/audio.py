@@ -6,12 +6,21 @@ joined byte by byte, ``cat a.ogg b.ogg``), so such a file is split at its page b
 each link decoded in turn. Resampling uses torchaudio's band-limited sinc interpolation. Every failure is an
 :class:`~ppazam_core.errors.AudioError` naming the file and the reason; nothing falls back
 silently.
+
+A header's length is never trusted: files are decoded block by block until the decoder has no
+more (an MP3 whose Xing header claims 2^32 frames decodes to the seconds it holds), and no file
+decodes to more than :data:`MAX_DECODED_S` seconds or for longer than :data:`MAX_DECODE_WALL_S`
+seconds of wall-clock time, whatever its header says. Channels are averaged, unless their mean
+is more than :data:`OUT_OF_PHASE_DB` below the loudest channel (phase-inverted stereo cancels in
+the mean): then the loudest channel is taken alone, with a logged warning.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +34,20 @@ from ppazam_core.errors import AudioError
 DEFAULT_SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 SILENCE_DBFS = -60.0
+MAX_DECODED_S = 3600.0  # the most audio one file may decode to, in seconds (1 h: 230 MB mono at 16 kHz)
+MAX_DECODE_WALL_S = 300.0  # the most wall-clock seconds decoding one file (one call) may take
+OUT_OF_PHASE_DB = 20.0  # a channel mean this far below the loudest channel cancels: take that channel
+_BLOCK_FRAMES = 1 << 16  # frames decoded per read
+AUDIBLE_HOP_S = 0.25  # the resolution at which audible_starts and audible_seconds find where the audio is
 _OGG_PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # "OggS", version, flags, granule, serial, page, crc, segments
 _OGG_BOS = 0x02
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file's header says about it."""
+    """What a file's header says about it (``frames`` may lie: decoding is what counts)."""
 
     path: str
     sample_rate: int
@@ -51,9 +67,9 @@ def is_audio_path(path: Path) -> bool:
 def probe(path: str | Path) -> AudioInfo:
     """Read the header of an audio file (of each link of a chained Ogg file) without decoding it.
 
-    ``frames`` counts every link; ``channels`` is the most any link has. Raises
-    :class:`AudioError` for a missing, empty or unreadable file, and for a chained Ogg file whose
-    links differ in sample rate.
+    ``frames`` counts every link, as the headers claim (they may lie: :func:`measure` counts what
+    decodes); ``channels`` is the most any link has. Raises :class:`AudioError` for a missing,
+    empty or unreadable file, and for a chained Ogg file whose links differ in sample rate.
     """
     path = Path(path)
     _check_nonempty(path)
@@ -74,6 +90,22 @@ def probe(path: str | Path) -> AudioInfo:
     return AudioInfo(str(path), rate, channels, frames)
 
 
+@dataclass(frozen=True)
+class AudioStats:
+    """What decoding a whole file found: frames decoded (not what the header claims) and the RMS
+    level of the mono signal :func:`load_audio` makes of it (dBFS, -inf for digital silence)."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    level_dbfs: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int = DEFAULT_SAMPLE_RATE,
@@ -82,49 +114,85 @@ def load_audio(
 ) -> np.ndarray:
     """Decode ``path`` to a mono float32 array at ``sample_rate``.
 
-    Channels are averaged; the file is resampled when its rate differs. ``offset_s`` and
-    ``duration_s`` select a part of the file (in seconds of the file, across the links of a
-    chained Ogg file) without decoding the rest. Raises :class:`AudioError` for a file that
-    cannot be decoded, holds no audio after ``offset_s`` or holds non-finite samples.
+    Channels are averaged (out-of-phase channels that cancel: the loudest one, see the module's
+    notes); the file is resampled when its rate differs. ``offset_s`` and ``duration_s`` select
+    a part of the file (in seconds of the file, across the links of a chained Ogg file) without
+    decoding the rest.
+
+    Raises:
+        AudioError: the file cannot be decoded, holds no audio after ``offset_s``, holds
+            non-finite samples or goes past the decoding bounds (:func:`read_blocks`).
     """
     path = Path(path)
     if offset_s < 0 or (duration_s is not None and duration_s <= 0):
         raise ValueError(f"offset_s must be >= 0 and duration_s > 0, got {offset_s}, {duration_s}")
     info = probe(path)
     start = int(round(offset_s * info.sample_rate))
-    stop = info.frames if duration_s is None else start + int(round(duration_s * info.sample_rate))
-    pieces: list[np.ndarray] = []
-    first = 0  # the file's frame where the current link begins
+    stop = None if duration_s is None else start + int(round(duration_s * info.sample_rate))
+    levels = _Levels(info.channels)
+    pieces = [levels.add(block) for block in read_blocks(path, _BLOCK_FRAMES, start, stop)]
+    if levels.frames == 0:
+        raise AudioError(path, "zero-length audio" if start == 0 else f"no audio after {offset_s} s")
+    channel = levels.cancelling_channel(path)
+    if channel is not None:
+        pieces = [np.ascontiguousarray(block[:, min(channel, block.shape[1] - 1)])
+                  for block in read_blocks(path, _BLOCK_FRAMES, start, stop)]
+    return resample(np.concatenate(pieces), info.sample_rate, sample_rate)
+
+
+def measure(path: str | Path) -> AudioStats:
+    """Decode a whole file block by block (:func:`read_blocks`) and measure what it holds.
+
+    Raises:
+        AudioError: as :func:`probe` and :func:`read_blocks`, and for a file that decodes to no
+            audio.
+    """
+    path = Path(path)
+    info = probe(path)
+    levels = _Levels(info.channels)
+    for block in read_blocks(path, _BLOCK_FRAMES):
+        levels.add(block)
+    if levels.frames == 0:
+        raise AudioError(path, "zero-length audio")
+    return AudioStats(str(path), info.sample_rate, info.channels, levels.frames,
+                      levels.level_dbfs(levels.cancelling_channel(path)))
+
+
+def read_blocks(path: str | Path, blocksize: int, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Decode the file's frames ``[start, stop)`` (default: all of them, across the links of a
+    chained Ogg file) as float32 blocks of at most ``blocksize`` frames, shape ``(frames,
+    channels of the link)``, until the decoder gives no more, whatever the header claims. A link
+    wholly before ``start`` is skipped by its header's length.
+
+    Raises:
+        AudioError: decoding fails, a sample is NaN or infinite, or the file decodes to more than
+            :data:`MAX_DECODED_S` seconds or for longer than :data:`MAX_DECODE_WALL_S` seconds.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + MAX_DECODE_WALL_S
+    decoded_s, first = 0.0, 0  # first: the file's frame where the current link begins
     try:
         with closing(_open_links(path)) as links:
             for link in links:
-                if first >= stop:
+                if stop is not None and first >= stop:
                     break
-                if start < first + link.frames:
-                    link.seek(max(start - first, 0))
-                    data = link.read(min(stop, first + link.frames) - max(start, first),
-                                     dtype="float32", always_2d=True)
-                    if not np.isfinite(data).all():
-                        raise AudioError(path, "audio contains NaN or infinite samples")
-                    pieces.append(data.mean(axis=1, dtype=np.float32))
-                first += link.frames
+                if start >= first + link.frames:
+                    first += link.frames
+                    continue
+                position = max(start, first)
+                if position > first:
+                    link.seek(position - first)
+                while stop is None or position < stop:
+                    block = link.read(blocksize if stop is None else min(blocksize, stop - position),
+                                      dtype="float32", always_2d=True)
+                    if block.shape[0] == 0:
+                        break
+                    position += block.shape[0]
+                    decoded_s += block.shape[0] / link.samplerate
+                    _check_block(path, block, decoded_s, deadline)
+                    yield block
+                first = position
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioError(path, f"cannot decode audio: the file is truncated or damaged (libsndfile: {e})") from e
-    mono = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    if mono.shape[0] == 0:
-        raise AudioError(path, "zero-length audio" if start == 0 else f"no audio after {offset_s} s")
-    return resample(mono, info.sample_rate, sample_rate)
-
-
-def read_blocks(path: str | Path, blocksize: int) -> Iterator[np.ndarray]:
-    """Decode the whole file (every link of a chained Ogg file) as float32 blocks of at most
-    ``blocksize`` frames, shape ``(frames, channels of the link)``. Raises :class:`AudioError` where
-    decoding fails."""
-    path = Path(path)
-    try:
-        for link in _open_links(path):
-            yield from link.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError) as e:
         raise AudioError(path, f"cannot decode audio: the file is truncated or damaged (libsndfile: {e})") from e
 
 
@@ -167,6 +235,92 @@ def level_dbfs(audio: np.ndarray) -> float:
 def is_silent(audio: np.ndarray, threshold_dbfs: float = SILENCE_DBFS) -> bool:
     """Whether the whole signal stays below ``threshold_dbfs`` RMS."""
     return level_dbfs(audio) < threshold_dbfs
+
+
+def audible_starts(audio: np.ndarray, sample_rate: int, window: int, count: int) -> np.ndarray:
+    """``count`` start samples of ``window``-sample windows of a mono signal, spread evenly over
+    the starts whose window holds the most audible blocks (:data:`AUDIBLE_HOP_S` seconds at or
+    above :data:`SILENCE_DBFS` RMS), that is where the song is, away from silent stretches: the
+    i-th at ``(i + 1/2) / count`` of them, laid end to end. That is ``(i + 1/2) / count`` of the
+    possible starts when every window is as audible (all of them, or none: a silent track); all
+    zero for a signal no longer than ``window``."""
+    last = max(audio.shape[0] - window, 0)
+    if last == 0:
+        return np.zeros(count, dtype=np.int64)
+    hop = _hop(sample_rate)
+    audible = np.concatenate([[0], np.cumsum(_audible_blocks(audio, hop))])
+    begins = np.arange(0, last, hop)
+    ends = np.minimum(np.arange(begins.size) + -(-window // hop), audible.size - 1)
+    held = audible[ends] - audible[: begins.size]
+    begins = begins[held == held.max()]
+    lengths = np.minimum(hop, last - begins)
+    through = np.cumsum(lengths)  # the chosen starts, laid end to end
+    at = (np.arange(count) + 0.5) / count * through[-1]
+    piece = np.searchsorted(through, at, side="right")
+    return (begins[piece] + at - (through[piece] - lengths[piece])).astype(np.int64)
+
+
+def audible_seconds(audio: np.ndarray, sample_rate: int) -> float:
+    """Seconds of a mono signal in blocks of :data:`AUDIBLE_HOP_S` seconds at or above
+    :data:`SILENCE_DBFS` RMS."""
+    hop = _hop(sample_rate)
+    return float(_audible_blocks(audio, hop).sum()) * hop / sample_rate
+
+
+class _Levels:
+    """Sums of squares of each channel and of the channels' mean over the blocks of a file."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = np.zeros(channels)
+        self.mean = 0.0
+        self.frames = 0
+
+    def add(self, block: np.ndarray) -> np.ndarray:
+        """Count a ``(frames, channels)`` block in; returns its channels' mean (float32)."""
+        self.channels[: block.shape[1]] += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+        mono = block.mean(axis=1, dtype=np.float32)
+        self.mean += float(np.dot(mono, mono.astype(np.float64)))
+        self.frames += block.shape[0]
+        return mono
+
+    def cancelling_channel(self, path: Path) -> int | None:
+        """The loudest channel when the channels' mean is more than :data:`OUT_OF_PHASE_DB` below
+        it (out-of-phase channels cancel), with a logged warning; else None."""
+        loudest = int(np.argmax(self.channels))
+        if self.channels[loudest] <= self.mean * 10.0 ** (OUT_OF_PHASE_DB / 10):
+            return None
+        logger.warning("%s: the mean of its %d channels is more than %g dB below channel %d (out of phase, they "
+                       "cancel); using channel %d alone", path, self.channels.size, OUT_OF_PHASE_DB, loudest + 1,
+                       loudest + 1)
+        return loudest
+
+    def level_dbfs(self, channel: int | None) -> float:
+        """RMS level (dBFS) of one channel, or of the channels' mean (``None``)."""
+        energy = self.mean if channel is None else float(self.channels[channel])
+        return 10.0 * float(np.log10(energy / self.frames)) if energy > 0 else float("-inf")
+
+
+def _check_block(path: Path, block: np.ndarray, decoded_s: float, deadline: float) -> None:
+    """Raise :class:`AudioError` for non-finite samples, or once a file's decoding goes past
+    :data:`MAX_DECODED_S` seconds of audio or its wall-clock ``deadline``."""
+    if not np.isfinite(block).all():
+        raise AudioError(path, "audio contains NaN or infinite samples")
+    if decoded_s > MAX_DECODED_S:
+        raise AudioError(path, f"decodes to more than {MAX_DECODED_S:g} s of audio, the most ppazam reads of a file")
+    if time.monotonic() > deadline:
+        raise AudioError(path, f"decoding took more than {MAX_DECODE_WALL_S:g} s, the most ppazam spends on a file")
+
+
+def _hop(sample_rate: int) -> int:
+    """:data:`AUDIBLE_HOP_S` in samples at ``sample_rate``."""
+    return max(int(round(AUDIBLE_HOP_S * sample_rate)), 1)
+
+
+def _audible_blocks(audio: np.ndarray, hop: int) -> np.ndarray:
+    """Whether each ``hop``-sample block of a mono signal (the last zero-padded) is at or above
+    :data:`SILENCE_DBFS` RMS."""
+    blocks = np.pad(np.asarray(audio, dtype=np.float32), (0, -audio.shape[0] % hop)).reshape(-1, hop)
+    return np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) >= hop * 10.0 ** (SILENCE_DBFS / 10)
 
 
 def _check_nonempty(path: Path) -> None:

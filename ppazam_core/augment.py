@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import inspect
 import random
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +26,7 @@ import audiomentations
 import numpy as np
 
 from ppazam_core.errors import ConfigError
+from ppazam_core.toml_tables import read_toml
 
 TRANSFORMS: dict[str, type] = {
     cls.__name__: cls
@@ -181,11 +181,12 @@ def builtin_policy(level: Level | str) -> AugmentationPolicy:
 
 def load_policies(path: str | Path) -> dict[str, AugmentationPolicy]:
     """Custom policies from the ``[policies.NAME]`` tables of a TOML file."""
+
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read policies from {path}: {e}") from e
+        data = read_toml(path, "policies file")
+    except (OSError, ConfigError) as e:
+        raise ConfigError(f"cannot read policies: {e}") from e
     tables = data.get("policies", {})
     clashes = sorted(set(tables) & {level.value for level in Level})
     if clashes:

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shlex
 import sys
@@ -35,36 +36,39 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppazam_core.artifacts import read_json, reading
 from ppazam_core.audio import is_audio_path, load_audio
 from ppazam_core.calibration import calibrate_open_set, rule_folder, rule_mode
+from ppazam_core.cli_help import Parser
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.costs import calibrate
 from ppazam_core.dataset import build_dataset
 from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.encoder.cli import register as register_encoder_commands
 from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_server
-from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError
-from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_names, get_family, is_trained,
-                                  train_family)
+from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError, StorageError
+from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_segment_s, get_family,
+                                  is_trained, train_family)
 from ppazam_core.families.registry import families
 from ppazam_core.manifest import family_of, holds_model
 from ppazam_core.fhe import CircuitStats
-from ppazam_core.library import (DEFAULT_QUERY_S, Library, SyntheticSpec, Track, open_library,
-                                 scan_folder, synthetic_distractors)
+from ppazam_core.identifier import FAMILY, OBLIVIOUS_FAMILY
+from ppazam_core.library import Library, Track, open_library, scan_folder, synthetic_distractors
 from ppazam_core.pipeline import compile_identifier, noise_folder
 from ppazam_core.open_set import DEFAULT_FAR, OpenSetRule, check_far
 from ppazam_core.privacy import ledger
-from ppazam_core.recognition import Mode, Recognizer, predict, query_patches, sample_queries
+from ppazam_core.recognition import MAX_QUERY_S, Mode, Recognizer, predict, prepare_query, sample_queries
 from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
-from ppazam_core.store import atomic_write_text, canonical_json, config_hash, default_cache_dir
+from ppazam_core.store import (atomic_write_text, canonical_json, config_hash, default_cache_dir,
+                                recover_leftovers, storage_errors, writer_lock)
+from ppazam_core.threads import ARTIFACT_THREADS
 
 console = Console()
 DEFAULT_FHE_QUERIES = 2
 DEFAULT_EVALUATE_MODES = ("fp32", "quant", "fhe-sim")
 DEFAULT_DISTRACTOR_TRACKS = 16
 COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # file-system faults only writes meet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,23 +81,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except PpazamError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        return 1
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(_os_error(e))
+    except UnicodeDecodeError as e:
+        return _fail(f"text that is not {e.encoding}: byte 0x{e.object[e.start]:02x} at offset {e.start} ({e.reason}); "
+                     "save the file as UTF-8")
+    except MemoryError as e:
+        return _fail(f"out of memory{f' ({e})' if str(e) else ''}: use fewer --workers, a smaller library or input, "
+                     "or a machine with more memory")
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int = 1) -> int:
+    """Print ``message`` as the one ``error:`` line of a failed command; returns ``status``."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return status
+
+
+def _os_error(error: OSError) -> str:
+    """One line on a file-system error no command turned into a :class:`PpazamError`: its path,
+    the system's reason and, by errno, what to do (a fault only writes meet, as
+    :class:`StorageError` words it)."""
+    if error.errno in WRITE_FAULTS and error.filename is not None:
+        return str(StorageError.of(error, error.filename))
+    permissions = "check the permissions of the file and its folder, or point --cache-dir (or --out) elsewhere"
+    advice = {
+        errno.EACCES: permissions,
+        errno.EPERM: permissions,
+        errno.ENOENT: "check that the path exists and is spelled right",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check --cache-dir, --out and the paths given",
+        errno.EEXIST: "a file stands where a folder is needed: check --cache-dir, --out and the paths given",
+        errno.EISDIR: "it is a folder: name a file",
+        errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer --workers",
+    }.get(error.errno)
+    path = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    line = f"{path}: {error.strerror or error}" if path else str(error.strerror or error)
+    return f"{line}; {advice}" if advice else line
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ppazam", description=__doc__.strip().splitlines()[0])
+    parser = Parser(prog="ppazam", description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     library = commands.add_parser("library", help="inspect or build music libraries")
-    library_commands = library.add_subparsers(title="library commands")
+    library_commands = library.add_subparsers(title="library commands", metavar="COMMAND")
     info = library_commands.add_parser("info", help="summarise a library")
     info.add_argument("source", help="'synthetic' or a folder of audio files")
+    info.add_argument("--config", type=Path, metavar="FILE",
+                      help="TOML experiment configuration: its [synthetic] table and [data] segment_s give the "
+                           "defaults of the options below")
     _library_options(info)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=_library_info)
 
-    debian = library_commands.add_parser("build-debian", help="real music from Debian packages")
+    debian = library_commands.add_parser(
+        "build-debian", help="real music from Debian packages (needs apt-get and dpkg)",
+        description="Fetch Debian's music packages with `apt-get download` (no install, no root), unpack them "
+                    "with `dpkg -x` and lay them out as a library folder. Needs a Debian or Ubuntu system "
+                    "(apt-get, dpkg, dpkg-deb), its package mirrors, and apt's package lists: run `apt-get "
+                    "update` once, as root, if apt does not know the packages.")
     debian.add_argument("dest", type=Path, help="new or empty folder for the library")
     debian.add_argument("--package", dest="packages", action="append",
                         help=f"music package (repeatable; default: {', '.join(MUSIC_PACKAGES)})")
@@ -105,22 +153,30 @@ def _parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="build the library, noise bank and datasets")
     _experiment_options(prepare)
-    prepare.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
+    prepare.add_argument("--out", type=Path, help="the folder prepare.json is written to (default reports/<run-id>)")
     prepare.set_defaults(run=_prepare)
 
-    train = commands.add_parser("train", help="train a family's models (default: the two-stage CNN: clusters of the "
-                                              "fingerprint encoder's embeddings, fp32 and QAT classifiers)")
+    train = commands.add_parser(
+        "train", help="train a family's model into the cache",
+        description="Train (or load from the cache) a family's model; the two-stage CNN's: clusters of the "
+                    "fingerprint encoder's embeddings, fp32 and QAT classifiers.")
     _experiment_options(train)
     _family_option(train)
     train.add_argument("--refresh", action="store_true", help="retrain even if the cache holds the models")
     train.set_defaults(run=_train)
 
-    compile_command = commands.add_parser("compile", help="compile the QAT classifiers with Concrete ML")
+    compile_command = commands.add_parser(
+        "compile", help="compile a family's encrypted circuits, print their costs",
+        description="Compile a family's encrypted circuits (training its model first if the cache lacks it) "
+                    "and print each circuit's PBS count, bit width, estimated server seconds and sizes.")
     _experiment_options(compile_command)
-    compile_command.add_argument("--refresh", action="store_true", help="recompile even if the cache holds circuits")
+    _family_option(compile_command, encrypted=True)
+    compile_command.add_argument("--refresh", action="store_true",
+                                 help="compile again even if the cache holds the circuits (the two-stage CNNs "
+                                      "compile apart from training; the other families train again)")
     compile_command.set_defaults(run=_compile)
 
-    identify = commands.add_parser("identify", help="print the top-3 tracks of a clip or of every clip in a folder")
+    identify = commands.add_parser("identify", help="the top-3 tracks of a clip or of each clip in a folder")
     identify.add_argument("clips", type=Path, help="an audio file or a folder of audio files")
     _experiment_options(identify)
     _family_option(identify)
@@ -136,19 +192,20 @@ def _parser() -> argparse.ArgumentParser:
     identify.set_defaults(run=_identify)
 
     calibrate_command = commands.add_parser(
-        "calibrate", help="choose a family's open-set threshold on distractor queries at a false-accept rate and "
-                          "store it with the model: identify then answers 'no match' below it")
+        "calibrate", help="choose and store a family's 'no match' threshold",
+        description="Choose a family's open-set threshold on distractor queries at a false-accept rate and store "
+                    "it with the model: identify then answers 'no match' at or below it.")
     _experiment_options(calibrate_command)
     _family_option(calibrate_command)
     calibrate_command.add_argument("--mode", choices=[m.value for m in Mode if m is not Mode.FHE],
                                    default=Mode.FP32.value, help="mode (default fp32; fhe answers by the fhe-sim rule)")
     calibrate_command.add_argument("--far", type=float, default=DEFAULT_FAR,
-                                   help=f"target false-accept rate on the distractors (default {DEFAULT_FAR})")
+                                   help="target false-accept rate on the distractors")
     calibrate_command.add_argument("--distractors", type=Path,
                                    help="folder of songs outside the library (needed for a folder library; "
                                         "default for the synthetic one: more tracks of its generator, another seed)")
     calibrate_command.add_argument("--distractor-tracks", type=int, default=DEFAULT_DISTRACTOR_TRACKS,
-                                   help=f"synthetic distractor tracks (default {DEFAULT_DISTRACTOR_TRACKS})")
+                                   help="synthetic distractor tracks")
     calibrate_command.add_argument("--model", type=Path,
                                    help="a model folder written by `ppazam enroll --into` instead of the trained "
                                         "model of --family; its library is the tracks it kept of --library and "
@@ -157,8 +214,9 @@ def _parser() -> argparse.ArgumentParser:
 
     enrolling = _enrolling_families()
     enroll_command = commands.add_parser(
-        "enroll", help=f"add songs to a model without training ({', '.join(enrolling)}), or remove some; its "
-                       "encrypted part is recompiled")
+        "enroll", help="add songs to a model without training, or remove some",
+        description=f"Add songs to a model without training ({', '.join(enrolling)}), or remove some; its "
+                    "encrypted part is recompiled.")
     enroll_command.add_argument("tracks", nargs="?", type=Path, help="an audio file or a folder of songs to add")
     enroll_command.add_argument("--into", type=Path, required=True,
                                 help="the enrolled model's folder: new or empty (the trained model of --library "
@@ -167,19 +225,22 @@ def _parser() -> argparse.ArgumentParser:
                                 help="a track to remove (repeatable)")
     _experiment_options(enroll_command)
     enroll_command.add_argument("--family", choices=enrolling, default=enrolling[0],
-                                help=f"the family of the trained model to start from (default {enrolling[0]})")
+                                help="the family of the trained model to start from")
     enroll_command.set_defaults(run=_enroll)
 
-    export = commands.add_parser("export-server", help="write the server bundle of a trained and compiled model: "
-                                                       "each circuit's server side, no client part and no key")
+    export = commands.add_parser(
+        "export-server", help="write the server bundle of a compiled model",
+        description="Write the server bundle of a trained and compiled model: each circuit's server side, no "
+                    "client part and no key.")
     export.add_argument("dest", type=Path, help="new or empty folder for the bundle")
     _experiment_options(export)
-    _family_option(export)
+    _family_option(export, encrypted=True)
     export.set_defaults(run=_export_server)
 
-    serve = commands.add_parser("serve", help="serve a server bundle (from `ppazam export-server`) over HTTP")
+    serve = commands.add_parser("serve", help="serve a server bundle over HTTP",
+                                description="Serve a server bundle (from `ppazam export-server`) over HTTP.")
     serve.add_argument("bundle", type=Path, help="folder written by `ppazam export-server`")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: one the OS picks)")
     serve.add_argument("--max-sessions", type=int, default=None,
                        help="client sessions kept at once, each with its evaluation keys; past that the least "
@@ -199,8 +260,12 @@ def _parser() -> argparse.ArgumentParser:
                                   help="mode to evaluate (repeatable; default: fp32, quant, fhe-sim; "
                                        "fhe runs --fhe-queries truly encrypted queries per level)")
     evaluate_command.add_argument("--fhe-queries", type=int, default=DEFAULT_FHE_QUERIES,
-                                  help=f"queries per level run truly encrypted (default {DEFAULT_FHE_QUERIES})")
-    evaluate_command.add_argument("--out", type=Path, help="report folder (default reports/<run-id>)")
+                                  help="with --mode fhe: queries run truly encrypted per level of the configuration, "
+                                       "a seeded sample spread over the tracks (the bench's option of the same name "
+                                       "counts per condition: a level, or a level at one gain or query length of "
+                                       "its sweeps)")
+    evaluate_command.add_argument("--out", type=Path, help="the run folder results.csv, latency.csv and run.json are "
+                                                           "written to (default reports/<run-id>)")
     evaluate_command.set_defaults(run=_evaluate)
     for entry in entry_points(group=COMMAND_PLUGINS):
         entry.load()(commands)
@@ -209,31 +274,50 @@ def _parser() -> argparse.ArgumentParser:
 
 def _experiment_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--library", default="synthetic", help="'synthetic' (default) or a folder")
-    command.add_argument("--config", type=Path, help="TOML experiment configuration")
-    command.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
-    command.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    command.add_argument("--config", type=Path, metavar="FILE", help="TOML experiment configuration")
+    _store_options(command)
 
 
-def _family_option(command: argparse.ArgumentParser) -> None:
-    names = family_names()
-    command.add_argument("--family", choices=names, default=names[0], help=f"model family (default {names[0]})")
+def _store_options(command: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--workers``, which every command that builds something takes."""
+    command.add_argument("--cache-dir", type=Path, metavar="DIR",
+                         help="the cache of everything built (default $PPAZAM_CACHE, else $XDG_CACHE_HOME/ppazam, "
+                              "else ~/.cache/ppazam)")
+    command.add_argument("--workers", type=int, metavar="N",
+                         help="processes that render libraries, scan folders and build datasets (default: every "
+                              "core, or $PPAZAM_WORKERS); dataset workers run on one thread each, and training and "
+                              f"compiling on a fixed {ARTIFACT_THREADS} torch/BLAS threads whatever N "
+                              "(ppazam_core/threads.py), so N changes the speed, never an artifact")
+
+
+def _family_option(command: argparse.ArgumentParser, encrypted: bool = False) -> None:
+    """``--family``: a registered family (with ``encrypted``, one with an encrypted mode), the
+    first registered by default."""
+    names = [name for name, family in families().items() if Mode.FHE in family.modes or not encrypted]
+    what = "a family with an encrypted mode (the clear-text families have none)" if encrypted else "model family"
+    command.add_argument("--family", choices=names, default=names[0], metavar="FAMILY", help=f"{what}: %(choices)s")
 
 
 def _library_options(command: argparse.ArgumentParser) -> None:
-    defaults = SyntheticSpec()
-    command.add_argument("--n-tracks", type=int, default=defaults.n_tracks, help="synthetic: tracks")
-    command.add_argument("--duration", type=float, default=defaults.duration_s, help="synthetic: seconds per track")
-    command.add_argument("--seed", type=int, default=defaults.seed, help="synthetic: generator seed")
-    command.add_argument("--query-length", type=float, default=DEFAULT_QUERY_S,
-                         help="folders: skip tracks shorter than this (s)")
-    command.add_argument("--cache-dir", type=Path, help="cache folder (default $PPAZAM_CACHE or ~/.cache/ppazam)")
-    command.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    """The library options of ``library info``; one left out takes ``--config``'s value (else the default)."""
+    data = ExperimentConfig().data
+
+    def option(flag: str, kind: type, what: str, key: str, default: float) -> None:
+        command.add_argument(flag, type=kind, help=f"{what} (default: --config's {key}, else {default:g})")
+
+    option("--n-tracks", int, "synthetic: tracks", "[synthetic] n_tracks", data.synthetic.n_tracks)
+    option("--duration", float, "synthetic: seconds per track", "[synthetic] duration_s", data.synthetic.duration_s)
+    option("--seed", int, "synthetic: generator seed", "[synthetic] seed", data.synthetic.seed)
+    option("--query-length", float, "folders: skip tracks shorter than this (s)", "[data] segment_s", data.segment_s)
+    _store_options(command)
 
 
 def _library_info(args: argparse.Namespace) -> int:
-    spec = SyntheticSpec(seed=args.seed, n_tracks=args.n_tracks, duration_s=args.duration)
-    library = open_library(args.source, args.cache_dir or default_cache_dir(), spec,
-                           args.query_length, args.workers)
+    data = _config(args).data
+    given = {"n_tracks": args.n_tracks, "duration_s": args.duration, "seed": args.seed}
+    spec = replace(data.synthetic, **{key: value for key, value in given.items() if value is not None})
+    query_s = data.segment_s if args.query_length is None else args.query_length
+    library = open_library(args.source, args.cache_dir or default_cache_dir(), spec, query_s, args.workers)
     summary = library.summary()
     if args.json:
         print(json.dumps(asdict(summary), indent=2))
@@ -303,8 +387,13 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    """The configuration of ``--config``, else the defaults."""
+    return ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+
+
 def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Path]:
-    config = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    config = _config(args)
     cache_dir = args.cache_dir or default_cache_dir()
     library = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
     return config, library, cache_dir
@@ -326,24 +415,36 @@ def _train(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     config, library, cache_dir = _experiment(args)
-    circuits = compile_identifier(library, config, cache_dir, args.workers, refresh=args.refresh)
-    summary = read_json(circuits / "circuits.json", "quant", "fhe", "circuits")
-    console.print("calibrating Concrete's cost model on this machine (two small circuits, ~15 s) ...")
-    cost_model = calibrate()
-    table = Table(title=f"circuits of {library.name} ({summary['quant']}, fhe {summary['fhe']})")
+    apart = args.family in (FAMILY, OBLIVIOUS_FAMILY)  # they compile apart from training: recompile only
+    if args.refresh and apart:
+        compile_identifier(library, config, cache_dir, args.workers, refresh=True)
+    model = train_family(args.family, library, config, cache_dir, args.workers, refresh=args.refresh and not apart,
+                         compiled=True)
+    rounding = get_family(args.family).rounding_bits(config)
+    _print_circuits(model, f"circuits of {args.family} for {library.name} ({family_bits(args.family, config)} bits"
+                           f"{f', rounding to {rounding} bits' if rounding else ''})")
+    console.print(f"circuits: {model.channel.circuits}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _print_circuits(model: Recognizer, title: str) -> None:
+    """Each compiled circuit's costs, with the server seconds Concrete's cost model (calibrated
+    on this machine) predicts for the circuits that have table lookups (a CKKS head has none)."""
+    stats = {name: CircuitStats.load(model.channel.circuits / name) for name in model.circuit_names()}
+    cost_model = None
+    if any(s.pbs_count for s in stats.values()):
+        console.print("calibrating Concrete's cost model on this machine (two small circuits, ~15 s) ...")
+        cost_model = calibrate()
+    table = Table(title=title)
     for column in ("classifier", "PBS", "max bits", "est. server s", "eval keys MB (sent)", "query KB", "result KB",
                    "compile s"):
         table.add_column(column)
-    with reading(circuits / "circuits.json"):  # a damaged entry is an error naming the file
-        for name, c in summary["circuits"].items():
-            table.add_row(name, str(c["pbs_count"]), str(c["max_bit_width"]),
-                          f"{cost_model.server_seconds(CircuitStats.load(circuits / name)):.1f}",
-                          f"{c['serialized_key_bytes'] / 1e6:.1f}",
-                          f"{c['input_ciphertext_bytes'] / 1e3:.0f}", f"{c['output_ciphertext_bytes'] / 1e3:.0f}",
-                          f"{c['compile_s']:.1f}")
+    for name, c in stats.items():
+        table.add_row(name, str(c.pbs_count), str(c.max_bit_width),
+                      f"{cost_model.server_seconds(c):.1f}" if cost_model and c.pbs_count else "-",
+                      f"{c.serialized_key_bytes / 1e6:.1f}", f"{c.input_ciphertext_bytes / 1e3:.0f}",
+                      f"{c.output_ciphertext_bytes / 1e3:.0f}", f"{c.compile_s:.1f}")
     console.print(table)
-    console.print(f"circuits: {circuits}", highlight=False, soft_wrap=True)
-    return 0
 
 
 def _setting_flags(args: argparse.Namespace) -> str:
@@ -440,9 +541,10 @@ def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, mod
     failures = answered = 0
     for clip in clips:
         try:
-            audio = load_audio(clip, model.features.sample_rate)
+            audio = load_audio(clip, model.features.sample_rate, duration_s=MAX_QUERY_S)
             started = time.perf_counter()
-            patches = query_patches(audio, model.features, config.data.segment_s)
+            query = prepare_query(audio, model.features, family_segment_s(model.family, config))
+            patches = query.patches
             feature_s = time.perf_counter() - started
             costs_before = len(model.channel.costs) if model.channel else 0
             started = time.perf_counter()
@@ -458,8 +560,10 @@ def _identify_clips(args: argparse.Namespace, clips: list[Path], mode: Mode, mod
             _announce_rule(args, model, mode, rule)
         answered += 1
         search = "" if model.cluster_top_k is None else f", cluster top-{model.cluster_top_k}"
+        silent = f", {query.silent_segments} silent skipped" if query.silent_segments else ""
+        silent += f", only its first {MAX_QUERY_S:g} s read" if query.read_s >= MAX_QUERY_S else ""
         # scoring: everything after the front-end (a client-side embedder, the classifiers, encryption)
-        console.print(f"[bold]{clip}[/] ({model.family}, {mode}{search}, {len(patches)} segment(s); "
+        console.print(f"[bold]{clip}[/] ({model.family}, {mode}{search}, {len(patches)} segment(s){silent}; "
                       f"front-end {feature_s:.3f} s, scoring {total_s:.2f} s; confidence {confidence:.4g})",
                       highlight=False, soft_wrap=True)
         if rule is not None and not rule.accepts(confidence):
@@ -483,9 +587,19 @@ def _enrolling_families() -> list[str]:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    """Add songs to (or remove them from) the model of ``--into``, one writer of a folder at a
+    time: a second waits for the first, then updates what the first wrote. The folder an
+    interrupted enroll left aside is put back first (:func:`~ppazam_core.store.recover_leftovers`)."""
     if args.tracks is None and not args.remove:
         raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
     into = Path(args.into)
+    with writer_lock(into):
+        with storage_errors(into):
+            recover_leftovers(into.parent)
+        return _enroll_into(args, into)
+
+
+def _enroll_into(args: argparse.Namespace, into: Path) -> int:
     if holds_model(into):
         model = _model_in(into, Mode.FP32)
         if "enrolled" not in model.manifest:  # e.g. a trained model of the store: it must keep matching its hash
@@ -629,9 +743,7 @@ def _print_costs(costs: list[StageCost], setups: dict[str, KeySetup], remote: st
 
 
 def _export_server(args: argparse.Namespace) -> int:
-    if Mode.FHE not in family_modes(args.family):
-        raise ConfigError.bad_value("--family", args.family, "a family with an encrypted server side (it has no fhe mode)")
-    model, library, _ = _trained_model(args, Mode.FHE)
+    model, library, _ = _trained_model(args, Mode.FHE)  # --family offers only families with an fhe mode
     folder, circuits = model.folder, model.channel.circuits
     description = {"family": args.family, "model": folder.name, "library": library.name, "n_tracks": len(library)}
     dest = export_server(circuits, args.dest, description)

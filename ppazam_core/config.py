@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +36,7 @@ from ppazam_core.features import FrontEndConfig
 from ppazam_core.library import SyntheticSpec
 from ppazam_core.models import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
 from ppazam_core.seeding import Split
+from ppazam_core.toml_tables import only_keys, read_table, read_toml, table_values
 from ppazam_core.training import TrainConfig
 
 DATA_TABLES = {"synthetic", "features", "data", "policies"}
@@ -104,21 +104,13 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DataConfig":
-        _only(data, DATA_TABLES, "top-level table")
+        only_keys(data, DATA_TABLES, "top-level table")
         _tables(data)
-        data_table = dict(data.get("data", {}))
-        scalar_keys = {f.name for f in fields(cls)} - {"synthetic", "features", "policies"}
-        _only(data_table, scalar_keys, "data")
-        for key in ("eval_levels", "train_gain_db", "query_gain_db"):
-            if key in data_table:
-                data_table[key] = tuple(data_table[key])
-        synthetic = dict(data.get("synthetic", {}))
-        _only(synthetic, {f.name for f in fields(SyntheticSpec)}, "synthetic")
         return cls(
-            synthetic=SyntheticSpec(**synthetic),
-            features=FrontEndConfig.from_dict(data.get("features", {})),
+            synthetic=read_table(data.get("synthetic", {}), SyntheticSpec, "synthetic"),
+            features=read_table(data.get("features", {}), FrontEndConfig, "features"),
             policies=tuple(custom_policies(data.get("policies", {})).values()),
-            **data_table,
+            **table_values(data.get("data", {}), cls, "data", {f.name for f in fields(cls)} - DATA_TABLES),
         )
 
 
@@ -259,40 +251,27 @@ class ExperimentConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from e
-        return cls.from_dict(data)
+        """The config of a TOML file; a :class:`ConfigError` as :func:`read_toml` and :meth:`from_dict` raise."""
+        return cls.from_dict(read_toml(Path(path), "config file"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
-        _only(data, DATA_TABLES | CORE_TABLES | set(_registered_tables()), "top-level table")
+        """The config of TOML tables, each key type-checked (:func:`read_table`); a key left out
+        keeps the experiment's default (e.g. the QAT fine-tuning settings).
+
+        Raises:
+            ConfigError: an unknown table or key, a value of the wrong type or out of range.
+        """
+        only_keys(data, DATA_TABLES | CORE_TABLES | set(_registered_tables()), "top-level table")
         _tables(data)
-        model = dict(data.get("model", {}))
-        _only(model, {f.name for f in fields(ModelSpec)}, "model")
-        if "blocks" in model:
-            model["blocks"] = tuple(_block(b) for b in model["blocks"])
-        embedding = dict(data.get("embedding", {}))
-        _only(embedding, {f.name for f in fields(EmbeddingConfig)}, "embedding")
-        if "blocks" in embedding:
-            embedding["blocks"] = tuple(_block(b) for b in embedding["blocks"])
-        identify = dict(data.get("identify", {}))
-        _only(identify, {"cluster_top_k", "combine"}, "identify")
-        default = cls()  # a key left out keeps the experiment's default, e.g. the QAT fine-tuning settings
+        default = cls()
+        core = {name: read_table(data.get(name, {}), type(getattr(default, name)), name, getattr(default, name))
+                for name in sorted(CORE_TABLES - {"identify"})}
         return cls(
             data=DataConfig.from_dict({k: v for k, v in data.items() if k in DATA_TABLES}),
-            embedding=replace(default.embedding, **embedding),
-            clusters=replace(default.clusters, **_checked(data.get("clusters", {}), ClusterConfig, "clusters")),
-            model=replace(default.model, **model),
-            training=replace(default.training, **_checked(data.get("training", {}), TrainConfig, "training")),
-            qat=replace(default.qat, **_checked(data.get("qat", {}), TrainConfig, "qat")),
-            fhe=replace(default.fhe, **_checked(data.get("fhe", {}), FheConfig, "fhe")),
             tables=_family_tables(data),
-            **identify,
+            **core,
+            **table_values(data.get("identify", {}), cls, "identify", {"cluster_top_k", "combine"}),
         )
 
 
@@ -311,7 +290,7 @@ def _registered_tables() -> dict[str, type]:
 def _family_tables(data: Mapping[str, Any]) -> dict[str, Any]:
     """The family tables ``data`` sets, read and checked (a missing key keeps the family's
     default), less those equal to their family's defaults."""
-    read = {name: cls(**_checked(data[name], cls, name)) for name, cls in sorted(_registered_tables().items())
+    read = {name: read_table(data[name], cls, name) for name, cls in sorted(_registered_tables().items())
             if name in data}
     return {name: settings for name, settings in read.items() if settings != type(settings)()}
 
@@ -324,24 +303,8 @@ def _policy_table(policy: Mapping[str, Any]) -> dict[str, Any]:
             "transforms": [{"name": t["name"], **dict(t["params"])} for t in policy["transforms"]]}
 
 
-def _block(entry: Mapping[str, Any]) -> ConvBlock:
-    _only(entry, {f.name for f in fields(ConvBlock)}, "model.blocks")
-    return ConvBlock(**entry)
-
-
-def _checked(table: Mapping[str, Any], cls: type, where: str) -> dict[str, Any]:
-    _only(table, {f.name for f in fields(cls)}, where)
-    return dict(table)
-
-
 def _tables(data: Mapping[str, Any]) -> None:
     """A :class:`ConfigError` for a top-level key holding a value instead of a table."""
     for name, value in data.items():
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name} must be a table ([{name}] with keys under it), not {value!r}")
-
-
-def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError.bad_value(where, key, sorted(allowed))

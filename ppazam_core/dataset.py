@@ -36,7 +36,7 @@ from ppazam_core.library import Library, Track
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.rooms import RoomBankSpec, room_bank
 from ppazam_core.seeding import Split, derive_seed
-from ppazam_core.store import atomic_folder, canonical_json, config_hash, is_complete
+from ppazam_core.store import allocate, atomic_folder, canonical_json, config_hash, is_complete, require_space
 from ppazam_core.threads import fixed_threads
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,7 @@ def _build(library: Library, specs: dict[Path, DatasetSpec], noise_dir: Path | N
     started = time.perf_counter()
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_folder(folder)) for folder in specs]
-        Xs = [np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.float32,
-                                        shape=(int(ends[-1]), *s.features.shape))
+        Xs = [_allocated_rows(tmp / "X.npy", (int(ends[-1]), *s.features.shape))
               for tmp, s in zip(tmps, specs.values())]
         rows: list[dict] = []
         jobs = [(library.tracks[label], tuple(specs.values()), None if noise_dir is None else str(noise_dir),
@@ -222,6 +221,20 @@ def _build(library: Library, specs: dict[Path, DatasetSpec], noise_dir: Path | N
             }
             (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
         del X, Xs
+
+
+def _allocated_rows(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new float32 ``.npy`` file of ``shape``, memory-mapped once the disk was seen to have
+    room for it (:func:`~ppazam_core.store.require_space`), its blocks allocated before any row
+    is written (:func:`~ppazam_core.store.allocate`): a full disk is an error, not a SIGBUS.
+
+    Raises:
+        StorageError: the disk has no room for it (or another file-system fault).
+    """
+    require_space(path.parent, math.prod(shape) * np.dtype(np.float32).itemsize)
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    allocate(path)
+    return X
 
 
 def load_dataset(folder: Path) -> Dataset:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -67,3 +69,47 @@ class DamagedArtifactError(ArtifactError):
 class FheError(PpazamError):
     """An encrypted exchange that cannot go on: a truncated or tampered message, keys of
     another circuit, or an input the circuit does not take."""
+
+
+class StorageError(PpazamError):
+    """A file or folder that cannot be written: no space left, over quota, a read-only file
+    system, no permission, past the file-size limit. Names the path, why and what to do."""
+
+    REASONS = {
+        errno.ENOSPC: ("no space left on the device", "free space on that disk or write to a folder on another disk"),
+        errno.EDQUOT: ("disk quota exceeded", "free space within your quota or write to a folder on another disk"),
+        errno.EROFS: ("read-only file system", "write to a folder on a writable disk instead"),
+        errno.EACCES: ("permission denied", "make the folder writable for you or write to another folder"),
+        errno.EPERM: ("operation not permitted", "make the folder writable for you or write to another folder"),
+        errno.EFBIG: ("file too large for the file-size limit or the file system",
+                      "raise the limit (`ulimit -f`) or write to a folder on another disk"),
+    }
+
+    def __init__(self, path: str | Path, reason: str, remedy: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot write {self.path}: {reason}; {remedy} (to move the cache: --cache-dir or "
+                         "PPAZAM_CACHE)")
+
+    @classmethod
+    def applies_to(cls, error: OSError) -> bool:
+        """Whether ``error`` is a storage fault: its errno is one of :attr:`REASONS`, or it is a
+        :class:`shutil.Error` listing the files a copy failed on."""
+        return error.errno in cls.REASONS or _failed_copies(error) is not None
+
+    @classmethod
+    def of(cls, error: OSError, path: str | Path) -> "StorageError":
+        """The error of the storage fault ``error`` met writing ``path``."""
+        copies = _failed_copies(error)
+        if copies:
+            return cls(path, f"copy failed ({copies[0][2]})",
+                       "free space on that disk or make the folder writable, or write to another folder")
+        reason, remedy = cls.REASONS.get(error.errno, (error.strerror or str(error), "check the disk and the folder"))
+        return cls(path, reason, remedy)
+
+
+def _failed_copies(error: OSError) -> list[tuple[str, str, str]] | None:
+    """The ``(source, destination, why)`` of each file a :func:`shutil.copytree` failed on, as its
+    :class:`shutil.Error` lists them (``None`` for any other error)."""
+    listed = error.args[0] if isinstance(error, shutil.Error) and error.args else None
+    return listed if isinstance(listed, list) and listed else None

@@ -15,7 +15,7 @@ top-1 on phone-in-room queries) by every learned family, repeated at 0.27-0.49.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -26,6 +26,7 @@ import torchaudio
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio import DEFAULT_SAMPLE_RATE
 from ppazam_core.errors import ConfigError
+from ppazam_core.toml_tables import read_table
 
 KINDS = ("logmel", "mfcc", "waveform")
 LOG_FLOOR = 1e-10
@@ -82,11 +83,10 @@ class FrontEndConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FrontEndConfig":
-        allowed = set(asdict(cls()))
-        for key in data:
-            if key not in allowed:
-                raise ConfigError.bad_value("features", key, sorted(allowed))
-        return cls(**data)
+        """The ``[features]`` table ``data``; a :class:`ConfigError` for an unknown key or a value
+        of the wrong type (:func:`ppazam_core.toml_tables.read_table`) or range."""
+
+        return read_table(data, cls, "features")
 
     @property
     def shape(self) -> tuple[int, int, int]:

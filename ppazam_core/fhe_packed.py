@@ -65,8 +65,8 @@ from typing import Any
 import numpy as np
 
 from ppazam_core.artifacts import damaged, read_json, reading
-from ppazam_core.deployment import (HEADER, KEYS, KEYS_DIGEST_FILE, PACKED_MEMBER, QUERY, RESULT, frame,
-                                    private_file, unframe)
+from ppazam_core.wire import (HEADER, KEYS, KEYS_DIGEST_FILE, PACKED_MEMBER, QUERY, RESULT, frame, private_file,
+                              unframe)
 from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError, FheError
 from ppazam_core.fhe import CircuitStats, KeyLayout
 from ppazam_core.store import atomic_folder, is_complete

@@ -31,7 +31,7 @@ import torchaudio
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import Dataset
 from ppazam_core.embeddings import TRAINED_WEIGHTS, EmbeddingModel, load_model
-from ppazam_core.encoder.model import FingerprintEncoder, load_encoder, saved_front_end, segment_front_end
+from ppazam_core.encoder.model import WINDOW_S, FingerprintEncoder, load_encoder, saved_front_end, segment_front_end
 from ppazam_core.encoder.shipped import encoder_folder, encoder_identity
 from ppazam_core.errors import ConfigError
 from ppazam_core.features import FrontEndConfig
@@ -56,6 +56,25 @@ def embedding_front_end(config: ExperimentConfig) -> FrontEndConfig:
         return features
     return replace(features, kind="waveform", patch_height=1,
                    patch_width=int(round(config.data.segment_s * features.sample_rate)))
+
+
+def window_segment_s(config: ExperimentConfig, segment_s: float | None) -> float:
+    """The segments a reference-search family (``embedding-knn``, ``embedding-knn-packed``) cuts
+    queries and tracks into: ``segment_s`` when its table sets one, else one window of the
+    fingerprint encoder (:data:`~ppazam_core.encoder.model.WINDOW_S`, 1 s: each reference and each
+    query segment describes one moment, as in the Neural Audio Fingerprint's search) or, for the
+    other embedders, ``[data] segment_s``."""
+    if segment_s is not None:
+        return float(segment_s)
+    return WINDOW_S if config.embedding.uses_fingerprint_encoder else config.data.segment_s
+
+
+def at_segment(config: ExperimentConfig, segment_s: float) -> ExperimentConfig:
+    """``config`` with ``[data] segment_s`` set to ``segment_s``: what a family cutting other
+    segments builds and loads its embedder with (its store names still come from ``config``)."""
+    if segment_s == config.data.segment_s:
+        return config
+    return replace(config, data=replace(config.data, segment_s=segment_s))
 
 
 def hear_module(name: str) -> ModuleType:

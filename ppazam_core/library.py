@@ -4,7 +4,8 @@ Three sources share one type:
 
 * any folder of audio files, scanned recursively (the FMA layout ``000/000002.mp3`` gives the
   id ``000002``; files whose names collide get longer ids, see :func:`_track_ids`); unreadable
-  files and tracks shorter than the query length are listed as skipped with a reason, never
+  files, files past the decoding bounds of :mod:`ppazam_core.audio` (whatever their header
+  claims) and tracks shorter than the query length are listed as skipped with a reason, never
   raised;
 * the built-in synthetic library (:mod:`ppazam_core.synth`), rendered once into the cache;
 * a folder made by ``ppazam library build-debian`` (see :mod:`ppazam_core.debian`), which
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 from collections import Counter
-from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, get_type_hints
@@ -25,15 +25,7 @@ from typing import Iterator, get_type_hints
 import numpy as np
 import soundfile
 
-from ppazam_core.audio import (
-    AUDIO_EXTENSIONS,
-    DEFAULT_SAMPLE_RATE,
-    SILENCE_DBFS,
-    is_audio_path,
-    load_audio,
-    probe,
-    read_blocks,
-)
+from ppazam_core.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, SILENCE_DBFS, is_audio_path, load_audio, measure
 from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.seeding import derive_seed
@@ -42,6 +34,7 @@ from ppazam_core.synth import render_track
 
 LIBRARY_MANIFEST = "ppazam-library.json"
 DEFAULT_QUERY_S = 3.0
+_SCAN_RULES = 2  # how files are measured; bumped when that changes, so older scan-cache records are not reused
 
 
 @dataclass(frozen=True)
@@ -317,7 +310,8 @@ def _inspect_files(root: Path, paths: list[Path], workers: int,
     """Facts of each file, from the scan cache where the file's stamp (size in bytes,
     modification time in ns) is unchanged; the others are decoded and hashed again and the
     cache rewritten. A cache file that cannot be read counts as empty."""
-    cache_file = None if cache_dir is None else cache_dir / "scans" / f"{config_hash(str(root.resolve()))}.json"
+    key = config_hash([str(root.resolve()), _SCAN_RULES])
+    cache_file = None if cache_dir is None else cache_dir / "scans" / f"{key}.json"
     known = {} if cache_file is None else _read_scan_cache(cache_file)
     stamps = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
     todo = [p for p in paths if str(p) not in known or known[str(p)][0] != stamps[str(p)]]
@@ -362,28 +356,17 @@ def _from_record(record: object) -> _FileFacts | SkippedFile | None:
 
 
 def _inspect_file(path: Path) -> _FileFacts | SkippedFile:
-    """Decode a whole file (every link of a chained Ogg file) block by block: finite samples,
-    duration and loudness; and hash its bytes."""
+    """Decode a whole file (every link of a chained Ogg file) block by block, within the bounds
+    of :func:`~ppazam_core.audio.read_blocks`: finite samples, duration and loudness as decoded
+    (never as the header claims); and hash its bytes."""
     try:
-        info = probe(path)
-        energy, count = 0.0, 0
-        with closing(read_blocks(path, 1 << 18)) as blocks:
-            for block in blocks:
-                if not np.isfinite(block).all():
-                    raise AudioError(path, "audio contains NaN or infinite samples")
-                mono = block.mean(axis=1, dtype=np.float64)
-                energy += float(np.dot(mono, mono))
-                count += mono.shape[0]
-        if count == 0:
-            raise AudioError(path, "zero-length audio")
+        stats = measure(path)
         sha256 = _file_sha256(path)
     except AudioError as e:
         return SkippedFile(str(path), e.reason)
     except OSError as e:
         return SkippedFile(str(path), f"cannot read file ({e})")
-    rms = np.sqrt(energy / count)
-    silent = rms == 0 or 20 * np.log10(rms) < SILENCE_DBFS
-    return _FileFacts(count / info.sample_rate, info.sample_rate, info.channels, bool(silent), sha256)
+    return _FileFacts(stats.duration_s, stats.sample_rate, stats.channels, stats.level_dbfs < SILENCE_DBFS, sha256)
 
 
 def _file_sha256(path: Path) -> str:

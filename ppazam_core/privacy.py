@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ppazam_core.deployment import HEADER, EncryptedChannel
+from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.wire import HEADER
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.recognition import Mode
 from ppazam_core.results import Condition

@@ -9,7 +9,6 @@ front-end, so every family sees the same clips (same offsets, same augmentations
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,30 +22,12 @@ from ppazam_core.dataset import Dataset
 from ppazam_core.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
 from ppazam_core.features import FrontEnd, FrontEndConfig
+from ppazam_core.modes import Mode  # re-exported: plug-ins import it from here
 from ppazam_core.parallel import progress_bar
 
 SCORE_FLOOR = -1e3  # a segment's score of tracks it did not search (two-stage: other clusters' tracks)
 MIN_QUERY_S = 1.0  # the shortest query the bench measures
-
-
-class Mode(str, enum.Enum):
-    """How the models are evaluated: in the clear (``fp32``), quantized in the clear (``quant``:
-    the QAT twin, or a linear head's quantized model), the compiled circuit executed in the clear
-    by Concrete ML (``fhe-disable``: its integers and rounding, no encryption), FHE simulation,
-    or truly encrypted. Clear-text reference families run in ``fp32`` only."""
-
-    FP32 = "fp32"
-    QUANT = "quant"
-    FHE_DISABLE = "fhe-disable"
-    FHE_SIM = "fhe-sim"
-    FHE = "fhe"
-
-    @property
-    def needs_circuits(self) -> bool:
-        return self in (Mode.FHE_DISABLE, Mode.FHE_SIM, Mode.FHE)
-
-    def __str__(self) -> str:
-        return self.value
+MAX_QUERY_S = 600.0  # identify reads at most the first ten minutes of a clip (about 400 segments of 3 s)
 
 
 @dataclass(frozen=True)
@@ -190,18 +171,40 @@ class Match:
     votes: int | None = None
 
 
-def query_patches(audio: np.ndarray, features: FrontEndConfig, segment_s: float) -> np.ndarray:
-    """Raw patches ``(segments, *features.shape)`` float32 of a mono clip at
-    ``features.sample_rate`` Hz, cut as the bench cuts its queries
+@dataclass(frozen=True)
+class Query:
+    """A clip cut for identification (:func:`prepare_query`): the patches of its segments that
+    are not silent, how many silent ones were left out, and the seconds of the clip read."""
+
+    patches: np.ndarray
+    silent_segments: int
+    read_s: float
+
+
+def prepare_query(audio: np.ndarray, features: FrontEndConfig, segment_s: float) -> Query:
+    """Raw patches float32 of the first :data:`MAX_QUERY_S` seconds of a mono clip at
+    ``features.sample_rate`` Hz (the rest is not read), cut as the bench cuts its queries
     (:func:`~ppazam_core.conditions.query_segments`): one segment, its frames repeated, up to
-    ``segment_s`` seconds, else segments every half segment. An :class:`AudioError` for a clip
-    shorter than :data:`MIN_QUERY_S` or silent."""
+    ``segment_s`` seconds, else segments every half segment; segments below
+    :data:`~ppazam_core.audio.SILENCE_DBFS` are left out (silence is not music).
+
+    Raises:
+        AudioError: the clip is shorter than :data:`MIN_QUERY_S`, or every segment is silent.
+    """
     rate = features.sample_rate
+    audio = audio[: int(MAX_QUERY_S * rate)]
     if audio.shape[0] < MIN_QUERY_S * rate:
         raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
-    if is_silent(audio):
-        raise AudioError("<query>", f"clip is silent (below {SILENCE_DBFS:g} dBFS); nothing to identify")
-    return FrontEnd(features)(query_segments(audio, rate, segment_s))
+    segments = query_segments(audio, rate, segment_s)
+    audible = np.asarray([not is_silent(segment) for segment in segments])
+    if not audible.any():
+        raise AudioError("<query>", f"clip is silent (every segment below {SILENCE_DBFS:g} dBFS); nothing to identify")
+    return Query(FrontEnd(features)(segments[audible]), int((~audible).sum()), audio.shape[0] / rate)
+
+
+def query_patches(audio: np.ndarray, features: FrontEndConfig, segment_s: float) -> np.ndarray:
+    """The patches ``(segments, *features.shape)`` of :func:`prepare_query`."""
+    return prepare_query(audio, features, segment_s).patches
 
 
 def rank_segments(recognizer: Recognizer, segment_scores: np.ndarray, top: int = 3) -> list[Match]:

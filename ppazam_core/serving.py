@@ -70,7 +70,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ppazam_core.deployment import HEADER, ClassifierServer, ServerBundle
+from ppazam_core.deployment import ClassifierServer, ServerBundle
+from ppazam_core.wire import HEADER
 from ppazam_core.errors import FheError
 
 OCTET_STREAM = "application/octet-stream"

@@ -21,7 +21,8 @@ console = Console()
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``compare`` to the ``ppazam`` command."""
-    report = commands.add_parser("report", help="rebuild report.html and tables/ of a run folder from its CSVs")
+    report = commands.add_parser("report", help="rebuild a run folder's report.html and tables/",
+                                 description="Rebuild report.html and tables/ of a run folder from its CSVs.")
     report.add_argument("run_dir", type=Path, help="a report folder written by the bench")
     report.set_defaults(run=_report)
 

@@ -34,7 +34,6 @@ Every key is checked; an unknown key or value is an error naming the allowed one
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,6 +41,7 @@ from typing import Any, Mapping
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition, gain_sweep, length_sweep
 from ppazam_core.config import ExperimentConfig
+from ppazam_core.toml_tables import read_toml, table_values
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import family_names
 from ppazam_core.models import MAX_BITS, MIN_BITS
@@ -171,12 +171,12 @@ class Suite:
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Suite":
-        allowed = {f.name for f in fields(cls)} - {"name"}
-        for key in data:
-            if key not in allowed:
-                raise ConfigError.bad_value(f"suite {name}", key, sorted(allowed))
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(name=name, **values)
+        """The suite ``name`` of a suite file's keys, each type-checked (:func:`table_values`).
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, or one the suite refuses.
+        """
+        return cls(name=name, **table_values(data, cls, f"suite {name}", {f.name for f in fields(cls)} - {"name"}))
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
@@ -186,13 +186,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         path = SUITE_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             raise ConfigError.bad_value("suite", str(name_or_path), available_suites() + ["a path to a .toml file"])
-    if not path.is_file():
-        raise ConfigError(f"suite file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"suite file {path} is not valid TOML: {e}") from e
-    return Suite.from_dict(path.stem, data)
+    return Suite.from_dict(path.stem, read_toml(path, "suite file"))
 
 
 def available_suites() -> list[str]:

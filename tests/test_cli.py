@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tone, write_audio
-from ppazam_core.cli import main
+from ppazam_core.cli import _parser, main
+from ppazam_core.cli_reference import reference
 from ppazam_core.results import read_run
 
 
@@ -16,6 +18,36 @@ def test_library_info_synthetic(cache_dir, capsys):
                  "--cache-dir", str(cache_dir), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "synthetic-3x4s-seed0" in out and "tracks" in out and "0h 00m 12s" in out
+
+
+def test_library_info_takes_its_defaults_from_the_config(cache_dir, tmp_path, capsys):
+    config = tmp_path / "lib.toml"
+    config.write_text("[synthetic]\nn_tracks = 3\nduration_s = 4.0\nseed = 5\n")
+    assert main(["library", "info", "synthetic", "--config", str(config), "--seed", "0", "--json",
+                 "--cache-dir", str(cache_dir), "--workers", "1"]) == 0  # an explicit option wins
+    assert json.loads(capsys.readouterr().out)["name"] == "synthetic-3x4s-seed0"
+
+
+def test_help_lists_each_command_on_one_line_and_shows_defaults(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out.split("  COMMAND\n")[1].splitlines()
+    commands = [line.split()[0] for line in listing]
+    assert {"library", "encoder", "export-server", "evaluate", "report", "compare"} <= set(commands)
+    assert all(re.match(r"^    [a-z-]+ +\S", line) for line in listing), listing  # name and help on one line
+    page = reference()
+    assert "(default: 0.01)" in page and "(default: --config's [synthetic] n_tracks, else 64)" in page
+    assert "(default: None)" not in page and "(default: False)" not in page and "(default: [])" not in page
+
+
+@pytest.mark.parametrize("command", [["export-server", "DIR"], ["compile"]], ids=["export-server", "compile"])
+def test_commands_with_circuits_offer_only_families_with_an_encrypted_mode(command, capsys):
+    parser = _parser()
+    assert parser.parse_args([*command, "--family", "embedding-head"]).family == "embedding-head"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--family", "landmark-fp"])  # clear text only
+    assert "invalid choice: 'landmark-fp'" in capsys.readouterr().err
 
 
 def test_commands_print_no_cuda_runtime_chatter(tmp_path):
@@ -101,5 +133,9 @@ def test_evaluate_another_family(tiny_config, session_cache, tmp_path, capsys):
     results, _, run = read_run(out)
     assert run["family"] == "mfcc-logreg" and list(results.loc[results["metric"] == "top1", "mode"]) == ["fp32", "fhe-sim"]
     assert "cluster_accuracy" not in set(results["metric"]) and run["circuits"]["head"]["pbs_count"] == 0
+    assert main(["compile", "--family", "mfcc-logreg", *common]) == 0  # compiled by evaluate: its costs, no PBS
+    printed = capsys.readouterr().out
+    assert "circuits of mfcc-logreg for synthetic-6x8s-seed7" in printed and "head" in printed
+    assert "calibrating" not in printed
     assert main(["evaluate", "--family", "landmark-fp", "--mode", "fhe", *common]) == 1
     assert "allowed: fp32" in capsys.readouterr().err

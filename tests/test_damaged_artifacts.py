@@ -148,11 +148,11 @@ def test_cli_identify_with_a_damaged_simulator_says_what_to_do(compiled, tiny_li
     assert "1." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command, damaged", [("identify", "model.json"), ("compile", "circuits.json")])
+@pytest.mark.parametrize("command, damaged", [("identify", "model.json"), ("compile", "intra_000/circuit.json")])
 def test_cli_with_a_garbled_manifest_says_what_to_do(compiled, tiny_library, fhe_toml, session_cache, cache, tmp_path,
                                                      capsys, command, damaged):
     circuits = copied(compiled, session_cache, cache)
-    garble(circuits / damaged if damaged == "circuits.json" else circuits.parent.parent / damaged)
+    garble(circuits / damaged if command == "compile" else circuits.parent.parent / damaged)
     clip = write_audio(tmp_path / "clip.wav", tiny_library.load(tiny_library.tracks[0], 16_000, 1.0, 3.0), 16_000)
     arguments = [str(clip)] if command == "identify" else []
     assert main([command, *arguments, "--config", str(fhe_toml), "--cache-dir", str(cache), "--workers", "1"]) == 1

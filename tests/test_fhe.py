@@ -14,8 +14,9 @@ from conftest import TINY_SPEC
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import (HEADER, ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, QUERY,
-                                    ServerBundle, client_key_dir, export_server, frame)
+from ppazam_core.deployment import (ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, ServerBundle,
+                                    client_key_dir, export_server)
+from ppazam_core.wire import HEADER, QUERY, frame
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
 from ppazam_core import fhe as fhe_module
 from ppazam_core.fhe import CircuitStats, KeyLayout, SimulatedClassifier

@@ -27,8 +27,8 @@ import ppazam_core.cli as cli
 from conftest import write_audio
 from ppazam_core.cli import main
 from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import (KEYS, QUERY, RESULT, EncryptedChannel, LocalTransport, ServerBundle,
-                                    client_key_dir, export_server, frame, unframe)
+from ppazam_core.deployment import EncryptedChannel, LocalTransport, ServerBundle, client_key_dir, export_server
+from ppazam_core.wire import KEYS, QUERY, RESULT, frame, unframe
 from ppazam_core.errors import ConfigError, FheError
 from ppazam_core.families import family_features, train_family
 from ppazam_core.families.embedding_head_packed import PACKED, PackedConfig

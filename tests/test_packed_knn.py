@@ -19,9 +19,9 @@ from ppazam_core.config import ExperimentConfig
 from ppazam_core.dataset import build_dataset
 from ppazam_core.deployment import EncryptedChannel, ServerBundle, export_server
 from ppazam_core.errors import ConfigError, DamagedArtifactError
-from ppazam_core.families import family_features, get_family, train_family
+from ppazam_core.families import family_eval_spec, family_features, family_segment_s, get_family, train_family
 from ppazam_core.families.embedding_knn_packed import (REFERENCES_FILE, EmbeddingKnnPacked, KnnPackedConfig,
-                                                        settings)
+                                                        margin_confidence, settings)
 from ppazam_core.families.packed_head import PACKED
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.fhe_packed import best_per_group, check_groups
@@ -78,13 +78,38 @@ def test_best_per_group_takes_each_group_s_best_row():
 
 
 def test_the_hop_is_its_own_setting(knn_config):
-    assert KnnPackedConfig().hop_s == 1.0
+    assert KnnPackedConfig().hop_s == 0.5
     with pytest.raises(ConfigError, match="knnpacked.hop_s"):
         KnnPackedConfig(hop_s=0)
     assert get_family(FAMILY).table.name == "knnpacked"
     assert get_family(FAMILY).bit_width(knn_config) == knn_config.table("packed").query_scale_bits
     other = replace(knn_config, tables={**knn_config.tables, "knnpacked": KnnPackedConfig(hop_s=0.5)})
     assert settings(other) != settings(knn_config)  # another hop: other references, another model
+
+
+def test_with_the_fingerprint_encoder_the_knn_families_search_1_s_windows():
+    shipped = ExperimentConfig()  # encoder = "shipped"
+    for family in (FAMILY, "embedding-knn"):
+        assert family_segment_s(family, shipped) == 1.0
+        spec = family_eval_spec(family, shipped, "phone-in-room")
+        assert (spec.segment_s, spec.clip_s, spec.segments) == (1.0, 3.0, 5)  # the same 3-s clips, 5 windows
+        assert family_eval_spec(family, shipped, "phone-in-room@1s").segments == 1
+    head = family_eval_spec("embedding-head-packed", shipped, "phone-in-room")
+    assert (head.segment_s, head.clip_s, head.segments) == (3.0, 3.0, 1)  # one vector per track: whole segments
+    pinned = replace(shipped, tables={**shipped.tables, "knnpacked": KnnPackedConfig(segment_s=3.0)})
+    assert family_segment_s(FAMILY, pinned) == 3.0
+    with pytest.raises(ConfigError, match="knnpacked.segment_s"):
+        KnnPackedConfig(segment_s=0)
+
+
+def test_the_tiny_configs_per_library_embedding_keeps_the_data_segment(knn_config):
+    assert family_segment_s(FAMILY, knn_config) == knn_config.data.segment_s
+
+
+def test_the_confidence_is_the_best_score_plus_its_margin():
+    scores = np.array([[0.9, 0.2, 0.1], [0.5, 0.45, 0.4]])
+    np.testing.assert_allclose(margin_confidence(scores), [1.6, 0.55])
+    np.testing.assert_allclose(margin_confidence(np.array([[0.3], [0.7]])), [0.3, 0.7])
 
 
 def test_the_server_holds_embedding_knn_s_references(knn_packed, knn_clear):
@@ -106,7 +131,7 @@ def test_clear_and_simulated_scores_rank_as_the_clear_knn(knn_packed, knn_clear,
         packed = knn_packed.scores(patches, mode)
         assert packed.track_scores.shape == clear.track_scores.shape
         np.testing.assert_allclose(packed.track_scores, clear.track_scores, atol=1e-5 if mode is Mode.FP32 else 1e-3)
-        np.testing.assert_allclose(packed.confidence, clear.confidence, atol=1e-3)
+        np.testing.assert_allclose(packed.confidence, margin_confidence(clear.track_scores), atol=2e-3)
         got = np.argsort(-packed.track_scores, axis=1, kind="stable")
         if mode is Mode.FP32:
             assert np.array_equal(got, order)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fixtures.plugin import RUN_KEY, BenchRun, pytest_collection_modifyitems, suite_points
+from fixtures.plugin import RUN_KEY, BenchRun, chosen_suite, pytest_collection_modifyitems, suite_points
 from ppazam_core.results import RunInfo
 from reports.compare import Tolerance
 from suites import load_suite
@@ -69,6 +69,20 @@ def test_parametrizations_that_can_never_run_are_deselected_not_skipped():
     assert not [c for c in collected if "test_open_set" in c and (c.endswith("-fhe]") or "@" in c)]
     deselected = int(re.search(r"(\d+) deselected", done.stdout).group(1))
     assert deselected > 0 and len(collected) > 0
+
+
+def test_suite_wins_over_benchmark_with_a_warning():
+    assert chosen_suite(None, False) == ("quick", None) and chosen_suite(None, True) == ("default", None)
+    assert chosen_suite("default", True) == ("default", None) and chosen_suite("paper", False) == ("paper", None)
+    assert chosen_suite("quick", True) == ("quick", "--suite quick runs; --benchmark (the default suite) is ignored")
+
+
+def test_the_bench_takes_cache_dir_and_its_former_name_and_says_which_suite_runs(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--benchmark", "--suite", "quick", "--cache-dir",
+                           str(tmp_path / "a"), "--ppazam-cache", str(tmp_path / "b"), "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "--suite quick runs; --benchmark (the default suite) is ignored" in done.stdout
 
 
 def test_an_out_folder_that_is_not_a_run_is_refused_before_anything_runs(tmp_path):

@@ -1,6 +1,7 @@
 """The README and docs/ stay true to the code: every TOML example is a valid configuration (the
 full one, with a custom policy, lives in docs/configuration.md), the README stays short, keeps
-the quick start verbatim and carries no commit hash, and every relative link leads somewhere."""
+the quick start verbatim and carries no commit hash, every relative link leads somewhere, and
+docs/cli-reference.md is what the argparse definitions give."""
 
 import re
 import tomllib
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ppazam_core.cli_reference import COMMAND, reference
 from ppazam_core.config import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +90,9 @@ def test_relative_links_lead_to_existing_files_and_headings(page):
         elif anchor and file.suffix == ".md" and anchor not in slugs(file):
             broken.append(f"{target} (no such heading in {file.name})")
     assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
+
+
+def test_the_cli_reference_is_current():
+    page = DOCS / "cli-reference.md"
+    assert page.is_file() and page.read_text() == reference(), \
+        f"docs/cli-reference.md is not what the argparse definitions give: run `{COMMAND}`"

@@ -23,7 +23,8 @@ import pytest
 from fastapi import HTTPException
 
 from ppazam_core.cli import main
-from ppazam_core.deployment import HEADER, KEYS, QUERY, EncryptedChannel, ServerBundle, export_server, frame
+from ppazam_core.deployment import EncryptedChannel, ServerBundle, export_server
+from ppazam_core.wire import HEADER, KEYS, QUERY, frame
 from ppazam_core.errors import DamagedArtifactError, FheError
 from ppazam_core.fhe import SimulatedClassifier
 from ppazam_core import serving

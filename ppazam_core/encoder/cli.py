@@ -23,25 +23,27 @@ console = Console()
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``encoder`` command and its subcommands to the ``ppazam`` parser."""
     defaults = EncoderTrainConfig()
-    encoder = commands.add_parser("encoder", help="train or inspect the fingerprint encoder the embedding families use")
-    subcommands = encoder.add_subparsers(title="encoder commands")
+    encoder = commands.add_parser("encoder", help="train or inspect the fingerprint encoder",
+                                  description="Train or inspect the fingerprint encoder the embedding families use.")
+    subcommands = encoder.add_subparsers(title="encoder commands", metavar="COMMAND")
     train = subcommands.add_parser(
-        "train", help="train a fingerprint encoder on its own corpus (generated songs and Debian music)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--out", type=Path, required=True, help="new folder for the encoder; use it with "
-                       "[embedding] encoder = \"DIR\"")
+        "train", help="train a fingerprint encoder on its own corpus (generated songs and Debian music)")
+    train.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="new folder for the encoder; use it with [embedding] encoder = \"DIR\"")
     train.add_argument("--songs", type=int, default=defaults.corpus.generated_songs,
                        help="generated songs in the corpus (a seed of their own, never a library's)")
     train.add_argument("--song-s", type=float, default=defaults.corpus.song_s, help="seconds per generated song")
     train.add_argument("--no-debian", action="store_true",
                        help=f"leave out the real music of {', '.join(CORPUS_PACKAGES)} (fetched with apt-get)")
-    train.add_argument("--debian-dir", type=Path, help="a folder holding those packages' .deb files already")
+    train.add_argument("--debian-dir", type=Path, metavar="DIR",
+                       help="a folder holding those packages' .deb files already")
     train.add_argument("--steps", type=int, default=defaults.steps, help="training steps")
     train.add_argument("--batch", type=int, default=defaults.batch, help="songs per step (2 windows each)")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the corpus and the training")
-    train.add_argument("--cache-dir", type=Path, help="cache folder for the corpus, rooms and noise "
-                       "(default $PPAZAM_CACHE or ~/.cache/ppazam)")
-    train.add_argument("--workers", type=int, help="processes rendering the corpus (default: all cores)")
+    train.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder for the corpus, rooms and noise "
+                       "(default $PPAZAM_CACHE, else $XDG_CACHE_HOME/ppazam, else ~/.cache/ppazam)")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="processes rendering the corpus (default: every core, or $PPAZAM_WORKERS)")
     train.set_defaults(run=_train)
     info = subcommands.add_parser("info", help="print how an encoder was made and check its weights")
     info.add_argument("encoder", nargs="?", default=SHIPPED, help=f"'{SHIPPED}' (default) or an encoder folder")

@@ -49,10 +49,19 @@ def family_features(family: str, config: ExperimentConfig) -> FrontEndConfig:
     return get_family(family).features(config)
 
 
+def family_segment_s(family: str, config: ExperimentConfig) -> float:
+    """The seconds of the segments the family cuts a query into (its patches' audio)."""
+    return get_family(family).segment_s(config)
+
+
 def family_eval_spec(family: str, config: ExperimentConfig, level: str) -> DatasetSpec:
-    """The evaluation queries of ``level`` through the family's front-end: the same clips (same
-    offsets and augmentation seeds) for every family."""
-    return replace(config.data.eval_spec(level), features=family_features(family, config))
+    """The evaluation queries of ``level`` through the family's front-end, cut into its
+    segments: the same clips (same length, offsets and augmentation seeds) for every family."""
+    spec = config.data.eval_spec(level)
+    segment_s = family_segment_s(family, config)
+    if segment_s != spec.segment_s:
+        spec = replace(spec, segment_s=segment_s, query_s=spec.clip_s)
+    return replace(spec, features=family_features(family, config))
 
 
 def family_bits(family: str, config: ExperimentConfig) -> int:

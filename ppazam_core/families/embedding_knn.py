@@ -1,27 +1,33 @@
 """``embedding-knn``: a clear-text reference (no privacy). Clean segments of every track, one
-every ``hop_s``, are embedded with the shared contrastive model; a query segment's embedding is
-searched exactly (faiss inner product on unit vectors) among them. A track scores the best
-cosine similarity of its segments among the ``neighbours`` nearest (-2 when none is near); the
+every ``hop_s``, are embedded with the client-side embedder; a query is cut into segments of
+the same length (every half segment), each searched exactly (faiss inner product on unit
+vectors) among them. A track scores the best cosine similarity of its references among the
+``neighbours`` nearest (-2 when none is near), averaged over the query's segments; the
 confidence is the best similarity.
+
+With the fingerprint encoder a segment is one 1-s window (:func:`~ppazam_core.hear.window_segment_s`)
+and references are taken every 0.25 s: the Neural Audio Fingerprint's segment search (Chang et
+al. 2021), a query's windows scored one by one, without their offsets' alignment.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from ppazam_core.artifacts import read_arrays
-from dataclasses import dataclass
-
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.families.registry import FamilyTable
 from ppazam_core.encoder.references import reference_embeddings
+from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
+from ppazam_core.features import FrontEndConfig
+from ppazam_core.hear import (at_segment, client_embedder, embedding_front_end, embedding_settings, trained_embedder,
+                              window_segment_s)
 from ppazam_core.library import Library
-from ppazam_core.hear import client_embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -32,17 +38,30 @@ NO_MATCH = -2.0
 @dataclass(frozen=True)
 class KnnConfig:
     """``embedding-knn``: exact nearest neighbours (faiss) among the embeddings of clean
-    reference segments taken every ``hop_s`` of every track (clear text)."""
+    reference segments of ``segment_s`` seconds (unset: :func:`~ppazam_core.hear.window_segment_s`)
+    taken every ``hop_s`` of every track (clear text)."""
 
-    hop_s: float = 0.5
+    hop_s: float = 0.25
     neighbours: int = 10
+    segment_s: float | None = None
 
     def __post_init__(self) -> None:
         require(self.hop_s > 0 and self.neighbours >= 1, "knn", (self.hop_s, self.neighbours),
-               "hop_s > 0, neighbours >= 1")
+                "hop_s > 0, neighbours >= 1")
+        require(self.segment_s is None or self.segment_s > 0, "knn.segment_s", self.segment_s,
+                "a number of seconds > 0 (or unset: the embedder's own)")
 
 
 TABLE = FamilyTable("knn", KnnConfig)
+
+
+def segment_s(config: ExperimentConfig) -> float:
+    """The seconds of a query segment and of a reference."""
+    return window_segment_s(config, config.table(TABLE.name).segment_s)
+
+
+def front_end(config: ExperimentConfig) -> FrontEndConfig:
+    return embedding_front_end(at_segment(config, segment_s(config)))
 
 
 
@@ -55,12 +74,12 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
           refresh: bool = False) -> None:
     """Embed the reference segments of every track into ``folder``."""
     started = time.perf_counter()
-    embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
+    seconds = segment_s(config)
+    embedding, embedder = trained_embedder(library, at_segment(config, seconds), cache_dir, workers, refresh)
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        vectors, tracks, offsets = reference_embeddings(embedder, library, config.data.segment_s,
-                                                        config.table(TABLE.name).hop_s)
+        vectors, tracks, offsets = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
         np.savez(tmp / REFERENCES_FILE, vectors=vectors, tracks=tracks, offsets_s=offsets)
         timings["references_s"] = time.perf_counter() - started
 
@@ -73,7 +92,7 @@ class EmbeddingKnn(FamilyModel):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        self.embedder = client_embedder(self.config, self.folder / "embedding")
+        self.embedder = client_embedder(at_segment(self.config, segment_s(self.config)), self.folder / "embedding")
         self.features = self.embedder.features
         vectors, self.reference_tracks = read_arrays(self.folder / REFERENCES_FILE, "vectors", "tracks")
         self.index = faiss.IndexFlatIP(vectors.shape[1])
@@ -90,4 +109,4 @@ class EmbeddingKnn(FamilyModel):
         return Scores(track_scores, track_scores.max(axis=1))
 
 
-SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE, front_end=embedding_front_end)
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE, front_end=front_end, segment=segment_s)

@@ -7,8 +7,10 @@ Concrete ML (``LogisticRegression.from_sklearn_model``: nothing is fitted), in e
 
 Adding a track (:func:`enroll`) embeds its segments and recompiles the layer; removing one drops
 its row. Enrollment segments are ``segment_s`` clips at ``shots`` evenly spaced offsets of the
-track, clean (the track as it is). Scores are ``log_softmax(cos / temperature)`` with the
-embedding's contrastive temperature; the confidence is the best track's probability.
+track's audible part (silent stretches left out), clean (the track as it is); :func:`enroll`
+refuses a song with less than one segment of audio above the silence level. Scores are
+``log_softmax(cos / temperature)`` with the embedding's contrastive temperature; the confidence
+is the best track's probability.
 
 Artifacts: ``embedding/`` (the contrastive model; absent when a HEAR embedder brings its own
 weights), ``prototypes.npz`` (``prototypes (T, d)``
@@ -31,12 +33,12 @@ from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
 from sklearn.linear_model import LogisticRegression
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.audio import crop_or_pad
+from ppazam_core.audio import audible_seconds, audible_starts, crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
-from ppazam_core.errors import ConfigError
+from ppazam_core.errors import AudioError, ConfigError
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.manifest import write_manifest
 from ppazam_core.features import FrontEnd
@@ -74,24 +76,36 @@ def settings(config: ExperimentConfig) -> dict:
 
 def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, shots: int) -> np.ndarray:
     """``shots`` clips ``(shots, samples)`` float32 of ``segment_s`` from a mono track, the i-th
-    starting at ``(i + 1/2) / shots`` of the possible offsets (one shot: the middle, not the
-    intro), zero-padded when the track is shorter."""
+    starting at ``(i + 1/2) / shots`` of the offsets whose clip is not silent
+    (:func:`~ppazam_core.audio.audible_starts`; one shot: the middle, not the intro),
+    zero-padded when the track is shorter."""
     window = int(round(segment_s * sample_rate))
-    starts = ((np.arange(shots) + 0.5) / shots * max(0, audio.shape[0] - window)).astype(int)
+    starts = audible_starts(audio, sample_rate, window, shots)
     return np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
 
 
-def prototypes(embedder: Embedder, library: Library, segment_s: float,
-               shots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prototypes(embedder: Embedder, library: Library, segment_s: float, shots: int,
+               strict: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prototypes ``(T, d)`` float32 of every track of ``library`` (unit length), the seconds each
     took to enroll ``(T,)`` (decoding, front-end, embedding) and the segments' own embeddings
-    ``(T * shots, d)`` float32 (they calibrate the layer's input range)."""
+    ``(T * shots, d)`` float32 (they calibrate the layer's input range).
+
+    Raises:
+        AudioError: a track cannot be decoded or, when ``strict`` (a song to enroll, not a
+            library track, where silent tracks are kept), holds less than ``segment_s`` seconds
+            of audio above the silence level.
+    """
     front_end = FrontEnd(embedder.features)
     rate = embedder.features.sample_rate
     rows, seconds, segments = [], [], []
     for track in library:
         started = time.perf_counter()
-        clips = enrollment_segments(library.load(track, rate), rate, segment_s, shots)
+        audio = library.load(track, rate)
+        audible_s = audible_seconds(audio, rate)
+        if strict and audible_s < segment_s:
+            raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
+                                           f"enrolling a song needs at least {segment_s:g} s")
+        clips = enrollment_segments(audio, rate, segment_s, shots)
         embedded = embedder.embed_patches(front_end(clips))
         mean = embedded.mean(axis=0)
         rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
@@ -158,6 +172,8 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
             silent or the same file content as a song of the model (trained or enrolled) or as
             another one added, an id to remove is not in the model, or fewer than two tracks
             would remain.
+        AudioError: a track to add cannot be decoded or holds less than one segment of audio
+            above the silence level (:func:`prototypes`).
     """
     known = list(model.track_ids)
     new_ids = [t.id for t in tracks]
@@ -186,7 +202,7 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     shots = model.config.table(TABLE.name).shots if shots is None else shots
     require(isinstance(shots, int) and shots >= 1, "shots", shots, "an integer >= 1")
     started = time.perf_counter()
-    added, enroll_s, segments = prototypes(model.embedder, tracks, model.config.data.segment_s, shots)
+    added, enroll_s, segments = prototypes(model.embedder, tracks, model.config.data.segment_s, shots, strict=True)
     embed_s = time.perf_counter() - started
     weights = np.concatenate([model.prototypes[keep], added])
     seconds = np.concatenate([model.enroll_s[keep], enroll_s])

@@ -35,12 +35,13 @@ from ppazam_core.artifacts import damaged, reading
 from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError
-from ppazam_core.families.registry import Family, FamilyTable
+from ppazam_core.families.registry import Family, FamilyTable, get_family
 from ppazam_core.families.store import FamilyModel, single_model_family
 from ppazam_core.fhe import CircuitStats
 from ppazam_core.fhe_packed import (HE_STANDARD_128, build_packed, diagonals, fixed_point, load_params, packed_scores,
                                     read_error, seal_context, weight_scale)
-from ppazam_core.hear import client_embedder, embedding_front_end
+from ppazam_core.features import FrontEndConfig
+from ppazam_core.hear import at_segment, client_embedder, embedding_front_end
 from ppazam_core.library import Library
 from ppazam_core.privacy import CallPlan
 from ppazam_core.recognition import Mode
@@ -170,7 +171,8 @@ class PackedFamilyModel(FamilyModel):
         super().__init__(folder)
         self.head = PackedHead(self.folder)
         self.channel = self.head.channel
-        self.embedder = client_embedder(self.config, self.folder / "embedding")
+        self.embedder = client_embedder(at_segment(self.config, get_family(self.family).segment_s(self.config)),
+                                        self.folder / "embedding")
         self.features = self.embedder.features
 
     def call_plan(self) -> CallPlan:
@@ -183,8 +185,13 @@ class PackedFamilyModel(FamilyModel):
 
 def packed_family(name: str, settings: Callable[[ExperimentConfig], dict],
                   train: Callable[[Library, ExperimentConfig, Path, Path, int | None, bool], None],
-                  model: type[PackedFamilyModel], table: FamilyTable) -> Family:
-    """Register the packed family ``name``: one store folder, the embedding front-end, the bit
-    width of the query's scale (see :func:`~ppazam_core.families.store.single_model_family`)."""
-    return single_model_family(name, settings, train, model, table=table, front_end=embedding_front_end,
+                  model: type[PackedFamilyModel], table: FamilyTable,
+                  segment: Callable[[ExperimentConfig], float] | None = None) -> Family:
+    """Register the packed family ``name``: one store folder, the embedding front-end over its
+    ``segment`` (default: ``[data] segment_s``), the bit width of the query's scale (see
+    :func:`~ppazam_core.families.store.single_model_family`)."""
+    def front_end(config: ExperimentConfig) -> FrontEndConfig:
+        return embedding_front_end(config if segment is None else at_segment(config, segment(config)))
+
+    return single_model_family(name, settings, train, model, table=table, front_end=front_end, segment=segment,
                                bits=packed_bits)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ppazam_core.errors import ConfigError
-from ppazam_core.recognition import Mode
+from ppazam_core.modes import Mode
 
 if TYPE_CHECKING:
     from ppazam_core.config import ExperimentConfig
@@ -55,6 +55,9 @@ class Family:
     * ``modes``: the modes it runs in (clear-text families: ``fp32`` only);
     * ``table``: its config table, if it has one (:meth:`ExperimentConfig.table`);
     * ``front_end(config)``: the front-end of its patches (default: the config's features);
+    * ``segment(config)``: the seconds of audio a patch holds, the segment queries are cut into
+      (default: ``[data] segment_s``; a query longer than it is cut into segments every half
+      segment and their scores averaged);
     * ``bits(config)``: the bit width its model is quantized to (default 32: clear text);
     * ``sweeps_rounding``: a suite makes one model per (bit width, rounding) point, named by
       the config's rounding bits; else one model per suite, named with rounding 0;
@@ -75,6 +78,7 @@ class Family:
     modes: tuple[Mode, ...] = tuple(Mode)
     table: FamilyTable | None = None
     front_end: Callable[["ExperimentConfig"], "FrontEndConfig"] | None = None
+    segment: Callable[["ExperimentConfig"], float] | None = None
     bits: Callable[["ExperimentConfig"], int] | None = None
     sweeps_rounding: bool = False
     stages: tuple[str, ...] = ()
@@ -89,6 +93,9 @@ class Family:
 
     def features(self, config: "ExperimentConfig") -> "FrontEndConfig":
         return config.data.features if self.front_end is None else self.front_end(config)
+
+    def segment_s(self, config: "ExperimentConfig") -> float:
+        return config.data.segment_s if self.segment is None else float(self.segment(config))
 
     def bit_width(self, config: "ExperimentConfig") -> int:
         return 32 if self.bits is None else int(self.bits(config))

@@ -1,0 +1,203 @@
+"""Field reports round 3 (issue 34), audio inputs: headers that lie about length, mostly silent
+long files and phase-inverted stereo. Each case failed on the code before the fix: a traceback,
+a scan that never returned, a wrong answer or a refusal."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import dominant_hz, tone, write_audio
+from ppazam_core import audio as audio_module
+from ppazam_core import recognition
+from ppazam_core.audio import load_audio
+from ppazam_core.cli import main
+from ppazam_core.errors import AudioError
+from ppazam_core.families import train_family
+from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enroll, prototypes
+from ppazam_core.library import scan_folder, synthetic_distractors
+from test_identifier import ranked_ids
+
+R = TypeVar("R")
+RATE = 16_000
+HANG_S = 60.0  # what a call may take here before it counts as hung (the old scan ran for 13 min)
+
+
+def finishes(call: Callable[[], R], seconds: float = HANG_S) -> R:
+    """``call()``'s result, or a test failure when it is still running after ``seconds`` (on a
+    daemon thread, so that a hung decoder cannot hold the test session)."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as e:  # handed to the test below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds:g} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def lying_mp3(path: Path, frames: int | None = None, times: int | None = None) -> Path:
+    """A 4-s 440 Hz stereo MP3 (44.1 kHz, with libsndfile's Xing header) whose Xing frame count
+    is replaced by ``frames``, or multiplied by ``times``."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile does not write MP3")
+    write_audio(path, tone(440.0, 4.0, 44_100, channels=2), 44_100, format="MP3", subtype="MPEG_LAYER_III")
+    data = bytearray(path.read_bytes())
+    at = max(data.find(b"Xing"), data.find(b"Info"))
+    assert at > 0 and struct.unpack(">I", data[at + 4 : at + 8])[0] & 1, "no Xing header with a frame count"
+    count = struct.unpack(">I", data[at + 8 : at + 12])[0]
+    data[at + 8 : at + 12] = struct.pack(">I", frames if frames is not None else count * times)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def lying_wav(path: Path) -> Path:
+    """A 4-s 440 Hz WAV whose RIFF and data chunk sizes say 0xFFFFFFFF."""
+    write_audio(path, tone(440.0, 4.0, RATE), RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<I", 0xFFFFFFFF)
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_mp3_claiming_2_32_frames_decodes_the_seconds_it_holds(tmp_path):
+    """Was: "Unable to allocate 18.0 TiB" (MemoryError) from ``identify``'s decode."""
+    path = lying_mp3(tmp_path / "liar.mp3", frames=0xFFFFFFFF)
+    audio = finishes(lambda: load_audio(path, RATE))
+    assert abs(audio.shape[0] / RATE - 4.0) < 0.1
+    assert abs(dominant_hz(audio, RATE) - 440.0) < 5.0
+
+
+def test_a_folder_scan_measures_what_decodes_not_what_headers_claim(tmp_path):
+    """Was: ``library info`` never returned (stale blocks up to 2^32 MP3 frames), and the count
+    x1000 gave 1 h 07 min for a 4-s clip."""
+    folder = tmp_path / "lib"
+    lying_mp3(folder / "max.mp3", frames=0xFFFFFFFF)
+    lying_mp3(folder / "x1000.mp3", times=1000)
+    lying_wav(folder / "riff.wav")
+    write_audio(folder / "good.flac", tone(660.0, 5.0, RATE), RATE)
+    library = finishes(lambda: scan_folder(folder))
+    durations = {track.id: round(track.duration_s, 1) for track in library}
+    assert durations == {"good": 5.0, "max": 4.0, "riff": 4.0, "x1000": 4.0} and not library.skipped
+
+
+def test_files_past_the_decoding_bounds_are_skipped_and_the_others_kept(tmp_path, monkeypatch):
+    folder = tmp_path / "lib"
+    write_audio(folder / "long.wav", tone(440.0, 8.0, RATE), RATE)
+    write_audio(folder / "short.flac", tone(660.0, 4.0, RATE), RATE)
+    monkeypatch.setattr(audio_module, "MAX_DECODED_S", 6.0)
+    library = scan_folder(folder)
+    assert [t.id for t in library] == ["short"]
+    assert [(Path(s.path).name, s.reason) for s in library.skipped] == [
+        ("long.wav", "decodes to more than 6 s of audio, the most ppazam reads of a file")]
+    with pytest.raises(AudioError, match="more than 6 s"):
+        load_audio(folder / "long.wav")
+    monkeypatch.setattr(audio_module, "MAX_DECODE_WALL_S", 0.0)
+    with pytest.raises(AudioError, match="decoding took more than 0 s"):
+        load_audio(folder / "short.flac")
+
+
+# Mostly silent long files, and phase-inverted stereo: identified and enrolled with the
+# embedding-prototypes model of the tiny library (the one tests/test_enrollment.py trains).
+
+
+@pytest.fixture(scope="module")
+def model(tiny_library, tiny_config, session_cache) -> EmbeddingPrototypes:
+    config, _ = tiny_config
+    return train_family(FAMILY, tiny_library, config, session_cache, workers=1)
+
+
+@pytest.fixture(scope="module")
+def new_song(tiny_config, session_cache) -> np.ndarray:
+    """8 s of a song the model never saw (the generator under another seed), mono at 16 kHz."""
+    config, _ = tiny_config
+    (track,) = synthetic_distractors(config.data.synthetic, 1, session_cache)
+    return load_audio(track.source, RATE)
+
+
+def in_silence(song: np.ndarray, at_s: float, total_s: float) -> np.ndarray:
+    """``total_s`` seconds of near-silence (-100 dBFS of noise) with ``song`` from ``at_s``."""
+    audio = np.random.default_rng(0).standard_normal(int(total_s * RATE)).astype(np.float32) * 1e-5
+    start = int(at_s * RATE)
+    audio[start : start + song.shape[0]] = song
+    return audio
+
+
+def identify(clip: Path, tiny_config, session_cache, capsys) -> str:
+    _, toml = tiny_config
+    assert main(["identify", str(clip), "--family", FAMILY, "--config", str(toml), "--cache-dir", str(session_cache),
+                 "--workers", "1"]) == 0
+    return capsys.readouterr().out
+
+
+def test_identify_skips_the_silence_of_a_long_clip_and_says_so(model, tiny_library, tiny_config, session_cache,
+                                                              tmp_path, capsys):
+    """Was: every segment read, silent ones included, and a wrong track with no warning."""
+    song = tiny_library.load(tiny_library.tracks[2], RATE)
+    clip = write_audio(tmp_path / "long.wav", in_silence(song, 100.0, 240.0), RATE)
+    out = identify(clip, tiny_config, session_cache, capsys)
+    assert ranked_ids(out)[0] == "syn00002", out
+    assert "7 segment(s), 152 silent skipped" in out, out  # 97.5 s to 106.5 s hold the song
+
+
+def test_a_query_reads_at_most_max_query_s(model, tiny_library, monkeypatch):
+    song = tiny_library.load(tiny_library.tracks[2], RATE)
+    monkeypatch.setattr(recognition, "MAX_QUERY_S", 4.5)
+    query = recognition.prepare_query(np.concatenate([song, song]), model.features, 3.0)
+    assert query.read_s == 4.5 and query.patches.shape[0] == 2 and query.silent_segments == 0
+
+
+def test_enrollment_takes_its_segments_where_the_song_is(model, new_song, tiny_config, tmp_path, capsys,
+                                                        session_cache):
+    """Was: the prototype of a song 120 s into 200 s of silence came from silent offsets, and the
+    song was never identified."""
+    config, _ = tiny_config
+    folder = tmp_path / "songs"
+    write_audio(folder / "late_song.wav", in_silence(new_song, 120.0, 200.0), RATE)
+    write_audio(tmp_path / "clean" / "late_song.wav", new_song, RATE)
+    clean, _, _ = prototypes(model.embedder, scan_folder(tmp_path / "clean"), config.data.segment_s, 5)
+    enrolled = enroll(model, scan_folder(folder), tmp_path / "enrolled")
+    assert float(enrolled.prototypes[-1] @ clean[0]) > 0.95
+    clip = write_audio(tmp_path / "clip.wav", new_song[RATE : 5 * RATE], RATE)
+    assert main(["identify", str(clip), "--model", str(tmp_path / "enrolled")]) == 0
+    assert ranked_ids(capsys.readouterr().out)[0] == "late_song"
+
+
+def test_enrollment_refuses_a_file_with_too_little_audio(model, new_song, tmp_path):
+    folder = tmp_path / "songs"
+    write_audio(folder / "blip.wav", in_silence(new_song[: RATE], 30.0, 60.0), RATE)
+    with pytest.raises(AudioError, match=r"only 1 s of it is above the silence level; enrolling a song needs at "
+                                         r"least 3 s") as caught:
+        enroll(model, scan_folder(folder), tmp_path / "enrolled")
+    assert caught.value.path == str(folder / "blip.wav") and not (tmp_path / "enrolled").exists()
+
+
+def test_phase_inverted_stereo_is_not_silence(model, tiny_library, tiny_config, session_cache, tmp_path, capsys,
+                                              caplog):
+    """Was: "clip is silent": the mean of left and -right is zero."""
+    song = tiny_library.load(tiny_library.tracks[4], RATE)[RATE : 5 * RATE]
+    song *= 10 ** (-21.5 / 20) / np.sqrt(np.mean(np.square(song)))
+    clip = write_audio(tmp_path / "inverted" / "inverted.wav", np.stack([song, -song], axis=1), RATE, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="ppazam_core.audio"):
+        audio = load_audio(clip, RATE)
+    assert abs(20 * np.log10(np.sqrt(np.mean(np.square(audio)))) + 21.5) < 0.1
+    assert "out of phase" in caplog.text
+    (track,) = scan_folder(clip.parent).tracks
+    assert not track.silent
+    assert ranked_ids(identify(clip, tiny_config, session_cache, capsys))[0] == "syn00004"

@@ -1,0 +1,216 @@
+"""Field reports round 3: every config value is type-checked when read, a config file's
+encoding is named when it is wrong, and the CLI ends every failure it can name in one
+``error:`` line and a non-zero exit."""
+
+import errno
+import os
+import subprocess
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+import ppazam_core.cli as cli
+from ppazam_core.augment import load_policies
+from ppazam_core.clustering import ClusterConfig
+from ppazam_core.config import DATA_TABLES, DataConfig, ExperimentConfig, FheConfig, ModelSpec
+from ppazam_core.embeddings import EmbeddingConfig
+from ppazam_core.errors import ConfigError
+from ppazam_core.families.registry import family_tables
+from ppazam_core.features import FrontEndConfig
+from ppazam_core.library import SyntheticSpec
+from ppazam_core.training import TrainConfig
+from suites import SUITE_DIR, load_suite
+
+BOM = b"\xef\xbb\xbf"
+
+
+def table_fields() -> list[tuple[str, str, object]]:
+    """(table, key, type hint) of every key of every table an experiment config reads."""
+    tables = {"synthetic": SyntheticSpec, "features": FrontEndConfig, "embedding": EmbeddingConfig,
+              "clusters": ClusterConfig, "model": ModelSpec, "training": TrainConfig, "qat": TrainConfig,
+              "fhe": FheConfig, **family_tables()}
+    keys = [(name, f.name, typing.get_type_hints(cls)[f.name]) for name, cls in tables.items() for f in fields(cls)]
+    keys += [("data", f.name, typing.get_type_hints(DataConfig)[f.name]) for f in fields(DataConfig)
+             if f.name not in DATA_TABLES]
+    hints = typing.get_type_hints(ExperimentConfig)
+    return keys + [("identify", key, hints[key]) for key in ("cluster_top_k", "combine")]
+
+
+@pytest.mark.parametrize("table, key, hint", table_fields(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_key_of_every_table_is_type_checked(table, key, hint):
+    wrong = 3 if str in (hint, *typing.get_args(hint)) else "3"  # a string for a number, flag, list or table
+    with pytest.raises(ConfigError, match=rf"{table}\.{key}(\[\d+\])? = {wrong!r} is not allowed; allowed: \w"):
+        ExperimentConfig.from_dict({table: {key: wrong}})
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[identify]\ncluster_top_k = "2"\n', "identify.cluster_top_k = '2' is not allowed; allowed: an integer"),
+    ('[fhe]\np_error = "0.05"\n', "fhe.p_error = '0.05' is not allowed; allowed: a number"),
+    ('[clusters]\nn_clusters = "2"\n', "clusters.n_clusters = '2' is not allowed; allowed: an integer (or leave"),
+    ('[synthetic]\nseed = "7"\n', "synthetic.seed = '7' is not allowed; allowed: an integer"),
+    ("[identify]\ncluster_top_k = true\n", "identify.cluster_top_k = True is not allowed; allowed: an integer"),
+    ("[embedding]\nepochs = 3.0\n", "embedding.epochs = 3.0 is not allowed; allowed: an integer"),
+    ("[model]\nrounding_aware = 1\n", "model.rounding_aware = 1 is not allowed; allowed: true or false"),
+    ('[model]\nblocks = [{ channels = 8 }, { channels = "16" }]\n', "model.blocks[1].channels = '16'"),
+    ("[model]\nblocks = [8]\n", "model.blocks[0] = 8 is not allowed; allowed: a table"),
+    ("[embedding]\nblocks = [{ channels = 8, width = 3 }]\n", "embedding.blocks[0] = 'width'"),
+    ('[data]\neval_levels = ["clean", 3]\n', "data.eval_levels[1] = 3 is not allowed; allowed: a string"),
+    ("[data]\ntrain_gain_db = [-20.0]\n", "data.train_gain_db = [-20.0] is not allowed; allowed: a list of 2"),
+    ("[packed]\nmoduli_bits = [38, 28.0, 43]\n", "packed.moduli_bits[1] = 28.0"),
+    ('[knn]\nsegment_s = "1"\n', "knn.segment_s = '1' is not allowed; allowed: a number (or leave"),
+], ids=lambda v: v.split("\n")[1].split(" =")[0] if "\n" in v else None)
+def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, message):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        ExperimentConfig.from_toml(path)
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('seeds = { train = "0", eval = 1 }\n', "suite s.seeds.train = '0' is not allowed; allowed: an integer"),
+    ('query_s = "3"\n', "suite s.query_s = '3' is not allowed; allowed: a number"),
+    ("fhe_sweeps = 1\n", "suite s.fhe_sweeps = 1 is not allowed; allowed: true or false"),
+    ('[experiment.synthetic]\nseed = "7"\n', "synthetic.seed = '7'"),
+], ids=["seeds", "query_s", "fhe_sweeps", "experiment"])
+def test_suite_keys_are_type_checked(tmp_path, toml, message):
+    path = tmp_path / "s.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load_suite(path)
+    assert message in str(raised.value)
+
+
+def test_an_integer_is_a_number_and_lists_become_tuples():
+    config = ExperimentConfig.from_dict({"synthetic": {"duration_s": 6}, "fhe": {"rounding_bits": 6},
+                                         "data": {"train_gain_db": [-10, 0]}, "packed": {"moduli_bits": [38, 28, 40]}})
+    assert config.data.synthetic.duration_s == 6 and config.data.train_gain_db == (-10, 0)
+    assert config.table("packed").moduli_bits == (38, 28, 40)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(BOM + b"[identify]\ncluster_top_k = 2\n")
+    assert ExperimentConfig.from_toml(path).cluster_top_k == 2
+    suite = tmp_path / "quick.toml"
+    suite.write_bytes(BOM + (SUITE_DIR / "quick.toml").read_bytes())
+    assert load_suite(suite) == load_suite("quick")
+
+
+def test_bytes_that_are_not_utf8_name_the_file_line_and_encoding(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("[identify]\n# r\u00e9glage\ncluster_top_k = 2\n".encode("latin-1"))
+    for read in (ExperimentConfig.from_toml, load_suite, load_policies):
+        with pytest.raises(ConfigError) as raised:
+            read(path)
+        assert f"{path} is not UTF-8 (byte 0xe9 at offset 14, line 2)" in str(raised.value)
+        assert "TOML files must be UTF-8" in str(raised.value)
+
+
+def one_error_line(status: int, err: str) -> str:
+    """The one line of ``err``, checked to be an ``error:`` line of a failed command."""
+    assert status != 0 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def train(config: Path, tmp_path: Path) -> list[str]:
+    return ["train", "--config", str(config), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'[fhe]\np_error = "0.05"\n', "fhe.p_error = '0.05'"),
+    (BOM + b'[identify]\ncluster_top_k = "2"\n', "identify.cluster_top_k = '2'"),  # the BOM read, the type named
+    ("# \u00e9\n".encode("latin-1"), "is not UTF-8 (byte 0xe9 at offset 2, line 1)"),
+], ids=["wrong-type", "bom", "latin-1"])
+def test_cli_names_a_bad_config_in_one_line(tmp_path, capsys, content, message):
+    config = tmp_path / "c.toml"
+    config.write_bytes(content)
+    assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+
+
+def test_cli_names_a_config_path_that_is_a_folder(tmp_path, capsys):
+    line = one_error_line(cli.main(train(tmp_path, tmp_path)), capsys.readouterr().err)
+    assert str(tmp_path) in line and "Is a directory" in line
+
+
+def test_cli_names_an_unreadable_config(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[identify]\ncluster_top_k = 2\n")
+    config.chmod(0)
+    if os.access(config, os.R_OK):
+        pytest.skip("this user reads a chmod 000 file (root)")
+    line = one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert str(config) in line and "Permission denied" in line and "permissions" in line
+
+
+def info(cache_dir: Path) -> list[str]:
+    return ["library", "info", "synthetic", "--n-tracks", "1", "--duration", "1", "--cache-dir", str(cache_dir),
+            "--workers", "1"]
+
+
+def test_cli_names_a_read_only_cache_folder(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    if os.access(cache, os.W_OK):
+        pytest.skip("this user writes into a chmod 555 folder (root)")
+    line = one_error_line(cli.main(info(cache)), capsys.readouterr().err)
+    assert str(cache) in line and "Permission denied" in line
+
+
+def test_cli_names_a_cache_folder_that_is_a_file(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    line = one_error_line(cli.main(info(cache)), capsys.readouterr().err)
+    assert str(cache) in line and "--cache-dir" in line
+
+
+@pytest.mark.parametrize("code, advice", [
+    (errno.ENOSPC, "free space on that disk"), (errno.EDQUOT, "quota"), (errno.EROFS, "read-only"),
+    (errno.EFBIG, "ulimit -f"), (errno.EACCES, "permissions"), (errno.ENOENT, "exists"), (errno.EMFILE, "ulimit -n"),
+])
+def test_cli_names_each_filesystem_fault_and_what_to_do(tmp_path, capsys, monkeypatch, code, advice):
+    where = tmp_path / "cache" / "libraries" / "x.wav"
+
+    def fault(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(where))
+
+    monkeypatch.setattr(cli, "open_library", fault)
+    line = one_error_line(cli.main(info(tmp_path / "cache")), capsys.readouterr().err)
+    assert str(where) in line and advice in line
+
+
+@pytest.mark.parametrize("raised, status, message", [
+    (MemoryError(), 1, "out of memory"),
+    (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"), 1, "byte 0xff at offset 2"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+], ids=["memory", "decode", "interrupt"])
+def test_cli_ends_other_nameable_failures_in_one_line(tmp_path, capsys, monkeypatch, raised, status, message):
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(cli, "open_library", fail)
+    code = cli.main(info(tmp_path))
+    assert code == status and message in one_error_line(code, capsys.readouterr().err)
+
+
+def test_cli_keeps_the_traceback_of_a_programming_error(tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "open_library", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(info(tmp_path))
+
+
+def test_console_script_prints_one_error_line(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[synthetic]\nseed = "7"\n')
+    ppazam = Path(sys.executable).with_name("ppazam")
+    done = subprocess.run([str(ppazam), *train(config, tmp_path)], capture_output=True, text=True, timeout=120)
+    assert "synthetic.seed = '7'" in one_error_line(done.returncode, done.stderr)
