@@ -1,4 +1,4 @@
-"""Costs of the packed CKKS head (``embedding-head-packed``, :mod:`ppazam_core.fhe_packed`) against
+"""Costs of the packed CKKS head (``embedding-head-packed``, :mod:`ppazam_core.fhe.packed`) against
 library size: query, answer and evaluation-key bytes (as framed on the wire), server, client
 encryption and decryption seconds, and the CKKS error, for random heads of 64 inputs.
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ppazam_core.wire import HEADER
-from ppazam_core.fhe_packed import PackedClient, PackedServer, build_packed
+from ppazam_core.fhe.wire import HEADER
+from ppazam_core.fhe.packed import PackedClient, PackedServer, build_packed
 
 DIM = 64
 SIZES = (64, 1000, 4096, 100_000)

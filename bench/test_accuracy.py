@@ -14,7 +14,7 @@ import pytest
 
 from ppazam_core.families import family_modes
 from ppazam_core.recognition import Mode
-from ppazam_core.results import accuracy_rows, mcnemar_exact, prediction_frame, wilson_interval
+from ppazam_core.results.records import accuracy_rows, mcnemar_exact, prediction_frame, wilson_interval
 
 AGREEMENT_REFERENCE = {Mode.FHE: Mode.FHE_SIM, Mode.FHE_SIM: Mode.QUANT, Mode.QUANT: Mode.FP32}
 # Queries simulated a second time to measure the simulator's agreement with itself: Concrete's

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import replace
 
 from ppazam_core.families import family_modes
-from ppazam_core.fhe import CircuitStats
+from ppazam_core.fhe.concrete import CircuitStats
 from ppazam_core.recognition import Mode
 
 FACTS = ("pbs_count", "max_bit_width", "complexity", "compile_s", "evaluation_key_bytes", "serialized_key_bytes",

@@ -21,9 +21,9 @@ import statistics
 import numpy as np
 
 from ppazam_core.families import get_family
-from ppazam_core.open_set import DEFAULT_FAR, open_set_metrics
+from ppazam_core.results.open_set import DEFAULT_FAR, open_set_metrics
 from ppazam_core.recognition import Mode, combine_segments
-from ppazam_core.results import wilson_interval
+from ppazam_core.results.records import wilson_interval
 from ppazam_core.seeding import derive_seed
 
 EPISODES = 100

@@ -21,10 +21,10 @@ from dataclasses import replace
 
 import pytest
 
-from ppazam_core.features import FrontEnd
+from ppazam_core.queries.features import FrontEnd
 from ppazam_core.families import family_modes, get_family
 from ppazam_core.families.registry import families
-from ppazam_core.fhe import CircuitStats
+from ppazam_core.fhe.concrete import CircuitStats
 from ppazam_core.recognition import Mode
 
 FAMILY_STAGES = tuple(dict.fromkeys(stage for family in families().values() for stage in family.stages))

@@ -2,10 +2,10 @@
 tracks held out of training (the suite's ``distractor_tracks``). True FHE is left out: it runs
 a sample of the queries, and fhe-sim stands for it (see the agreement rows). ``top1_at_far`` is
 interpolated at exactly :data:`FALSE_ACCEPTS`; ``false_accepts`` is the rate the fixed threshold
-below it achieved (see :mod:`ppazam_core.open_set`)."""
+below it achieved (see :mod:`ppazam_core.results.open_set`)."""
 
 from ppazam_core.families import family_modes
-from ppazam_core.open_set import DEFAULT_FAR, open_set_metrics
+from ppazam_core.results.open_set import DEFAULT_FAR, open_set_metrics
 from ppazam_core.recognition import Mode
 
 FALSE_ACCEPTS = DEFAULT_FAR

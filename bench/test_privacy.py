@@ -1,4 +1,4 @@
-"""The privacy ledger of every family in every mode (:mod:`ppazam_core.privacy`): what the server
+"""The privacy ledger of every family in every mode (:mod:`ppazam_core.results.privacy`): what the server
 learns about the song, what the client receives, bytes up and down, evaluation keys, security
 level and the chance of an off table lookup, per query segment. After the truly encrypted
 queries of a model, the calls the server actually saw are checked against the ledger: a design
@@ -7,7 +7,7 @@ that claims to reveal nothing must have made the same calls, in the same order, 
 import pytest
 
 from ppazam_core.families import family_modes
-from ppazam_core.privacy import ledger
+from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import Mode
 
 

@@ -36,28 +36,28 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppazam_core.audio import is_audio_path, load_audio
-from ppazam_core.calibration import calibrate_open_set, rule_folder, rule_mode
+from ppazam_core.audio.decode import is_audio_path, load_audio
+from ppazam_core.results.calibration import calibrate_open_set, rule_folder, rule_mode
 from ppazam_core.cli_help import Parser
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.costs import calibrate
-from ppazam_core.dataset import build_dataset
-from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
-from ppazam_core.encoder.cli import register as register_encoder_commands
-from ppazam_core.deployment import KeySetup, ServerBundle, StageCost, export_server
+from ppazam_core.fhe.costs import calibrate
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.audio.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
+from ppazam_core.models.encoder.cli import register as register_encoder_commands
+from ppazam_core.fhe.deployment import KeySetup, ServerBundle, StageCost, export_server
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError, StorageError
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_segment_s, get_family,
                                   is_trained, train_family)
 from ppazam_core.families.registry import families
 from ppazam_core.manifest import family_of, holds_model
-from ppazam_core.fhe import CircuitStats
-from ppazam_core.identifier import FAMILY, OBLIVIOUS_FAMILY
-from ppazam_core.library import Library, Track, open_library, scan_folder, synthetic_distractors
-from ppazam_core.pipeline import compile_identifier, noise_folder
-from ppazam_core.open_set import DEFAULT_FAR, OpenSetRule, check_far
-from ppazam_core.privacy import ledger
+from ppazam_core.fhe.concrete import CircuitStats
+from ppazam_core.models.identifier import FAMILY, OBLIVIOUS_FAMILY
+from ppazam_core.audio.library import Library, Track, open_library, scan_folder, synthetic_distractors
+from ppazam_core.models.pipeline import compile_identifier, noise_folder
+from ppazam_core.results.open_set import DEFAULT_FAR, OpenSetRule, check_far
+from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import MAX_QUERY_S, Mode, Recognizer, predict, prepare_query, sample_queries
-from ppazam_core.results import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
+from ppazam_core.results.records import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import (atomic_write_text, canonical_json, config_hash, default_cache_dir,
                                 recover_leftovers, storage_errors, writer_lock)
@@ -339,7 +339,7 @@ def _library_info(args: argparse.Namespace) -> int:
 
 def _print_library_warnings(library: Library) -> None:
     """What a user should know of ``library`` before trusting figures made on it (see
-    :meth:`~ppazam_core.library.LibrarySummary.warnings`)."""
+    :meth:`~ppazam_core.audio.library.LibrarySummary.warnings`)."""
     for line in library.summary().warnings():
         console.print(f"  [yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
@@ -485,7 +485,7 @@ def _identify(args: argparse.Namespace) -> int:
         titles = {t.id: t.title for t in library}
     transport = None
     if args.server:
-        from ppazam_core.serving import HttpTransport  # the HTTP stack only when asked for
+        from ppazam_core.fhe.serving import HttpTransport  # the HTTP stack only when asked for
 
         transport = HttpTransport(args.server)
         model.channel.transport = transport
@@ -756,7 +756,7 @@ def _export_server(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ppazam_core.serving import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, \
+    from ppazam_core.fhe.serving import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, \
         create_app, url_of, uvicorn_server
 
     for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):

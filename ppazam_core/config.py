@@ -5,10 +5,10 @@ A file may hold any of these tables; every key is optional and unknown keys are 
     [synthetic]             # SyntheticSpec: seed, n_tracks, duration_s, sample_rate
     [features]              # FrontEndConfig
     [data]                  # segment_s, train_policy, train_augmentations, eval_levels, noise_dir, ...
-    [policies.NAME]         # custom augmentation policies (see ppazam_core.augment)
+    [policies.NAME]         # custom augmentation policies (see ppazam_core.queries.augment)
     [embedding]             # EmbeddingConfig (contrastive track embeddings; embedder: a HEAR module)
     [clusters]              # ClusterConfig: n_clusters (1 = single stage), balanced, ...
-    [model]                 # classifier blocks and bit widths (see ppazam_core.models)
+    [model]                 # classifier blocks and bit widths (see ppazam_core.models.cnn)
     [training]              # TrainConfig of the fp32 classifiers
     [qat]                   # TrainConfig of the QAT fine-tuning
     [identify]              # cluster_top_k, combine
@@ -25,19 +25,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppazam_core.augment import AugmentationPolicy, custom_policies, get_policy
-from ppazam_core.clustering import ClusterConfig
-from ppazam_core.conditions import QueryCondition, check_gain_range
-from ppazam_core.dataset import DatasetSpec
-from ppazam_core.embeddings import EmbeddingConfig
-from ppazam_core.encoder.shipped import encoder_identity
+from ppazam_core.queries.augment import AugmentationPolicy, custom_policies, get_policy
+from ppazam_core.models.clustering import ClusterConfig
+from ppazam_core.queries.conditions import QueryCondition, check_gain_range
+from ppazam_core.queries.dataset import DatasetSpec
+from ppazam_core.models.embeddings import EmbeddingConfig
+from ppazam_core.models.encoder.shipped import encoder_identity
 from ppazam_core.errors import ConfigError, is_integer, is_number
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.library import SyntheticSpec
-from ppazam_core.models import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.audio.library import SyntheticSpec
+from ppazam_core.models.cnn import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
 from ppazam_core.seeding import Split
 from ppazam_core.toml_tables import only_keys, read_table, read_toml, table_values
-from ppazam_core.training import TrainConfig
+from ppazam_core.models.training import TrainConfig
 
 DATA_TABLES = {"synthetic", "features", "data", "policies"}
 COMBINE_RULES = ("mean-log-prob", "majority-vote")
@@ -95,7 +95,7 @@ class DataConfig:
                            clips_per_minute=self.train_clips_per_minute)
 
     def eval_spec(self, condition: str) -> DatasetSpec:
-        """The queries of a condition (see :mod:`ppazam_core.conditions`): ``LEVEL`` clips of one
+        """The queries of a condition (see :mod:`ppazam_core.queries.conditions`): ``LEVEL`` clips of one
         segment at random gains, ``@GAINdB`` at a fixed gain, ``@SECONDSs`` of that length."""
         parsed = QueryCondition.parse(condition)
         gain = self.query_gain_db if parsed.gain_db is None else (parsed.gain_db, parsed.gain_db)

@@ -21,7 +21,7 @@ from ppazam_core.errors import ArtifactError
 from ppazam_core.store import canonical_json
 
 if TYPE_CHECKING:
-    from ppazam_core.library import Library
+    from ppazam_core.audio.library import Library
 
 MANIFEST_FILE = "model.json"
 OLDER_MANIFESTS = ("family.json", "identifier.json")  # before the one format

@@ -1,6 +1,6 @@
 """What every model family offers the evaluation, and the evaluation itself.
 
-A :class:`Recognizer` (the two-stage :class:`~ppazam_core.identifier.Identifier`, or a
+A :class:`Recognizer` (the two-stage :class:`~ppazam_core.models.identifier.Identifier`, or a
 family of :mod:`ppazam_core.families`) takes raw patches of its own front-end and returns, per
 patch, a score for every library track and a confidence in its best guess (what open-set
 rejection thresholds). :func:`predict` runs one over an evaluation dataset built with that
@@ -16,12 +16,12 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ppazam_core.audio import SILENCE_DBFS, is_silent
-from ppazam_core.conditions import query_segments
-from ppazam_core.dataset import Dataset
-from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.audio.decode import SILENCE_DBFS, is_silent
+from ppazam_core.queries.conditions import query_segments
+from ppazam_core.queries.dataset import Dataset
+from ppazam_core.fhe.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
-from ppazam_core.features import FrontEnd, FrontEndConfig
+from ppazam_core.queries.features import FrontEnd, FrontEndConfig
 from ppazam_core.modes import Mode  # re-exported: plug-ins import it from here
 from ppazam_core.parallel import progress_bar
 
@@ -184,9 +184,9 @@ class Query:
 def prepare_query(audio: np.ndarray, features: FrontEndConfig, segment_s: float) -> Query:
     """Raw patches float32 of the first :data:`MAX_QUERY_S` seconds of a mono clip at
     ``features.sample_rate`` Hz (the rest is not read), cut as the bench cuts its queries
-    (:func:`~ppazam_core.conditions.query_segments`): one segment, its frames repeated, up to
+    (:func:`~ppazam_core.queries.conditions.query_segments`): one segment, its frames repeated, up to
     ``segment_s`` seconds, else segments every half segment; segments below
-    :data:`~ppazam_core.audio.SILENCE_DBFS` are left out (silence is not music).
+    :data:`~ppazam_core.audio.decode.SILENCE_DBFS` are left out (silence is not music).
 
     Raises:
         AudioError: the clip is shorter than :data:`MIN_QUERY_S`, or every segment is silent.

@@ -3,7 +3,7 @@
 Accuracy is compared *paired*: the two runs' predictions (``predictions.csv.gz``) are matched on
 the condition (suite, library and its size, family, mode, bit width, rounding, level, stage) and
 the query's stable key (track, split, clip, offset, seed, gain, length). Per condition and paired metric
-of :mod:`ppazam_core.metrics` (top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
+of :mod:`ppazam_core.results.metrics` (top-1, top-3, first-stage cluster accuracy), the discordant pairs -- queries only the baseline
 got right (``worse``) and only the run got right (``better``) -- go into McNemar's exact test
 (McNemar 1947; one-sided: is ``worse`` larger than a fair coin gives?). A metric regresses when
 its Holm-adjusted p-value (Holm 1979, over the tests of the comparison that could reach
@@ -34,8 +34,8 @@ from scipy.stats import binomtest, mannwhitneyu
 from statsmodels.stats.multitest import multipletests
 
 from ppazam_core.errors import ConfigError
-from ppazam_core.metrics import metric, metrics
-from ppazam_core.results import CONDITION_KEYS, QUERY_KEYS, read_predictions, read_run, read_timings
+from ppazam_core.results.metrics import metric, metrics
+from ppazam_core.results.records import CONDITION_KEYS, QUERY_KEYS, read_predictions, read_run, read_timings
 
 VERDICT_FILE = "verdict.json"
 LATENCY_KEYS = [k for k in CONDITION_KEYS if k != "level"]  # encrypted query times pooled over levels

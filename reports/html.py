@@ -20,8 +20,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ppazam_core.augment import Level
-from ppazam_core.conditions import QueryCondition
+from ppazam_core.queries.augment import Level
+from ppazam_core.queries.conditions import QueryCondition
 from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, glossary,
                             headline, labelled, mode_comparison, open_set, privacy_ledger, row_order)
 

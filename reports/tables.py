@@ -11,7 +11,7 @@
 * ``enrollment``: rows mode and shots of every family that enrolls tracks after training,
   columns levels, cells top-1 on the tracks seen in training / on the enrolled ones, and the
   n-way k-shot episodes' top-1 among the enrolled tracks;
-* ``metrics``: the metric table (:mod:`ppazam_core.metrics`) of the metrics the run holds:
+* ``metrics``: the metric table (:mod:`ppazam_core.results.metrics`) of the metrics the run holds:
   unit, which way is better, the interval its rows carry, what it measures;
 * ``headline``: one row per family, the one-screen summary the bench prints: top-1 per level in
   its most private mode, its spread over the gain sweep, top-1 at the shortest and longest
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ppazam_core.augment import Level
-from ppazam_core.conditions import QueryCondition
-from ppazam_core.metrics import metric
+from ppazam_core.queries.augment import Level
+from ppazam_core.queries.conditions import QueryCondition
+from ppazam_core.results.metrics import metric
 from ppazam_core.recognition import Mode
 from ppazam_core.store import atomic_write_text
 
@@ -132,7 +132,7 @@ LEDGER_COLUMNS = {"server_learns_bits": ("server learns (bits)", "{:.2f}".format
 def privacy_ledger(results: pd.DataFrame) -> pd.DataFrame:
     """Rows each family's clear and encrypted designs (its first point; ``fhe-disable`` and
     ``fhe-sim`` evaluate the ``fhe`` design and are folded into it), columns the ledger of
-    :mod:`ppazam_core.privacy`, per query segment."""
+    :mod:`ppazam_core.results.privacy`, per query segment."""
     rows = family_points(results)
     rows = rows[(rows["stage"] == "ledger") & rows["metric"].isin(list(LEDGER_COLUMNS))]
     if rows.empty:
@@ -205,7 +205,7 @@ def encrypted_query_seconds(results: pd.DataFrame, latency: pd.DataFrame, family
 def glossary(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
     """Rows the metrics of the run in the order they appear (qualifiers like ``train_s:embedding``
     folded into their metric), columns unit, better (``higher``/``lower``/empty), interval and
-    description from :mod:`ppazam_core.metrics`; a metric written by a plug-in that is not
+    description from :mod:`ppazam_core.results.metrics`; a metric written by a plug-in that is not
     installed here is listed as not registered."""
     rows = {}
     for name in pd.concat([results["metric"], latency["metric"]]).astype(str):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ppazam_core.store import atomic_write_text
 from ppazam_core.errors import PpazamError
-from ppazam_core.results import RunRecord, read_run
+from ppazam_core.results.records import RunRecord, read_run
 from reports.compare import VERDICT_FILE, Tolerance, compare_runs
 from reports.html import render_report
 from reports.tables import write_tables

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppazam_core.augment import Level
-from ppazam_core.conditions import QueryCondition, gain_sweep, length_sweep
+from ppazam_core.queries.augment import Level
+from ppazam_core.queries.conditions import QueryCondition, gain_sweep, length_sweep
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.toml_tables import read_toml, table_values
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import family_names
-from ppazam_core.models import MAX_BITS, MIN_BITS
+from ppazam_core.models.cnn import MAX_BITS, MIN_BITS
 from ppazam_core.recognition import Mode
 
 SUITE_DIR = Path(__file__).resolve().parent

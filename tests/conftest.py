@@ -10,10 +10,10 @@ import pytest
 import soundfile
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import build_dataset
-from ppazam_core.identifier import Identifier
-from ppazam_core.library import Library, SyntheticSpec, synthetic_library
-from ppazam_core.pipeline import noise_folder, train_identifier
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.models.identifier import Identifier
+from ppazam_core.audio.library import Library, SyntheticSpec, synthetic_library
+from ppazam_core.models.pipeline import noise_folder, train_identifier
 
 TINY_SPEC = SyntheticSpec(seed=7, n_tracks=6, duration_s=8.0)
 
@@ -27,7 +27,7 @@ train_augmentations = 60
 eval_queries = 5
 eval_levels = ["clean"]
 [embedding]
-# the per-library contrastive recipe with the earlier, smaller encoder (ppazam_core/embeddings.py):
+# the per-library contrastive recipe with the earlier, smaller encoder (ppazam_core/models/embeddings.py):
 # the tiny models' expected answers and circuit widths in the tests were set with its clusters
 encoder = "train"
 epochs = 3

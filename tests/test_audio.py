@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import dominant_hz, tone, write_audio
-from ppazam_core.audio import crop_or_pad, is_silent, load_audio, probe, read_blocks, segments_at
+from ppazam_core.audio.decode import crop_or_pad, is_silent, load_audio, probe, read_blocks, segments_at
 from ppazam_core.errors import AudioError
 
 FORMATS = [

@@ -15,14 +15,14 @@ import pytest
 import soundfile
 
 from conftest import dominant_hz, tone, write_audio
-from ppazam_core import audio as audio_module
+from ppazam_core.audio import decode as audio_module
 from ppazam_core import recognition
-from ppazam_core.audio import load_audio
+from ppazam_core.audio.decode import load_audio
 from ppazam_core.cli import main
 from ppazam_core.errors import AudioError
 from ppazam_core.families import train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enroll, prototypes
-from ppazam_core.library import scan_folder, synthetic_distractors
+from ppazam_core.audio.library import scan_folder, synthetic_distractors
 from test_identifier import ranked_ids
 
 R = TypeVar("R")
@@ -194,7 +194,7 @@ def test_phase_inverted_stereo_is_not_silence(model, tiny_library, tiny_config, 
     song = tiny_library.load(tiny_library.tracks[4], RATE)[RATE : 5 * RATE]
     song *= 10 ** (-21.5 / 20) / np.sqrt(np.mean(np.square(song)))
     clip = write_audio(tmp_path / "inverted" / "inverted.wav", np.stack([song, -song], axis=1), RATE, subtype="FLOAT")
-    with caplog.at_level(logging.WARNING, logger="ppazam_core.audio"):
+    with caplog.at_level(logging.WARNING, logger="ppazam_core.audio.decode"):
         audio = load_audio(clip, RATE)
     assert abs(20 * np.log10(np.sqrt(np.mean(np.square(audio)))) + 21.5) < 0.1
     assert "out of phase" in caplog.text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from ppazam_core.augment import (
+from ppazam_core.queries.augment import (
     AugmentationPolicy,
     Augmenter,
     Level,
@@ -19,9 +19,9 @@ from ppazam_core.augment import (
     load_policies,
 )
 from ppazam_core.errors import ConfigError
-from ppazam_core.noise import NOISE_KINDS, synthetic_noise_bank
-from ppazam_core.rooms import RoomBankSpec, room_bank
-from ppazam_core.synth import render_track
+from ppazam_core.audio.noise import NOISE_KINDS, synthetic_noise_bank
+from ppazam_core.audio.rooms import RoomBankSpec, room_bank
+from ppazam_core.audio.synth import render_track
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_augmentation_is_seeded_and_leaves_global_random_state_alone(noise_dir, 
 _AUGMENT_SCRIPT = """
 import hashlib, sys
 from pathlib import Path
-from ppazam_core.augment import Augmenter, builtin_policy
-from ppazam_core.rooms import RoomBankSpec, room_bank
-from ppazam_core.synth import render_track
+from ppazam_core.queries.augment import Augmenter, builtin_policy
+from ppazam_core.audio.rooms import RoomBankSpec, room_bank
+from ppazam_core.audio.synth import render_track
 clip = render_track(0, 1, 3.0, 16000)[0]
 rooms = room_bank(Path(sys.argv[3]), RoomBankSpec(rooms=4))
 augmenter = Augmenter(builtin_policy(sys.argv[2]), 16000, Path(sys.argv[1]), rooms)
@@ -221,7 +221,7 @@ def test_bad_transform_value_and_missing_noise_folder_are_config_errors():
 def test_noise_folder_is_prepared_once_with_bad_files_skipped(tmp_path):
     from conftest import tone, write_audio
     from ppazam_core.errors import LibraryError
-    from ppazam_core.noise import prepared_noise_folder
+    from ppazam_core.audio.noise import prepared_noise_folder
 
     source = tmp_path / "fx"
     padded = np.concatenate([np.zeros(22_050), tone(900, 0.5, 44_100)[:, 0], np.zeros(22_050)])

@@ -10,7 +10,7 @@ import pytest
 from conftest import tone, write_audio
 from ppazam_core.cli import _parser, main
 from ppazam_core.cli_reference import reference
-from ppazam_core.results import read_run
+from ppazam_core.results.records import read_run
 
 
 def test_library_info_synthetic(cache_dir, capsys):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ppazam_core.clustering import ClusterConfig, cluster_tracks
+from ppazam_core.models.clustering import ClusterConfig, cluster_tracks
 from ppazam_core.errors import ConfigError
 
 

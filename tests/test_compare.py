@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from ppazam_core.cli import main
-from ppazam_core.dataset import build_dataset
+from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.errors import ConfigError
-from ppazam_core.identifier import Identifier
-from ppazam_core.pipeline import noise_folder
+from ppazam_core.models.identifier import Identifier
+from ppazam_core.models.pipeline import noise_folder
 from ppazam_core.recognition import predict
-from ppazam_core.results import PREDICTION_COLUMNS, Condition, RunInfo, RunRecord, accuracy_rows, prediction_frame
+from ppazam_core.results.records import PREDICTION_COLUMNS, Condition, RunInfo, RunRecord, accuracy_rows, prediction_frame
 from reports.compare import Tolerance, compare_runs
 from reports.writer import write_report
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ppazam_core.conditions import QueryCondition, apply_gain, gain_sweep
+from ppazam_core.queries.conditions import QueryCondition, apply_gain, gain_sweep
 from ppazam_core.config import DataConfig
-from ppazam_core.dataset import build_dataset
+from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.errors import ConfigError
 
 

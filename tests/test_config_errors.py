@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 import ppazam_core.cli as cli
-from ppazam_core.augment import load_policies
-from ppazam_core.clustering import ClusterConfig
+from ppazam_core.queries.augment import load_policies
+from ppazam_core.models.clustering import ClusterConfig
 from ppazam_core.config import DATA_TABLES, DataConfig, ExperimentConfig, FheConfig, ModelSpec
-from ppazam_core.embeddings import EmbeddingConfig
+from ppazam_core.models.embeddings import EmbeddingConfig
 from ppazam_core.errors import ConfigError
 from ppazam_core.families.registry import family_tables
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.library import SyntheticSpec
-from ppazam_core.training import TrainConfig
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.audio.library import SyntheticSpec
+from ppazam_core.models.training import TrainConfig
 from suites import SUITE_DIR, load_suite
 
 BOM = b"\xef\xbb\xbf"

@@ -10,21 +10,21 @@ import pytest
 
 from conftest import write_audio
 from test_fhe import FHE_TOML
-from ppazam_core.augment import builtin_policy
+from ppazam_core.queries.augment import builtin_policy
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import DatasetSpec, build_dataset
-from ppazam_core.deployment import KEYS_FILE, ClassifierClient, ClassifierServer
+from ppazam_core.queries.dataset import DatasetSpec, build_dataset
+from ppazam_core.fhe.deployment import KEYS_FILE, ClassifierClient, ClassifierServer
 from ppazam_core.errors import DamagedArtifactError
 from ppazam_core.families import train_family
 from ppazam_core.families.embedding_knn import EmbeddingKnn
 from ppazam_core.families.landmark import LandmarkIndex
 from ppazam_core.families.mfcc_logreg import MfccLogReg
-from ppazam_core.fhe import CircuitStats
-from ppazam_core.identifier import Identifier
-from ppazam_core.noise import prepared_noise_folder, synthetic_noise_bank
-from ppazam_core.pipeline import compile_identifier
-from ppazam_core.rooms import RoomBankSpec, room_bank
+from ppazam_core.fhe.concrete import CircuitStats
+from ppazam_core.models.identifier import Identifier
+from ppazam_core.audio.noise import prepared_noise_folder, synthetic_noise_bank
+from ppazam_core.models.pipeline import compile_identifier
+from ppazam_core.audio.rooms import RoomBankSpec, room_bank
 
 FAMILIES = ("mfcc-logreg", "landmark-fp", "embedding-knn")
 LOADERS = {"mfcc-logreg": MfccLogReg, "landmark-fp": LandmarkIndex, "embedding-knn": EmbeddingKnn}

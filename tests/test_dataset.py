@@ -3,15 +3,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import ppazam_core.dataset as dataset_module
-from ppazam_core.audio import crop_or_pad, load_audio
-from ppazam_core.augment import Augmenter, builtin_policy
+import ppazam_core.queries.dataset as dataset_module
+from ppazam_core.audio.decode import crop_or_pad, load_audio
+from ppazam_core.queries.augment import Augmenter, builtin_policy
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.conditions import apply_gain
-from ppazam_core.dataset import DatasetSpec, build_dataset, build_datasets, clip_gain, clip_offset, dataset_key
+from ppazam_core.queries.conditions import apply_gain
+from ppazam_core.queries.dataset import DatasetSpec, build_dataset, build_datasets, clip_gain, clip_offset, dataset_key
 from ppazam_core.errors import ConfigError
-from ppazam_core.features import FrontEnd, FrontEndConfig
-from ppazam_core.noise import synthetic_noise_bank
+from ppazam_core.queries.features import FrontEnd, FrontEndConfig
+from ppazam_core.audio.noise import synthetic_noise_bank
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tone, write_audio
-from ppazam_core.debian import build_debian_library
+from ppazam_core.audio.debian import build_debian_library
 from ppazam_core.errors import DebianError
-from ppazam_core.library import LIBRARY_MANIFEST, open_library
+from ppazam_core.audio.library import LIBRARY_MANIFEST, open_library
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs Debian's dpkg-deb")
 

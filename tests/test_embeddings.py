@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ppazam_core import embeddings, pipeline
-from ppazam_core.embeddings import (
+from ppazam_core.models import embeddings
+from ppazam_core.models import pipeline
+from ppazam_core.models.embeddings import (
     EmbeddingConfig,
     get_scene_embeddings,
     get_timestamp_embeddings,
@@ -22,8 +23,8 @@ from ppazam_core.embeddings import (
     train_embedding_model,
 )
 from ppazam_core.errors import ArtifactError, ConfigError
-from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
-from ppazam_core.models import ConvBlock
+from ppazam_core.queries.features import FrontEnd, FrontEndConfig, Normalizer
+from ppazam_core.models.cnn import ConvBlock
 
 TINY = EmbeddingConfig(dimension=8, blocks=(ConvBlock(4, 4, 4),), epochs=2, batch_tracks=3)
 
@@ -82,7 +83,7 @@ def test_hear_interface_shapes(tmp_path):
 
 
 def test_the_hear_wrapper_passes_the_hear_2021_validator(tmp_path, monkeypatch):
-    """The ``hearvalidator`` package's own checks on ``ppazam_core.embeddings`` and a saved model:
+    """The ``hearvalidator`` package's own checks on ``ppazam_core.models.embeddings`` and a saved model:
     load_model, sample rate, embedding sizes, timestamp and scene embeddings on 16 sounds of white
     noise, timestamps at regular intervals of at most 50 ms (a warning otherwise, made an error
     here). The validator imports TensorFlow only to tell a TensorFlow model from a torch one:
@@ -101,11 +102,11 @@ def test_the_hear_wrapper_passes_the_hear_2021_validator(tmp_path, monkeypatch):
     model.save(tmp_path / "emb")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*interval between timestamps")
-        validate.ValidateModel("ppazam_core.embeddings", str(tmp_path / "emb"), device="cpu")()
+        validate.ValidateModel("ppazam_core.models.embeddings", str(tmp_path / "emb"), device="cpu")()
     with pytest.raises(UserWarning, match="interval between timestamps"), warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*interval between timestamps")
         monkeypatch.setattr(embeddings, "load_model", functools.partial(load_model, timestamp_hop_s=0.5))  # the old hop
-        validate.ValidateModel("ppazam_core.embeddings", str(tmp_path / "emb"), device="cpu")()
+        validate.ValidateModel("ppazam_core.models.embeddings", str(tmp_path / "emb"), device="cpu")()
 
 
 def test_background_tracks_join_the_contrastive_training_as_classes_of_their_own(tiny_library, tiny_config,

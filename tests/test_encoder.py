@@ -14,22 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ppazam_core.encoder.corpus as corpus_module
-import ppazam_core.encoder.training as training_module
+import ppazam_core.models.encoder.corpus as corpus_module
+import ppazam_core.models.encoder.training as training_module
 from conftest import TINY_TOML
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.debian import MUSIC_PACKAGES, NOISE_PACKAGE
-from ppazam_core.encoder.corpus import (AUDIO_FILE, CORPUS_PACKAGES, CorpusReader, CorpusSpec, build_corpus,
+from ppazam_core.audio.debian import MUSIC_PACKAGES, NOISE_PACKAGE
+from ppazam_core.models.encoder.corpus import (AUDIO_FILE, CORPUS_PACKAGES, CorpusReader, CorpusSpec, build_corpus,
                                         corpus_seed, music_files)
-from ppazam_core.encoder.model import FingerprintEncoder, load_encoder
-from ppazam_core.encoder.shipped import SHIPPED_FOLDER, encoder_folder, verify_encoder, weights_sha256
-from ppazam_core.encoder.training import EncoderTrainConfig, train_encoder, work_folder
+from ppazam_core.models.encoder.model import FingerprintEncoder, load_encoder
+from ppazam_core.models.encoder.shipped import SHIPPED_FOLDER, encoder_folder, verify_encoder, weights_sha256
+from ppazam_core.models.encoder.training import EncoderTrainConfig, train_encoder, work_folder
 from ppazam_core.errors import ConfigError, DamagedArtifactError
 from ppazam_core.families import train_family
-from ppazam_core.library import SyntheticSpec
+from ppazam_core.audio.library import SyntheticSpec
 from ppazam_core.seeding import derive_seed
-from ppazam_core.synth import render_track
+from ppazam_core.audio.synth import render_track
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SMALL = EncoderTrainConfig(corpus=CorpusSpec(generated_songs=12, song_s=4.0, packages=()), steps=6, batch=8,

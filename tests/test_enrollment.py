@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import write_audio
-from ppazam_core.audio import load_audio
+from ppazam_core.audio.decode import load_audio
 from ppazam_core.cli import main
 from ppazam_core.families import train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enrollment_segments
-from ppazam_core.features import FrontEnd
-from ppazam_core.library import synthetic_distractors
+from ppazam_core.queries.features import FrontEnd
+from ppazam_core.audio.library import synthetic_distractors
 from ppazam_core.recognition import Mode, predict, sample_queries
 from test_families import queries_for
 from test_identifier import ranked_ids

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 
 from conftest import tone, write_audio
-from ppazam_core.audio import load_audio
+from ppazam_core.audio.decode import load_audio
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import build_dataset
+from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.families import family_features, family_names, family_modes, train_family
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.mfcc_logreg import window_descriptors
-from ppazam_core.library import synthetic_distractors
-from ppazam_core.features import FrontEnd
-from ppazam_core.open_set import OPEN_SET_FILE, OpenSetRule, open_set_metrics
-from ppazam_core.pipeline import noise_folder
-from ppazam_core.privacy import ledger
+from ppazam_core.audio.library import synthetic_distractors
+from ppazam_core.queries.features import FrontEnd
+from ppazam_core.results.open_set import OPEN_SET_FILE, OpenSetRule, open_set_metrics
+from ppazam_core.models.pipeline import noise_folder
+from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import Mode, predict, query_patches, rank_segments, sample_queries
 from ppazam_core.store import canonical_json
 from test_identifier import ranked_ids, write_query_flac
@@ -101,7 +101,7 @@ def test_top1_head_answers_one_track_in_every_encrypted_mode(family_models, tiny
     assert np.array_equal(clear.hits(3), clear.hits(1))
     assert (clear.ranking[:, 0] == full.ranking[:, 0]).mean() >= 0.9  # the argmax of (nearly) the same scores
     assert (simulated.ranking[:, 0] == clear.ranking[:, 0]).mean() >= 0.9  # approximate rounding, PBS errors
-    with caplog.at_level(logging.WARNING, logger="ppazam_core.top1_head"):
+    with caplog.at_level(logging.WARNING, logger="ppazam_core.fhe.top1_head"):
         encrypted = predict(model, queries, Mode.FHE, sample_queries(queries, seed=0, count=2))
     # a true call is a random draw: a bootstrapping error (global_p_error 0.01) decodes to no
     # track, answered as none (-1) with a warning; both of two queries is a 1-in-10,000 draw

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from ppazam_core.errors import ConfigError
-from ppazam_core.features import FrontEnd, FrontEndConfig, Normalizer
-from ppazam_core.synth import render_track
+from ppazam_core.queries.features import FrontEnd, FrontEndConfig, Normalizer
+from ppazam_core.audio.synth import render_track
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,17 @@ import pytest
 from conftest import TINY_SPEC
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
-from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import (ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, ServerBundle,
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.fhe.deployment import (ClassifierClient, ClassifierServer, EncryptedChannel, LocalTransport, ServerBundle,
                                     client_key_dir, export_server)
-from ppazam_core.wire import HEADER, QUERY, frame
+from ppazam_core.fhe.wire import HEADER, QUERY, frame
 from ppazam_core.errors import ArtifactError, ConfigError, FheError
-from ppazam_core import fhe as fhe_module
-from ppazam_core.fhe import CircuitStats, KeyLayout, SimulatedClassifier
-from ppazam_core.identifier import Identifier
+from ppazam_core.fhe import concrete as fhe_module
+from ppazam_core.fhe.concrete import CircuitStats, KeyLayout, SimulatedClassifier
+from ppazam_core.models.identifier import Identifier
 from ppazam_core.recognition import Mode, predict, sample_queries
-from ppazam_core.pipeline import compile_identifier, noise_folder, train_identifier
-from ppazam_core.privacy import ledger
+from ppazam_core.models.pipeline import compile_identifier, noise_folder, train_identifier
+from ppazam_core.results.privacy import ledger
 from ppazam_core.seeding import derive_seed
 
 # one 8x8-strided block of 2 channels (32 ReLUs, 256 PBS with exact rounding); exact rounding and
@@ -103,7 +103,7 @@ def test_compilation_records_costs_and_is_cached(circuits, tiny_library, fhe_con
         assert stats["pbs_count"] == relus * (stats["max_bit_width"] - config.fhe.rounding_bits + 1) == 256
         assert stats["bootstrap_key_bytes"] > 0 and stats["input_ciphertext_bytes"] > 0
         assert CircuitStats.load(circuits / name / "server").circuit_id == stats["circuit_id"]
-    import ppazam_core.pipeline as pipeline
+    import ppazam_core.models.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "compile_classifier", lambda *a, **k: pytest.fail("recompiled a stored circuit"))
     assert compile_identifier(tiny_library, config, session_cache) == circuits
@@ -398,9 +398,9 @@ def test_cli_identify_in_fhe_mode_prints_costs(identifier, tiny_library, fhe_con
 
 def test_a_process_that_ran_a_circuit_keeps_its_exit_status(tmp_path):
     """concrete-python's exit hook used to end every process that had run a circuit with status
-    0, so a failed bench or a REGRESSED gate left CI green (ppazam_core.fhe takes it off)."""
+    0, so a failed bench or a REGRESSED gate left CI green (ppazam_core.fhe.concrete takes it off)."""
     script = tmp_path / "exits.py"
-    script.write_text("import sys\nimport numpy as np\nimport ppazam_core.fhe\nfrom concrete import fhe\n"
+    script.write_text("import sys\nimport numpy as np\nimport ppazam_core.fhe.concrete\nfrom concrete import fhe\n"
                       "c = fhe.Compiler(lambda x: x + 1, {'x': 'encrypted'}).compile([np.int64(i) for i in range(4)])\n"
                       "c.keygen()\nassert c.decrypt(c.run(c.encrypt(2))) == 3\nsys.exit(3)\n")
     assert subprocess.run([sys.executable, str(script)], capture_output=True, timeout=300).returncode == 3

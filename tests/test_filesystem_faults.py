@@ -22,13 +22,13 @@ from types import SimpleNamespace
 import pytest
 
 import ppazam_core
-from ppazam_core.augment import builtin_policy
+from ppazam_core.queries.augment import builtin_policy
 from ppazam_core.cli import main
-from ppazam_core.dataset import DatasetSpec, build_dataset
+from ppazam_core.queries.dataset import DatasetSpec, build_dataset
 from ppazam_core.errors import StorageError
 from ppazam_core.families import train_family
 from ppazam_core.families.embedding_prototypes import FAMILY
-from ppazam_core.library import synthetic_distractors
+from ppazam_core.audio.library import synthetic_distractors
 from ppazam_core.store import atomic_folder, host_name, is_complete, recover_leftovers
 
 REPO = Path(ppazam_core.__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ DATASET_CHILD = """
 import resource, signal, sys
 from pathlib import Path
 from conftest import TINY_SPEC
-from ppazam_core.augment import builtin_policy
-from ppazam_core.dataset import DatasetSpec, build_dataset
+from ppazam_core.queries.augment import builtin_policy
+from ppazam_core.queries.dataset import DatasetSpec, build_dataset
 from ppazam_core.errors import PpazamError
-from ppazam_core.library import synthetic_library
+from ppazam_core.audio.library import synthetic_library
 library = synthetic_library(TINY_SPEC, Path(sys.argv[1]), workers=1)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (2**17, 2**17))

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import build_dataset
-from ppazam_core.embeddings import get_scene_embeddings, load_model
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.models.embeddings import get_scene_embeddings, load_model
 from ppazam_core.errors import ConfigError
 from ppazam_core.families import family_eval_spec, train_family
-from ppazam_core.features import FrontEnd
-from ppazam_core.hear import HearEmbedder
-from ppazam_core.pipeline import noise_folder
+from ppazam_core.queries.features import FrontEnd
+from ppazam_core.models.hear import HearEmbedder
+from ppazam_core.models.pipeline import noise_folder
 from ppazam_core.recognition import predict
 from conftest import TINY_TOML
 
@@ -54,7 +54,7 @@ def clean_top1(model, library, config, session_cache, mode: str) -> float:
 
 
 def test_ppazam_s_own_hear_module_embeds_the_waveform_for_the_encrypted_head(tiny_library, session_cache):
-    config = config_with('embedder = "ppazam_core.embeddings"\nembedder_weights = "trained"')
+    config = config_with('embedder = "ppazam_core.models.embeddings"\nembedder_weights = "trained"')
     model = train_family("embedding-head", tiny_library, config, session_cache, workers=1)
     assert isinstance(model.embedder, HearEmbedder) and model.features.kind == "waveform"
     clip = tiny_library.load(tiny_library.tracks[2], 16_000)[16_000:64_000]
@@ -87,7 +87,7 @@ def test_what_is_not_a_hear_module_is_refused_with_a_clear_error(tiny_library, s
         train_family("embedding-knn", tiny_library, config_with('embedder = "json"'), session_cache)
     with pytest.raises(ConfigError, match="could not load its model from /no/such/weights"):
         train_family("embedding-knn", tiny_library,
-                     config_with('embedder = "ppazam_core.embeddings"\nembedder_weights = "/no/such/weights"'),
+                     config_with('embedder = "ppazam_core.models.embeddings"\nembedder_weights = "/no/such/weights"'),
                      session_cache)
     (tmp_path / "wrong_shape.py").write_text(textwrap.dedent(TOY_HEAR).replace(
         "return torch.log10(bands + 1e-9)", "return torch.log10(bands + 1e-9)[:, :8]"))

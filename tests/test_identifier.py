@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import TINY_SPEC, TINY_TOML, tone, write_audio
-from ppazam_core.audio import load_audio
+from ppazam_core.audio.decode import load_audio
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
-from ppazam_core.identifier import Identifier
+from ppazam_core.models.identifier import Identifier
 from ppazam_core.recognition import combine_segments, predict
-from ppazam_core.results import read_predictions, read_run
-from ppazam_core.pipeline import train_identifier
+from ppazam_core.results.records import read_predictions, read_run
+from ppazam_core.models.pipeline import train_identifier
 
 # The tiny identifier (TINY_TOML: 60 augmentations a track, 30 epochs) identifies clean clips of
 # its 6 tracks: 30/30 (fp32) and 29/30 (quant) of the clean queries. With 24 augmentations and
@@ -57,7 +57,7 @@ def test_reloading_gives_identical_predictions(trained, clean_queries):
 
 
 def test_second_training_run_loads_from_the_store(trained, tiny_library, tiny_config, session_cache, monkeypatch):
-    import ppazam_core.pipeline as pipeline
+    import ppazam_core.models.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "train_classifier", lambda *a, **k: pytest.fail("retrained a stored model"))
     config, _ = tiny_config
@@ -65,7 +65,7 @@ def test_second_training_run_loads_from_the_store(trained, tiny_library, tiny_co
 
 
 def test_another_bit_width_trains_only_qat_twins(trained, tiny_library, tiny_config, session_cache, monkeypatch):
-    import ppazam_core.pipeline as pipeline
+    import ppazam_core.models.pipeline as pipeline
 
     trained_now = []
     real = pipeline.train_classifier
@@ -173,7 +173,7 @@ def test_cli_train_and_identify(trained, tiny_config, session_cache, tmp_path, c
     assert main(["report", str(tmp_path / "report")]) == 0
     clips = tmp_path / "clips"
     write_audio(clips / "short.wav", tone(440, 0.5, 16_000), 16_000)
-    from ppazam_core.library import synthetic_library
+    from ppazam_core.audio.library import synthetic_library
 
     query = write_query_flac(clips, synthetic_library(TINY_SPEC, session_cache))
     assert main(["identify", str(clips), *common]) == 0

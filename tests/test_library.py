@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY_SPEC, tone, write_audio
 from ppazam_core.errors import ConfigError, LibraryError
-from ppazam_core.library import (
+from ppazam_core.audio.library import (
     LIBRARY_MANIFEST,
     Library,
     SyntheticSpec,
@@ -133,7 +133,7 @@ def test_interrupted_synthetic_build_resumes(cache_dir):
 _HASH_SCRIPT = """
 import hashlib, sys
 from pathlib import Path
-from ppazam_core.library import SyntheticSpec, synthetic_library
+from ppazam_core.audio.library import SyntheticSpec, synthetic_library
 lib = synthetic_library(SyntheticSpec(seed=11, n_tracks=3, duration_s=5.0), Path(sys.argv[1]), workers=int(sys.argv[2]))
 print(";".join(hashlib.sha256(Path(t.source).read_bytes()).hexdigest() for t in lib))
 """
@@ -155,7 +155,7 @@ def test_bad_synthetic_spec_is_a_config_error():
 
 
 def test_scan_cache_reuses_unchanged_files_and_rechecks_changed_ones(fma_folder, cache_dir, monkeypatch):
-    import ppazam_core.library as library_module
+    import ppazam_core.audio.library as library_module
 
     first = scan_folder(fma_folder, cache_dir=cache_dir)
     inspected = []
@@ -251,7 +251,7 @@ def _garble_records(text: str) -> str:
     ids=["truncated", "invalid", "list", "null", "wrong-records", "wrong-types"],
 )
 def test_garbled_scan_cache_is_rescanned_and_rewritten(fma_folder, cache_dir, monkeypatch, garble):
-    import ppazam_core.library as library_module
+    import ppazam_core.audio.library as library_module
 
     first = open_library(fma_folder, cache_dir, workers=1)
     (cache_file,) = (cache_dir / "scans").iterdir()

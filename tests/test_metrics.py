@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from ppazam_core.metrics import Interval, Metric, metric, metrics, register_metric
-from ppazam_core.results import Condition
+from ppazam_core.results.metrics import Interval, Metric, metric, metrics, register_metric
+from ppazam_core.results.records import Condition
 from reports.compare import paired_metrics
 from reports.tables import glossary
 

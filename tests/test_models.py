@@ -4,7 +4,7 @@ import torch
 
 from ppazam_core.config import ExperimentConfig, ModelSpec
 from ppazam_core.errors import ConfigError
-from ppazam_core.models import (CNNConfig, ConvBlock, FloatCNN, QuantCNN, build_model, qat_from_fp32,
+from ppazam_core.models.cnn import (CNNConfig, ConvBlock, FloatCNN, QuantCNN, build_model, qat_from_fp32,
                                  rounding_emulated)
 
 

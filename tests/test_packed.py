@@ -1,4 +1,4 @@
-"""The packed CKKS head (ppazam_core.fhe_packed) and its family, embedding-head-packed: the
+"""The packed CKKS head (ppazam_core.fhe.packed) and its family, embedding-head-packed: the
 packed layout computes W x + b, the answer does not grow with the library inside one shard, the
 encrypted scores agree with the simulation's, hostile keys and ciphertexts are refused with a 4xx
 while the server keeps serving, and no secret-key material reaches the server."""
@@ -26,18 +26,18 @@ from rich.console import Console
 import ppazam_core.cli as cli
 from conftest import write_audio
 from ppazam_core.cli import main
-from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import EncryptedChannel, LocalTransport, ServerBundle, client_key_dir, export_server
-from ppazam_core.wire import KEYS, QUERY, RESULT, frame, unframe
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.fhe.deployment import EncryptedChannel, LocalTransport, ServerBundle, client_key_dir, export_server
+from ppazam_core.fhe.wire import KEYS, QUERY, RESULT, frame, unframe
 from ppazam_core.errors import ConfigError, FheError
 from ppazam_core.families import family_features, train_family
 from ppazam_core.families.embedding_head_packed import PACKED, PackedConfig
-from ppazam_core.fhe_packed import (PackedClient, build_packed, bsgs_split, check_security, diagonals, inflated,
+from ppazam_core.fhe.packed import (PackedClient, build_packed, bsgs_split, check_security, diagonals, inflated,
                                     packed_scores, plan, seal_context, to_bytes)
-from ppazam_core.pipeline import noise_folder
-from ppazam_core.privacy import ledger
+from ppazam_core.models.pipeline import noise_folder
+from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import Mode, predict, sample_queries
-from ppazam_core.serving import OCTET_STREAM, HttpTransport, serve_in_background
+from ppazam_core.fhe.serving import OCTET_STREAM, HttpTransport, serve_in_background
 
 FAMILY = "embedding-head-packed"
 BINARY = {"content-type": OCTET_STREAM}

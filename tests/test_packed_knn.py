@@ -16,19 +16,19 @@ import pytest
 from conftest import TINY_TOML
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import build_dataset
-from ppazam_core.deployment import EncryptedChannel, ServerBundle, export_server
+from ppazam_core.queries.dataset import build_dataset
+from ppazam_core.fhe.deployment import EncryptedChannel, ServerBundle, export_server
 from ppazam_core.errors import ConfigError, DamagedArtifactError
 from ppazam_core.families import family_eval_spec, family_features, family_segment_s, get_family, train_family
 from ppazam_core.families.embedding_knn_packed import (REFERENCES_FILE, EmbeddingKnnPacked, KnnPackedConfig,
                                                         margin_confidence, settings)
 from ppazam_core.families.packed_head import PACKED
-from ppazam_core.fhe import CircuitStats
-from ppazam_core.fhe_packed import best_per_group, check_groups
-from ppazam_core.pipeline import noise_folder
-from ppazam_core.privacy import ledger
+from ppazam_core.fhe.concrete import CircuitStats
+from ppazam_core.fhe.packed import best_per_group, check_groups
+from ppazam_core.models.pipeline import noise_folder
+from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import Mode, predict, sample_queries
-from ppazam_core.serving import HttpTransport, serve_in_background
+from ppazam_core.fhe.serving import HttpTransport, serve_in_background
 
 FAMILY = "embedding-knn-packed"
 # the clear kNN with the packed family's hop, searching every reference (so its track scores are

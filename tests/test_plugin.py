@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fixtures.plugin import RUN_KEY, BenchRun, chosen_suite, pytest_collection_modifyitems, suite_points
-from ppazam_core.results import RunInfo
+from ppazam_core.results.records import RunInfo
 from reports.compare import Tolerance
 from suites import load_suite
 

@@ -9,7 +9,7 @@ import pytest
 
 from ppazam_core.cli import main
 from ppazam_core.errors import ArtifactError
-from ppazam_core.results import Condition, RunRecord, read_run, wilson_interval
+from ppazam_core.results.records import Condition, RunRecord, read_run, wilson_interval
 from reports.writer import REPORT_FILE, write_report
 
 FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ppazam_core.pipeline import model_folder
+from ppazam_core.models.pipeline import model_folder
 from ppazam_core.threads import fixed_threads
 
 TRAIN = """

@@ -23,12 +23,12 @@ import pytest
 from fastapi import HTTPException
 
 from ppazam_core.cli import main
-from ppazam_core.deployment import EncryptedChannel, ServerBundle, export_server
-from ppazam_core.wire import HEADER, KEYS, QUERY, frame
+from ppazam_core.fhe.deployment import EncryptedChannel, ServerBundle, export_server
+from ppazam_core.fhe.wire import HEADER, KEYS, QUERY, frame
 from ppazam_core.errors import DamagedArtifactError, FheError
-from ppazam_core.fhe import SimulatedClassifier
-from ppazam_core import serving
-from ppazam_core.serving import OCTET_STREAM, QUEUE_SECONDS, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
+from ppazam_core.fhe.concrete import SimulatedClassifier
+from ppazam_core.fhe import serving
+from ppazam_core.fhe.serving import OCTET_STREAM, QUEUE_SECONDS, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
     serve_in_background
 from test_fhe import circuits, fhe_config, identifier, queries  # noqa: F401  (session fixtures, reused)
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from ppazam_core.synth import STYLES, render_track
+from ppazam_core.audio.synth import STYLES, render_track
 
 
 def _spectrum(audio: np.ndarray, n_fft: int = 4096) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The oblivious top-1 head (ppazam_core.top1_head): real concrete-python compilations of a
+"""The oblivious top-1 head (ppazam_core.fhe.top1_head): real concrete-python compilations of a
 really fitted Concrete ML LogisticRegression over synthetic clustered "embeddings", its
 simulation against the clear integer function, a true encrypted round trip through bytes, and
 a response whose size does not grow with the number of tracks."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from concrete.ml.sklearn import LogisticRegression
 
-from ppazam_core import top1_head as t1
+from ppazam_core.fhe import top1_head as t1
 from ppazam_core.config import FheConfig
-from ppazam_core.deployment import ClassifierClient, ClassifierServer
+from ppazam_core.fhe.deployment import ClassifierClient, ClassifierServer
 from ppazam_core.errors import ArtifactError, FheError
-from ppazam_core.fhe import CircuitStats, compile_linear
+from ppazam_core.fhe.concrete import CircuitStats, compile_linear
 
 DIM = 16
 # exact rounding and a tiny global error probability: simulation must then equal the clear

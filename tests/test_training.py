@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from ppazam_core.errors import ConfigError
-from ppazam_core.models import CNNConfig, ConvBlock, FloatCNN
-from ppazam_core.training import TrainConfig, predict_logits, stratified_split, train_classifier
+from ppazam_core.models.cnn import CNNConfig, ConvBlock, FloatCNN
+from ppazam_core.models.training import TrainConfig, predict_logits, stratified_split, train_classifier
 
 SMALL = CNNConfig(n_classes=3, input_shape=(1, 8, 8), blocks=(ConvBlock(4, 3, 2),))
 

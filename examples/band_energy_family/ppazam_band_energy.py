@@ -23,12 +23,12 @@ import numpy as np
 
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.dataset import build_dataset
+from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
-from ppazam_core.library import Library
-from ppazam_core.pipeline import noise_folder
+from ppazam_core.audio.library import Library
+from ppazam_core.models.pipeline import noise_folder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 
 FAMILY = "band-energy"

@@ -5,12 +5,12 @@ registers the built-in ones, the two-stage CNN first: the default); families of 
 register through the ``ppazam.families`` entry points.
 
 * ``two-stage-cnn``: cluster classifier + intra-cluster classifiers, whole CNNs under FHE
-  (:mod:`ppazam_core.identifier`); ``two-stage-cnn-oblivious``: the same model searching every
+  (:mod:`ppazam_core.models.identifier`); ``two-stage-cnn-oblivious``: the same model searching every
   cluster, so that the server cannot tell the song's cluster;
 * ``embedding-head``: clear-text embedding on the client, encrypted linear head on the server;
   ``embedding-head-top1``: the same, the server also computing the encrypted argmax, so that
   the client receives one track instead of every track's score; ``embedding-head-packed``: the
-  same head scored under CKKS, thousands of tracks per ciphertext (:mod:`ppazam_core.fhe_packed`);
+  same head scored under CKKS, thousands of tracks per ciphertext (:mod:`ppazam_core.fhe.packed`);
 * ``embedding-knn-packed``: private nearest-neighbour search on that backend: the encrypted
   embedding scored against every track's reference segments, the client taking each track's best;
 * ``mfcc-logreg``: the Concrete ML recipe (MFCC windows, encrypted logistic regression, votes);
@@ -23,14 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.dataset import DatasetSpec
+from ppazam_core.queries.dataset import DatasetSpec
 from ppazam_core.families import two_stage  # isort: skip (registered first: the default family)
 from ppazam_core.families import embedding_head, embedding_head_top1, mfcc_logreg, landmark, embedding_knn  # isort: skip
 from ppazam_core.families import embedding_prototypes  # isort: skip
 from ppazam_core.families import embedding_head_packed, embedding_knn_packed  # isort: skip
 from ppazam_core.families.registry import Family, family_names, get_family, register
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.library import Library
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.audio.library import Library
 from ppazam_core.recognition import Mode, Recognizer
 from ppazam_core.threads import fixed_threads
 

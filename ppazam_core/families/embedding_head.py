@@ -2,8 +2,8 @@
 never leaves it); the server evaluates an encrypted linear head over all tracks.
 
 Artifacts: ``embedding/`` (the shared contrastive model, see
-:func:`~ppazam_core.pipeline.train_embedding`; absent when a HEAR embedder brings its own
-weights, :mod:`ppazam_core.hear`), the head of :mod:`.linear_head`, and
+:func:`~ppazam_core.models.pipeline.train_embedding`; absent when a HEAR embedder brings its own
+weights, :mod:`ppazam_core.models.hear`), the head of :mod:`.linear_head`, and
 ``model.json`` (:mod:`ppazam_core.manifest`).
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.families.linear_head import CompileHead, LinearHeadModel, fit_linear_head
-from ppazam_core.fhe import compile_linear
+from ppazam_core.fhe.concrete import compile_linear
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
-from ppazam_core.library import Library
-from ppazam_core.hear import (client_embedder, embedding_front_end, embedding_settings, embedding_training_dataset,
+from ppazam_core.audio.library import Library
+from ppazam_core.models.hear import (client_embedder, embedding_front_end, embedding_settings, embedding_training_dataset,
                                trained_embedder)
 from ppazam_core.recognition import Mode, Scores, log_softmax
 

@@ -1,6 +1,6 @@
 """``embedding-head-packed``: the ``embedding-head`` design with a packed RLWE answer. The client
 embeds its query in the clear and encrypts it under CKKS; the server, holding the head's weights
-in the clear, scores it against thousands of tracks per ciphertext (:mod:`ppazam_core.fhe_packed`):
+in the clear, scores it against thousands of tracks per ciphertext (:mod:`ppazam_core.fhe.packed`):
 the answer is ``ceil(N / n)`` ciphertexts for a ring of degree ``n`` (4,096 tracks each by
 default), not one ciphertext per track.
 
@@ -11,7 +11,7 @@ packed head, its modes (``fp32``: the embedding-head's ``fp32`` scores) and its 
 those of :mod:`ppazam_core.families.packed_head`, shared with ``embedding-knn-packed``.
 
 Artifacts: ``embedding/``, ``head.npz`` (``W``, ``b``), ``circuits/fhe/packed/`` (see
-:mod:`ppazam_core.fhe_packed`) and ``model.json``.
+:mod:`ppazam_core.fhe.packed`) and ``model.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from ppazam_core.families.embedding_head import TABLE as HEAD_TABLE
 from ppazam_core.families.packed_head import (PACKED, TABLE, WEIGHTS_FILE, PackedConfig,  # noqa: F401 (re-exported)
                                               PackedFamilyModel, PackedHead, packed_family, write_packed_head)
 from ppazam_core.families.store import write_family
-from ppazam_core.hear import embedding_settings, embedding_training_dataset, trained_embedder
-from ppazam_core.library import Library
+from ppazam_core.models.hear import embedding_settings, embedding_training_dataset, trained_embedder
+from ppazam_core.audio.library import Library
 from ppazam_core.recognition import Mode, Scores, log_softmax
 
 FAMILY = "embedding-head-packed"

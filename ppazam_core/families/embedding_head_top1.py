@@ -1,6 +1,6 @@
 """``embedding-head-top1``: the ``embedding-head`` design with an oblivious answer. The client
 embeds its clip in the clear; the server computes every track's encrypted score *and* their
-encrypted argmax (:mod:`ppazam_core.top1_head`), and answers with one ciphertext from which the
+encrypted argmax (:mod:`ppazam_core.fhe.top1_head`), and answers with one ciphertext from which the
 client decodes the top-1 track and a coarse score -- nothing about the other tracks. The answer
 stays ~16 KB whatever the library size; the argmax costs ``4 N - 1`` PBS.
 
@@ -23,14 +23,14 @@ from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.families import embedding_head
 from ppazam_core.families.linear_head import HEAD, LinearHead
 from ppazam_core.families.store import single_model_family
-from ppazam_core.hear import embedding_front_end
-from ppazam_core.library import Library
-from ppazam_core.privacy import CallPlan
+from ppazam_core.models.hear import embedding_front_end
+from ppazam_core.audio.library import Library
+from ppazam_core.results.privacy import CallPlan
 from ppazam_core.recognition import Mode, Scores
-from ppazam_core.top1_head import Top1Clear, Top1Simulated, compile_top1_head
+from ppazam_core.fhe.top1_head import Top1Clear, Top1Simulated, compile_top1_head
 
 FAMILY = "embedding-head-top1"
-INPUT_BITS, WEIGHT_BITS = 5, 4  # the circuit's own quantization (see ppazam_core.top1_head)
+INPUT_BITS, WEIGHT_BITS = 5, 4  # the circuit's own quantization (see ppazam_core.fhe.top1_head)
 
 
 def settings(config: ExperimentConfig) -> dict:
@@ -51,7 +51,7 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
 
 class Top1Head(LinearHead):
     """The fitted head of a top-1 folder: float decision values in ``fp32``, else the top-1
-    circuit's one-hot logits (see :class:`~ppazam_core.top1_head.Top1Simulated`)."""
+    circuit's one-hot logits (see :class:`~ppazam_core.fhe.top1_head.Top1Simulated`)."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)

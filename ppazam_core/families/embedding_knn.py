@@ -5,7 +5,7 @@ vectors) among them. A track scores the best cosine similarity of its references
 ``neighbours`` nearest (-2 when none is near), averaged over the query's segments; the
 confidence is the best similarity.
 
-With the fingerprint encoder a segment is one 1-s window (:func:`~ppazam_core.hear.window_segment_s`)
+With the fingerprint encoder a segment is one 1-s window (:func:`~ppazam_core.models.hear.window_segment_s`)
 and references are taken every 0.25 s: the Neural Audio Fingerprint's segment search (Chang et
 al. 2021), a query's windows scored one by one, without their offsets' alignment.
 """
@@ -21,13 +21,13 @@ import numpy as np
 
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.encoder.references import reference_embeddings
+from ppazam_core.models.encoder.references import reference_embeddings
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.hear import (at_segment, client_embedder, embedding_front_end, embedding_settings, trained_embedder,
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.models.hear import (at_segment, client_embedder, embedding_front_end, embedding_settings, trained_embedder,
                               window_segment_s)
-from ppazam_core.library import Library
+from ppazam_core.audio.library import Library
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -38,7 +38,7 @@ NO_MATCH = -2.0
 @dataclass(frozen=True)
 class KnnConfig:
     """``embedding-knn``: exact nearest neighbours (faiss) among the embeddings of clean
-    reference segments of ``segment_s`` seconds (unset: :func:`~ppazam_core.hear.window_segment_s`)
+    reference segments of ``segment_s`` seconds (unset: :func:`~ppazam_core.models.hear.window_segment_s`)
     taken every ``hop_s`` of every track (clear text)."""
 
     hop_s: float = 0.25

@@ -1,9 +1,9 @@
 """``embedding-knn-packed``: private nearest-neighbour search over reference segments (the design
-of Apple's PNNS) on the packed CKKS backend (:mod:`ppazam_core.fhe_packed`).
+of Apple's PNNS) on the packed CKKS backend (:mod:`ppazam_core.fhe.packed`).
 
 The server holds, in the clear, the embeddings of every track's clean reference segments, one
 every ``[knnpacked] hop_s`` (``embedding-knn``'s references:
-:func:`~ppazam_core.encoder.references.reference_embeddings`), as the rows of ``W``, with
+:func:`~ppazam_core.models.encoder.references.reference_embeddings`), as the rows of ``W``, with
 ``b = 0``. The client embeds its query segment in the clear (unit vectors, as the references),
 encrypts it, and the server computes every reference's inner product -- its cosine similarity
 -- under CKKS, ``n`` rows a ciphertext (4,096 by default): ``tracks x segments per track`` rows
@@ -13,7 +13,7 @@ reference rather than the ``neighbours`` nearest. The confidence is the best tra
 its margin over the second best (:func:`margin_confidence`).
 
 With the fingerprint encoder a segment is one 1-s window
-(:func:`~ppazam_core.hear.window_segment_s`): a 3-s query is five calls (windows every 0.5 s)
+(:func:`~ppazam_core.models.hear.window_segment_s`): a 3-s query is five calls (windows every 0.5 s)
 whose track scores are averaged, as ``embedding-knn`` does in the clear.
 
 The server learns nothing from the call (one call a segment, the same for every song); the
@@ -38,14 +38,14 @@ import numpy as np
 
 from ppazam_core.artifacts import damaged, read_arrays
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.encoder.references import reference_embeddings
+from ppazam_core.models.encoder.references import reference_embeddings
 from ppazam_core.families.packed_head import TABLE as PACKED_TABLE
 from ppazam_core.families.packed_head import PackedFamilyModel, packed_family, write_packed_head
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import write_family
-from ppazam_core.fhe_packed import best_per_group, check_groups
-from ppazam_core.hear import at_segment, embedding_settings, trained_embedder, window_segment_s
-from ppazam_core.library import Library
+from ppazam_core.fhe.packed import best_per_group, check_groups
+from ppazam_core.models.hear import at_segment, embedding_settings, trained_embedder, window_segment_s
+from ppazam_core.audio.library import Library
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn-packed"
@@ -55,7 +55,7 @@ REFERENCES_FILE = "references.npz"
 @dataclass(frozen=True)
 class KnnPackedConfig:
     """``embedding-knn-packed``: the server's rows are clean reference segments of every track
-    of ``segment_s`` seconds (unset: :func:`~ppazam_core.hear.window_segment_s`), one every
+    of ``segment_s`` seconds (unset: :func:`~ppazam_core.models.hear.window_segment_s`), one every
     ``hop_s`` seconds (fewer rows than ``embedding-knn``'s 0.25 s: a smaller answer, less server
     work, references further apart). CKKS parameters: ``[packed]``."""
 

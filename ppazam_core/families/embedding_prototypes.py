@@ -33,7 +33,7 @@ from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
 from sklearn.linear_model import LogisticRegression
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.audio import audible_seconds, audible_starts, crop_or_pad
+from ppazam_core.audio.decode import audible_seconds, audible_starts, crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
@@ -41,10 +41,10 @@ from ppazam_core.families.registry import FamilyTable
 from ppazam_core.errors import AudioError, ConfigError
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.manifest import write_manifest
-from ppazam_core.features import FrontEnd
-from ppazam_core.fhe import CircuitStats, compile_linear
-from ppazam_core.library import Library
-from ppazam_core.hear import Embedder, embedding_front_end, embedding_settings, trained_embedder
+from ppazam_core.queries.features import FrontEnd
+from ppazam_core.fhe.concrete import CircuitStats, compile_linear
+from ppazam_core.audio.library import Library
+from ppazam_core.models.hear import Embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
 
@@ -77,7 +77,7 @@ def settings(config: ExperimentConfig) -> dict:
 def enrollment_segments(audio: np.ndarray, sample_rate: int, segment_s: float, shots: int) -> np.ndarray:
     """``shots`` clips ``(shots, samples)`` float32 of ``segment_s`` from a mono track, the i-th
     starting at ``(i + 1/2) / shots`` of the offsets whose clip is not silent
-    (:func:`~ppazam_core.audio.audible_starts`; one shot: the middle, not the intro),
+    (:func:`~ppazam_core.audio.decode.audible_starts`; one shot: the middle, not the intro),
     zero-padded when the track is shorter."""
     window = int(round(segment_s * sample_rate))
     starts = audible_starts(audio, sample_rate, window, shots)

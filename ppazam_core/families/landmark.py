@@ -22,8 +22,8 @@ from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
-from ppazam_core.features import FrontEnd, FrontEndConfig
-from ppazam_core.library import Library
+from ppazam_core.queries.features import FrontEnd, FrontEndConfig
+from ppazam_core.audio.library import Library
 from ppazam_core.parallel import progress_bar
 from ppazam_core.recognition import Mode, Scores
 

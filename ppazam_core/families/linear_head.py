@@ -4,7 +4,7 @@ A Concrete ML ``LogisticRegression`` is fitted on clear-text feature vectors, co
 calibration sample, and stored in an artifact folder::
 
     head.json           the fitted model (Concrete ML's own serialization)
-    circuits/fhe/head/  client, server and simulator artifacts (see ppazam_core.fhe)
+    circuits/fhe/head/  client, server and simulator artifacts (see ppazam_core.fhe.concrete)
 
 ``fp32`` runs the float scikit-learn model, ``quant`` and ``fhe-disable`` the quantized model in
 the clear (Concrete ML's ``fhe="disable"``: for a linear model the QAT-free quantized model is the
@@ -20,11 +20,11 @@ import numpy as np
 from concrete.ml.sklearn import LogisticRegression
 
 from ppazam_core.config import FheConfig
-from ppazam_core.deployment import EncryptedChannel, client_key_dir
+from ppazam_core.fhe.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.store import FamilyModel
-from ppazam_core.fhe import CircuitStats, SimulatedClassifier, compile_linear, load_concrete_model
-from ppazam_core.privacy import CallPlan
+from ppazam_core.fhe.concrete import CircuitStats, SimulatedClassifier, compile_linear, load_concrete_model
+from ppazam_core.results.privacy import CallPlan
 from ppazam_core.recognition import Mode
 from ppazam_core.seeding import derive_seed
 
@@ -104,6 +104,6 @@ class LinearHeadModel(FamilyModel):
 
     def call_plan(self) -> CallPlan:
         """One head call per window (:attr:`calls_per_query`); the same call whatever the song,
-        and every track's decision value back to the client (:mod:`ppazam_core.privacy`)."""
+        and every track's decision value back to the client (:mod:`ppazam_core.results.privacy`)."""
         calls = float(self.calls_per_query)
         return CallPlan({HEAD: calls}, 0.0, calls * len(self.track_ids))

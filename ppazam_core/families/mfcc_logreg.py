@@ -19,14 +19,14 @@ from ppazam_core.artifacts import read_arrays
 from dataclasses import dataclass
 
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.dataset import DatasetSpec, build_dataset
+from ppazam_core.queries.dataset import DatasetSpec, build_dataset
 from ppazam_core.families.linear_head import LinearHeadModel, fit_linear_head
 from ppazam_core.families import embedding_head
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.library import Library
-from ppazam_core.pipeline import noise_folder
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.audio.library import Library
+from ppazam_core.models.pipeline import noise_folder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 from ppazam_core.seeding import Split
 

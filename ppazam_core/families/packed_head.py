@@ -1,13 +1,13 @@
 """What the packed CKKS families share: a clear matrix ``W`` (``N x d``) and bias ``b`` on the
 server, scored against the client's encrypted embedding ``x`` as ``W x + b``, ``n`` rows a
-ciphertext (:mod:`ppazam_core.fhe_packed`), in every mode.
+ciphertext (:mod:`ppazam_core.fhe.packed`), in every mode.
 
 * ``embedding-head-packed``: ``W``, ``b`` a linear head over the tracks (one row a track);
 * ``embedding-knn-packed``: ``W`` the embeddings of every track's reference segments, ``b = 0``
   (one row a segment; the client takes each track's best row).
 
 A model folder holds ``embedding/`` (the client-side embedder), ``head.npz`` (``W``, ``b``),
-``circuits/fhe/packed/`` (the packed circuit, see :mod:`ppazam_core.fhe_packed`) and
+``circuits/fhe/packed/`` (the packed circuit, see :mod:`ppazam_core.fhe.packed`) and
 ``model.json``. Modes (:meth:`PackedHead.logits`):
 
 * ``fp32``: ``W x + b`` in floats;
@@ -17,7 +17,7 @@ A model folder holds ``embedding/`` (the client-side embedder), ``head.npz`` (``
   packing) on those clear values;
 * ``fhe-sim``: ``fhe-disable`` plus the CKKS error measured at build (Gaussian, its standard
   deviation over every score of encrypted calibration queries; seeded by the query);
-* ``fhe``: truly encrypted, through the model's :class:`~ppazam_core.deployment.EncryptedChannel`.
+* ``fhe``: truly encrypted, through the model's :class:`~ppazam_core.fhe.deployment.EncryptedChannel`.
 
 The CKKS parameters are the ``[packed]`` table (:class:`PackedConfig`), shared by both families.
 """
@@ -33,17 +33,17 @@ import numpy as np
 
 from ppazam_core.artifacts import damaged, reading
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.deployment import EncryptedChannel, client_key_dir
+from ppazam_core.fhe.deployment import EncryptedChannel, client_key_dir
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.registry import Family, FamilyTable, get_family
 from ppazam_core.families.store import FamilyModel, single_model_family
-from ppazam_core.fhe import CircuitStats
-from ppazam_core.fhe_packed import (HE_STANDARD_128, build_packed, diagonals, fixed_point, load_params, packed_scores,
+from ppazam_core.fhe.concrete import CircuitStats
+from ppazam_core.fhe.packed import (HE_STANDARD_128, build_packed, diagonals, fixed_point, load_params, packed_scores,
                                     read_error, seal_context, weight_scale)
-from ppazam_core.features import FrontEndConfig
-from ppazam_core.hear import at_segment, client_embedder, embedding_front_end
-from ppazam_core.library import Library
-from ppazam_core.privacy import CallPlan
+from ppazam_core.queries.features import FrontEndConfig
+from ppazam_core.models.hear import at_segment, client_embedder, embedding_front_end
+from ppazam_core.audio.library import Library
+from ppazam_core.results.privacy import CallPlan
 from ppazam_core.recognition import Mode
 from ppazam_core.seeding import derive_seed
 
@@ -93,7 +93,7 @@ def write_packed_head(folder: Path, W: np.ndarray, b: np.ndarray, config: Experi
     the model folder being written, ``folder``: CKKS parameters from ``[packed]``, the error and
     sizes measured by encrypting a seeded choice of ``calibration_queries`` rows of
     ``candidates`` (embeddings like the queries'). ``groups``: see
-    :func:`~ppazam_core.fhe_packed.build_packed`."""
+    :func:`~ppazam_core.fhe.packed.build_packed`."""
     W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
     np.savez(Path(folder) / WEIGHTS_FILE, W=W, b=b)
     packed = config.table(TABLE.name)

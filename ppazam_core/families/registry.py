@@ -24,8 +24,8 @@ from ppazam_core.modes import Mode
 
 if TYPE_CHECKING:
     from ppazam_core.config import ExperimentConfig
-    from ppazam_core.features import FrontEndConfig
-    from ppazam_core.library import Library
+    from ppazam_core.queries.features import FrontEndConfig
+    from ppazam_core.audio.library import Library
     from ppazam_core.recognition import Recognizer
 
 ENTRY_POINT_GROUP = "ppazam.families"

@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.deployment import EncryptedChannel
+from ppazam_core.fhe.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError
 from ppazam_core.families.registry import Family, register
-from ppazam_core.library import Library
+from ppazam_core.audio.library import Library
 from ppazam_core.manifest import has_manifest, model_manifest, read_manifest, write_manifest
 from ppazam_core.recognition import Match, Mode, Recognizer, rank_segments
 from ppazam_core.store import DONE_MARKER, atomic_folder, config_hash, is_complete

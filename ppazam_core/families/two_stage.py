@@ -1,5 +1,5 @@
 """``two-stage-cnn`` and ``two-stage-cnn-oblivious`` in the registry: one trained model and its
-circuits (:mod:`ppazam_core.pipeline`, :class:`~ppazam_core.identifier.Identifier`), two
+circuits (:mod:`ppazam_core.models.pipeline`, :class:`~ppazam_core.models.identifier.Identifier`), two
 designs. The leaky one searches the most likely clusters, which tells the server the song's
 cluster; the oblivious one searches every cluster. A suite makes one model per (bit width,
 rounding) point; the first and second stages are timed on their own (once: the oblivious design
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.families.registry import Family, register
-from ppazam_core.identifier import FAMILY, OBLIVIOUS_FAMILY, Identifier
-from ppazam_core.library import Library
-from ppazam_core.pipeline import circuits_folder, compile_identifier, model_folder, train_identifier
+from ppazam_core.models.identifier import FAMILY, OBLIVIOUS_FAMILY, Identifier
+from ppazam_core.audio.library import Library
+from ppazam_core.models.pipeline import circuits_folder, compile_identifier, model_folder, train_identifier
 from ppazam_core.store import is_complete
 
 

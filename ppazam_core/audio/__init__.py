@@ -1,0 +1,1 @@
+"""Audio in: decoding, music libraries (synthetic, folders, Debian), background noise and rooms."""

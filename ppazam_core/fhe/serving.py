@@ -1,0 +1,521 @@
+"""The encrypted identifier's server over HTTP, and the client transport that talks to it.
+
+The server holds a :class:`~ppazam_core.fhe.deployment.ServerBundle` (no client artifact, no secret
+key) and, per client session, the evaluation keys that client uploaded. Every body is a framed
+message of :mod:`ppazam_core.fhe.deployment` (``application/octet-stream``)::
+
+    GET    /circuits                          the bundle's description and each circuit's public costs (JSON)
+    POST   /sessions                          a new session: {"session": id} (201)
+    DELETE /sessions/{id}                     drop a session and its keys (204)
+    PUT    /sessions/{id}/keys/{circuit}      framed evaluation keys of one circuit (204)
+    POST   /sessions/{id}/circuits/{circuit}  framed query -> framed result; header X-Server-Seconds
+
+Every refusal is a 4xx (5xx: the server's own fault) with a JSON body ``{"detail": message}``,
+and the server goes on serving: a wrong, truncated or corrupted frame, keys or a query of
+another circuit, a payload Concrete cannot read (400); an unknown session or circuit (404); a
+query before its circuit's keys (409); a body larger than the circuit can need (413, refused
+from its ``Content-Length`` before it is read, or as soon as the stream passes the cap); a body
+that is not ``application/octet-stream`` (415); a body that stalls (no byte for ``body_idle_s``, or slower on average than
+``min_body_rate`` bytes/s once ``body_idle_s`` have passed: 408); a key upload while
+``max_receiving_keys`` key bodies are already arriving, or a query while ``max_queued`` are
+already waiting or running (503, retry later); more than ``max_connections`` open connections
+(uvicorn's ``limit_concurrency``: 503), a connection that has not sent a request's headers
+:data:`HEADER_TIMEOUT_S` after opening or after its last answer is closed. So a client that stalls its bodies holds a slot for
+``body_idle_s`` at most, and only its own. Memory is bounded: at most ``max_sessions``
+sessions, each holding at most one key set per circuit, and at most ``max_key_bytes`` of
+evaluation keys in all, counted at Concrete's in-memory size (``size_of_bootstrap_keys +
+size_of_keyswitch_keys``, 3 to 10 times the upload: keys are expanded once used; measured 0.77
+GB of server memory per 1.10 GB counted, so the count is an upper bound); past either the least recently used session is
+dropped (its client gets a 404 and must open a new one); sessions idle longer than
+``session_ttl_s`` are dropped too; at most ``max_receiving_keys`` key bodies are read at once,
+and at most ``max_parallel_uploads`` checked against the circuit's key layout and deserialized
+at once (the others wait, read). A query body is read before it takes a place in the queue.
+A key body may be exactly as long as the circuit's serialized keys (its
+:class:`~ppazam_core.fhe.concrete.KeyLayout`, plus the frame header), a query body
+:data:`BODY_SLACK` times Concrete's ciphertext size.
+
+FHE evaluation blocks for seconds: it runs in a worker thread and Concrete releases the GIL
+while it runs, so the event loop keeps answering (sessions, uploads, refusals) while queries
+wait their turn. Deserializing a key set holds the GIL (about a second per 100 MB here), during
+which the loop reads nothing; a body's idle limit allows for that (:data:`STALL_GRACE_S`). Concrete's runtime
+already spreads one run over the cores, and two runs side by side are each about 3.5 times
+slower than one alone on a 2-core machine (measured on the tiny 256-PBS circuits: 5.7 s alone,
+20 s each when two run together), so by default one run at a time (``max_parallel_runs``);
+runs of the same circuit are always serialized, by the circuit's own lock
+(:attr:`~ppazam_core.fhe.deployment.ClassifierServer.run_lock`, shared by every app serving the
+same bundle).
+
+:class:`HttpTransport` is the client side (a :class:`~ppazam_core.fhe.deployment.Transport`);
+:func:`serve_in_background` runs the server on a loopback socket in this process (tests, bench).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import httpx
+import uvicorn
+from concrete import fhe
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ppazam_core.fhe.deployment import ClassifierServer, ServerBundle
+from ppazam_core.fhe.wire import HEADER
+from ppazam_core.errors import FheError
+
+OCTET_STREAM = "application/octet-stream"
+SERVER_SECONDS = "X-Server-Seconds"
+QUEUE_SECONDS = "X-Queue-Seconds"
+DEFAULT_MAX_SESSIONS = 16
+DEFAULT_PARALLEL_RUNS = 1
+DEFAULT_MAX_QUEUED = 64
+DEFAULT_MAX_KEY_BYTES = 8 * 1024**3
+DEFAULT_PARALLEL_UPLOADS = 2
+DEFAULT_RECEIVING_KEYS = 8
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_BODY_IDLE_S = 20.0
+DEFAULT_MIN_BODY_RATE = 64 * 1024  # bytes/s: a 100 MB key set in under half an hour
+HEADER_TIMEOUT_S = 10.0  # seconds a connection may take to send a request's headers
+STALL_GRACE_S = 1.0  # seconds of a free event loop a body gets before it is called stalled
+DEFAULT_SESSION_TTL_S = 30 * 60.0
+BODY_SLACK = 2  # a body may be this many times the circuit's own size (plus the frame header)
+MIN_BODY_CAP = 64 * 1024  # bytes; so that a tiny circuit's cap does not cut off its own serialization overhead
+
+
+@dataclass
+class Session:
+    """One client's evaluation keys, by circuit name."""
+
+    keys: dict[str, fhe.EvaluationKeys] = field(default_factory=dict)
+    key_bytes: dict[str, int] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Sessions:
+    """At most ``max_sessions`` sessions holding at most ``max_key_bytes`` of keys in all; the
+    least recently used session is dropped to make room, and one idle longer than ``ttl_s``
+    seconds on any access. Thread-safe."""
+
+    def __init__(self, max_sessions: int, ttl_s: float, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> None:
+        if max_sessions < 1 or max_key_bytes < 1:
+            raise ValueError(f"max_sessions and max_key_bytes must be >= 1, got {max_sessions}, {max_key_bytes}")
+        self.max_sessions = max_sessions
+        self.max_key_bytes = max_key_bytes
+        self.ttl_s = ttl_s
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def key_bytes(self) -> int:
+        """Bytes of evaluation keys held, counted at Concrete's in-memory size."""
+        return sum(sum(s.key_bytes.values()) for s in self._sessions.values())
+
+    def store_keys(self, session_id: str, name: str, keys: fhe.EvaluationKeys, size: int) -> None:
+        """Keep ``keys`` (``size`` bytes in memory) of circuit ``name`` in a session, dropping
+        the least recently used other sessions while the total passes ``max_key_bytes``; a 404
+        for an unknown session, a 413 when this session alone would pass it."""
+        session = self.get(session_id)
+        with self._lock:
+            if self._sessions.get(session_id) is not session:  # dropped while its keys were being read
+                raise HTTPException(404, f"unknown session {session_id[:40]!r} (evicted while its keys were sent)")
+            if sum(v for k, v in session.key_bytes.items() if k != name) + size > self.max_key_bytes:
+                raise HTTPException(413, f"evaluation keys of this session would pass the server's budget of "
+                                         f"{self.max_key_bytes} bytes")
+            session.keys[name], session.key_bytes[name] = keys, size
+            for other in list(self._sessions):
+                if self.key_bytes <= self.max_key_bytes:
+                    break
+                if other != session_id:
+                    del self._sessions[other]
+                    self.evicted += 1
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            oldest, session = next(iter(self._sessions.items()))
+            if now - session.last_used <= self.ttl_s:
+                break
+            del self._sessions[oldest]
+
+    def create(self) -> str:
+        session_id = secrets.token_urlsafe(18)
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            while len(self._sessions) >= self.max_sessions:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+            self._sessions[session_id] = Session(last_used=now)
+        return session_id
+
+    def get(self, session_id: str) -> Session:
+        """The session, marked as used now; a 404 when unknown, expired or evicted."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise HTTPException(404, f"unknown session {session_id[:40]!r} (never opened, closed, expired after "
+                                         f"{self.ttl_s:.0f} s idle, or evicted to make room); open a new one "
+                                         "with POST /sessions")
+            session.last_used = now
+            self._sessions.move_to_end(session_id)
+            return session
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            if self._sessions.pop(session_id, None) is None:
+                raise HTTPException(404, f"unknown session {session_id[:40]!r}")
+
+
+def body_caps(server: ClassifierServer) -> tuple[int, int]:
+    """The largest evaluation-key and query bodies (bytes, frame header included) accepted for
+    a circuit: its serialized key size, and :data:`BODY_SLACK` times its input ciphertext size
+    (at least :data:`MIN_BODY_CAP`)."""
+    stats = server.stats
+    keys = server.key_layout.length + HEADER.size
+    query = max(BODY_SLACK * stats.input_ciphertext_bytes, MIN_BODY_CAP) + HEADER.size
+    return keys, query
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """How slowly a body may arrive: a 408 when no byte comes for ``idle_s`` seconds, or when,
+    ``idle_s`` after the first byte was awaited, fewer than ``min_rate`` bytes/s have come on average."""
+
+    idle_s: float = DEFAULT_BODY_IDLE_S
+    min_rate: float = DEFAULT_MIN_BODY_RATE
+
+    def __post_init__(self) -> None:
+        if not (self.idle_s > 0 and self.min_rate >= 0):
+            raise ValueError(f"body idle_s must be > 0 and min_rate >= 0, got {self.idle_s}, {self.min_rate}")
+
+
+async def read_body(request: Request, cap: int, what: str, limits: BodyLimits = BodyLimits()) -> bytes:
+    """The request's body, refused with a 415 unless it is ``application/octet-stream``, with a
+    413 as soon as it is known to pass ``cap`` bytes (from ``Content-Length``, else while
+    streaming), with a 408 when it stalls (see :class:`BodyLimits`) and a 400 when the client
+    disconnects before its end."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != OCTET_STREAM:
+        raise HTTPException(415, f"{what}: send the framed message as {OCTET_STREAM}, not {content_type or 'no type'}")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, f"{what}: bad Content-Length {declared[:40]!r}")
+        if int(declared) > cap:
+            raise HTTPException(413, f"{what}: {int(declared)} bytes is more than this circuit accepts ({cap} bytes)")
+    chunks, size = [], 0
+    stream = request.stream()
+    started = time.monotonic()
+    while True:
+        arriving = asyncio.ensure_future(anext(stream))
+        done, _ = await asyncio.wait({arriving}, timeout=limits.idle_s)
+        if not done:  # the loop may have been kept from reading (Concrete holds the GIL): one more look
+            done, _ = await asyncio.wait({arriving}, timeout=STALL_GRACE_S)
+        if not done:
+            arriving.cancel()
+            raise HTTPException(408, f"{what}: no byte for {limits.idle_s:g} s after {size} bytes; "
+                                     "the body stalled")
+        try:
+            chunk = arriving.result()
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except ClientDisconnect:
+            raise HTTPException(400, f"{what}: the client disconnected after {size} bytes") from None
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"{what}: body passes {cap} bytes, more than this circuit accepts")
+        elapsed = time.monotonic() - started
+        if elapsed > limits.idle_s and size < limits.min_rate * elapsed:
+            raise HTTPException(408, f"{what}: {size} bytes in {elapsed:.0f} s, slower than "
+                                     f"{limits.min_rate:g} bytes/s; the body stalled")
+        chunks.append(chunk)
+
+
+def create_app(bundle: ServerBundle, max_sessions: int = DEFAULT_MAX_SESSIONS,
+               session_ttl_s: float = DEFAULT_SESSION_TTL_S, max_parallel_runs: int = DEFAULT_PARALLEL_RUNS,
+               max_queued: int = DEFAULT_MAX_QUEUED, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+               max_parallel_uploads: int = DEFAULT_PARALLEL_UPLOADS,
+               max_receiving_keys: int = DEFAULT_RECEIVING_KEYS, body_limits: BodyLimits = BodyLimits()) -> FastAPI:
+    """The ASGI app serving ``bundle`` (see the module's doc for the routes and refusals). Every
+    circuit's server side is loaded now: an :class:`~ppazam_core.errors.ArtifactError` (or
+    :class:`~ppazam_core.errors.DamagedArtifactError`) for a broken bundle, before any client
+    connects. ``max_sessions``: how many client sessions (each up to one evaluation key set per
+    circuit) are kept; ``session_ttl_s``: seconds after which an idle session is dropped;
+    ``max_parallel_runs``: FHE evaluations at once (of different circuits), the others queue;
+    ``max_queued``: queries waiting or running at once, past which a query gets a 503;
+    ``max_key_bytes``: evaluation keys kept in all sessions together (bytes in memory, as
+    Concrete sizes them: ``size_of_bootstrap_keys + size_of_keyswitch_keys``);
+    ``max_parallel_uploads``: key sets checked and deserialized at once; ``max_receiving_keys``:
+    key bodies arriving at once, past which an upload gets a 503; ``body_limits``: how slowly a
+    body may arrive. A :class:`ValueError` for a bound below 1."""
+    if min(max_parallel_runs, max_queued, max_parallel_uploads, max_receiving_keys) < 1:
+        raise ValueError(f"max_parallel_runs, max_queued, max_parallel_uploads and max_receiving_keys must "
+                         f"be >= 1, got {max_parallel_runs}, {max_queued}, {max_parallel_uploads}, "
+                         f"{max_receiving_keys}")
+    servers = {name: bundle.server(name) for name in bundle.names()}
+    caps = {name: body_caps(server) for name, server in servers.items()}
+    slots = threading.BoundedSemaphore(max_parallel_runs)
+    queued = threading.BoundedSemaphore(max_queued)  # taken without waiting: full -> 503
+    sessions = Sessions(max_sessions, session_ttl_s, max_key_bytes)
+    uploads = asyncio.Semaphore(max_parallel_uploads)
+    receiving = threading.BoundedSemaphore(max_receiving_keys)  # taken without waiting: full -> 503
+    app = FastAPI(title="ppazam encrypted identifier", version="1", openapi_url=None, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    app.state.sessions = sessions
+    app.state.bundle = bundle
+
+    @app.exception_handler(FheError)
+    async def refused(request: Request, error: FheError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    def server_of(name: str) -> ClassifierServer:
+        if name not in servers:
+            raise HTTPException(404, f"no circuit named {name[:60]!r} here; this server holds {', '.join(servers)}")
+        return servers[name]
+
+    @app.get("/circuits")
+    def circuits() -> dict:
+        """What a client needs to know about each circuit; nothing secret."""
+        return {"description": {k: v for k, v in bundle.description.items() if k != "circuits"},
+                "max_sessions": sessions.max_sessions, "session_ttl_s": sessions.ttl_s,
+                "max_parallel_runs": max_parallel_runs, "max_queued": max_queued,
+                "max_key_bytes": sessions.max_key_bytes,
+                "circuits": {name: {"circuit_id": s.stats.circuit_id, "pbs_count": s.stats.pbs_count,
+                                    "input_ciphertext_bytes": s.stats.input_ciphertext_bytes,
+                                    "output_ciphertext_bytes": s.stats.output_ciphertext_bytes,
+                                    "evaluation_key_bytes": s.stats.evaluation_key_bytes,
+                                    "serialized_key_bytes": s.stats.serialized_key_bytes,
+                                    "max_keys_body_bytes": caps[name][0], "max_query_body_bytes": caps[name][1]}
+                             for name, s in servers.items()}}
+
+    @app.post("/sessions", status_code=201)
+    def open_session() -> dict:
+        return {"session": sessions.create()}
+
+    @app.delete("/sessions/{session_id}", status_code=204)
+    def close_session(session_id: str) -> Response:
+        sessions.delete(session_id)
+        return Response(status_code=204)
+
+    @app.put("/sessions/{session_id}/keys/{name}", status_code=204)
+    async def upload_keys(session_id: str, name: str, request: Request) -> Response:
+        server = server_of(name)
+        sessions.get(session_id)
+        if not receiving.acquire(blocking=False):
+            raise HTTPException(503, f"{max_receiving_keys} key uploads are already arriving; retry later")
+        try:
+            message = await read_body(request, caps[name][0], f"evaluation keys for {name}", body_limits)
+        finally:
+            receiving.release()
+        async with uploads:
+            keys = await run_in_threadpool(server.read_keys, message)
+        # counted at Concrete's in-memory size (3-10x the upload: keys expand once used), or as
+        # uploaded where Concrete counts less (a linear head without PBS: 0 bytes)
+        size = max(server.stats.evaluation_key_bytes, len(message))
+        sessions.store_keys(session_id, name, keys, size)  # 404 if it was dropped meanwhile
+        return Response(status_code=204)
+
+    @app.post("/sessions/{session_id}/circuits/{name}")
+    async def run(session_id: str, name: str, request: Request) -> Response:
+        server = server_of(name)
+        keys = sessions.get(session_id).keys.get(name)
+        if keys is None:
+            raise HTTPException(409, f"no evaluation keys for circuit {name} in this session; "
+                                     f"PUT them to /sessions/{{id}}/keys/{name} first")
+
+        def evaluate(message: bytes) -> tuple[bytes, float, float]:
+            arrived = time.perf_counter()
+            with server.run_lock, slots:
+                started = time.perf_counter()
+                result = server.run(message, keys)
+                return result, time.perf_counter() - started, started - arrived
+
+        message = await read_body(request, caps[name][1], f"query for {name}", body_limits)
+        if not queued.acquire(blocking=False):
+            raise HTTPException(503, f"{max_queued} queries are already waiting or running; retry later")
+        try:
+            result, server_s, queue_s = await run_in_threadpool(evaluate, message)
+        finally:
+            queued.release()
+        return Response(result, media_type=OCTET_STREAM,
+                        headers={SERVER_SECONDS: f"{server_s:.6f}", QUEUE_SECONDS: f"{queue_s:.6f}"})
+
+    return app
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: one the OS picks); an :class:`OSError`
+    when the address is taken or not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class H11WithHeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection that has not completed a request's headers
+    within :data:`HEADER_TIMEOUT_S` of opening or of its last response. uvicorn has no such
+    limit, and its ``limit_concurrency`` counts open connections: 256 idle ones locked every
+    client out for as long as they were held."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._close_if_no_request)
+
+    def _close_if_no_request(self) -> None:
+        self._header_timer = None
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_server(app: FastAPI, log_level: str = "warning",
+                   max_connections: int = DEFAULT_MAX_CONNECTIONS) -> uvicorn.Server:
+    """uvicorn serving ``app`` (h11, with :class:`H11WithHeaderTimeout`: bodies of tens of MB
+    are fine; no websockets, no lifespan events); past ``max_connections`` open connections a
+    request gets a 503."""
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", ws="none",
+                                         http=H11WithHeaderTimeout, timeout_keep_alive=30,
+                                         limit_concurrency=max_connections))
+
+
+@contextmanager
+def serve_in_background(bundle: ServerBundle, host: str = "127.0.0.1", port: int = 0,
+                        **app_options) -> Iterator[str]:
+    """Serve ``bundle`` from a thread of this process on a real socket (port 0: one the OS
+    picks) for the block; yields the base URL (``http://127.0.0.1:PORT``). ``app_options`` go
+    to :func:`create_app`. The server is stopped and its thread joined on leaving."""
+    sock = bind(host, port)
+    server = uvicorn_server(create_app(bundle, **app_options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ppazam-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise FheError(f"the server on {url_of(sock)} did not start")
+            time.sleep(0.01)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+class HttpTransport:
+    """A :class:`~ppazam_core.fhe.deployment.Transport` to a ppazam server at ``url``
+    (``http://host:port``): opens a session on first use, uploads framed evaluation keys
+    (PUT) and sends framed queries (POST). ``timeout``: seconds to wait for one answer (an FHE
+    run of a large circuit takes minutes); connecting gives up after ``connect_timeout``. Every
+    failure is an :class:`FheError`: a refusal carries the server's status and message, a
+    connection failure names the URL. Use as a context manager, or :meth:`close` it."""
+
+    def __init__(self, url: str, timeout: float = 900.0, connect_timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout))
+        self.session: str | None = None
+
+    def _request(self, method: str, path: str, what: str, content: bytes | None = None) -> httpx.Response:
+        headers = {"content-type": OCTET_STREAM} if content is not None else None
+        try:
+            response = self._client.request(method, path, content=content, headers=headers)
+        except httpx.TimeoutException as e:
+            raise FheError(f"{what}: the ppazam server at {self.url} did not answer in time ({e!r})") from e
+        except httpx.HTTPError as e:
+            raise FheError(f"{what}: cannot reach the ppazam server at {self.url} ({e!r}); is `ppazam serve` "
+                           "running there?") from e
+        if response.is_error:
+            try:
+                detail = response.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:500] or response.reason_phrase
+            raise FheError(f"{what}: the server at {self.url} answered {response.status_code}: {detail}")
+        return response
+
+    def circuits(self) -> dict:
+        """The server's ``GET /circuits`` answer: description and each circuit's public costs."""
+        return self._request("GET", "/circuits", "listing circuits").json()
+
+    def open(self) -> str:
+        """Open a session (once); returns its id."""
+        if self.session is None:
+            answer = self._request("POST", "/sessions", "opening a session").json()
+            self.session = str(answer["session"])
+        return self.session
+
+    def upload_keys(self, name: str, message: bytes) -> None:
+        """Send framed evaluation keys of circuit ``name`` for this session."""
+        session = self.open()
+        self._request("PUT", f"/sessions/{session}/keys/{name}", f"uploading keys of {name}", bytes(message))
+
+    def run(self, name: str, message: bytes) -> tuple[bytes, float]:
+        """Run circuit ``name`` on a framed query; returns the framed result and the server's own
+        evaluation seconds (from ``X-Server-Seconds``)."""
+        session = self.open()
+        response = self._request("POST", f"/sessions/{session}/circuits/{name}", f"query of {name}", bytes(message))
+        try:
+            server_s = float(response.headers[SERVER_SECONDS])
+        except (KeyError, ValueError) as e:
+            raise FheError(f"query of {name}: the server at {self.url} sent no valid {SERVER_SECONDS} header") from e
+        return response.content, server_s
+
+    def close(self) -> None:
+        """Drop the session on the server (if it can still be reached) and close the connection."""
+        try:
+            if self.session is not None:
+                try:
+                    self._request("DELETE", f"/sessions/{self.session}", "closing the session")
+                except FheError:
+                    pass  # expired, evicted or unreachable: nothing left to free
+                self.session = None
+        finally:
+            self._client.close()
+
+    def __enter__(self) -> "HttpTransport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

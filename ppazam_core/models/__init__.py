@@ -1,0 +1,1 @@
+"""What is trained: the CNNs, the training loop, clustering, embeddings, the fingerprint encoder."""
