@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from ppazam_core.augment import Level
 from ppazam_core.conditions import QueryCondition
+from reports.scaling_figure import PNNS
 from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, glossary,
                             headline, labelled, machine, mode_comparison, open_set, privacy_ledger, row_order)
 
@@ -466,9 +467,6 @@ def _slanted_bars(figure, ax, rotation: float, legend_title: str) -> None:
     figure.legend(handles, labels, title=legend_title, loc="outside right upper", fontsize="small")
 
 
-# Apple's private nearest-neighbour search (swift-homomorphic-encryption, PNNS; BFV, 4,096 rows of
-# 128 dimensions): the design point a packed design must reach (docs/design-notes.md)
-PNNS_ANCHOR = {"tracks": 4096, "answer_bytes": 52.1e3, "server_s": 0.012}
 EXTRAPOLATE_TO = 100_000  # tracks: a design measured at two sizes or more is drawn to here, dashed
 
 
@@ -527,7 +525,7 @@ def _answer_bytes(figure, results: pd.DataFrame, latency: pd.DataFrame) -> Drawn
                         color=palette[family], label=f"{family} (estimate)")
         else:
             ax.set_title("no server stage timed in fhe mode", fontsize="small")
-        ax.plot([PNNS_ANCHOR["tracks"]], [PNNS_ANCHOR[anchor]], marker="*", markersize=12, linestyle="none",
+        ax.plot([PNNS["tracks"]], [PNNS[anchor]], marker="*", markersize=12, linestyle="none",
                 color="black", label="Apple PNNS (BFV, 128-dim)")
         ax.set_xscale("log")
         ax.set_yscale("log")
