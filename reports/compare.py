@@ -102,6 +102,7 @@ class Verdict:
     untested: int  # tests that could not reach significance (no discordant query, too few timed rounds)
     only_in_run: int  # queries or latency conditions
     only_in_baseline: int
+    baseline_run_id: str = ""
 
     @property
     def passed(self) -> bool:
@@ -139,7 +140,8 @@ def compare_runs(run: Path, baseline: Path, tolerance: Tolerance = Tolerance(),
     regressions = [_regression(t, tolerance) for t in tests]
     untested += len(accuracy) + len(latency) - len(tests)
     return Verdict(str(baseline), tolerance, len(tests), paired, tuple(r for r in regressions if r is not None),
-                   untested, acc_only_run + lat_only_run, acc_only_base + lat_only_base)
+                   untested, acc_only_run + lat_only_run, acc_only_base + lat_only_base,
+                   str(base_info.get("run_id", "")))
 
 
 def testable(tests: list[dict], significance: float) -> list[dict]:

@@ -18,7 +18,9 @@
   query, and the seconds of one truly encrypted query.
 
 The level tables hold the suite's levels; its sweeps (conditions named ``LEVEL@...``) have a
-table and figures of their own.
+table and figures of their own. :func:`paper_tables` names them all: ``tables/`` and the results
+pages (:mod:`reports.pages`) show the same tables; :func:`to_terminal` splits one to a terminal's
+width.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def headline(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
         seconds = encrypted_query_seconds(results, latency, family)
         line["s / encrypted query"] = "-" if seconds is None else f"{'' if seconds[1] else '~'}{seconds[0]:.3g}"
         lines[family] = line
-    return pd.DataFrame(lines).T.fillna("-")
+    return pd.DataFrame.from_dict(lines, orient="index").fillna("-")  # columns in first-seen order
 
 
 def encrypted_query_seconds(results: pd.DataFrame, latency: pd.DataFrame, family: str) -> tuple[float, bool] | None:
@@ -222,8 +224,15 @@ def glossary(results: pd.DataFrame, latency: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table, its cells as formatted (``1.00`` stays ``1.00``)."""
     flat = _flatten(table)
-    return flat.to_markdown() if not flat.empty else "(no rows)"
+    return _markdown(flat) if not flat.empty else "(no rows)"
+
+
+def _markdown(flat: pd.DataFrame) -> str:
+    """``flat`` by tabulate, its cells as they are; columns of figures right-aligned, of words left."""
+    figures = [flat[c].astype(str).str.fullmatch(r"[~<>]?-?[\d.].*|-").all() for c in flat.columns]
+    return flat.to_markdown(disable_numparse=True, colalign=("left", *("right" if f else "left" for f in figures)))
 
 
 def to_latex(table: pd.DataFrame, caption: str) -> str:
@@ -238,9 +247,9 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
                       *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
 
 
-def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> list[Path]:
-    """Write every table as ``.md`` and ``.tex`` into ``folder``; returns the files."""
-    written = []
+def paper_tables(results: pd.DataFrame, latency: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, str]]:
+    """Every table of a run by file name, each with its caption: what ``tables/`` holds and
+    what a results page (:mod:`reports.pages`) shows."""
     tables = {"mode-comparison": (mode_comparison(results, latency), "Top-1 / top-3 and latency per mode"),
               "open-set": (open_set(results), "Open-set rejection: ROC-AUC / PR-AUC, top-1 at 1% false accepts "
                                               "(interpolated) [the false-accept rate a fixed threshold achieved]"),
@@ -258,12 +267,50 @@ def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> 
     for mode in [m for m in MODE_ORDER if m in set(results["mode"])]:
         tables[f"original-layout-{mode}"] = (original_layout(results, mode),
                                              f"Top-1 and top-3 per cluster and level ({mode})")
-    for name, (table, caption) in tables.items():
+    return tables
+
+
+def write_tables(results: pd.DataFrame, latency: pd.DataFrame, folder: Path) -> list[Path]:
+    """Write every table of :func:`paper_tables` as ``.md`` and ``.tex`` into ``folder``; returns the files."""
+    written = []
+    for name, (table, caption) in paper_tables(results, latency).items():
         for suffix, text in ((".md", f"# {caption}\n\n{to_markdown(table)}\n"), (".tex", to_latex(table, caption))):
             path = folder / f"{name}{suffix}"
             atomic_write_text(path, text)
             written.append(path)
     return written
+
+
+def to_terminal(table: pd.DataFrame, width: int = 80) -> str:
+    """``table`` as Markdown for a terminal ``width`` columns wide: its columns split over
+    tables printed one below the other, each repeating the row labels and holding as many
+    columns as fit (a part whose labels and one column are wider stays as it is)."""
+    flat = _flatten(table)
+    if flat.empty:
+        return "(no rows)"
+    parts, columns = [], []
+    for column in flat.columns:
+        if columns and _widest(_markdown(flat[[*columns, column]])) > width:
+            parts.append(_markdown(flat[columns]))
+            columns = []
+        columns.append(column)
+    parts.append(_markdown(flat[columns]))
+    return "\n\n".join(parts)
+
+
+def _widest(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def machine(run: dict) -> str:
+    """The machine of a run's ``run.json`` in one line: CPU model and architecture, cores,
+    Python and the versions of the packages float arithmetic depends on most."""
+    env = run.get("environment", {})
+    packages = env.get("packages", {})
+    versions = ", ".join(f"{name} {packages[name]}" for name in ("concrete-ml", "torch", "brevitas") if packages.get(name))
+    cpu = " ".join(part for part in (env.get("cpu"), f"({env['processor']})" if env.get("processor") else None) if part)
+    return (f"{cpu or '?'}, {env.get('cpu_count', '?')} cores, Python {env.get('python', '?')}"
+            + (f"; {versions}" if versions else ""))
 
 
 def first_point(results: pd.DataFrame) -> pd.DataFrame:
@@ -310,10 +357,12 @@ def _level_order(rows: pd.DataFrame) -> list[str]:
 
 
 def _flatten(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with one header row (a column of several levels joined by spaces) and no name
+    over its row labels (a pivot's ``row``)."""
+    table = table.copy()
     if isinstance(table.columns, pd.MultiIndex):
-        table = table.copy()
         table.columns = [" ".join(str(part) for part in column) for column in table.columns]
-    return table
+    return table.rename_axis(index=None, columns=None)
 
 
 def _tex(value: object) -> str:

@@ -1,15 +1,21 @@
-"""Report writers on a small results table: CSV -> HTML -> tables, rebuilt from the CSVs alone."""
+"""Report writers on a small results table: CSV -> HTML -> tables, rebuilt from the CSVs alone; the
+figures keep their titles and labels apart and say why when they have nothing to draw."""
 
 import math
+import re
 import shutil
 import subprocess
 import tempfile
 
+import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from ppazam_core.cli import main
 from ppazam_core.errors import ArtifactError
-from ppazam_core.results.records import Condition, RunRecord, read_run, wilson_interval
+from ppazam_core.results.records import Condition, RunRecord, frame, read_run, wilson_interval
+from reports.html import FIGURE_WIDTH, _accuracy_by_level, _sweep, render_report
 from reports.writer import REPORT_FILE, write_report
 
 FIGURES = ("pareto", "accuracy-by-level", "gain-sweep", "length-sweep", "length-cost", "bit-width-sweep",
@@ -74,6 +80,11 @@ def small_run(top1_scale: float = 1.0, latency_scale: float = 1.0) -> RunRecord:
     return record
 
 
+def cells(markdown: str) -> list[list[str]]:
+    """The cells of the Markdown table in ``markdown``, row by row (the header first)."""
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in markdown.splitlines() if line.startswith("|")]
+
+
 @pytest.mark.parametrize("successes, n, expected", [
     (50, 100, (0.4038, 0.5962)),  # Wald: 0.4020-0.5980
     (0, 10, (0.0, 0.2775)),  # Wald: 0-0
@@ -103,16 +114,17 @@ def test_csv_html_tables_round_trip(tmp_path):
     assert "@" not in mode_table  # the sweeps have a table of their own
     sweeps = (out / "tables" / "condition-sweeps.md").read_text()
     assert "clean@-20dB" in sweeps and "phone-in-room@1s" in sweeps and "0.45" in sweeps
-    glance = (out / "tables" / "headline.md").read_text()
+    glance = cells((out / "tables" / "headline.md").read_text())
     # two-stage fhe-sim at bits 3: clean@-20dB 170/200, clean@+10dB 150/200; 1 s 90/200, 10 s 190/200
-    assert "10 pts" in glance and "| 0.45 " in glance and "| 0.95 " in glance and "~14.4" in glance  # 4.8 s x 3 bits
+    assert glance[0][-4:] == ["gain spread", "1 s", "10 s", "s / encrypted query"]
+    assert glance[2][0] == "two-stage-cnn" and glance[2][-4:] == ["10 pts", "0.45", "0.95", "~14.4"]  # 4.8 s x 3 bits
     assert "embedding-head fhe-sim" in mode_table and "0.85 / 0.97 (n=200)" in mode_table
     open_set = [line.split("|") for line in (out / "tables" / "open-set.md").read_text().splitlines()]
     assert ["embedding-head fp32", "0.93 / 0.95, 0.60 [0.6%]"] == [cell.strip() for cell in open_set[-2][1:3]]
-    ledger = [[cell.strip() for cell in line.split("|")[1:-1]]
-              for line in (out / "tables" / "privacy-ledger.md").read_text().splitlines() if line.startswith("|")]
+    ledger = cells((out / "tables" / "privacy-ledger.md").read_text())
     assert ledger[0][:4] == ["", "server learns (bits)", "scores to client", "down (KB)"]
-    assert ledger[2:] == [["embedding-head (clear)", "6", "64", "0"], ["embedding-head (encrypted)", "0", "64", "640"]]
+    assert ledger[2:] == [["embedding-head (clear)", "6.00", "64", "0.0"],
+                          ["embedding-head (encrypted)", "0.00", "64", "640.0"]]  # as formatted, not re-parsed
     assert 'id="privacy"' in page
     assert "Library <code>" not in page  # no library warnings in this run
     layout = (out / "tables" / "original-layout-fp32.tex").read_text()
@@ -176,3 +188,66 @@ def test_report_renders_in_headless_chromium(tmp_path):
     console_errors = [line for line in done.stderr.splitlines() if "CONSOLE" in line and "error" in line.lower()]
     assert not console_errors, console_errors
     assert "Uncaught" not in done.stderr
+
+
+LONG_FAMILIES = [f"embedding-knn-packed-{i}" for i in range(6)]
+
+
+def many_families() -> pd.DataFrame:
+    """Top-1 rows of six long-named families in two modes at five levels and a gain sweep."""
+    rows = [cond(family, mode, 8, 0, level).proportion("top1", 150 + 5 * i, 200)
+            for family in LONG_FAMILIES for mode in ("fp32", "fhe-sim")
+            for i, level in enumerate(("clean", "small", "medium", "large", "phone-in-room", "clean@-20dB",
+                                       "clean@-10dB", "clean@+0dB", "clean@+10dB"))]
+    return frame(rows)
+
+
+def drawn_ticks(ax, axis: str) -> list:
+    """The tick labels of ``ax``'s ``axis`` that are drawn: those within its limits."""
+    low, high = sorted(getattr(ax, f"get_{axis}lim")())
+    return [label for label, at in zip(getattr(ax, f"get_{axis}ticklabels")(), getattr(ax, f"get_{axis}ticks")())
+            if low <= at <= high and label.get_visible()]
+
+
+@pytest.mark.parametrize("draw", [_accuracy_by_level, lambda f, r: _sweep(f, r, "gain_db", "recording gain (dB)")],
+                         ids=["accuracy-by-level", "gain-sweep"])
+def test_small_multiples_keep_titles_and_labels_apart(draw):
+    """Six panels wrap into two rows of three, and no panel title, tick label or axis label of one
+    panel runs into another panel's, or into the legend, or out of the figure."""
+    figure = Figure(figsize=(FIGURE_WIDTH, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    assert draw(figure, many_families()) is True
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    assert [ax.get_title() for ax in figure.axes] == LONG_FAMILIES
+    assert len({round(ax.get_position().y0, 3) for ax in figure.axes}) == 2
+    texts = [(i, text) for i, ax in enumerate(figure.axes)
+             for text in (ax.title, ax.xaxis.label, *drawn_ticks(ax, "x"), *drawn_ticks(ax, "y")) if text.get_text()]
+    boxes = [(i, text.get_text(), text.get_window_extent(renderer)) for i, text in texts]
+    clashes = [(a, b) for i, a, box_a in boxes for j, b, box_b in boxes if i < j and box_a.overlaps(box_b)]
+    assert not clashes, clashes[:5]
+    legend = figure.legends[0].get_window_extent(renderer)
+    assert not [text for _, text, box in boxes if box.overlaps(legend)]
+    outside = [text for _, text, box in boxes if not figure.bbox.contains(box.x0, box.y0)
+               or not figure.bbox.contains(box.x1, box.y1)]
+    assert not outside, outside
+
+
+def test_a_figure_with_nothing_to_draw_says_why(tmp_path):
+    """One bit width, one library size, and encrypted queries Concrete's cost model puts at 0 s
+    (circuits without bootstrapping): no empty log-scale axes, a sentence each instead."""
+    results, latency = frame(small_run().results), frame(small_run().latency)
+    results = results[(results["family"] == "two-stage-cnn") & (results["bit_width"] == 3)].copy()
+    results.loc[results["mode"] == "fhe-estimate", "value"] = 0.0
+    latency = latency[(latency["family"] == "two-stage-cnn") & (latency["bit_width"] == 3)]
+    page = render_report(results, latency, {"run_id": "r0", "suite": {"name": "unit"}})
+    figures = re.findall(r'<figure id="([^"]+)">(.*?)</figure>', page, flags=re.S)
+    said = {figure: " ".join(note[0].split()) for figure, body in figures
+            for note in [re.findall(r'<p class="note">(.*?)</p>', body)] if note}
+    assert said.keys() == {"pareto", "length-cost", "bit-width-sweep", "answer-bytes", "open-set", "scaling"}
+    assert said["pareto"].startswith("Not drawn: the seconds of an encrypted query are 0 for two-stage-cnn")
+    assert said["length-cost"] == said["pareto"] and "log scale" in said["pareto"]
+    assert "at one bit width (3)" in said["bit-width-sweep"] and "one library size" in said["scaling"]
+    assert said["open-set"] == "No rows for this figure in this run."
+    assert page.index('id="glance"') < page.index('id="pareto"') < page.index('id="accuracy-by-level"') \
+        < page.index('id="summary"')  # the figures come right after the headline table
