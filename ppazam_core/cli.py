@@ -45,7 +45,8 @@ from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.audio.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
 from ppazam_core.models.encoder.cli import register as register_encoder_commands
 from ppazam_core.fhe.deployment import KeySetup, ServerBundle, StageCost, export_server
-from ppazam_core.errors import ArtifactError, AudioError, ConfigError, LibraryError, PpazamError, StorageError
+from ppazam_core.errors import (ArtifactError, AudioError, ConfigError, DamagedArtifactError, LibraryError, PpazamError,
+                                StorageError)
 from ppazam_core.families import (family_bits, family_eval_spec, family_modes, family_segment_s, get_family,
                                   is_trained, train_family)
 from ppazam_core.families.registry import families
@@ -504,7 +505,11 @@ def _model_in(folder: Path, mode: Mode) -> Recognizer:
     if mode not in family.modes:
         raise ConfigError.bad_value("--mode", mode.value, f"a mode of {family.name} "
                                                           f"({', '.join(m.value for m in family.modes)})")
-    return family.load(Path(folder))
+    try:
+        return family.load(Path(folder))
+    except DamagedArtifactError as e:  # a folder the user keeps: nothing rebuilds what was enrolled into it
+        raise DamagedArtifactError(e.path, e.reason, folder, "restore it from a copy, or enroll its songs again "
+                                   "into a new folder (the trained model it started from is not affected)") from e
 
 
 def _clip_paths(path: Path) -> list[Path]:

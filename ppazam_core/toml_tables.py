@@ -17,6 +17,7 @@ from ppazam_core.errors import ConfigError
 
 TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 T = TypeVar("T")
+MAX_SEED = 2**32 - 1
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -63,6 +64,8 @@ def table_values(table: Mapping[str, Any], cls: type, where: str, keys: set[str]
     ``false``), ``int`` (not a ``bool``), ``float`` (an integer too), ``str``, ``X | None``,
     ``tuple[X, ...]`` and ``tuple[X, Y]`` (from lists), ``Mapping[str, X]``, a nested dataclass
     (from a table); ``Any`` takes anything. Lists come back as tuples, tables as dataclasses.
+    A seed (a key ``seed`` or ``*_seed``) is an integer from 0 to :data:`MAX_SEED` (what numpy's
+    and torch's generators take).
 
     Raises:
         ConfigError: a key outside ``keys``, or a value of the wrong type, naming ``where.key``,
@@ -70,7 +73,11 @@ def table_values(table: Mapping[str, Any], cls: type, where: str, keys: set[str]
     """
     hints = get_type_hints(cls)
     only_keys(table, {f.name for f in fields(cls)} if keys is None else keys, where)
-    return {key: _typed(value, hints[key], f"{where}.{key}") for key, value in table.items()}
+    values = {key: _typed(value, hints[key], f"{where}.{key}") for key, value in table.items()}
+    for key, value in values.items():
+        if (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ConfigError.bad_value(f"{where}.{key}", value, f"an integer from 0 to {MAX_SEED}")
+    return values
 
 
 def _typed(value: Any, hint: Any, key: str) -> Any:

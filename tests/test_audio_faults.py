@@ -201,3 +201,12 @@ def test_phase_inverted_stereo_is_not_silence(model, tiny_library, tiny_config, 
     (track,) = scan_folder(clip.parent).tracks
     assert not track.silent
     assert ranked_ids(identify(clip, tiny_config, session_cache, capsys))[0] == "syn00004"
+
+
+@pytest.mark.parametrize("rate", [192_007, 44_101, 7_919])
+def test_a_rate_sharing_no_factor_with_the_working_rate_resamples_in_bounded_memory(rate):
+    """torchaudio's filter bank has one phase per step of the reduced ratio: 192,007 Hz to 16 kHz
+    asked for 12 GB before the ratio was bounded (a pitch error below 0.01 %)."""
+    seconds = 0.5
+    out = audio_module.resample(np.zeros(int(rate * seconds), dtype=np.float32), rate, 16_000)
+    assert abs(out.shape[0] - 16_000 * seconds) <= 2

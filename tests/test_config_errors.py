@@ -214,3 +214,12 @@ def test_console_script_prints_one_error_line(tmp_path):
     ppazam = Path(sys.executable).with_name("ppazam")
     done = subprocess.run([str(ppazam), *train(config, tmp_path)], capture_output=True, text=True, timeout=120)
     assert "synthetic.seed = '7'" in one_error_line(done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("toml", ["[embedding]\nseed = 99999999999999999999\n", "[synthetic]\nseed = -1\n",
+                                  "[training]\nseed = -5\n", "[synthetic]\nduration_s = inf\n"])
+def test_seeds_out_of_range_and_an_infinite_duration_are_refused(tmp_path, toml):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match="seed|duration_s"):
+        ExperimentConfig.from_toml(path)

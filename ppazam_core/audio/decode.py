@@ -23,6 +23,7 @@ import struct
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,6 +39,7 @@ MAX_DECODED_S = 3600.0  # the most audio one file may decode to, in seconds (1 h
 MAX_DECODE_WALL_S = 300.0  # the most wall-clock seconds decoding one file (one call) may take
 OUT_OF_PHASE_DB = 20.0  # a channel mean this far below the loudest channel cancels: take that channel
 _BLOCK_FRAMES = 1 << 16  # frames decoded per read
+MAX_RATIO_TERM = 1000  # largest numerator or denominator of a resampling ratio (torchaudio's phases)
 AUDIBLE_HOP_S = 0.25  # the resolution at which audible_starts and audible_seconds find where the audio is
 _OGG_PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # "OggS", version, flags, granule, serial, page, crc, segments
 _OGG_BOS = 0x02
@@ -197,14 +199,19 @@ def read_blocks(path: str | Path, blocksize: int, start: int = 0, stop: int | No
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Resample a mono float32 signal; returns the input unchanged when the rates agree."""
+    """Resample a mono float32 signal (torchaudio's windowed-sinc resampler); returns the input
+    unchanged when the rates agree. torchaudio's filter bank has ``orig_rate / gcd`` phases, so a
+    rate sharing almost no factor with ``target_rate`` (44,101 Hz, a damaged header's 192,007 Hz)
+    would take gigabytes: such a ratio is replaced by the nearest one with terms of at most
+    :data:`MAX_RATIO_TERM` (a pitch error below 0.01 % of the rates met in practice)."""
     if orig_rate == target_rate:
         return np.ascontiguousarray(audio, dtype=np.float32)
     import torch  # deferred: scanning and rendering workers never resample and start faster
     import torchaudio.functional
 
+    ratio = Fraction(target_rate, orig_rate).limit_denominator(MAX_RATIO_TERM)
     tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    return torchaudio.functional.resample(tensor, orig_rate, target_rate).numpy()
+    return torchaudio.functional.resample(tensor, ratio.denominator, ratio.numerator).numpy()
 
 
 def crop_or_pad(audio: np.ndarray, n_samples: int, start: int = 0) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -74,8 +75,8 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if self.n_tracks < 1:
             raise ConfigError.bad_value("n_tracks", self.n_tracks, "an integer >= 1")
-        if not self.duration_s > 0:
-            raise ConfigError.bad_value("duration_s", self.duration_s, "a number > 0")
+        if not 0 < self.duration_s < math.inf:
+            raise ConfigError.bad_value("duration_s", self.duration_s, "a finite number > 0")
         if self.sample_rate < 8000:
             raise ConfigError.bad_value("sample_rate", self.sample_rate, "an integer >= 8000")
 
