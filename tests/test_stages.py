@@ -31,13 +31,17 @@ def test_a_conditions_clips_are_augmented_once_for_every_front_end_of_the_suite(
     real = stages_module.build_datasets
     monkeypatch.setattr(stages_module, "build_datasets", lambda library, specs, *a: built.append(len(specs)) or
                         real(library, specs, *a))
-    stages = Stages("synthetic", tmp_path, workers=1, families=("embedding-head", "mfcc-logreg", "embedding-knn"))
+    stages = Stages("synthetic", tmp_path, workers=1,
+                    families=("embedding-head", "mfcc-logreg", "embedding-prototypes", "embedding-knn"))
     logmel = stages.queries("embedding-head", config, "clean")
     mfcc = stages.queries("mfcc-logreg", config, "clean")
     assert built == [2]  # one build of the clips: the embedding families share a front-end, mfcc-logreg has its own
-    assert stages.queries("embedding-knn", config, "clean") is logmel
-    assert logmel.X.shape[2:] != mfcc.X.shape[2:] and np.array_equal(logmel.y, mfcc.y)
     assert "the same clips through 1 more front-end" in stages.log[-1].detail
+    assert stages.queries("embedding-prototypes", config, "clean") is logmel
+    assert logmel.X.shape[2:] != mfcc.X.shape[2:] and np.array_equal(logmel.y, mfcc.y)
+    windows = stages.queries("embedding-knn", config, "clean")  # the same clips cut into the encoder's 1-s windows
+    assert built == [2, 1] and windows.segments == 5 and logmel.segments == 1
+    assert np.array_equal(windows.y[::windows.segments], logmel.y)
 
 
 def test_a_later_session_reads_the_rankings_of_modes_that_encrypt_nothing_from_the_store(trained, clean_queries,
