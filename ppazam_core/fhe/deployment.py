@@ -33,7 +33,6 @@ server nothing about the query.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,8 @@ from ppazam_core.errors import ArtifactError, DamagedArtifactError, FheError
 from ppazam_core.fhe.concrete import CIRCUIT_FILE, KEY_LAYOUT_FILE, CircuitStats, KeyLayout, fhe_input
 from ppazam_core.store import atomic_folder, default_cache_dir, is_complete
 from ppazam_core.fhe.top1_head import CODEC_FILE, Top1Codec
-from ppazam_core.fhe.wire import KEYS, KEYS_DIGEST_FILE, PACKED_MEMBER, QUERY, RESULT, frame, private_file, unframe
+from ppazam_core.fhe.wire import (KEYS, PACKED_MEMBER, QUERY, RESULT, checked_key_file, frame,
+                                  private_file, unframe, write_key_digest)
 
 KEYS_FILE = "keys.bin"
 BUNDLE_FILE = "bundle.json"
@@ -338,8 +338,7 @@ class ClassifierClient:
         with atomic_folder(self.key_dir) as tmp:  # mkdtemp: mode 0700
             with private_file(tmp / KEYS_FILE):
                 self.client.keys.serialize_to_file(tmp / KEYS_FILE)
-            with private_file(tmp / KEYS_DIGEST_FILE):
-                (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / KEYS_FILE))
+            write_key_digest(tmp, KEYS_FILE)
         return time.perf_counter() - started, True
 
     def _stored_keys(self) -> fhe.Keys | None:
@@ -347,13 +346,9 @@ class ClassifierClient:
         are damaged (logged)."""
         if not is_complete(self.key_dir):
             return None
-        keys_file = self.key_dir / KEYS_FILE
         try:
-            with reading(self.key_dir / KEYS_DIGEST_FILE) as digest_file:
-                expected = digest_file.read_text().strip()
+            keys_file = checked_key_file(self.key_dir, KEYS_FILE)
             with reading(keys_file):
-                if _sha256(keys_file) != expected:
-                    raise damaged(keys_file, f"its SHA-256 differs from the one in {KEYS_DIGEST_FILE}")
                 return fhe.Keys.deserialize(keys_file)
         except DamagedArtifactError as e:
             logger.warning("client keys %s are damaged (%s); generating new ones", e.path, e.reason)
@@ -384,11 +379,6 @@ class ClassifierClient:
             return self.codec.logits(self.client.decrypt(fhe.Value.deserialize(payload)))
         except RuntimeError as e:
             raise FheError(f"result of circuit {self.stats.circuit_id} cannot be decrypted: {e}") from e
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ versions of TenSEAL and zstandard that built it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -65,8 +64,8 @@ from typing import Any
 import numpy as np
 
 from ppazam_core.artifacts import damaged, read_json, reading
-from ppazam_core.fhe.wire import (HEADER, KEYS, KEYS_DIGEST_FILE, PACKED_MEMBER, QUERY, RESULT, frame, private_file,
-                              unframe)
+from ppazam_core.fhe.wire import (HEADER, KEYS, PACKED_MEMBER, QUERY, RESULT, checked_key_file, frame,
+                                  private_file, unframe, write_key_digest)
 from ppazam_core.errors import ArtifactError, ConfigError, DamagedArtifactError, FheError
 from ppazam_core.fhe.concrete import CircuitStats, KeyLayout
 from ppazam_core.store import atomic_folder, is_complete
@@ -559,20 +558,15 @@ class PackedClient:
         with atomic_folder(self.key_dir) as tmp:
             with private_file(tmp / SECRET_KEY_FILE):
                 self.secret_key.save(str(tmp / SECRET_KEY_FILE))
-            with private_file(tmp / KEYS_DIGEST_FILE):
-                (tmp / KEYS_DIGEST_FILE).write_text(_sha256(tmp / SECRET_KEY_FILE))
+            write_key_digest(tmp, SECRET_KEY_FILE)
         return time.perf_counter() - started, True
 
     def _stored_key(self) -> seal.SecretKey | None:
         if not is_complete(self.key_dir):
             return None
-        path = self.key_dir / SECRET_KEY_FILE
         try:
-            with reading(self.key_dir / KEYS_DIGEST_FILE) as digest_file:
-                expected = digest_file.read_text().strip()
+            path = checked_key_file(self.key_dir, SECRET_KEY_FILE)
             with reading(path):
-                if _sha256(path) != expected:
-                    raise damaged(path, f"its SHA-256 differs from the one in {KEYS_DIGEST_FILE}")
                 key = seal.SecretKey()
                 try:
                     key.load(self.context, str(path))
@@ -635,11 +629,6 @@ class PackedClient:
         self.ensure_keys()
         array = self.secret_key.data().dyn_array()
         return np.asarray([array.at(i) for i in range(array.size())], dtype="<u8").tobytes()
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- building a packed head ---

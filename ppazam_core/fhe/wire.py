@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ppazam_core.artifacts import damaged, reading
 from ppazam_core.errors import FheError
 
 MAGIC = b"PPZM"
@@ -58,3 +59,31 @@ def private_file(path: Path) -> Iterator[None]:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     yield
     os.chmod(path, 0o600)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file ``path``."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_key_digest(folder: Path, key_file: str) -> None:
+    """Record ``folder/key_file``'s SHA-256 in ``folder/KEYS_DIGEST_FILE`` (mode 0600)."""
+    with private_file(folder / KEYS_DIGEST_FILE):
+        (folder / KEYS_DIGEST_FILE).write_text(file_sha256(folder / key_file))
+
+
+def checked_key_file(folder: Path, key_file: str) -> Path:
+    """``folder/key_file`` once its SHA-256 matches :data:`KEYS_DIGEST_FILE`'s (a client's stored
+    keys, written with :func:`write_key_digest`).
+
+    Raises:
+        DamagedArtifactError: either file cannot be read, or the digests differ.
+    """
+    path = folder / key_file
+    with reading(folder / KEYS_DIGEST_FILE) as digest_file:
+        expected = digest_file.read_text().strip()
+    with reading(path):
+        if file_sha256(path) != expected:
+            raise damaged(path, f"its SHA-256 differs from the one in {KEYS_DIGEST_FILE}")
+    return path
