@@ -241,25 +241,32 @@ def diagonals(params: PackedParams, W: np.ndarray, b: np.ndarray) -> tuple[np.nd
 
 
 def replicated(params: PackedParams, x: np.ndarray) -> np.ndarray:
-    """The query's slots: ``x`` zero-padded to ``D`` and repeated ``slots / D`` times."""
-    xp = np.zeros(params.padded_dim)
-    xp[: x.shape[0]] = x
+    """The query's slots: ``x`` ``(d,)`` (or each row of ``(n, d)``) zero-padded to ``D`` and
+    repeated ``slots / D`` times: ``(slots,)`` (or ``(n, slots)``)."""
+    x = np.asarray(x)
+    xp = np.zeros(x.shape[:-1] + (params.padded_dim,))
+    xp[..., : x.shape[-1]] = x
     return np.tile(xp, params.slots // params.padded_dim)
 
 
-def packed_scores(params: PackedParams, diags: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The server's BSGS computation on clear slots: every track's score ``(n_tracks,)``."""
-    q = replicated(params, x)
+def packed_scores(params: PackedParams, diags: np.ndarray, bias: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """The server's BSGS computation on clear slots, for the queries ``X`` ``(n, d)`` at once
+    (or one ``(d,)``): every track's score ``(n, n_tracks)`` (or ``(n_tracks,)``). Each query's
+    arithmetic is the same, operation for operation, as for that query alone."""
+    X = np.asarray(X)
+    single = X.ndim == 1
+    q = replicated(params, np.atleast_2d(X))
     babies = [rotate(q, b) for b in range(params.baby)]
-    scores = []
+    scores = np.empty((len(q), params.shards, 2, params.slots))
     for shard in range(params.shards):
-        y = np.zeros(params.slots, dtype=np.complex128)
+        y = np.zeros(q.shape, dtype=np.complex128)
         for g in range(params.giant):
             inner = sum(diags[shard, g * params.baby + b] * babies[b] for b in range(params.baby))
             y += rotate(inner, g * params.baby)
         y += bias[shard]
-        scores.append(np.concatenate([y.real, y.imag]))
-    return np.concatenate(scores)[: params.n_tracks]
+        scores[:, shard, 0], scores[:, shard, 1] = y.real, y.imag
+    scores = scores.reshape(len(q), -1)[:, : params.n_tracks]
+    return scores[0] if single else scores
 
 
 def best_per_group(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
