@@ -5,6 +5,7 @@ from fixtures.plugin import (  # noqa: F401  (pytest finds hooks and fixtures by
     ppazam_queries,
     ppazam_run,
     pytest_addoption,
+    pytest_collection_finish,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_generate_tests,

@@ -40,6 +40,7 @@ from ppazam_core.audio.decode import is_audio_path, load_audio
 from ppazam_core.results.calibration import calibrate_open_set, rule_folder, rule_mode
 from ppazam_core.cli_help import Parser
 from ppazam_core.config import ExperimentConfig
+from ppazam_core.distributed import add_ray_option, ray_session
 from ppazam_core.fhe.costs import calibrate
 from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.audio.debian import MUSIC_PACKAGES, NOISE_PACKAGE, build_debian_library
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with ray_session(getattr(args, "ray", None)):
+            return args.run(args)
     except PpazamError as e:
         return _fail(str(e))
     except OSError as e:
@@ -289,6 +291,7 @@ def _store_options(command: argparse.ArgumentParser) -> None:
                               "core, or $PPAZAM_WORKERS); dataset workers run on one thread each, and training and "
                               f"compiling on a fixed {ARTIFACT_THREADS} torch/BLAS threads whatever N "
                               "(ppazam_core/threads.py), so N changes the speed, never an artifact")
+    add_ray_option(command)
 
 
 def _family_option(command: argparse.ArgumentParser, encrypted: bool = False) -> None:

@@ -1,7 +1,9 @@
 """One way to run long work: an ordered process-pool map with a rich progress bar.
 
 The bar is shown on a terminal and stays quiet otherwise (CI, pipes, ``CI=true``). Workers
-are spawned, not forked, so torch's thread pools are never copied into a child.
+are spawned, not forked, so torch's thread pools are never copied into a child. While a remote
+map is set (:func:`set_remote_map`: :func:`ppazam_core.distributed.start` sets Ray's), the
+items run there instead, whatever ``workers`` says.
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from rich.progress import (
 T = TypeVar("T")
 R = TypeVar("R")
 
+RemoteMap = Callable[[Callable[[T], R], Sequence[T], str], Iterator[R]]
+_remote_map: RemoteMap | None = None
+
+
+def set_remote_map(remote: RemoteMap | None) -> None:
+    """Route :func:`parallel_map` through ``remote(fn, items, description)`` (an ordered map
+    that draws its own progress), or back to local processes with ``None``."""
+    global _remote_map
+    _remote_map = remote
+
 
 def default_workers() -> int:
     """All cores of this machine (``$PPAZAM_WORKERS`` overrides)."""
@@ -39,7 +51,11 @@ def show_progress() -> bool:
 def parallel_map(
     fn: Callable[[T], R], items: Sequence[T], workers: int, description: str
 ) -> Iterator[R]:
-    """Yield ``fn(item)`` for each item, in order, on ``workers`` processes (inline if 1)."""
+    """Yield ``fn(item)`` for each item, in order, on ``workers`` processes (inline if 1), or
+    through the remote map when one is set (see :func:`set_remote_map`)."""
+    if _remote_map is not None and len(items) > 0:
+        yield from _remote_map(fn, items, description)
+        return
     with progress_bar() as progress:
         task = progress.add_task(description, total=len(items))
         for result in _map(fn, items, workers):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ppazam_core.distributed import add_ray_option
 from ppazam_core.models.encoder.corpus import CORPUS_PACKAGES, CorpusSpec
 from ppazam_core.models.encoder.shipped import SHIPPED, encoder_folder, verify_encoder
 from ppazam_core.models.encoder.training import EncoderTrainConfig, train_encoder, work_folder
@@ -44,6 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "(default $PPAZAM_CACHE, else $XDG_CACHE_HOME/ppazam, else ~/.cache/ppazam)")
     train.add_argument("--workers", type=int, metavar="N",
                        help="processes rendering the corpus (default: every core, or $PPAZAM_WORKERS)")
+    add_ray_option(train)
     train.set_defaults(run=_train)
     info = subcommands.add_parser("info", help="print how an encoder was made and check its weights")
     info.add_argument("encoder", nargs="?", default=SHIPPED, help=f"'{SHIPPED}' (default) or an encoder folder")

@@ -1,0 +1,239 @@
+"""Long work on a Ray cluster: the optional ``ppazam[ray]`` extra (``pip install 'ppazam[ray]'``).
+
+:func:`start` connects this process, the driver, to Ray (a local instance, or a running
+cluster's address) and from then on :func:`~ppazam_core.parallel.parallel_map` runs its items as
+Ray tasks: library rendering and scanning, query datasets (augmentation), the encoder's corpus,
+and whatever the caller maps (the bench's model builds). Each item is one task that declares
+its CPUs and memory (:class:`RayConfig`); a task whose worker dies is run again by Ray
+(``max_retries``); results come back in item order and the progress bar stays on the driver.
+A task that raises is not retried (the same item raises again): the remaining ones are
+cancelled and its own exception is raised on the driver, as without Ray. :func:`stop`
+disconnects.
+
+What every node needs: the same ppazam (one commit, installed alike) and the same cache folder,
+the artifact store, at the same path (a shared file system: NFS, or one machine's disk for a
+cluster on loopback). Artifacts are written into a temporary folder and renamed into place
+(:func:`~ppazam_core.store.atomic_folder`), so a task retried after its worker died, or two
+tasks building the same artifact, never leave a half-written one that a later run trusts.
+Work runs on :data:`~ppazam_core.threads.ARTIFACT_THREADS` torch and BLAS threads wherever it
+runs, so results are the same with and without Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from ppazam_core.errors import ConfigError, PpazamError, is_integer, is_number
+from ppazam_core.parallel import progress_bar, set_remote_map
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+LOCAL = "local"
+"""The ``--ray`` value (and the option's value when given without an address) that starts a
+Ray instance on this machine for this process only."""
+
+
+class DistributedError(PpazamError):
+    """Ray cannot be used: not installed, no cluster at the address, or a task that could not
+    finish (its worker died more often than it is retried)."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray and what each task declares. ``address``: ``None`` or :data:`LOCAL`
+    starts a local instance (``local_cpus`` logical CPUs, default this machine's, and an object
+    store of ``local_object_store_mb``); otherwise a running cluster's address (``HOST:PORT``
+    of ``ray start --head``, or ``auto``). ``cpus_per_task``, ``memory_per_task_mb``: the
+    resources each task declares to Ray's scheduler. ``max_retries``: how often a task whose
+    worker died is run again. ``in_flight_per_cpu``: tasks submitted ahead of the results
+    consumed, per cluster CPU (bounds the driver's and the object store's memory)."""
+
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    memory_per_task_mb: int = 2048
+    max_retries: int = 3
+    local_cpus: int | None = None
+    local_object_store_mb: int = 256
+    in_flight_per_cpu: int = 4
+
+    def __post_init__(self) -> None:
+        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
+            raise ConfigError.bad_value("ray address", self.address, f"'{LOCAL}', 'auto' or HOST:PORT")
+        if not is_number(self.cpus_per_task) or not self.cpus_per_task > 0:
+            raise ConfigError.bad_value("ray cpus_per_task", self.cpus_per_task, "a number > 0")
+        for key in ("memory_per_task_mb", "local_object_store_mb", "in_flight_per_cpu"):
+            value = getattr(self, key)
+            if not is_integer(value) or value < 1:
+                raise ConfigError.bad_value(f"ray {key}", value, "an integer >= 1")
+        if not is_integer(self.max_retries) or self.max_retries < 0:
+            raise ConfigError.bad_value("ray max_retries", self.max_retries, "an integer >= 0")
+        if self.local_cpus is not None and (not is_integer(self.local_cpus) or self.local_cpus < 1):
+            raise ConfigError.bad_value("ray local_cpus", self.local_cpus, "an integer >= 1")
+
+    @property
+    def is_local(self) -> bool:
+        """Whether :func:`start` starts a Ray instance of its own rather than joining a cluster."""
+        return self.address in (None, LOCAL)
+
+
+_config: RayConfig | None = None
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a :class:`DistributedError` saying how to install it."""
+    try:
+        import ray
+    except ImportError as e:
+        raise DistributedError("Ray is not installed: pip install 'ppazam[ray]' (or pip install 'ray>=2.30,<3')") from e
+    return ray
+
+
+def start(config: RayConfig) -> dict:
+    """Connect this process to Ray as ``config`` says and route
+    :func:`~ppazam_core.parallel.parallel_map` through it. Returns the cluster as recorded in a
+    run's provenance: ``address``, ``nodes``, ``cpus``, ``memory_gb``, ``ray_version``.
+
+    Raises:
+        DistributedError: Ray is not installed, or no cluster answers at the address.
+    """
+    global _config
+    ray = import_ray()
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                               "configure_logging": True, "logging_level": "ERROR"}
+    if config.is_local:  # "local": a new instance, never a cluster left running on this machine
+        options.update(address=LOCAL, num_cpus=config.local_cpus or os.cpu_count() or 1,
+                       object_store_memory=config.local_object_store_mb * 2**20)
+    else:
+        options["address"] = config.address
+    if not ray.is_initialized():
+        try:
+            ray.init(**options)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise DistributedError(f"cannot reach Ray at {config.address}: {e}") from e
+    _config = config
+    set_remote_map(ray_map)
+    return describe(config)
+
+
+def add_ray_option(command: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` of a command that fans work out (see :func:`ray_session`)."""
+    command.add_argument("--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+                         help="render, scan and build datasets as Ray tasks: on a local Ray instance without "
+                              "ADDRESS, else on the cluster at ADDRESS (HOST:PORT of `ray start --head`, or auto), "
+                              "whose nodes all see --cache-dir at the same path; needs pip install 'ppazam[ray]'; "
+                              "write --ray=ADDRESS before a positional argument")
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[dict | None]:
+    """A Ray session for the block when ``address`` is given (``--ray``), else nothing: the
+    cluster's description (:func:`describe`) or ``None``.
+
+    Raises:
+        DistributedError: as :func:`start`; or ``address`` names an existing path (``--ray``
+            took the positional argument after it).
+    """
+    if address is None:
+        yield None
+        return
+    if address != LOCAL and Path(address).exists():
+        raise DistributedError(f"--ray {address}: that is a path, not a Ray address; write --ray=HOST:PORT, or put "
+                               "--ray after the other arguments")
+    try:
+        yield start(RayConfig(address=address))
+    finally:
+        stop()
+
+
+def describe(config: RayConfig) -> dict:
+    """The connected cluster: ``address``, live ``nodes``, ``cpus``, ``memory_gb`` and
+    ``ray_version``."""
+    ray = import_ray()
+    resources = ray.cluster_resources()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return {"address": LOCAL if config.is_local else config.address, "nodes": len(nodes),
+            "cpus": float(resources.get("CPU", 0.0)), "memory_gb": round(resources.get("memory", 0.0) / 2**30, 2),
+            "ray_version": ray.__version__}
+
+
+def stop() -> None:
+    """Stop routing work through Ray and disconnect (a local instance is shut down)."""
+    global _config
+    set_remote_map(None)
+    if _config is not None:
+        ray = import_ray()
+        if ray.is_initialized():
+            ray.shutdown()
+    _config = None
+
+
+def active() -> RayConfig | None:
+    """The configuration of the Ray session this process is connected to, or ``None``."""
+    return _config
+
+
+def _apply(fn: Callable[[T], R], item: T, config: RayConfig) -> R:
+    """One task, on a worker: ``fn(item)``, with the worker's own maps going through Ray too."""
+    global _config
+    if _config is None:
+        _config = config
+        set_remote_map(ray_map)
+    return fn(item)
+
+
+def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: float | None = None) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item, in order, each item a Ray task declaring ``cpus``
+    (default: ``cpus_per_task``) and ``memory_per_task_mb`` (see the module docstring); at most
+    ``in_flight_per_cpu`` tasks a cluster CPU are submitted ahead.
+
+    Raises:
+        DistributedError: a task's worker died more than ``max_retries`` times.
+        Exception: whatever ``fn`` raised for an item (the other tasks are cancelled).
+    """
+    config = _config
+    if config is None:
+        raise DistributedError("ray_map needs a Ray session: call ppazam_core.distributed.start first")
+    ray = import_ray()
+    largest_node = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=1.0)
+    task = ray.remote(_apply).options(num_cpus=min(cpus or config.cpus_per_task, largest_node),
+                                      memory=config.memory_per_task_mb * 2**20,
+                                      max_retries=config.max_retries, retry_exceptions=False)
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)) * config.in_flight_per_cpu)
+    fn_ref = ray.put(fn)
+    pending: deque = deque()
+    submitted = 0
+    with progress_bar() as progress:
+        bar = progress.add_task(f"{description} (Ray)", total=len(items))
+        try:
+            while submitted < len(items) or pending:
+                while submitted < len(items) and len(pending) < window:
+                    pending.append((submitted, task.remote(fn_ref, items[submitted], config)))
+                    submitted += 1
+                index, ref = pending.popleft()
+                result = _result(ray, ref, description, index, config)
+                progress.advance(bar)
+                yield result
+        finally:
+            for _, ref in pending:
+                ray.cancel(ref)
+
+
+def _result(ray: Any, ref: Any, description: str, index: int, config: RayConfig) -> Any:
+    """A task's result; its own exception when ``fn`` raised; a :class:`DistributedError`
+    when its worker died more than ``max_retries`` times."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as e:
+        raise DistributedError(f"{description}: item {index} did not finish on Ray after "
+                               f"{config.max_retries} retries: {type(e).__name__}: {e}") from e

@@ -1,0 +1,212 @@
+"""Ray (ppazam_core.distributed, `pytest bench --ray`): a real two-node cluster on loopback.
+
+The cluster is ``ray start --head`` plus one worker node (``ray start --address``), dashboard
+off, object stores capped, each started with ``--block`` in a process group of its own that the
+fixture ends; nothing else on the machine is touched. Work must give the same results with and
+without Ray, survive a killed worker and report an item that raises.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ppazam_core import distributed
+from ppazam_core.distributed import DistributedError, RayConfig
+from ppazam_core.errors import ConfigError
+from ppazam_core.parallel import parallel_map
+from ppazam_core.results.records import CONDITION_KEYS, PREDICTION_COLUMNS, QUERY_KEYS
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'ppazam[ray]')")
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_BIN = Path(sys.executable).with_name("ray")
+CLUSTER_START_S = 120
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    with pytest.raises(DistributedError, match=r"pip install 'ppazam\[ray\]'"):
+        distributed.start(RayConfig())
+
+
+@pytest.mark.parametrize("field, value", [("cpus_per_task", 0), ("memory_per_task_mb", "2G"), ("max_retries", -1),
+                                          ("address", ""), ("local_cpus", True), ("in_flight_per_cpu", 0)])
+def test_bad_ray_settings_are_refused_with_their_name(field, value):
+    with pytest.raises(ConfigError, match=field.split("_per")[0] if field != "address" else "address"):
+        RayConfig(**{field: value})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_node(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(RAY_BIN), "start", "--block", "--disable-usage-stats", "--include-log-monitor=false",
+                             "--num-cpus=2", "--object-store-memory=100000000", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
+def _end(process: subprocess.Popen) -> None:
+    """End a ``ray start --block``: SIGTERM to it (it stops its node's processes), then SIGKILL
+    to whatever of its process group is left."""
+    try:
+        process.terminate()
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a two-node Ray cluster on loopback, ended after the module's tests."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    nodes = [_ray_node("--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false")]
+    try:
+        deadline = time.monotonic() + CLUSTER_START_S
+        while subprocess.run([str(RAY_BIN), "status", f"--address={address}"], capture_output=True).returncode:
+            assert time.monotonic() < deadline and nodes[0].poll() is None, f"no Ray head at {address}"
+            time.sleep(2)
+        nodes.append(_ray_node(f"--address={address}", "--node-ip-address=127.0.0.1"))
+        distributed.start(RayConfig(address=address))
+        while distributed.describe(RayConfig(address=address))["nodes"] < 2:
+            assert time.monotonic() < deadline and nodes[1].poll() is None, f"the worker node never joined {address}"
+            time.sleep(2)
+        yield address
+    finally:
+        distributed.stop()
+        for process in reversed(nodes):
+            _end(process)
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def _node_and_square(item: int) -> tuple[str, int]:
+    time.sleep(0.5)
+    return ray.get_runtime_context().get_node_id(), item * item
+
+
+def test_items_run_on_both_nodes_in_order(cluster):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    results = list(parallel_map(_node_and_square, list(range(12)), workers=1, description="squares"))
+    assert [square for _, square in results] == [i * i for i in range(12)]
+    assert len({node for node, _ in results}) == 2
+
+
+def _slow_until_killed(job: tuple[int, str]) -> int:
+    """Item 3's first attempt writes its pid and waits to be killed; every other run squares."""
+    item, folder = job
+    with open(Path(folder) / "attempts", "a") as attempts:
+        attempts.write(f"{item}\n")
+    pid_file = Path(folder) / "pid"
+    if item == 3 and not pid_file.exists():
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(120)
+    return item * item
+
+
+def test_a_worker_killed_mid_task_is_retried_and_gives_the_same_result(cluster, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pid_file = tmp_path / "pid"
+
+    def kill_when_started() -> None:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    results = list(parallel_map(_slow_until_killed, [(i, str(tmp_path)) for i in range(6)], 1, "squares"))
+    killer.join(5)
+    assert results == [i * i for i in range(6)]
+    assert (tmp_path / "attempts").read_text().split().count("3") == 2  # killed once, retried once
+
+
+def _raise_on_two(job: tuple[int, str]) -> int:
+    item, folder = job
+    with open(Path(folder) / "attempts", "a") as attempts:
+        attempts.write(f"{item}\n")
+    if item == 2:
+        raise ValueError("item 2 is bad")
+    return item
+
+
+def test_an_item_that_raises_raises_its_own_error_once(cluster, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        list(parallel_map(_raise_on_two, [(i, str(tmp_path)) for i in range(4)], 1, "items"))
+    assert (tmp_path / "attempts").read_text().split().count("2") == 1  # an error of the item is not retried
+
+
+TINY_SUITE = """
+description = "three families on a two-node Ray cluster"
+library = "synthetic"
+families = ["mfcc-logreg", "embedding-head-packed", "landmark-fp"]
+modes = ["fp32", "quant"]  # the deterministic ones: fhe-sim draws Concrete's or CKKS's error, built anew
+bit_widths = [4]
+rounding_bits = [6]
+levels = ["clean", "large"]
+queries_per_track = 2
+fhe_budget_s = 0
+latency_rounds = 2
+
+[experiment.synthetic]
+seed = 11
+n_tracks = 4
+duration_s = 6.0
+
+[experiment.data]
+train_augmentations = 6
+
+[experiment.mfcc]
+train_augmentations = 6
+"""
+
+
+def _bench(tmp_path: Path, name: str, *extra: str) -> pd.DataFrame:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    out = tmp_path / name
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--suite", str(suite), "--out", str(out),
+                           "--cache-dir", str(tmp_path / f"cache-{name}"), "-q", "-p", "no:cacheprovider", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "CI": "true", "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with gzip.open(out / "predictions.csv.gz", "rt") as f:
+        return pd.read_csv(f)
+
+
+def test_a_suite_on_the_cluster_predicts_what_it_predicts_without_ray(cluster, tmp_path):
+    local = _bench(tmp_path, "local")
+    on_ray = _bench(tmp_path, "ray", f"--ray={cluster}")
+    key = [*CONDITION_KEYS, *QUERY_KEYS]
+    compared = [column for column in PREDICTION_COLUMNS if column != "seconds"]
+    local, on_ray = (frame[compared].sort_values(key).reset_index(drop=True) for frame in (local, on_ray))
+    assert set(local["family"]) == {"mfcc-logreg", "embedding-head-packed", "landmark-fp"}
+    assert set(local["mode"]) == {"fp32", "quant"}
+    pd.testing.assert_frame_equal(local, on_ray)
+    run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert run["ray"]["nodes"] == 2 and run["ray"]["address"] == cluster
+    assert any(stage["stage"] == "models on Ray" for stage in run["stages"])
