@@ -149,3 +149,22 @@ def test_an_enrolled_model_gets_its_own_open_set_rule(prototypes, new_songs, tin
     (older / "family.json").write_text("{}")
     assert main(["identify", str(clip), "--model", str(older)]) == 1
     assert "written by an older ppazam (family.json, not model.json)" in capsys.readouterr().err
+
+
+def test_a_damaged_enrolled_model_says_to_restore_or_enroll_again_not_to_rebuild(prototypes, new_songs, tiny_config,
+                                                                                 session_cache, tmp_path, capsys):
+    _, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    into = tmp_path / "enrolled"
+    assert main(["enroll", str(new_songs / "new_syn00000.flac"), "--into", str(into), *common]) == 0
+    capsys.readouterr()
+    damaged = into / "prototypes.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    clip = write_audio(tmp_path / "clip.wav", load_audio(new_songs / "new_syn00001.flac", 16_000)[:64_000], 16_000)
+    for command in (["identify", str(clip), "--model", str(into)],
+                    ["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), *common]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert "prototypes.npz" in err and "restore it from a copy, or enroll its songs again" in err, err
+        assert "rebuild" not in err, err
+    assert damaged.stat().st_size == 100  # nothing was written over what the user keeps
