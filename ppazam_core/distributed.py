@@ -201,8 +201,7 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: fl
     if config is None:
         raise DistributedError("ray_map needs a Ray session: call ppazam_core.distributed.start first")
     ray = import_ray()
-    largest_node = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=1.0)
-    task = ray.remote(_apply).options(num_cpus=min(cpus or config.cpus_per_task, largest_node),
+    task = ray.remote(_apply).options(num_cpus=fitting_cpus(cpus or config.cpus_per_task),
                                       memory=config.memory_per_task_mb * 2**20,
                                       max_retries=config.max_retries, retry_exceptions=False)
     window = max(1, int(ray.cluster_resources().get("CPU", 1)) * config.in_flight_per_cpu)
@@ -217,7 +216,7 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: fl
                     pending.append((submitted, task.remote(fn_ref, items[submitted], config)))
                     submitted += 1
                 index, ref = pending.popleft()
-                result = _result(ray, ref, description, index, config)
+                result = fetch(ref, f"{description}: item {index} (after {config.max_retries} retries)")
                 progress.advance(bar)
                 yield result
         finally:
@@ -225,15 +224,29 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: fl
                 ray.cancel(ref)
 
 
-def _result(ray: Any, ref: Any, description: str, index: int, config: RayConfig) -> Any:
-    """A task's result; its own exception when ``fn`` raised; a :class:`DistributedError`
-    when its worker died more than ``max_retries`` times."""
+def fitting_cpus(cpus: float) -> float:
+    """``cpus``, or fewer when no live node of the cluster has that many (a task or actor that
+    asks for more CPUs than any node has would wait forever)."""
+    ray = import_ray()
+    largest = max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=1.0)
+    return min(cpus, largest) if largest > 0 else cpus
+
+
+def fetch(ref: Any, what: str) -> Any:
+    """The value of a Ray object reference (a task's or an actor call's result): its own
+    exception when the code raised, as without Ray; a :class:`DistributedError` naming
+    ``what`` when the process or node running it died beyond its retries.
+
+    Raises:
+        DistributedError: the worker, actor or node died, or the result was lost.
+        Exception: whatever the remote code raised.
+    """
+    ray = import_ray()
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
         raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
             ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as e:
-        raise DistributedError(f"{description}: item {index} did not finish on Ray after "
-                               f"{config.max_retries} retries: {type(e).__name__}: {e}") from e
+        raise DistributedError(f"{what} did not finish on Ray: {type(e).__name__}: {e}") from e

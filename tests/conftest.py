@@ -96,3 +96,19 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_library(session_cache: Path) -> Library:
     """Six synthetic tracks of 8 s, rendered once per test session."""
     return synthetic_library(TINY_SPEC, session_cache, workers=1)
+
+
+def recording(transport: type, received: list[bytes]) -> type:
+    """A subclass of the ``transport`` class that appends every message it sends to the server
+    (framed evaluation keys, then queries) to ``received``: all the bytes a server gets."""
+
+    class Recording(transport):
+        def upload_keys(self, name: str, message: bytes) -> None:
+            received.append(message)
+            super().upload_keys(name, message)
+
+        def run(self, name: str, message: bytes) -> tuple[bytes, float]:
+            received.append(message)
+            return super().run(name, message)
+
+    return Recording

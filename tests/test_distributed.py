@@ -19,14 +19,22 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import recording
 from ppazam_core import distributed
 from ppazam_core.distributed import DistributedError, RayConfig
-from ppazam_core.errors import ConfigError
+from ppazam_core.errors import ConfigError, FheError
+from ppazam_core.families.embedding_head_packed import FAMILY as PACKED_FAMILY
+from ppazam_core.families.embedding_head_packed import PACKED
+from ppazam_core.fhe.deployment import EncryptedChannel, export_server
+from ppazam_core.fhe.ray_server import RayTransport
 from ppazam_core.parallel import parallel_map
+from ppazam_core.recognition import Mode
 from ppazam_core.results.records import CONDITION_KEYS, PREDICTION_COLUMNS, QUERY_KEYS
+from test_packed import bundle_bytes, leaks, packed_model, packed_queries, secret_key_pieces  # noqa: F401 (fixtures)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'ppazam[ray]')")
 
@@ -210,3 +218,24 @@ def test_a_suite_on_the_cluster_predicts_what_it_predicts_without_ray(cluster, t
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert run["ray"]["nodes"] == 2 and run["ray"]["address"] == cluster
     assert any(stage["stage"] == "models on Ray" for stage in run["stages"])
+
+
+def test_encrypted_queries_served_on_a_worker_get_there_without_any_secret_key(cluster, packed_model, packed_queries,
+                                                                               tmp_path):
+    received: list[bytes] = []
+
+    Recording = recording(RayTransport, received)  # every byte the server gets
+    bundle = export_server(packed_model.channel.circuits, tmp_path / "bundle", {"family": PACKED_FAMILY})
+    X = packed_model.embedder.embed_patches(np.asarray(packed_queries.X[:3]))
+    with Recording(bundle, from_circuits=False) as transport:
+        channel = EncryptedChannel(packed_model.channel.circuits, tmp_path / "client-keys", transport)
+        served = channel.logits(PACKED, X)
+        with pytest.raises(FheError):  # the server's own refusal, raised on the driver; the worker goes on
+            transport.run(PACKED, b"not a ciphertext")
+        assert np.array_equal(channel.logits(PACKED, X[:1]).argmax(axis=1), served[:1].argmax(axis=1))
+    clear = packed_model.head.logits(X, Mode.FP32)
+    np.testing.assert_allclose(served, clear, atol=0.05)
+    assert np.array_equal(served.argmax(axis=1), clear.argmax(axis=1))
+    assert len(received) == 1 + 3 + 1 + 1  # the Galois keys once, three queries, the refused one, one more
+    pieces = secret_key_pieces(channel.client(PACKED))
+    assert not leaks(pieces, received) and not leaks(pieces, bundle_bytes(bundle))

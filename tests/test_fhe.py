@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, recording
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig, FheConfig
 from ppazam_core.queries.dataset import build_dataset
@@ -224,15 +224,7 @@ def test_no_secret_key_reaches_the_server(identifier, circuits, queries, tmp_pat
                for name in identifier.circuit_names())
     received: list[bytes] = []
 
-    class Recording(LocalTransport):
-        def upload_keys(self, name, message):
-            received.append(message)
-            super().upload_keys(name, message)
-
-        def run(self, name, message):
-            received.append(message)
-            return super().run(name, message)
-
+    Recording = recording(LocalTransport, received)  # every byte the server gets
     channel = EncryptedChannel(circuits, tmp_path / "client-keys", Recording(ServerBundle.load(bundle)))
     channel.logits("cluster", identifier.normalizer(np.asarray(queries.X[:1])))
     assert len(received) == len(identifier.circuit_names()) + 1  # every key set before the first query

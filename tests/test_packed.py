@@ -24,7 +24,7 @@ import zstandard
 from rich.console import Console
 
 import ppazam_core.cli as cli
-from conftest import write_audio
+from conftest import recording, write_audio
 from ppazam_core.cli import main
 from ppazam_core.queries.dataset import build_dataset
 from ppazam_core.fhe.deployment import EncryptedChannel, LocalTransport, ServerBundle, client_key_dir, export_server
@@ -342,15 +342,7 @@ def test_no_secret_key_reaches_the_server(packed_model, packed_queries, tmp_path
     assert sorted(p.name for p in (bundle / PACKED).iterdir()) == ["circuit.json", "key-layout.json", "server.zip"]
     received: list[bytes] = []
 
-    class Recording(LocalTransport):
-        def upload_keys(self, name, message):
-            received.append(message)
-            super().upload_keys(name, message)
-
-        def run(self, name, message):
-            received.append(message)
-            return super().run(name, message)
-
+    Recording = recording(LocalTransport, received)  # every byte the server gets
     channel = EncryptedChannel(circuits, tmp_path / "client-keys", Recording(ServerBundle.load(bundle)))
     channel.logits(PACKED, packed_model.embedder.embed_patches(np.asarray(packed_queries.X[:1])))
     assert len(received) == 2  # the Galois keys, then one query
