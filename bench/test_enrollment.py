@@ -3,7 +3,9 @@
 
 The suite's enrolled tracks are kept out of training (more tracks of the synthetic generator
 under their own seed, or tracks held out of a folder) and added to the trained model from
-``k`` clean segments each, for every ``k`` of ``shots`` (stage ``enroll:k-shot``). At each level
+``k`` clean segments each, for every ``k`` of ``shots`` (stage ``enroll:k-shot``), or, for a
+family that enrolls songs whole as it trains (the kNN families' references), once (stage
+``enroll:song``). At each level
 and mode but ``fhe`` (fhe-sim computes the circuit's integers), the enrolled model answers the
 queries of the tracks seen in training (``top1_seen``) and of the enrolled ones
 (``top1_enrolled``, the whole library as the classes), and n-way k-shot episodes as in
@@ -44,9 +46,11 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
     stages, config = ppazam_run.stages, ppazam_point.config
     new_queries = stages.queries(ppazam_point.family, config, ppazam_level, enrolled=True)
     seen_tracks = len(ppazam_model.track_ids)
-    for shots in ppazam_run.suite.shots:
+    family = get_family(ppazam_point.family)
+    for shots in ppazam_run.suite.shots if family.enroll_shots else (None,):
+        how = "song" if shots is None else f"{shots}-shot"  # None: whole songs, as the family trains
         model = stages.enrolled_model(ppazam_model, config, shots)
-        condition = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level, stage=f"enroll:{shots}-shot")
+        condition = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level, stage=f"enroll:{how}")
         seen = stages.predict(model, ppazam_queries, mode, in_library=False)
         seen_hits = seen.ranking[:, 0] == ppazam_queries.y[seen.rows * ppazam_queries.segments]
         new = stages.predict(model, new_queries, mode, in_library=False)
@@ -68,22 +72,22 @@ def test_enrollment(ppazam_run, ppazam_point, ppazam_model, ppazam_queries, ppaz
                                 derive_seed(config.data.eval_seed, "episodes", ppazam_level, ways))
             if accuracy.size:
                 episode = ppazam_run.condition(ppazam_point, model, mode.value, ppazam_level,
-                                               stage=f"enroll:{ways}-way-{shots}-shot")
+                                               stage=f"enroll:{ways}-way-{how}")
                 half = 1.96 * accuracy.std(ddof=1) / np.sqrt(accuracy.size)
                 ppazam_run.record.results.append(episode.row("episode_top1", accuracy.mean(), accuracy.size,
                                                              ci=(accuracy.mean() - half, accuracy.mean() + half)))
         if mode is Mode.FP32 and ppazam_level == ppazam_run.suite.levels[0]:  # once per enrolled model
             seconds = [entry["enroll_s"] for entry in model.manifest["enrolled"]]
-            timing = ppazam_run.condition(ppazam_point, model, mode.value, stage=f"enroll:{shots}-shot")
+            timing = ppazam_run.condition(ppazam_point, model, mode.value, stage=f"enroll:{how}")
             ppazam_run.record.latency += [
                 timing.row("enroll_s_per_track", statistics.median(seconds), len(seconds),
                            spread=(min(seconds), max(seconds))),
                 timing.row("recompile_s", model.manifest["timings"]["last_compile_s"], 1)]
-        if ppazam_level == SANITY_CONDITION and shots == max(ppazam_run.suite.shots):
+        if ppazam_level == SANITY_CONDITION and (shots is None or shots == max(ppazam_run.suite.shots)):
             low, _ = wilson_interval(int(new_hits.sum()), len(new_hits))
             assert low > 1 / len(model.track_ids), (
                 f"{ppazam_point.family} {mode}: enrolled tracks identified no better than chance "
-                f"({new_hits.mean():.2f} top-1 on {len(new_hits)} clean queries, {shots} shots)")
+                f"({new_hits.mean():.2f} top-1 on {len(new_hits)} clean queries, enrolled as {how})")
 
 
 def episodes(scores: np.ndarray, truth: np.ndarray, ways: int, seed: int) -> np.ndarray:

@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll_command = commands.add_parser(
         "enroll", help="add songs to a model without training, or remove some",
         description=f"Add songs to a model without training ({', '.join(enrolling)}), or remove some; its "
-                    "encrypted part is recompiled.")
+                    "encrypted part, if any, is rebuilt.")
     enroll_command.add_argument("tracks", nargs="?", type=Path, help="an audio file or a folder of songs to add")
     enroll_command.add_argument("--into", type=Path, required=True,
                                 help="the enrolled model's folder: new or empty (the trained model of --library "
@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll_command.add_argument("--remove", action="append", default=[], metavar="TRACK_ID",
                                 help="a track to remove (repeatable)")
     _experiment_options(enroll_command)
-    enroll_command.add_argument("--family", choices=enrolling, default=enrolling[0],
+    enroll_command.add_argument("--family", choices=enrolling, default="embedding-prototypes",
                                 help="the family of the trained model to start from")
     enroll_command.set_defaults(run=_enroll)
 
@@ -637,10 +637,11 @@ def _enroll_into(args: argparse.Namespace, into: Path) -> int:
         console.print(f"  added {track.id} ({track.title})", highlight=False, soft_wrap=True)
     for track_id in args.remove:
         console.print(f"  removed {track_id}", highlight=False, soft_wrap=True)
+    compiled = (f"{timings['last_compile_s']:.2f} s to recompile the encrypted layer" if Mode.FHE in family.modes
+                else "nothing to recompile: a clear-text index")
     console.print(f"{len(tracks)} track(s) added, {len(args.remove)} removed: {len(enrolled.track_ids)} tracks in "
-                  f"{into} [{time.perf_counter() - started:.1f} s: {per_track}{timings['last_compile_s']:.2f} s to "
-                  f"recompile the encrypted layer]; identify with `ppazam identify --model {into} CLIP`",
-                  highlight=False, soft_wrap=True)
+                  f"{into} [{time.perf_counter() - started:.1f} s: {per_track}{compiled}]; identify with "
+                  f"`ppazam identify --model {into} CLIP`", highlight=False, soft_wrap=True)
     return 0
 
 

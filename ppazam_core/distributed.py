@@ -40,6 +40,11 @@ LOCAL = "local"
 Ray instance on this machine for this process only."""
 
 
+LOCAL_WORKER_NICENESS = 0
+"""The niceness of a local instance's worker processes (Ray's own default is 15, which on a
+machine shared with other jobs makes a run on Ray slower than the same run without it)."""
+
+
 class DistributedError(PpazamError):
     """Ray cannot be used: not installed, no cluster at the address, or a task that could not
     finish (its worker died more often than it is retried)."""
@@ -108,6 +113,9 @@ def start(config: RayConfig) -> dict:
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                "configure_logging": True, "logging_level": "ERROR"}
     if config.is_local:  # "local": a new instance, never a cluster left running on this machine
+        # Ray starts its workers at niceness 15; a local run competes with whatever else the
+        # machine runs as a run without Ray does ($RAY_worker_niceness still wins)
+        os.environ.setdefault("RAY_worker_niceness", str(LOCAL_WORKER_NICENESS))
         options.update(address=LOCAL, num_cpus=config.local_cpus or os.cpu_count() or 1,
                        object_store_memory=config.local_object_store_mb * 2**20)
     else:

@@ -101,14 +101,16 @@ def open_set(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def enrollment(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows ``family mode, k shots``, columns levels: ``seen / enrolled`` top-1, then ``n-way
-    top-1`` of the episodes (see ``bench/test_enrollment.py``)."""
+    """Rows ``family mode, k shots`` (``whole songs`` for the families that enroll a song whole),
+    columns levels: ``seen / enrolled`` top-1, then ``n-way top-1`` of the episodes (see
+    ``bench/test_enrollment.py``)."""
     rows = results[results["stage"].astype(str).str.startswith("enroll:")]
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(shots=rows["stage"].str.extract(r"(\d+)-shot$")[0].astype(int),
+    how = rows["stage"].str.extract(r"(?:(\d+)-shot|(song))$")
+    rows = rows.assign(enrolled_as=[f"{k} shots" if pd.notna(k) else "whole songs" for k in how[0]],
                        ways=rows["stage"].str.extract(r"^enroll:(\d+)-way")[0])
-    rows = labelled(rows).assign(row=lambda r: [f"{label}, {k} shots" for label, k in zip(r["row"], r["shots"])])
+    rows = labelled(rows).assign(row=lambda r: [f"{label}, {k}" for label, k in zip(r["row"], r["enrolled_as"])])
     cells: dict[str, dict[str, str]] = {}
     for (label, level), group in rows.groupby(["row", "level"], sort=False):
         value = {metric: group.loc[group["metric"] == metric, "value"] for metric in ("top1_seen", "top1_enrolled")}

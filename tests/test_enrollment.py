@@ -11,13 +11,24 @@ import pytest
 from conftest import write_audio
 from ppazam_core.audio.decode import load_audio
 from ppazam_core.cli import main
-from ppazam_core.families import train_family
+from ppazam_core.families import family_segment_s, get_family, train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enrollment_segments
 from ppazam_core.queries.features import FrontEnd
-from ppazam_core.audio.library import synthetic_distractors
+from ppazam_core.audio.library import Library, scan_folder, synthetic_distractors
+from ppazam_core.models.encoder.references import reference_embeddings
 from ppazam_core.recognition import Mode, predict, sample_queries
 from test_families import queries_for
 from test_identifier import ranked_ids
+
+
+def load_family(family, folder):
+    return get_family(family).load(folder)
+
+
+def enrolled_track(path, config):
+    """The track ``ppazam enroll`` makes of one file."""
+    (track,) = scan_folder(path.parent, config.data.segment_s, 1, only=path).tracks
+    return track
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +179,36 @@ def test_a_damaged_enrolled_model_says_to_restore_or_enroll_again_not_to_rebuild
         assert "prototypes.npz" in err and "restore it from a copy, or enroll its songs again" in err, err
         assert "rebuild" not in err, err
     assert damaged.stat().st_size == 100  # nothing was written over what the user keeps
+
+
+@pytest.mark.parametrize("family", ["embedding-knn", "embedding-knn-packed"])
+def test_a_knn_family_enrolls_a_song_whole_as_it_builds_one(family, new_songs, tiny_library, tiny_config,
+                                                            session_cache, tmp_path, capsys):
+    config, toml = tiny_config
+    common = ["--config", str(toml), "--cache-dir", str(session_cache), "--workers", "1"]
+    base = train_family(family, tiny_library, config, session_cache, workers=1)
+    into = tmp_path / "enrolled"
+    assert main(["enroll", str(new_songs), "--into", str(into), "--family", family, *common]) == 0
+    assert "2 track(s) added" in capsys.readouterr().out
+    enrolled = load_family(family, into)
+    assert enrolled.track_ids == (*base.track_ids, "new_syn00000", "new_syn00001")
+    trained_rows = len(base.reference_tracks)
+    np.testing.assert_array_equal(enrolled.reference_tracks[:trained_rows], base.reference_tracks)
+    song = Library("one", (enrolled_track(new_songs / "new_syn00001.flac", config),))
+    knn = config.table("knn" if family == "embedding-knn" else "knnpacked")
+    expected, _, offsets, _ = reference_embeddings(base.embedder, song, family_segment_s(family, config), knn.hop_s)
+    rows = enrolled.reference_tracks == len(base.track_ids) + 1
+    vectors = enrolled.vectors if family == "embedding-knn" else enrolled.head.W
+    np.testing.assert_allclose(vectors[rows], expected, atol=1e-6)  # every window, as a library track has
+    np.testing.assert_array_equal(enrolled.offsets[rows], offsets)
+
+    clip = write_audio(tmp_path / "clip.wav", load_audio(new_songs / "new_syn00001.flac", 16_000)[16_000:80_000],
+                       16_000)
+    for mode in enrolled.modes if family == "embedding-knn" else ("fhe-sim", "fhe"):
+        assert main(["identify", str(clip), "--model", str(into), "--mode", str(getattr(mode, "value", mode))]) == 0
+        assert ranked_ids(capsys.readouterr().out)[0] == "new_syn00001"
+    assert main(["enroll", "--into", str(into), "--remove", "syn00002", *common]) == 0
+    capsys.readouterr()
+    shrunk = load_family(family, into)
+    assert "syn00002" not in shrunk.track_ids and len(shrunk.track_ids) == len(base.track_ids) + 1
+    assert len(shrunk.reference_tracks) == len(enrolled.reference_tracks) - int((base.reference_tracks == 2).sum())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -22,12 +23,14 @@ import numpy as np
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.models.encoder.references import reference_embeddings
+from ppazam_core.families.enrollment import enroll_references, enrolled_folder, enrolled_manifest
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
 from ppazam_core.queries.features import FrontEndConfig
 from ppazam_core.models.hear import (at_segment, client_embedder, embedding_front_end, embedding_settings, trained_embedder,
                               window_segment_s)
 from ppazam_core.audio.library import Library
+from ppazam_core.manifest import write_manifest
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -79,9 +82,26 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        vectors, tracks, offsets = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
+        vectors, tracks, offsets, _ = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
         np.savez(tmp / REFERENCES_FILE, vectors=vectors, tracks=tracks, offsets_s=offsets)
         timings["references_s"] = time.perf_counter() - started
+
+
+def enroll(model: "EmbeddingKnn", tracks: Library, dest: Path, remove: Sequence[str] = (),
+           shots: int | None = None) -> "EmbeddingKnn":
+    """Write into ``dest`` (a new folder, or an enrolled model's to replace, atomically) the index
+    of ``model`` with every song of ``tracks`` added as a library's tracks are built (every
+    ``hop_s``, the whole song: ``shots`` does not apply) and the track ids ``remove`` dropped.
+    Returns the new index. Raises as
+    :func:`~ppazam_core.families.enrollment.enroll_references`."""
+    knn = model.config.table(TABLE.name)
+    enrolled = enroll_references(model, tracks, remove, model.vectors, model.reference_tracks, model.offsets,
+                                 segment_s(model.config), knn.hop_s)
+    with enrolled_folder(model, dest) as tmp:
+        np.savez(tmp / REFERENCES_FILE, vectors=enrolled.vectors, tracks=enrolled.tracks, offsets_s=enrolled.offsets)
+        write_manifest(tmp, enrolled_manifest(model, tracks, remove, enrolled.enroll_s, {"hop_s": knn.hop_s},
+                                              {"last_enroll_s": round(enrolled.embed_s, 3), "last_compile_s": 0.0}))
+    return EmbeddingKnn(Path(dest))
 
 
 class EmbeddingKnn(FamilyModel):
@@ -94,9 +114,10 @@ class EmbeddingKnn(FamilyModel):
         super().__init__(folder)
         self.embedder = client_embedder(at_segment(self.config, segment_s(self.config)), self.folder / "embedding")
         self.features = self.embedder.features
-        vectors, self.reference_tracks = read_arrays(self.folder / REFERENCES_FILE, "vectors", "tracks")
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(vectors)
+        self.vectors, self.reference_tracks, self.offsets = read_arrays(self.folder / REFERENCES_FILE, "vectors",
+                                                                        "tracks", "offsets_s")
+        self.index = faiss.IndexFlatIP(self.vectors.shape[1])
+        self.index.add(self.vectors)
         self.neighbours = min(self.config.table(TABLE.name).neighbours, self.index.ntotal)
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
@@ -109,4 +130,5 @@ class EmbeddingKnn(FamilyModel):
         return Scores(track_scores, track_scores.max(axis=1))
 
 
-SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE, front_end=front_end, segment=segment_s)
+SPEC = single_model_family(FAMILY, settings, train, EmbeddingKnn, table=TABLE, front_end=front_end, segment=segment_s,
+                           enroll=enroll, enroll_shots=False)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -41,11 +42,13 @@ from ppazam_core.config import ExperimentConfig, require
 from ppazam_core.models.encoder.references import reference_embeddings
 from ppazam_core.families.packed_head import TABLE as PACKED_TABLE
 from ppazam_core.families.packed_head import PackedFamilyModel, packed_family, write_packed_head
+from ppazam_core.families.enrollment import enroll_references, enrolled_folder, enrolled_manifest
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import write_family
 from ppazam_core.fhe.packed import best_per_group, check_groups
 from ppazam_core.models.hear import at_segment, embedding_settings, trained_embedder, window_segment_s
 from ppazam_core.audio.library import Library
+from ppazam_core.manifest import write_manifest
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn-packed"
@@ -94,7 +97,7 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        vectors, tracks, offsets = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
+        vectors, tracks, offsets, _ = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
         np.savez(tmp / REFERENCES_FILE, tracks=tracks, offsets_s=offsets)
         timings["references_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -115,6 +118,28 @@ def margin_confidence(track_scores: np.ndarray) -> np.ndarray:
     return 2 * best - second
 
 
+def enroll(model: "EmbeddingKnnPacked", tracks: Library, dest: Path, remove: Sequence[str] = (),
+           shots: int | None = None) -> "EmbeddingKnnPacked":
+    """Write into ``dest`` (a new folder, or an enrolled model's to replace, atomically) the model
+    of ``model`` with every song of ``tracks`` added as a library's tracks are built (every
+    ``hop_s``, the whole song: ``shots`` does not apply) and the track ids ``remove`` dropped;
+    the packed circuit is built again over the new rows (its CKKS error measured anew). Returns
+    the new model. Raises as :func:`~ppazam_core.families.enrollment.enroll_references`."""
+    knn = model.config.table(TABLE.name)
+    enrolled = enroll_references(model, tracks, remove, model.head.W.astype(np.float32), model.reference_tracks,
+                                 model.offsets, segment_s(model.config), knn.hop_s)
+    with enrolled_folder(model, dest) as tmp:
+        np.savez(tmp / REFERENCES_FILE, tracks=enrolled.tracks, offsets_s=enrolled.offsets)
+        started = time.perf_counter()
+        write_packed_head(tmp, enrolled.vectors, np.zeros(len(enrolled.vectors)), model.config, enrolled.vectors,
+                          groups=enrolled.tracks)
+        compile_s = time.perf_counter() - started
+        write_manifest(tmp, enrolled_manifest(model, tracks, remove, enrolled.enroll_s, {"hop_s": knn.hop_s},
+                                              {"last_enroll_s": round(enrolled.embed_s, 3),
+                                               "last_compile_s": round(compile_s, 3)}))
+    return EmbeddingKnnPacked(Path(dest))
+
+
 ROW_SCORES_PER_CHUNK = 1 << 24
 """Reference similarities held at once while scoring (128 MB of float64): a 10-s query against
 10,000 tracks of 59 references each would otherwise take 90 MB a query."""
@@ -131,7 +156,7 @@ class EmbeddingKnnPacked(PackedFamilyModel):
         path = self.folder / REFERENCES_FILE
         if not path.is_file():
             raise damaged(path, "it is missing")
-        (self.reference_tracks,) = read_arrays(path, "tracks")
+        self.reference_tracks, self.offsets = read_arrays(path, "tracks", "offsets_s")
         reason = check_groups(self.reference_tracks, self.head.rows, len(self.track_ids))
         if reason is not None:
             raise damaged(path, f"its reference tracks do not fit the packed head's {self.head.rows} rows "
@@ -148,4 +173,5 @@ class EmbeddingKnnPacked(PackedFamilyModel):
         return Scores(track_scores, margin_confidence(track_scores))
 
 
-SPEC = packed_family(FAMILY, settings, train, EmbeddingKnnPacked, TABLE, segment=segment_s)
+SPEC = packed_family(FAMILY, settings, train, EmbeddingKnnPacked, TABLE, segment=segment_s, enroll=enroll,
+                     enroll_shots=False)

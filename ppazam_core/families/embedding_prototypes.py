@@ -21,8 +21,6 @@ enrollment segments' embeddings, whose range the layer's input quantizer covers)
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,8 @@ from ppazam_core.config import ExperimentConfig, FheConfig, require
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
-from ppazam_core.errors import AudioError, ConfigError
+from ppazam_core.errors import AudioError
+from ppazam_core.families.enrollment import enrolled_folder, enrolled_manifest, kept_tracks
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.manifest import write_manifest
 from ppazam_core.queries.features import FrontEnd
@@ -46,7 +45,6 @@ from ppazam_core.fhe.concrete import CircuitStats, compile_linear
 from ppazam_core.audio.library import Library
 from ppazam_core.models.hear import Embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
-from ppazam_core.store import DONE_MARKER, atomic_folder, canonical_json
 
 FAMILY = "embedding-prototypes"
 PROTOTYPES_FILE = "prototypes.npz"
@@ -175,30 +173,7 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
         AudioError: a track to add cannot be decoded or holds less than one segment of audio
             above the silence level (:func:`prototypes`).
     """
-    known = list(model.track_ids)
-    new_ids = [t.id for t in tracks]
-    clash = sorted({i for i in new_ids if i in known or new_ids.count(i) > 1})
-    if clash:
-        raise ConfigError(f"tracks {', '.join(clash[:5])} are already enrolled (or named twice); remove them first "
-                          "or rename the files")
-    missing = sorted(set(remove) - set(known))
-    if missing:
-        raise ConfigError(f"cannot remove {', '.join(missing[:5])}: not enrolled in {model.folder}")
-    silent = [t.id for t in tracks if t.silent]
-    if silent:
-        raise ConfigError(f"tracks {', '.join(silent[:5])} are silent: nothing to enroll")
-    audio = {sha: i for i, sha in model.manifest["sha256"].items() if i not in set(remove)}
-    copies = []
-    for track in (t for t in tracks if t.sha256):
-        if track.sha256 in audio:
-            copies.append(f"{track.id} is the audio of {audio[track.sha256]}")
-        else:
-            audio[track.sha256] = track.id
-    if copies:
-        raise ConfigError(f"the same audio is in the model already: {'; '.join(copies[:5])}")
-    keep = np.asarray([i not in set(remove) for i in known], dtype=bool)
-    if keep.sum() + len(new_ids) < 2:
-        raise ConfigError("an enrolled model needs at least two tracks")
+    keep = kept_tracks(model, tracks, remove)
     shots = model.config.table(TABLE.name).shots if shots is None else shots
     require(isinstance(shots, int) and shots >= 1, "shots", shots, "an integer >= 1")
     started = time.perf_counter()
@@ -207,27 +182,13 @@ def enroll(model: "EmbeddingPrototypes", tracks: Library, dest: Path, remove: Se
     weights = np.concatenate([model.prototypes[keep], added])
     seconds = np.concatenate([model.enroll_s[keep], enroll_s])
     calibration = np.concatenate([model.segments, segments])  # the range every enrollment has seen
-    manifest = model.manifest
-    history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
-                                               "shots": shots, "enroll_s": round(float(s), 4)} for t, s in zip(tracks, enroll_s)]
-    with atomic_folder(Path(dest)) as tmp:
-        if (model.folder / "embedding").is_dir():  # absent when a HEAR embedder brings its own weights
-            shutil.copytree(model.folder / "embedding", tmp / "embedding", ignore=shutil.ignore_patterns(DONE_MARKER))
+    with enrolled_folder(model, dest) as tmp:
         np.savez(tmp / PROTOTYPES_FILE, prototypes=weights, enroll_s=seconds, segments=calibration)
         started = time.perf_counter()
         compile_prototypes(weights, calibration, model.config.table(TABLE.name).n_bits, model.config.fhe, tmp)
         compile_s = time.perf_counter() - started
-        track_ids = [i for i, kept in zip(known, keep) if kept] + new_ids
-        titles = {**{i: t for i, t in manifest["titles"].items() if i in track_ids}, **{t.id: t.title for t in tracks}}
-        audio = {**{i: s for i, s in manifest["sha256"].items() if i in track_ids},
-                 **{t.id: t.sha256 for t in tracks if t.sha256}}
-        fingerprint = canonical_json({"base": manifest["library_fingerprint"], "track_ids": track_ids, "sha256": audio})
-        write_manifest(tmp, {
-            **manifest, "library": manifest["library"] if manifest["library"].endswith("+enrolled")
-            else f"{manifest['library']}+enrolled", "library_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
-            "track_ids": track_ids, "titles": titles, "sha256": audio, "enrolled": history,
-            "removed": manifest.get("removed", []) + sorted(set(remove)),
-            "timings": {**manifest["timings"], "last_enroll_s": round(embed_s, 3), "last_compile_s": round(compile_s, 3)}})
+        write_manifest(tmp, enrolled_manifest(model, tracks, remove, enroll_s, {"shots": shots},
+                                              {"last_enroll_s": round(embed_s, 3), "last_compile_s": round(compile_s, 3)}))
     return EmbeddingPrototypes(Path(dest))
 
 

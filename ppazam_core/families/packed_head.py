@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -188,12 +188,13 @@ class PackedFamilyModel(FamilyModel):
 def packed_family(name: str, settings: Callable[[ExperimentConfig], dict],
                   train: Callable[[Library, ExperimentConfig, Path, Path, int | None, bool], None],
                   model: type[PackedFamilyModel], table: FamilyTable,
-                  segment: Callable[[ExperimentConfig], float] | None = None) -> Family:
+                  segment: Callable[[ExperimentConfig], float] | None = None, **spec: Any) -> Family:
     """Register the packed family ``name``: one store folder, the embedding front-end over its
-    ``segment`` (default: ``[data] segment_s``), the bit width of the query's scale (see
+    ``segment`` (default: ``[data] segment_s``), the bit width of the query's scale, and the
+    other :class:`~ppazam_core.families.registry.Family` fields in ``spec`` (see
     :func:`~ppazam_core.families.store.single_model_family`)."""
     def front_end(config: ExperimentConfig) -> FrontEndConfig:
         return embedding_front_end(config if segment is None else at_segment(config, segment(config)))
 
     return single_model_family(name, settings, train, model, table=table, front_end=front_end, segment=segment,
-                               bits=packed_bits)
+                               bits=packed_bits, **spec)

@@ -69,7 +69,10 @@ class Family:
       and returns the model with the tracks of the library ``tracks`` added without training,
       from ``shots`` segments each (``None``: the family's default), and the track ids
       ``remove`` dropped; its manifest (``model.json``) lists them under ``enrolled`` and ``removed``
-      (``None``: the family cannot enroll).
+      (``None``: the family cannot enroll);
+    * ``enroll_shots``: whether ``enroll`` takes a song from ``shots`` segments (the few-shot
+      families); ``False``: it takes every song whole, as training does (the kNN families), and
+      the bench measures one enrollment (``enroll:song``) instead of one per ``shots``.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Family:
     stages: tuple[str, ...] = ()
     load: Callable[[Path], "Recognizer"] | None = None
     enroll: Callable[..., "Recognizer"] | None = None
+    enroll_shots: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):

@@ -121,7 +121,7 @@ def enrolled_track_embeddings(library: Library, config: ExperimentConfig, encode
     """``(T, d)``: each track's normalized mean embedding by the fingerprint encoder over its
     clean segments, one every half segment (enrollment, nothing trained)."""
     segment_s = config.data.segment_s
-    vectors, tracks, _ = reference_embeddings(encoder.for_segments(segment_s), library, segment_s, segment_s / 2)
+    vectors, tracks, _, _ = reference_embeddings(encoder.for_segments(segment_s), library, segment_s, segment_s / 2)
     return track_means(vectors, tracks, len(library))
 
 

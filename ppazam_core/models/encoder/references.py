@@ -7,11 +7,13 @@ normalized mean (the two-stage CNN's clustering).
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import numpy as np
 
-from ppazam_core.audio.decode import crop_or_pad
+from ppazam_core.audio.decode import audible_seconds, crop_or_pad
+from ppazam_core.errors import AudioError
 from ppazam_core.queries.features import FrontEnd, FrontEndConfig
 from ppazam_core.audio.library import Library
 from ppazam_core.parallel import progress_bar
@@ -25,26 +27,52 @@ class PatchEmbedder(Protocol):
     def embed_patches(self, patches: np.ndarray) -> np.ndarray: ...
 
 
-def reference_embeddings(embedder: PatchEmbedder, library: Library, segment_s: float,
-                         hop_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_embeddings(embedder: PatchEmbedder, library: Library, segment_s: float, hop_s: float,
+                         min_audible_s: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Embeddings ``(n, d)`` float32 of every track's clean ``segment_s`` segments, one every
     ``hop_s`` seconds (at least one a track, zero-padded when the track is shorter), their
-    tracks ``(n,)`` (positions in ``library``) and offsets ``(n,)`` in seconds."""
+    tracks ``(n,)`` (positions in ``library``), offsets ``(n,)`` in seconds, and the seconds
+    each track took ``(T,)`` (decoding, front-end, embedding).
+
+    Raises:
+        AudioError: a track cannot be decoded or, with ``min_audible_s`` (a song to enroll),
+            holds less audio above the silence level.
+    """
     front_end = FrontEnd(embedder.features)
     rate = embedder.features.sample_rate
     window, hop = int(round(segment_s * rate)), max(1, int(round(hop_s * rate)))
-    vectors, tracks, offsets = [], [], []
+    vectors, tracks, offsets, seconds = [], [], [], []
     with progress_bar() as progress:
         bar = progress.add_task("embedding reference segments", total=len(library))
         for label, track in enumerate(library):
+            started = time.perf_counter()
             audio = library.load(track, rate)
+            audible_s = audible_seconds(audio, rate)
+            if min_audible_s is not None and audible_s < min_audible_s:
+                raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
+                                               f"enrolling a song needs at least {min_audible_s:g} s")
             starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
             clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
             vectors.append(embedder.embed_patches(front_end(clips)))
             tracks.append(np.full(starts.size, label))
             offsets.append(starts / rate)
+            seconds.append(time.perf_counter() - started)
             progress.advance(bar)
-    return (np.concatenate(vectors).astype(np.float32), np.concatenate(tracks), np.concatenate(offsets))
+    return (np.concatenate(vectors).astype(np.float32), np.concatenate(tracks), np.concatenate(offsets),
+            np.asarray(seconds))
+
+
+def merged_references(vectors: np.ndarray, tracks: np.ndarray, offsets: np.ndarray, keep: np.ndarray,
+                      added: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """References of a model's kept tracks (``keep`` ``(T,)`` bool over its tracks), renumbered
+    in order, followed by ``added`` (vectors, tracks, offsets of new tracks numbered from 0, as
+    :func:`reference_embeddings` gives them): ``(vectors, tracks, offsets)`` of the new model."""
+    rows = keep[tracks]
+    renumbered = (np.cumsum(keep) - 1)[tracks[rows]]
+    new_vectors, new_tracks, new_offsets = added
+    return (np.concatenate([vectors[rows], new_vectors]).astype(np.float32),
+            np.concatenate([renumbered, new_tracks + int(keep.sum())]),
+            np.concatenate([offsets[rows], new_offsets]))
 
 
 def track_means(vectors: np.ndarray, tracks: np.ndarray, n_tracks: int) -> np.ndarray:
