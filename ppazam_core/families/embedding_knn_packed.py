@@ -97,7 +97,8 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, FAMILY, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
-        vectors, tracks, offsets, _ = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s)
+        vectors, tracks, offsets, _ = reference_embeddings(embedder, library, seconds, config.table(TABLE.name).hop_s,
+                                                            workers=workers or 1)
         np.savez(tmp / REFERENCES_FILE, tracks=tracks, offsets_s=offsets)
         timings["references_s"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -7,16 +7,18 @@ normalized mean (the two-stage CNN's clustering).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Protocol
 
 import numpy as np
 
-from ppazam_core.audio.decode import audible_seconds, crop_or_pad
+from ppazam_core.audio.decode import audible_seconds, crop_or_pad, load_audio
 from ppazam_core.errors import AudioError
 from ppazam_core.queries.features import FrontEnd, FrontEndConfig
-from ppazam_core.audio.library import Library
-from ppazam_core.parallel import progress_bar
+from ppazam_core.audio.library import Library, Track
+from ppazam_core.parallel import parallel_map
+from ppazam_core.threads import fixed_threads
 
 
 class PatchEmbedder(Protocol):
@@ -28,38 +30,48 @@ class PatchEmbedder(Protocol):
 
 
 def reference_embeddings(embedder: PatchEmbedder, library: Library, segment_s: float, hop_s: float,
-                         min_audible_s: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                         min_audible_s: float | None = None,
+                         workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Embeddings ``(n, d)`` float32 of every track's clean ``segment_s`` segments, one every
     ``hop_s`` seconds (at least one a track, zero-padded when the track is shorter), their
     tracks ``(n,)`` (positions in ``library``), offsets ``(n,)`` in seconds, and the seconds
-    each track took ``(T,)`` (decoding, front-end, embedding).
+    each track took ``(T,)`` (decoding, front-end, embedding). Tracks are embedded one a task
+    on ``workers`` processes (or Ray's, see :mod:`ppazam_core.parallel`), each on
+    :data:`~ppazam_core.threads.ARTIFACT_THREADS` threads, so the vectors do not depend on
+    where they were computed.
 
     Raises:
         AudioError: a track cannot be decoded or, with ``min_audible_s`` (a song to enroll),
             holds less audio above the silence level.
     """
-    front_end = FrontEnd(embedder.features)
-    rate = embedder.features.sample_rate
-    window, hop = int(round(segment_s * rate)), max(1, int(round(hop_s * rate)))
+    embed = functools.partial(_track_references, embedder, segment_s, hop_s, min_audible_s)
     vectors, tracks, offsets, seconds = [], [], [], []
-    with progress_bar() as progress:
-        bar = progress.add_task("embedding reference segments", total=len(library))
-        for label, track in enumerate(library):
-            started = time.perf_counter()
-            audio = library.load(track, rate)
-            audible_s = audible_seconds(audio, rate)
-            if min_audible_s is not None and audible_s < min_audible_s:
-                raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
-                                               f"enrolling a song needs at least {min_audible_s:g} s")
-            starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
-            clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
-            vectors.append(embedder.embed_patches(front_end(clips)))
-            tracks.append(np.full(starts.size, label))
-            offsets.append(starts / rate)
-            seconds.append(time.perf_counter() - started)
-            progress.advance(bar)
+    for label, (embedded, starts_s, took_s) in enumerate(parallel_map(embed, library.tracks, workers,
+                                                                      "embedding reference segments")):
+        vectors.append(embedded)
+        tracks.append(np.full(starts_s.size, label))
+        offsets.append(starts_s)
+        seconds.append(took_s)
     return (np.concatenate(vectors).astype(np.float32), np.concatenate(tracks), np.concatenate(offsets),
             np.asarray(seconds))
+
+
+@fixed_threads()
+def _track_references(embedder: PatchEmbedder, segment_s: float, hop_s: float, min_audible_s: float | None,
+                      track: Track) -> tuple[np.ndarray, np.ndarray, float]:
+    """One track's reference embeddings, their offsets (s) and the seconds they took."""
+    started = time.perf_counter()
+    rate = embedder.features.sample_rate
+    window, hop = int(round(segment_s * rate)), max(1, int(round(hop_s * rate)))
+    audio = load_audio(track.source, rate)
+    audible_s = audible_seconds(audio, rate)
+    if min_audible_s is not None and audible_s < min_audible_s:
+        raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
+                                       f"enrolling a song needs at least {min_audible_s:g} s")
+    starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
+    clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
+    embedded = embedder.embed_patches(FrontEnd(embedder.features)(clips))
+    return embedded.astype(np.float32), starts / rate, time.perf_counter() - started
 
 
 def merged_references(vectors: np.ndarray, tracks: np.ndarray, offsets: np.ndarray, keep: np.ndarray,
