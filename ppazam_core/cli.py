@@ -38,7 +38,7 @@ from rich.table import Table
 
 from ppazam_core.audio.decode import is_audio_path, load_audio
 from ppazam_core.results.calibration import calibrate_open_set, rule_folder, rule_mode
-from ppazam_core.cli_help import Parser
+from ppazam_core.cli_help import Parser, positive_int
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.distributed import add_ray_option, ray_session
 from ppazam_core.fhe.costs import calibrate
@@ -286,7 +286,7 @@ def _store_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--cache-dir", type=Path, metavar="DIR",
                          help="the cache of everything built (default $PPAZAM_CACHE, else $XDG_CACHE_HOME/ppazam, "
                               "else ~/.cache/ppazam)")
-    command.add_argument("--workers", type=int, metavar="N",
+    command.add_argument("--workers", type=positive_int, metavar="N",
                          help="processes that render libraries, scan folders and build datasets (default: every "
                               "core, or $PPAZAM_WORKERS); dataset workers run on one thread each, and training and "
                               f"compiling on a fixed {ARTIFACT_THREADS} torch/BLAS threads whatever N "
@@ -600,6 +600,7 @@ def _enroll(args: argparse.Namespace) -> int:
     interrupted enroll left aside is put back first (:func:`~ppazam_core.store.recover_leftovers`)."""
     if args.tracks is None and not args.remove:
         raise ConfigError("nothing to do: name songs to add (a file or a folder) or --remove TRACK_ID")
+    args.remove = list(dict.fromkeys(args.remove))  # a track named twice is removed once
     into = Path(args.into)
     with writer_lock(into):
         with storage_errors(into):

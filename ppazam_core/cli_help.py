@@ -55,3 +55,11 @@ def _worth_saying(default: Any) -> bool:
     if default is None or default is False or default == argparse.SUPPRESS:
         return False
     return not (isinstance(default, (list, tuple)) and not default)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (``--workers``), else argparse's usage error."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
+    return value

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import tempfile
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +109,7 @@ def start(config: RayConfig) -> dict:
 
     Raises:
         DistributedError: Ray is not installed, or no cluster answers at the address.
+        ConfigError: the address is not ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
     """
     global _config
     ray = import_ray()
@@ -119,7 +122,7 @@ def start(config: RayConfig) -> dict:
         options.update(address=LOCAL, num_cpus=config.local_cpus or os.cpu_count() or 1,
                        object_store_memory=config.local_object_store_mb * 2**20)
     else:
-        options["address"] = config.address
+        options["address"] = reachable(config.address)
     if not ray.is_initialized():
         try:
             ray.init(**options)
@@ -128,6 +131,41 @@ def start(config: RayConfig) -> dict:
     _config = config
     set_remote_map(ray_map)
     return describe(config)
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""Seconds to wait for a cluster's head to accept a connection before giving up (Ray itself
+would retry without end)."""
+CURRENT_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+"""Where ``ray start --head`` writes the address ``auto`` stands for."""
+
+
+def reachable(address: str) -> str:
+    """``address`` (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``: ``$RAY_ADDRESS``, else the
+    cluster ``ray start --head`` last started on this machine) once its head accepts a TCP
+    connection within :data:`CONNECT_TIMEOUT_S`.
+
+    Raises:
+        DistributedError: no address stands for ``auto``, or nothing answers there.
+        ConfigError: ``address`` is not of that form, or its port is not 1 to 65535.
+    """
+    if address == "auto":
+        found = os.environ.get("RAY_ADDRESS") or (CURRENT_CLUSTER_FILE.read_text().strip()
+                                                 if CURRENT_CLUSTER_FILE.is_file() else "")
+        if not found:
+            raise DistributedError("--ray auto: no Ray cluster was started on this machine ($RAY_ADDRESS is unset "
+                                   f"and {CURRENT_CLUSTER_FILE} is missing); start one with `ray start --head` or "
+                                   "give its HOST:PORT")
+        address = found
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError.bad_value("ray address", address, "auto, HOST:PORT or ray://HOST:PORT with a port of 1 to 65535")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise DistributedError(f"no Ray cluster answers at {address} ({e.strerror or e}); start its head with "
+                               f"`ray start --head --port={port}` or check the address") from e
+    return address
 
 
 def add_ray_option(command: argparse.ArgumentParser) -> None:
@@ -202,13 +240,23 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: fl
     ``in_flight_per_cpu`` tasks a cluster CPU are submitted ahead.
 
     Raises:
-        DistributedError: a task's worker died more than ``max_retries`` times.
+        DistributedError: a task's worker died more than ``max_retries`` times, or Ray failed
+            otherwise (the cluster went away).
         Exception: whatever ``fn`` raised for an item (the other tasks are cancelled).
     """
     config = _config
     if config is None:
         raise DistributedError("ray_map needs a Ray session: call ppazam_core.distributed.start first")
     ray = import_ray()
+    try:
+        yield from _ordered_tasks(ray, config, fn, items, description, cpus)
+    except ray.exceptions.RayError as e:
+        raise DistributedError(f"{description}: Ray failed: {type(e).__name__}: {e}") from e
+
+
+def _ordered_tasks(ray: Any, config: RayConfig, fn: Callable[[T], R], items: Sequence[T], description: str,
+                   cpus: float | None) -> Iterator[R]:
+    """The body of :func:`ray_map`: submit ahead within the window, yield in order."""
     task = ray.remote(_apply).options(num_cpus=fitting_cpus(cpus or config.cpus_per_task),
                                       memory=config.memory_per_task_mb * 2**20,
                                       max_retries=config.max_retries, retry_exceptions=False)
@@ -229,7 +277,10 @@ def ray_map(fn: Callable[[T], R], items: Sequence[T], description: str, cpus: fl
                 yield result
         finally:
             for _, ref in pending:
-                ray.cancel(ref)
+                try:
+                    ray.cancel(ref)
+                except ray.exceptions.RayError:  # the cluster is gone: nothing left to cancel
+                    pass
 
 
 def fitting_cpus(cpus: float) -> float:
@@ -246,7 +297,8 @@ def fetch(ref: Any, what: str) -> Any:
     ``what`` when the process or node running it died beyond its retries.
 
     Raises:
-        DistributedError: the worker, actor or node died, or the result was lost.
+        DistributedError: the worker, actor, node or the object's owner died, or the result was
+            lost (any other error of Ray's).
         Exception: whatever the remote code raised.
     """
     ray = import_ray()
@@ -255,6 +307,5 @@ def fetch(ref: Any, what: str) -> Any:
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
         raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
-    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-            ray.exceptions.ObjectLostError, ray.exceptions.OutOfMemoryError) as e:
+    except ray.exceptions.RayError as e:  # a worker, actor, node or object owner died, or the cluster went away
         raise DistributedError(f"{what} did not finish on Ray: {type(e).__name__}: {e}") from e

@@ -85,11 +85,12 @@ class StorageError(PpazamError):
                       "raise the limit (`ulimit -f`) or write to a folder on another disk"),
     }
 
-    def __init__(self, path: str | Path, reason: str, remedy: str) -> None:
+    def __init__(self, path: str | Path, reason: str, remedy: str, cache_hint: bool = True) -> None:
+        """``cache_hint``: end with how to move the cache (not for a folder the user named)."""
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot write {self.path}: {reason}; {remedy} (to move the cache: --cache-dir or "
-                         "PPAZAM_CACHE)")
+        hint = " (to move the cache: --cache-dir or PPAZAM_CACHE)" if cache_hint else ""
+        super().__init__(f"cannot write {self.path}: {reason}; {remedy}{hint}")
 
     @classmethod
     def applies_to(cls, error: OSError) -> bool:

@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ppazam_core.errors import ConfigError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -39,8 +41,14 @@ def set_remote_map(remote: RemoteMap | None) -> None:
 
 
 def default_workers() -> int:
-    """All cores of this machine (``$PPAZAM_WORKERS`` overrides)."""
-    return int(os.environ.get("PPAZAM_WORKERS") or os.cpu_count() or 1)
+    """All cores of this machine (``$PPAZAM_WORKERS`` overrides); a
+    :class:`~ppazam_core.errors.ConfigError` when that is not a whole number >= 1."""
+    given = os.environ.get("PPAZAM_WORKERS")
+    if not given:
+        return os.cpu_count() or 1
+    if not given.strip().isdigit() or int(given) < 1:
+        raise ConfigError.bad_value("$PPAZAM_WORKERS", given, "a whole number of processes >= 1 (or unset: every core)")
+    return int(given)
 
 
 def show_progress() -> bool:

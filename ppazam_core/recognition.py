@@ -192,13 +192,15 @@ def prepare_query(audio: np.ndarray, features: FrontEndConfig, segment_s: float)
         AudioError: the clip is shorter than :data:`MIN_QUERY_S`, or every segment is silent.
     """
     rate = features.sample_rate
+    cut = audio.shape[0] > int(MAX_QUERY_S * rate)
     audio = audio[: int(MAX_QUERY_S * rate)]
     if audio.shape[0] < MIN_QUERY_S * rate:
         raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")
     segments = query_segments(audio, rate, segment_s)
     audible = np.asarray([not is_silent(segment) for segment in segments])
     if not audible.any():
-        raise AudioError("<query>", f"clip is silent (every segment below {SILENCE_DBFS:g} dBFS); nothing to identify")
+        read = f"its first {MAX_QUERY_S:g} s, all that a query reads, are" if cut else "clip is"
+        raise AudioError("<query>", f"{read} silent (every segment below {SILENCE_DBFS:g} dBFS); nothing to identify")
     return Query(FrontEnd(features)(segments[audible]), int((~audible).sum()), audio.shape[0] / rate)
 
 

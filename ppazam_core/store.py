@@ -98,8 +98,13 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     back (:func:`recover_leftovers`, which runs first).
 
     Raises:
-        StorageError: a file-system fault while the folder is written (or by the block).
+        StorageError: ``final`` is a mount point (it cannot be renamed), or a file-system fault
+            while the folder is written (or by the block).
     """
+    if os.path.ismount(final):
+        raise StorageError(final, "it is a mount point, and a finished folder is renamed into place, which a mount "
+                                  "point does not allow", f"name a folder inside it instead, e.g. {final / 'model'}",
+                           cache_hint=False)
     with storage_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         recover_leftovers(final.parent)

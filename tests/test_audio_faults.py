@@ -5,6 +5,7 @@ a scan that never returned, a wrong answer or a refusal."""
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 from pathlib import Path
@@ -210,3 +211,18 @@ def test_a_rate_sharing_no_factor_with_the_working_rate_resamples_in_bounded_mem
     seconds = 0.5
     out = audio_module.resample(np.zeros(int(rate * seconds), dtype=np.float32), rate, 16_000)
     assert abs(out.shape[0] - 16_000 * seconds) <= 2
+
+
+def test_a_pipe_named_like_audio_is_not_called_missing(tmp_path):
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match="not a regular file"):
+        load_audio(fifo, RATE)
+
+
+def test_a_clip_silent_in_all_a_query_reads_says_so(model, monkeypatch):
+    monkeypatch.setattr(recognition, "MAX_QUERY_S", 4.5)
+    with pytest.raises(AudioError, match="its first 4.5 s, all that a query reads, are silent"):
+        recognition.prepare_query(np.zeros(RATE * 10, dtype=np.float32), model.features, 3.0)
+    with pytest.raises(AudioError, match="clip is silent"):
+        recognition.prepare_query(np.zeros(RATE * 4, dtype=np.float32), model.features, 3.0)

@@ -223,3 +223,28 @@ def test_seeds_out_of_range_and_an_infinite_duration_are_refused(tmp_path, toml)
     path.write_text(toml)
     with pytest.raises(ConfigError, match="seed|duration_s"):
         ExperimentConfig.from_toml(path)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--n-tracks", "99999999999"], "n_tracks = 99999999999 is not allowed; allowed: an integer from 1 to 1,000,000"),
+    (["--duration", "1e-9"], "duration_s = 1e-09 is not allowed; allowed: a finite number >= 0.1"),
+    (["--seed", "-1"], "seed = -1 is not allowed; allowed: an integer from 0 to 4294967295"),
+], ids=["huge-track-count", "no-sample", "negative-seed"])
+def test_synthetic_options_out_of_range_are_one_error_line_before_anything_is_built(tmp_path, capsys, option,
+                                                                                   message):
+    """Was: a huge track count grew memory at 150 MB/s until killed; 1e-9 s and seed -1 were
+    tracebacks from the renderer and numpy."""
+    command = ["library", "info", "synthetic", *option, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    assert message in one_error_line(cli.main(command), capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
+
+
+def test_a_bad_workers_count_is_refused_from_the_environment_and_the_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PPAZAM_WORKERS", "abc")
+    line = one_error_line(cli.main(["library", "info", "synthetic", "--n-tracks", "1", "--duration", "1",
+                                    "--cache-dir", str(tmp_path)]), capsys.readouterr().err)
+    assert "$PPAZAM_WORKERS = 'abc'" in line
+    monkeypatch.delenv("PPAZAM_WORKERS")
+    with pytest.raises(SystemExit):
+        cli.main(["library", "info", "synthetic", "--workers", "0"])
+    assert "--workers: 0 is not a whole number >= 1" in capsys.readouterr().err

@@ -239,3 +239,23 @@ def test_encrypted_queries_served_on_a_worker_get_there_without_any_secret_key(c
     assert len(received) == 1 + 3 + 1 + 1  # the Galois keys once, three queries, the refused one, one more
     pieces = secret_key_pieces(channel.client(PACKED))
     assert not leaks(pieces, received) and not leaks(pieces, bundle_bytes(bundle))
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:{free}", "no Ray cluster answers at 127.0.0.1:"),
+    ("notahost:99999", "port of 1 to 65535"),
+    ("auto", "no Ray cluster answers at 127.0.0.1:"),
+], ids=["nothing-listens", "no-such-port", "auto-names-a-dead-cluster"])
+def test_an_address_where_no_ray_answers_is_an_error_in_seconds(address, message, tmp_path, monkeypatch):
+    """Was: `--ray=127.0.0.1:1` and `--ray=notahost:99999` retried without end, printing Ray's
+    warnings; `auto` followed a file a dead cluster left behind."""
+    free = _free_port()
+    stale = tmp_path / "ray_current_cluster"
+    stale.write_text(f"127.0.0.1:{free}")
+    monkeypatch.setattr(distributed, "CURRENT_CLUSTER_FILE", stale)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.monotonic()
+    with pytest.raises((DistributedError, ConfigError), match=message):
+        distributed.start(RayConfig(address=address.format(free=free)))
+    assert time.monotonic() - started < distributed.CONNECT_TIMEOUT_S + 5
+    assert distributed.active() is None

@@ -240,3 +240,23 @@ def test_sigterm_in_the_middle_of_the_swap_waits_for_it(model_with_a, songs, com
     code, out, err = _finished(_enroll_child("SIGTERM", 0, str(songs[1]), "--into", str(into), *common))
     assert code == -signal.SIGTERM, err
     assert is_complete(into) and _enrolled(into) == ["song_a", "song_b"]
+
+
+def test_a_mount_point_is_refused_as_an_atomic_folder_and_nothing_is_left(tmp_path, monkeypatch):
+    """Was: `enroll --into` a mounted volume failed with "Device or resource busy" after the
+    work, and left an empty folder beside it."""
+    mounted = tmp_path / "volume"
+    mounted.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == mounted)
+    with pytest.raises(StorageError, match=f"cannot write {mounted}: it is a mount point.*{mounted / 'model'}"):
+        with atomic_folder(mounted):
+            pytest.fail("nothing may be written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"] and not any(mounted.iterdir())
+
+
+def test_a_track_removed_twice_is_removed_and_counted_once(model_with_a, common, tmp_path, capsys):
+    into = tmp_path / "model"
+    shutil.copytree(model_with_a, into)
+    assert main(["enroll", "--into", str(into), "--remove", "song_a", "--remove", "song_a", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count("removed song_a") == 1 and "0 track(s) added, 1 removed" in out

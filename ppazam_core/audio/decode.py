@@ -331,8 +331,10 @@ def _audible_blocks(audio: np.ndarray, hop: int) -> np.ndarray:
 
 
 def _check_nonempty(path: Path) -> None:
-    if not path.is_file():
+    if not path.exists():
         raise AudioError(path, "no such file")
+    if not path.is_file():
+        raise AudioError(path, "not a regular file (a folder, pipe or device): audio is read from files")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
 

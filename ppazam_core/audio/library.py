@@ -31,6 +31,7 @@ from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash
+from ppazam_core.toml_tables import MAX_SEED
 from ppazam_core.audio.synth import render_track
 
 LIBRARY_MANIFEST = "ppazam-library.json"
@@ -63,6 +64,10 @@ class SkippedFile:
     reason: str
 
 
+MAX_SYNTHETIC_TRACKS = 1_000_000  # ten times the peers' 100,000: a bigger count is a typo, not a library
+MIN_SYNTHETIC_S = 0.1  # seconds of a synthetic song: a shorter one renders no sample
+
+
 @dataclass(frozen=True)
 class SyntheticSpec:
     """Everything that determines the synthetic library: same spec, bit-identical audio."""
@@ -73,10 +78,12 @@ class SyntheticSpec:
     sample_rate: int = DEFAULT_SAMPLE_RATE
 
     def __post_init__(self) -> None:
-        if self.n_tracks < 1:
-            raise ConfigError.bad_value("n_tracks", self.n_tracks, "an integer >= 1")
-        if not 0 < self.duration_s < math.inf:
-            raise ConfigError.bad_value("duration_s", self.duration_s, "a finite number > 0")
+        if not 1 <= self.n_tracks <= MAX_SYNTHETIC_TRACKS:
+            raise ConfigError.bad_value("n_tracks", self.n_tracks, f"an integer from 1 to {MAX_SYNTHETIC_TRACKS:,}")
+        if not MIN_SYNTHETIC_S <= self.duration_s < math.inf:
+            raise ConfigError.bad_value("duration_s", self.duration_s, f"a finite number >= {MIN_SYNTHETIC_S:g}")
+        if not 0 <= self.seed < 2**64:  # derived seeds (distractors, enrolled songs) use all 64 bits
+            raise ConfigError.bad_value("seed", self.seed, f"an integer from 0 to {MAX_SEED}")
         if self.sample_rate < 8000:
             raise ConfigError.bad_value("sample_rate", self.sample_rate, "an integer >= 8000")
 

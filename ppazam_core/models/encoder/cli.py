@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ppazam_core.cli_help import positive_int
 from ppazam_core.distributed import add_ray_option
 from ppazam_core.models.encoder.corpus import CORPUS_PACKAGES, CorpusSpec
 from ppazam_core.models.encoder.shipped import SHIPPED, encoder_folder, verify_encoder
@@ -43,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the corpus and the training")
     train.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder for the corpus, rooms and noise "
                        "(default $PPAZAM_CACHE, else $XDG_CACHE_HOME/ppazam, else ~/.cache/ppazam)")
-    train.add_argument("--workers", type=int, metavar="N",
+    train.add_argument("--workers", type=positive_int, metavar="N",
                        help="processes rendering the corpus (default: every core, or $PPAZAM_WORKERS)")
     add_ray_option(train)
     train.set_defaults(run=_train)
