@@ -192,7 +192,7 @@ def prepare_query(audio: np.ndarray, features: FrontEndConfig, segment_s: float)
         AudioError: the clip is shorter than :data:`MIN_QUERY_S`, or every segment is silent.
     """
     rate = features.sample_rate
-    cut = audio.shape[0] > int(MAX_QUERY_S * rate)
+    cut = audio.shape[0] >= int(MAX_QUERY_S * rate)  # the caller may have read no more than that
     audio = audio[: int(MAX_QUERY_S * rate)]
     if audio.shape[0] < MIN_QUERY_S * rate:
         raise AudioError("<query>", f"clip is {audio.shape[0] / rate:.2f} s; queries need at least {MIN_QUERY_S:g} s")

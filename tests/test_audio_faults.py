@@ -224,5 +224,7 @@ def test_a_clip_silent_in_all_a_query_reads_says_so(model, monkeypatch):
     monkeypatch.setattr(recognition, "MAX_QUERY_S", 4.5)
     with pytest.raises(AudioError, match="its first 4.5 s, all that a query reads, are silent"):
         recognition.prepare_query(np.zeros(RATE * 10, dtype=np.float32), model.features, 3.0)
+    with pytest.raises(AudioError, match="its first 4.5 s, all that a query reads, are silent"):  # read no further
+        recognition.prepare_query(np.zeros(int(RATE * 4.5), dtype=np.float32), model.features, 3.0)
     with pytest.raises(AudioError, match="clip is silent"):
         recognition.prepare_query(np.zeros(RATE * 4, dtype=np.float32), model.features, 3.0)

@@ -227,13 +227,14 @@ def test_seeds_out_of_range_and_an_infinite_duration_are_refused(tmp_path, toml)
 
 @pytest.mark.parametrize("option, message", [
     (["--n-tracks", "99999999999"], "n_tracks = 99999999999 is not allowed; allowed: an integer from 1 to 1,000,000"),
-    (["--duration", "1e-9"], "duration_s = 1e-09 is not allowed; allowed: a finite number >= 0.1"),
+    (["--duration", "1e-9"], "duration_s = 1e-09 is not allowed; allowed: seconds from 0.1 to 3600"),
+    (["--duration", "1e308"], "duration_s = 1e+308 is not allowed; allowed: seconds from 0.1 to 3600"),
     (["--seed", "-1"], "seed = -1 is not allowed; allowed: an integer from 0 to 4294967295"),
-], ids=["huge-track-count", "no-sample", "negative-seed"])
+], ids=["huge-track-count", "no-sample", "endless-song", "negative-seed"])
 def test_synthetic_options_out_of_range_are_one_error_line_before_anything_is_built(tmp_path, capsys, option,
                                                                                    message):
-    """Was: a huge track count grew memory at 150 MB/s until killed; 1e-9 s and seed -1 were
-    tracebacks from the renderer and numpy."""
+    """Was: a huge track count (or song length) grew memory at 150 MB/s until killed; 1e-9 s,
+    1e308 s and seed -1 were tracebacks from the renderer and numpy."""
     command = ["library", "info", "synthetic", *option, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
     assert message in one_error_line(cli.main(command), capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
@@ -248,3 +249,10 @@ def test_a_bad_workers_count_is_refused_from_the_environment_and_the_option(tmp_
     with pytest.raises(SystemExit):
         cli.main(["library", "info", "synthetic", "--workers", "0"])
     assert "--workers: 0 is not a whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("table, hop", [("knn", 1e-12), ("knnpacked", 1e-12), ("knn", 1e9)])
+def test_a_reference_hop_out_of_range_is_refused(table, hop):
+    """Was: [knn] hop_s = 1e-12 grew memory past 5 GB in 19 s."""
+    with pytest.raises(ConfigError, match=f"{table}.hop_s"):
+        ExperimentConfig.from_dict({table: {"hop_s": hop}}).table(table)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -26,7 +25,8 @@ from typing import Iterator, get_type_hints
 import numpy as np
 import soundfile
 
-from ppazam_core.audio.decode import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, SILENCE_DBFS, is_audio_path, load_audio, measure
+from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX_DECODED_S, SILENCE_DBFS, is_audio_path,
+                                      load_audio, measure)
 from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.seeding import derive_seed
@@ -80,8 +80,9 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if not 1 <= self.n_tracks <= MAX_SYNTHETIC_TRACKS:
             raise ConfigError.bad_value("n_tracks", self.n_tracks, f"an integer from 1 to {MAX_SYNTHETIC_TRACKS:,}")
-        if not MIN_SYNTHETIC_S <= self.duration_s < math.inf:
-            raise ConfigError.bad_value("duration_s", self.duration_s, f"a finite number >= {MIN_SYNTHETIC_S:g}")
+        if not MIN_SYNTHETIC_S <= self.duration_s <= MAX_DECODED_S:
+            raise ConfigError.bad_value("duration_s", self.duration_s,
+                                        f"seconds from {MIN_SYNTHETIC_S:g} to {MAX_DECODED_S:g} (what a file may hold)")
         if not 0 <= self.seed < 2**64:  # derived seeds (distractors, enrolled songs) use all 64 bits
             raise ConfigError.bad_value("seed", self.seed, f"an integer from 0 to {MAX_SEED}")
         if self.sample_rate < 8000:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.config import ExperimentConfig, require
-from ppazam_core.models.encoder.references import reference_embeddings
+from ppazam_core.models.encoder.references import MIN_HOP_S, reference_embeddings
 from ppazam_core.families.enrollment import enroll_references, enrolled_folder, enrolled_manifest
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import FamilyModel, single_model_family, write_family
@@ -49,8 +49,8 @@ class KnnConfig:
     segment_s: float | None = None
 
     def __post_init__(self) -> None:
-        require(self.hop_s > 0 and self.neighbours >= 1, "knn", (self.hop_s, self.neighbours),
-                "hop_s > 0, neighbours >= 1")
+        require(MIN_HOP_S <= self.hop_s <= 60, "knn.hop_s", self.hop_s, f"seconds from {MIN_HOP_S:g} to 60")
+        require(1 <= self.neighbours <= 10_000, "knn.neighbours", self.neighbours, "an integer from 1 to 10,000")
         require(self.segment_s is None or self.segment_s > 0, "knn.segment_s", self.segment_s,
                 "a number of seconds > 0 (or unset: the embedder's own)")
 

@@ -21,6 +21,13 @@ from ppazam_core.parallel import parallel_map
 from ppazam_core.threads import fixed_threads
 
 
+MIN_HOP_S = 0.005
+"""The shortest hop between reference windows: 200 a second (a 1-h song: 720,000 windows)."""
+EMBED_WINDOWS = 512
+"""Windows of one track cut, featurized and embedded at a time (a 1-h song at 0.25 s holds
+14,400 1-s windows: 460 MB of float32 audio at once)."""
+
+
 class PatchEmbedder(Protocol):
     """What enrollment needs of an embedder: its front-end and a map from patches to vectors."""
 
@@ -69,9 +76,11 @@ def _track_references(embedder: PatchEmbedder, segment_s: float, hop_s: float, m
         raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
                                        f"enrolling a song needs at least {min_audible_s:g} s")
     starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
-    clips = np.stack([crop_or_pad(audio, window, int(s)) for s in starts])
-    embedded = embedder.embed_patches(FrontEnd(embedder.features)(clips))
-    return embedded.astype(np.float32), starts / rate, time.perf_counter() - started
+    front_end = FrontEnd(embedder.features)
+    embedded = np.concatenate([
+        embedder.embed_patches(front_end(np.stack([crop_or_pad(audio, window, int(s)) for s in chunk])))
+        for chunk in np.array_split(starts, max(1, -(-starts.size // EMBED_WINDOWS)))]).astype(np.float32)
+    return embedded, starts / rate, time.perf_counter() - started
 
 
 def merged_references(vectors: np.ndarray, tracks: np.ndarray, offsets: np.ndarray, keep: np.ndarray,
