@@ -274,6 +274,15 @@ def audible_seconds(audio: np.ndarray, sample_rate: int) -> float:
     return float(_audible_blocks(audio, hop).sum()) * hop / sample_rate
 
 
+def require_audible(audio: np.ndarray, sample_rate: int, min_s: float, source: str | Path) -> None:
+    """Refuse a song to enroll that holds less than ``min_s`` seconds of audio above the
+    silence level (:func:`audible_seconds`): an :class:`AudioError` naming ``source``."""
+    audible_s = audible_seconds(audio, sample_rate)
+    if audible_s < min_s:
+        raise AudioError(source, f"only {audible_s:g} s of it is above the silence level; "
+                                 f"enrolling a song needs at least {min_s:g} s")
+
+
 class _Levels:
     """Sums of squares of each channel and of the channels' mean over the blocks of a file."""
 

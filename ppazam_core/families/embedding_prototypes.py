@@ -31,12 +31,11 @@ from concrete.ml.sklearn import LogisticRegression as ConcreteLogisticRegression
 from sklearn.linear_model import LogisticRegression
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.audio.decode import audible_seconds, audible_starts, crop_or_pad
+from ppazam_core.audio.decode import audible_starts, require_audible, crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
-from ppazam_core.errors import AudioError
 from ppazam_core.families.enrollment import enrolled_folder, enrolled_manifest, kept_tracks
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.manifest import write_manifest
@@ -99,10 +98,8 @@ def prototypes(embedder: Embedder, library: Library, segment_s: float, shots: in
     for track in library:
         started = time.perf_counter()
         audio = library.load(track, rate)
-        audible_s = audible_seconds(audio, rate)
-        if strict and audible_s < segment_s:
-            raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
-                                           f"enrolling a song needs at least {segment_s:g} s")
+        if strict:
+            require_audible(audio, rate, segment_s, track.source)
         clips = enrollment_segments(audio, rate, segment_s, shots)
         embedded = embedder.embed_patches(front_end(clips))
         mean = embedded.mean(axis=0)

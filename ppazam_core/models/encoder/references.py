@@ -13,8 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ppazam_core.audio.decode import audible_seconds, crop_or_pad, load_audio
-from ppazam_core.errors import AudioError
+from ppazam_core.audio.decode import crop_or_pad, load_audio, require_audible
 from ppazam_core.queries.features import FrontEnd, FrontEndConfig
 from ppazam_core.audio.library import Library, Track
 from ppazam_core.parallel import parallel_map
@@ -71,10 +70,8 @@ def _track_references(embedder: PatchEmbedder, segment_s: float, hop_s: float, m
     rate = embedder.features.sample_rate
     window, hop = int(round(segment_s * rate)), max(1, int(round(hop_s * rate)))
     audio = load_audio(track.source, rate)
-    audible_s = audible_seconds(audio, rate)
-    if min_audible_s is not None and audible_s < min_audible_s:
-        raise AudioError(track.source, f"only {audible_s:g} s of it is above the silence level; "
-                                       f"enrolling a song needs at least {min_audible_s:g} s")
+    if min_audible_s is not None:
+        require_audible(audio, rate, min_audible_s, track.source)
     starts = np.arange(0, max(1, audio.shape[0] - window + 1), hop)
     front_end = FrontEnd(embedder.features)
     embedded = np.concatenate([
