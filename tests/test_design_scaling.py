@@ -68,7 +68,8 @@ def test_glwe_product_decodes_to_the_clear_product(design_scaling):
 def test_packed_answer_does_not_grow_inside_one_shard(design_scaling, tmp_path):
     small = design_scaling.measure_packed_head(16, 1, 0, tmp_path)
     full = design_scaling.measure_packed_head(4096, 1, 0, tmp_path)  # a whole shard of the default ring
-    # one ciphertext either way; SEAL's zstd compression moves its size by a few bytes
-    assert abs(full.answer_bytes - small.answer_bytes) <= 0.01 * small.answer_bytes
-    assert abs(full.query_bytes - small.query_bytes) <= 0.01 * small.query_bytes
+    # one ciphertext either way; SEAL's zstd compression of a fresh encryption moves its size by
+    # up to ~2 % from one draw to the next at the same size (42.9-43.6 KB measured at 4,096 rows)
+    assert abs(full.answer_bytes - small.answer_bytes) <= 0.05 * small.answer_bytes
+    assert abs(full.query_bytes - small.query_bytes) <= 0.05 * small.query_bytes
     assert small.units == full.units == 1
