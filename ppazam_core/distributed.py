@@ -143,10 +143,11 @@ CURRENT_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluste
 def reachable(address: str) -> str:
     """``address`` (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``: ``$RAY_ADDRESS``, else the
     cluster ``ray start --head`` last started on this machine) once its head accepts a TCP
-    connection within :data:`CONNECT_TIMEOUT_S`.
+    connection and answers Ray's first call within :data:`CONNECT_TIMEOUT_S` each.
 
     Raises:
-        DistributedError: no address stands for ``auto``, or nothing answers there.
+        DistributedError: no address stands for ``auto``, nothing answers there, or what
+            answers is not a Ray head.
         ConfigError: ``address`` is not of that form, or its port is not 1 to 65535.
     """
     if address == "auto":
@@ -165,7 +166,34 @@ def reachable(address: str) -> str:
     except OSError as e:
         raise DistributedError(f"no Ray cluster answers at {address} ({e.strerror or e}); start its head with "
                                f"`ray start --head --port={port}` or check the address") from e
+    if not address.startswith("ray://"):  # Ray Client's server speaks its own protocol
+        _answers_as_ray_head(address)
     return address
+
+
+RAY_HEAD_PROBE = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+"""The gRPC method of Ray's GCS that :func:`ray.init` calls first; an empty request is a valid
+one."""
+
+
+def _answers_as_ray_head(address: str) -> None:
+    """Raise a :class:`DistributedError` unless the server at ``address`` (which accepts TCP
+    connections) answers Ray's GCS call :data:`RAY_HEAD_PROBE` within :data:`CONNECT_TIMEOUT_S`:
+    at another service's port ``ray.init`` waits for a GCS without end."""
+    try:
+        import grpc
+    except ImportError as e:
+        raise DistributedError("grpcio is not installed: pip install 'ppazam[ray]' (or pip install 'grpcio>=1.60')") from e
+    channel = grpc.insecure_channel(address)
+    try:
+        channel.unary_unary(RAY_HEAD_PROBE)(b"", timeout=CONNECT_TIMEOUT_S)
+    except grpc.RpcError as e:
+        if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):  # Ray, locked
+            raise DistributedError(f"{address} accepts connections but is not a Ray head (its answer to Ray's "
+                                   f"first call: {e.code().name}); give the port of `ray start --head` "
+                                   "(6379 unless --port says otherwise)") from e
+    finally:
+        channel.close()
 
 
 def add_ray_option(command: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ without Ray, survive a killed worker and report an item that raises.
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import os
 import signal
@@ -60,6 +61,25 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def http_server():
+    """The port of an HTTP server on loopback (not Ray)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_server():
+    """The port of a server on loopback that accepts connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
 
 
 def _ray_node(*args: str) -> subprocess.Popen:
@@ -243,12 +263,17 @@ def test_encrypted_queries_served_on_a_worker_get_there_without_any_secret_key(c
 
 @pytest.mark.parametrize("address, message", [
     ("127.0.0.1:{free}", "no Ray cluster answers at 127.0.0.1:"),
+    ("127.0.0.1:{http}", "accepts connections but is not a Ray head"),
+    ("127.0.0.1:{silent}", "accepts connections but is not a Ray head"),
     ("notahost:99999", "port of 1 to 65535"),
     ("auto", "no Ray cluster answers at 127.0.0.1:"),
-], ids=["nothing-listens", "no-such-port", "auto-names-a-dead-cluster"])
-def test_an_address_where_no_ray_answers_is_an_error_in_seconds(address, message, tmp_path, monkeypatch):
+], ids=["nothing-listens", "an-http-server", "a-server-that-never-answers", "no-such-port",
+        "auto-names-a-dead-cluster"])
+def test_an_address_where_no_ray_answers_is_an_error_in_seconds(address, message, tmp_path, monkeypatch,
+                                                                 http_server, silent_server):
     """Was: `--ray=127.0.0.1:1` and `--ray=notahost:99999` retried without end, printing Ray's
-    warnings; `auto` followed a file a dead cluster left behind."""
+    warnings; `auto` followed a file a dead cluster left behind; an HTTP server's port, or one
+    that accepts and never answers, hung in ``ray.init``."""
     free = _free_port()
     stale = tmp_path / "ray_current_cluster"
     stale.write_text(f"127.0.0.1:{free}")
@@ -257,6 +282,6 @@ def test_an_address_where_no_ray_answers_is_an_error_in_seconds(address, message
     before = distributed.active()  # the module's cluster, when its tests ran first
     started = time.monotonic()
     with pytest.raises((DistributedError, ConfigError), match=message):
-        distributed.start(RayConfig(address=address.format(free=free)))
+        distributed.start(RayConfig(address=address.format(free=free, http=http_server, silent=silent_server)))
     assert time.monotonic() - started < distributed.CONNECT_TIMEOUT_S + 5
     assert distributed.active() is before
