@@ -69,6 +69,7 @@ console = Console()
 DEFAULT_FHE_QUERIES = 2
 DEFAULT_EVALUATE_MODES = ("fp32", "quant", "fhe-sim")
 DEFAULT_DISTRACTOR_TRACKS = 16
+DEFAULT_ENROLL_FAMILY = "embedding-prototypes"
 COMMAND_PLUGINS = "ppazam.commands"  # entry points adding subcommands (the harness adds report, compare)
 WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)  # file-system faults only writes meet
 
@@ -227,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     enroll_command.add_argument("--remove", action="append", default=[], metavar="TRACK_ID",
                                 help="a track to remove (repeatable)")
     _experiment_options(enroll_command)
-    enroll_command.add_argument("--family", choices=enrolling, default="embedding-prototypes",
-                                help="the family of the trained model to start from")
+    enroll_command.add_argument("--family", choices=enrolling,
+                                help=f"the family of the trained model a new --into starts from (default "
+                                     f"{DEFAULT_ENROLL_FAMILY})")
     enroll_command.set_defaults(run=_enroll)
 
     export = commands.add_parser(
@@ -594,6 +596,21 @@ def _enrolling_families() -> list[str]:
     return [name for name, family in families().items() if family.enroll is not None]
 
 
+def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path) -> None:
+    """A ``--family``, ``--config`` or ``--library`` naming another base model than the one
+    ``into`` already holds is an error, not silently ignored (the same ones are accepted)."""
+    base_library = model.manifest["library"].removesuffix("+enrolled")
+    given = [f"--family {args.family}"] if args.family not in (None, model.family) else []
+    if args.config is not None and canonical_json(_config(args)) != canonical_json(model.config):
+        given.append(f"--config {args.config}")
+    if args.library != "synthetic" and Path(args.library).resolve().name != base_library:
+        given.append(f"--library {args.library}")
+    if given:
+        raise ConfigError(f"--into {into} already holds an enrolled {model.family} model; {' and '.join(given)} "
+                          "only choose the trained model a new --into starts from: leave them out to update it, "
+                          "or name a new folder")
+
+
 def _enroll(args: argparse.Namespace) -> int:
     """Add songs to (or remove them from) the model of ``--into``, one writer of a folder at a
     time: a second waits for the first, then updates what the first wrote. The folder an
@@ -613,9 +630,11 @@ def _enroll_into(args: argparse.Namespace, into: Path) -> int:
         model = _model_in(into, Mode.FP32)
         if "enrolled" not in model.manifest:  # e.g. a trained model of the store: it must keep matching its hash
             raise ConfigError(f"--into {into} holds a model enroll did not write; name a new or empty folder")
+        _refuse_base_options(args, model, into)
     elif into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ConfigError(f"--into {into} is neither an enrolled model nor a new or empty folder")
     else:
+        args.family = args.family or DEFAULT_ENROLL_FAMILY
         model, _, _ = _trained_model(args, Mode.FP32)
     family = get_family(model.family)
     if family.enroll is None:

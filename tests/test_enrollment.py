@@ -134,6 +134,30 @@ def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, se
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
+def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new_songs, tiny_config, session_cache,
+                                                                   tmp_path, capsys):
+    """Was: ``--family``, ``--config`` and ``--library`` were silently ignored once ``--into``
+    held a model, so a user who asked for another family or configuration got the old one."""
+    config, toml = tiny_config
+    common = ["--cache-dir", str(session_cache), "--workers", "1"]
+    into = tmp_path / "enrolled"
+    assert main(["enroll", str(new_songs / "new_syn00000.flac"), "--into", str(into), "--config", str(toml), *common]) == 0
+    before = (into / "model.json").read_text()
+    other = tmp_path / "other.toml"
+    other.write_text(toml.read_text().replace("cluster_top_k = 2", "cluster_top_k = 1"))
+    for options, named in ([["--family", "embedding-knn"], "--family embedding-knn"],
+                           [["--config", str(other)], f"--config {other}"],
+                           [["--library", str(new_songs)], f"--library {new_songs}"]):
+        assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), *options, *common]) == 1
+        err = capsys.readouterr().err
+        assert f"already holds an enrolled {FAMILY} model; {named}" in err and "leave them out" in err
+        assert (into / "model.json").read_text() == before
+    # the same family and configuration are what the folder holds: accepted
+    assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), "--family", FAMILY,
+                 "--config", str(toml), *common]) == 0
+    assert EmbeddingPrototypes(into).track_ids[-2:] == ("new_syn00000", "new_syn00001")
+
+
 def test_an_enrolled_model_gets_its_own_open_set_rule(prototypes, new_songs, tiny_config, session_cache, tmp_path,
                                                       capsys):
     _, toml = tiny_config
