@@ -4,6 +4,7 @@ a scan that never returned, a wrong answer or a refusal."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -24,6 +25,7 @@ from ppazam_core.errors import AudioError
 from ppazam_core.families import train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enroll, prototypes
 from ppazam_core.audio.library import scan_folder, synthetic_distractors
+from ppazam_core.audio.noise import prepared_noise_folder
 from test_identifier import ranked_ids
 
 R = TypeVar("R")
@@ -218,6 +220,22 @@ def test_a_pipe_named_like_audio_is_not_called_missing(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(AudioError, match="not a regular file"):
         load_audio(fifo, RATE)
+
+
+def test_a_pipe_or_broken_link_in_a_folder_is_listed_as_skipped_not_left_out(tmp_path):
+    """Was: a FIFO or a dangling link named like audio was silently left out of a library
+    folder and a noise folder (``Path.is_file`` filtered it before anything was said)."""
+    folder = tmp_path / "music"
+    write_audio(folder / "song.wav", tone(440, 4.0, RATE), RATE)
+    os.mkfifo(folder / "pipe.wav")
+    (folder / "gone.flac").symlink_to(tmp_path / "nowhere.flac")
+    library = scan_folder(folder, 3.0)
+    assert [t.title for t in library.tracks] == ["song"]
+    reasons = {Path(s.path).name: s.reason for s in library.skipped}
+    assert "not a regular file" in reasons["pipe.wav"] and "broken link" in reasons["gone.flac"]
+    noise = prepared_noise_folder(folder, tmp_path / "cache", RATE)
+    skipped = json.loads((noise / "skipped.json").read_text())
+    assert "not a regular file" in skipped["pipe.wav"] and "broken link" in skipped["gone.flac"]
 
 
 def test_a_clip_silent_in_all_a_query_reads_says_so(model, monkeypatch):

@@ -66,6 +66,22 @@ def is_audio_path(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
+def audio_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The regular files under ``root`` (recursively, links followed) whose names have an audio
+    extension, sorted; and, with the reason each is not read, the entries so named that are not
+    folders or regular files (pipes, devices, sockets, broken links), so that a caller lists them
+    as skipped rather than leaving them out unsaid (a pipe is never opened: reading one blocks)."""
+    files, irregular = [], []
+    for path in sorted(p for p in root.rglob("*") if is_audio_path(p) and not p.is_dir()):
+        if path.is_file():
+            files.append(path)
+        elif not path.exists():
+            irregular.append((path, "a broken link: what it points to does not exist"))
+        else:
+            irregular.append((path, "not a regular file (a pipe, device or socket): audio is read from files"))
+    return files, irregular
+
+
 def probe(path: str | Path) -> AudioInfo:
     """Read the header of an audio file (of each link of a chained Ogg file) without decoding it.
 

@@ -25,7 +25,7 @@ from typing import Iterator, get_type_hints
 import numpy as np
 import soundfile
 
-from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX_DECODED_S, SILENCE_DBFS, is_audio_path,
+from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX_DECODED_S, SILENCE_DBFS, audio_files,
                                       load_audio, measure)
 from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.parallel import default_workers, parallel_map
@@ -235,12 +235,12 @@ def scan_folder(
     """
     if not root.is_dir():
         raise LibraryError(f"library folder {root} does not exist or is not a folder")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_audio_path(p)) if only is None else [only]
-    if not paths:
+    paths, irregular = audio_files(root) if only is None else ([only], [])
+    skipped = [SkippedFile(str(path), reason) for path, reason in irregular]
+    if not paths and not skipped:
         raise LibraryError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
     ids = _track_ids(root, paths)
     tracks: list[Track] = []
-    skipped: list[SkippedFile] = []
     for path, outcome in zip(paths, _inspect_files(root, paths, workers, cache_dir)):
         if isinstance(outcome, SkippedFile):
             skipped.append(outcome)

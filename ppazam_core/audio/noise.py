@@ -22,7 +22,7 @@ import soundfile
 from scipy.signal import lfilter
 
 from ppazam_core.artifacts import check_audio, read_json
-from ppazam_core.audio.decode import SILENCE_DBFS, is_audio_path, is_silent, load_audio
+from ppazam_core.audio.decode import SILENCE_DBFS, audio_files, is_silent, load_audio
 from ppazam_core.errors import AudioError, DamagedArtifactError, LibraryError
 from ppazam_core.store import atomic_folder, config_hash, is_complete
 
@@ -62,9 +62,10 @@ def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_0
     source = Path(source).expanduser()
     if not source.is_dir():
         raise LibraryError(f"noise folder {source} does not exist or is not a folder")
-    paths = sorted(p for p in source.rglob("*") if p.is_file() and is_audio_path(p))
+    paths, irregular = audio_files(source)
     stamps = [(p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    folder = cache_dir / "noise" / config_hash({"source": str(source.resolve()), "files": stamps, "rate": sample_rate})
+    folder = cache_dir / "noise" / config_hash({"source": str(source.resolve()), "files": stamps, "rate": sample_rate,
+                                               "not_read": [p.relative_to(source).as_posix() for p, _ in irregular]})
     if is_complete(folder):
         try:
             read_json(folder / "skipped.json")
@@ -73,7 +74,7 @@ def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_0
             return folder
         except DamagedArtifactError as e:
             logger.warning("%s is damaged (%s); preparing the noise folder again", e.path, e.reason)
-    skipped = {}
+    skipped = {p.relative_to(source).as_posix(): reason for p, reason in irregular}
     with atomic_folder(folder) as tmp:
         for path, (relative, _, _) in zip(paths, stamps):
             try:
@@ -85,8 +86,9 @@ def prepared_noise_folder(source: Path, cache_dir: Path, sample_rate: int = 16_0
                 skipped[relative] = f"silent (below {SILENCE_DBFS:g} dBFS)"
                 continue
             soundfile.write(str(tmp / (relative.replace("/", "__").rsplit(".", 1)[0] + ".wav")), audio, sample_rate)
-        if len(skipped) == len(paths):
-            raise LibraryError(f"no usable noise files in {source} ({len(paths)} audio files, all skipped)")
+        if not paths or len(skipped) == len(paths) + len(irregular):
+            raise LibraryError(f"no usable noise files in {source} ({len(paths) + len(irregular)} audio files, "
+                               "all skipped)")
         (tmp / "skipped.json").write_text(json.dumps(skipped, indent=2))
     return folder
 
