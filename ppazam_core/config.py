@@ -20,7 +20,6 @@ A file may hold any of these tables; every key is optional and unknown keys are 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,7 +30,7 @@ from ppazam_core.queries.conditions import QueryCondition, check_gain_range
 from ppazam_core.queries.dataset import DatasetSpec
 from ppazam_core.models.embeddings import EmbeddingConfig
 from ppazam_core.models.encoder.shipped import encoder_identity
-from ppazam_core.errors import ConfigError, is_integer, is_number
+from ppazam_core.errors import ConfigError, require_in_range
 from ppazam_core.queries.features import FrontEndConfig
 from ppazam_core.audio.library import SyntheticSpec
 from ppazam_core.models.cnn import DEFAULT_BLOCKS, CNNConfig, ConvBlock, check_bits
@@ -43,6 +42,9 @@ DATA_TABLES = {"synthetic", "features", "data", "policies"}
 COMBINE_RULES = ("mean-log-prob", "majority-vote")
 CORE_TABLES = {"embedding", "clusters", "model", "training", "qat", "identify", "fhe"}
 ROUNDING_METHODS = ("approximate", "exact")
+MIN_SEGMENT_S, MAX_SEGMENT_S = 0.25, 60.0  # one model input, in seconds (queries are 1 to 10 s)
+MAX_CLIPS_PER_TRACK = 100_000  # training clips or queries of one track (64 tracks x 100,000 x 3 s: 1.2 TB of float32)
+MAX_CALIBRATION_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         for key in ("train_gain_db", "query_gain_db"):
             object.__setattr__(self, key, check_gain_range(f"data.{key}", tuple(getattr(self, key))))
-        require(is_integer(self.train_augmentations) and self.train_augmentations >= 1, "data.train_augmentations",
-                self.train_augmentations, "an integer >= 1")
-        require(is_number(self.train_clips_per_minute) and 0 <= self.train_clips_per_minute < math.inf,
-                "data.train_clips_per_minute", self.train_clips_per_minute, "a number >= 0 (0: the count alone)")
-        require(is_integer(self.eval_queries) and self.eval_queries >= 1, "data.eval_queries", self.eval_queries,
-                "an integer >= 1")
+        require_in_range("data.segment_s", self.segment_s, MIN_SEGMENT_S, MAX_SEGMENT_S)
+        require_in_range("data.train_augmentations", self.train_augmentations, 1, MAX_CLIPS_PER_TRACK, integer=True)
+        require_in_range("data.train_clips_per_minute (0: the count alone)", self.train_clips_per_minute, 0,
+                         MAX_CLIPS_PER_TRACK)
+        require_in_range("data.eval_queries", self.eval_queries, 1, MAX_CLIPS_PER_TRACK, integer=True)
         self.policy(self.train_policy)  # raises a ConfigError naming the allowed policies
         for name in self.eval_levels:
             self.policy(QueryCondition.parse(name).level)
@@ -159,8 +160,7 @@ class FheConfig:
             raise ConfigError.bad_value("fhe.rounding_method", self.rounding_method, ROUNDING_METHODS)
         if not 0.0 < self.p_error < 1.0:
             raise ConfigError.bad_value("fhe.p_error", self.p_error, "0 < p_error < 1")
-        if self.calibration_rows < 1:
-            raise ConfigError.bad_value("fhe.calibration_rows", self.calibration_rows, "an integer >= 1")
+        require_in_range("fhe.calibration_rows", self.calibration_rows, 1, MAX_CALIBRATION_ROWS, integer=True)
 
     def rounding(self) -> dict | None:
         """The ``rounding_threshold_bits`` argument of Concrete ML."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -34,6 +35,15 @@ class ConfigError(PpazamError):
         allowed_text = allowed if isinstance(allowed, str) else ", ".join(map(str, allowed))
         return cls(f"{key} = {value!r} is not allowed; allowed: {allowed_text}")
 
+    def within(self, table: str) -> "ConfigError":
+        """This error with its key named in ``table`` (``patience = 0 ...`` becomes
+        ``qat.patience = 0 ...``) where a dataclass shared by several tables named a bare key."""
+        message = str(self)
+        return ConfigError(f"{table}.{message}") if _BARE_KEY.match(message) else self
+
+
+_BARE_KEY = re.compile(r"^[a-z_][a-z0-9_]*( \([^)]*\))? = ")
+
 
 def is_integer(value: object) -> bool:
     """An ``int`` and not a ``bool`` (TOML's ``true`` is no count): for config checks."""
@@ -43,6 +53,19 @@ def is_integer(value: object) -> bool:
 def is_number(value: object) -> bool:
     """An ``int`` or ``float`` and not a ``bool``: for config checks."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_in_range(key: str, value: object, low: float, high: float, integer: bool = False,
+                     low_open: bool = False) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is a number (an integer with
+    ``integer``) from ``low`` (excluded with ``low_open``) to ``high``. The upper bounds of
+    settings keep a typo (``1e9``) from asking for unbounded memory or time."""
+    kind = "an integer" if integer else "a number"
+    ok = (is_integer(value) if integer else is_number(value)) and (low < value if low_open else low <= value) \
+        and value <= high
+    if not ok:
+        lower = f"above {low:g}" if low_open else f"from {low:g}"
+        raise ConfigError.bad_value(key, value, f"{kind} {lower} to {high:,g}")
 
 
 class DebianError(PpazamError):

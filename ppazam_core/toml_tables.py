@@ -55,7 +55,10 @@ def read_table(table: Mapping[str, Any], cls: type[T], where: str, base: T | Non
             ``__post_init__`` refuses.
     """
     values = table_values(table, cls, where)
-    return cls(**values) if base is None else replace(base, **values)
+    try:
+        return cls(**values) if base is None else replace(base, **values)
+    except ConfigError as e:
+        raise e.within(where) from None
 
 
 def table_values(table: Mapping[str, Any], cls: type, where: str, keys: set[str] | None = None) -> dict[str, Any]:

@@ -70,6 +70,27 @@ def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, messa
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize("table, key, value", [
+    ("data", "segment_s", 0.0), ("data", "segment_s", -1.0), ("data", "segment_s", 1e9),
+    ("data", "train_augmentations", 10**9), ("data", "train_clips_per_minute", 1e9), ("data", "eval_queries", 10**9),
+    ("synthetic", "sample_rate", 10**9), ("features", "sample_rate", 10**9), ("features", "n_fft", 10**9),
+    ("features", "hop_length", 10**9), ("features", "n_mels", 10**9), ("features", "patch_height", 10**9),
+    ("features", "patch_width", 10**9), ("embedding", "dimension", 10**9), ("embedding", "epochs", 10**9),
+    ("embedding", "batch_tracks", 10**9), ("embedding", "learning_rate", 0.0), ("embedding", "learning_rate", -1.0),
+    ("embedding", "learning_rate", 1e9), ("embedding", "temperature", 1e9), ("embedding", "background_tracks", 10**9),
+    ("clusters", "iterations", 0), ("clusters", "iterations", 10**9), ("training", "epochs", 10**9),
+    ("training", "batch_size", 10**9), ("training", "learning_rate", 1e9), ("training", "weight_decay", -1.0),
+    ("qat", "patience", 10**9), ("fhe", "calibration_rows", 10**9),
+])
+def test_a_value_out_of_bounds_is_refused_by_name_before_anything_runs(table, key, value):
+    """Was (third fault hunt): these were accepted and asked for unbounded memory (a 1e9-Hz
+    rate, 1e9 mel bands or dimensions), ran for days (1e9 epochs) or trained nothing (a
+    learning rate of 0 or below); the error names the key, the value and the range."""
+    with pytest.raises(ConfigError, match=rf"{table}\.{key}.* = {value!r} is not allowed; allowed: an? (integer|number) "
+                                          rf"(from|above) "):
+        ExperimentConfig.from_dict({table: {key: value}})
+
+
 @pytest.mark.parametrize("toml, message", [
     ('seeds = { train = "0", eval = 1 }\n', "suite s.seeds.train = '0' is not allowed; allowed: an integer"),
     ('query_s = "3"\n', "suite s.query_s = '3' is not allowed; allowed: a number"),

@@ -33,6 +33,7 @@ import soundfile
 from ppazam_core.errors import AudioError
 
 DEFAULT_SAMPLE_RATE = 16_000
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000  # the working rates a configuration may ask for, in Hz
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 SILENCE_DBFS = -60.0
 MAX_DECODED_S = 3600.0  # the most audio one file may decode to, in seconds (1 h: 230 MB mono at 16 kHz)

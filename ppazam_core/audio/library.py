@@ -25,9 +25,9 @@ from typing import Iterator, get_type_hints
 import numpy as np
 import soundfile
 
-from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX_DECODED_S, SILENCE_DBFS, audio_files,
-                                      load_audio, measure)
-from ppazam_core.errors import AudioError, ConfigError, LibraryError
+from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX_DECODED_S, MAX_SAMPLE_RATE,
+                                      MIN_SAMPLE_RATE, SILENCE_DBFS, audio_files, load_audio, measure)
+from ppazam_core.errors import AudioError, ConfigError, LibraryError, require_in_range
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_write_text, canonical_json, config_hash
@@ -85,8 +85,7 @@ class SyntheticSpec:
                                         f"seconds from {MIN_SYNTHETIC_S:g} to {MAX_DECODED_S:g} (what a file may hold)")
         if not 0 <= self.seed < 2**64:  # derived seeds (distractors, enrolled songs) use all 64 bits
             raise ConfigError.bad_value("seed", self.seed, f"an integer from 0 to {MAX_SEED}")
-        if self.sample_rate < 8000:
-            raise ConfigError.bad_value("sample_rate", self.sample_rate, "an integer >= 8000")
+        require_in_range("sample_rate", self.sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, integer=True)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from ppazam_core.errors import ConfigError
+from ppazam_core.errors import ConfigError, require_in_range
 
 SMALL_LIBRARY_CLUSTER_SIZE = 12
 LARGE_LIBRARY_CLUSTER_SIZE = 100
 LARGE_LIBRARY_TRACKS = 1000
+MAX_KMEANS_ITERATIONS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ConfigError.bad_value("clusters.n_clusters", self.n_clusters, "an integer >= 1, or omit it")
+        require_in_range("clusters.iterations", self.iterations, 1, MAX_KMEANS_ITERATIONS, integer=True)
 
     def resolve(self, n_tracks: int) -> int:
         """The number of clusters for a library of ``n_tracks``."""

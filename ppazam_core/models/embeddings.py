@@ -23,13 +23,16 @@ from torch import nn
 from ppazam_core.artifacts import load_weights, read_json, reading
 from ppazam_core.models.encoder.references import track_means
 from ppazam_core.models.encoder.shipped import SHIPPED, TRAIN
-from ppazam_core.errors import ArtifactError, ConfigError
+from ppazam_core.audio.library import MAX_SYNTHETIC_TRACKS
+from ppazam_core.errors import ArtifactError, ConfigError, require_in_range
 from ppazam_core.queries.features import FrontEnd, FrontEndConfig, Normalizer
 from ppazam_core.models.cnn import CNNConfig, ConvBlock, FloatCNN
+from ppazam_core.models.training import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_TEMPERATURE
 from ppazam_core.parallel import progress_bar
 
 DEFAULT_TIMESTAMP_HOP_S = 0.05  # HEAR suggests at most 50 ms between timestamps
 TRAINED_WEIGHTS = "trained"  # embedder_weights naming the contrastive model trained on the library
+MAX_DIMENSION = 4096
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # The encoder runs in the clear on the client, so its size costs no PBS, only training and
 # embedding time. On the default suite's synthetic library without background songs (2026-12-02,
@@ -70,12 +73,12 @@ class EmbeddingConfig:
     encoder: str = SHIPPED
 
     def __post_init__(self) -> None:
-        if self.dimension < 2 or not self.temperature > 0 or self.epochs < 1 or self.batch_tracks < 2:
-            raise ConfigError.bad_value("embedding", (self.dimension, self.temperature, self.epochs, self.batch_tracks),
-                                        "dimension >= 2, temperature > 0, epochs >= 1, batch_tracks >= 2")
-        if isinstance(self.background_tracks, bool) or not isinstance(self.background_tracks, int) or \
-                self.background_tracks < 0:
-            raise ConfigError.bad_value("embedding.background_tracks", self.background_tracks, "an integer >= 0")
+        require_in_range("embedding.dimension", self.dimension, 2, MAX_DIMENSION, integer=True)
+        require_in_range("embedding.epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        require_in_range("embedding.batch_tracks", self.batch_tracks, 2, MAX_BATCH, integer=True)
+        require_in_range("embedding.learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+        require_in_range("embedding.temperature", self.temperature, 0, MAX_TEMPERATURE, low_open=True)
+        require_in_range("embedding.background_tracks", self.background_tracks, 0, MAX_SYNTHETIC_TRACKS, integer=True)
         if not isinstance(self.embedder, str) or (self.embedder and not MODULE_NAME.match(self.embedder)):
             raise ConfigError.bad_value("embedding.embedder", self.embedder,
                                         "empty, or a module name like 'package.module'")

@@ -15,8 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppazam_core.errors import ConfigError
+from ppazam_core.errors import ConfigError, require_in_range
 from ppazam_core.parallel import progress_bar
+
+# the largest values a configuration may ask for (a typo such as 1e9 is refused, not run for days)
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_000_000
+MAX_LEARNING_RATE = 10.0
+MAX_TEMPERATURE = 1000.0  # of a contrastive loss
 
 
 @dataclass(frozen=True)
@@ -32,13 +38,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ConfigError.bad_value("training", (self.epochs, self.batch_size, self.patience),
-                                        "epochs, batch_size and patience all >= 1")
+        require_in_range("patience", self.patience, 1, MAX_EPOCHS, integer=True)
         if not 0.0 <= self.validation_fraction < 0.5:
-            raise ConfigError.bad_value("training.validation_fraction", self.validation_fraction, "0 <= x < 0.5")
-        if not self.learning_rate > 0:
-            raise ConfigError.bad_value("training.learning_rate", self.learning_rate, "a number > 0")
+            raise ConfigError.bad_value("validation_fraction", self.validation_fraction, "0 <= x < 0.5")
+        require_in_range("epochs", self.epochs, 1, MAX_EPOCHS, integer=True)
+        require_in_range("batch_size", self.batch_size, 1, MAX_BATCH, integer=True)
+        require_in_range("learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+        require_in_range("weight_decay", self.weight_decay, 0, 1)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,14 @@ import torch
 import torchaudio
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.audio.decode import DEFAULT_SAMPLE_RATE
-from ppazam_core.errors import ConfigError
+from ppazam_core.audio.decode import DEFAULT_SAMPLE_RATE, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ppazam_core.errors import ConfigError, require_in_range
 from ppazam_core.toml_tables import read_table
 
 KINDS = ("logmel", "mfcc", "waveform")
+MAX_FFT = 1 << 16  # samples of an FFT window or hop
+MAX_MELS = 4096  # mel bands, and rows of a patch
+MAX_PATCH_WIDTH = 1 << 24  # frames of a patch, or samples of a waveform patch (a minute at 192 kHz is 11.5 M)
 LOG_FLOOR = 1e-10
 SILENT_RMS = 1e-6  # clips quieter than this (-120 dBFS) are left as they are, not amplified
 
@@ -63,12 +66,15 @@ class FrontEndConfig:
         _require(self.kind in KINDS, "kind", self.kind, KINDS)
         _require(self.patch_select in {p.value for p in PatchSelect}, "patch_select",
                  self.patch_select, [p.value for p in PatchSelect])
-        _require(self.sample_rate >= 8000, "sample_rate", self.sample_rate, "an integer >= 8000")
-        _require(self.hop_length >= 1 and self.n_fft >= 16, "hop_length/n_fft",
-                 (self.hop_length, self.n_fft), "hop_length >= 1 and n_fft >= 16")
+        require_in_range("features.sample_rate", self.sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, integer=True)
+        require_in_range("features.n_fft", self.n_fft, 16, MAX_FFT, integer=True)
+        require_in_range("features.hop_length", self.hop_length, 1, MAX_FFT, integer=True)
+        require_in_range("features.n_mels", self.n_mels, 4, MAX_MELS, integer=True)
+        require_in_range("features.patch_height", self.patch_height, 1, MAX_MELS, integer=True)
+        require_in_range("features.patch_width (frames, or samples of a waveform)", self.patch_width, 1,
+                         MAX_PATCH_WIDTH, integer=True)
         _require(0 <= self.f_min < (self.f_max or self.sample_rate / 2) <= self.sample_rate / 2,
                  "f_min/f_max", (self.f_min, self.f_max), f"0 <= f_min < f_max <= {self.sample_rate / 2:g}")
-        _require(self.n_mels >= 4, "n_mels", self.n_mels, "an integer >= 4")
         _require(self.kind != "mfcc" or 1 <= self.n_mfcc <= self.n_mels, "n_mfcc", self.n_mfcc,
                  f"1 to n_mels ({self.n_mels})")
         _require(self.deltas in (0, 1, 2), "deltas", self.deltas, "0, 1, 2")

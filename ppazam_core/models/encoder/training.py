@@ -30,19 +30,22 @@ from ppazam_core.models.encoder.corpus import Corpus, CorpusReader, CorpusSpec, 
 from ppazam_core.models.encoder.model import FINGERPRINT_FRONT_END, EncoderArchitecture, FingerprintEncoder
 from ppazam_core.models.encoder.shipped import MANIFEST_FILE, weights_sha256
 from ppazam_core.models.encoder.views import ViewConfig, ViewMaker
-from ppazam_core.errors import ConfigError, is_integer, is_number
+from ppazam_core.errors import ConfigError, require_in_range
 from ppazam_core.audio.noise import synthetic_noise_bank
 from ppazam_core.parallel import progress_bar
 from ppazam_core.provenance import build_record, cpu_model
 from ppazam_core.audio.rooms import RoomBankSpec, room_bank
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import atomic_folder, settings_hash
+from ppazam_core.models.training import MAX_BATCH, MAX_LEARNING_RATE, MAX_TEMPERATURE
 from ppazam_core.threads import fixed_threads
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOSSES_FILE = "losses.json"
+MAX_STEPS = 10_000_000
+MAX_ROOMS = 100_000
 LOG_EVERY = 50  # steps between loss lines (and points of the loss curve)
 
 
@@ -63,15 +66,11 @@ class EncoderTrainConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch", "warmup_steps", "rooms", "checkpoint_every"):
-            value = getattr(self, key)
-            if not is_integer(value) or value < (0 if key == "warmup_steps" else 1 if key != "batch" else 2):
-                raise ConfigError.bad_value(f"encoder.{key}", value, "an integer >= 2" if key == "batch"
-                                            else "an integer >= 0" if key == "warmup_steps" else "an integer >= 1")
-        for key in ("learning_rate", "temperature"):
-            value = getattr(self, key)
-            if not is_number(value) or not 0 < value < math.inf:
-                raise ConfigError.bad_value(f"encoder.{key}", value, "a number > 0")
+        for key, low, high in (("steps", 1, MAX_STEPS), ("batch", 2, MAX_BATCH), ("warmup_steps", 0, MAX_STEPS),
+                               ("rooms", 1, MAX_ROOMS), ("checkpoint_every", 1, MAX_STEPS)):
+            require_in_range(f"encoder.{key}", getattr(self, key), low, high, integer=True)
+        require_in_range("encoder.learning_rate", self.learning_rate, 0, MAX_LEARNING_RATE, low_open=True)
+        require_in_range("encoder.temperature", self.temperature, 0, MAX_TEMPERATURE, low_open=True)
 
     def learning_rate_at(self, step: int) -> float:
         """Linear warm-up over ``warmup_steps``, then a cosine decay to zero at ``steps``."""
