@@ -22,6 +22,7 @@ from ppazam_core.fhe.concrete import compile_linear
 from ppazam_core.families.registry import FamilyTable
 from ppazam_core.families.store import single_model_family, write_family
 from ppazam_core.audio.library import Library
+from ppazam_core.models.embedding_memo import embed
 from ppazam_core.models.hear import (client_embedder, embedding_front_end, embedding_settings, embedding_training_dataset,
                                trained_embedder)
 from ppazam_core.recognition import Mode, Scores, log_softmax
@@ -62,7 +63,7 @@ def train(library: Library, config: ExperimentConfig, folder: Path, cache_dir: P
     started = time.perf_counter()
     embedding, embedder = trained_embedder(library, config, cache_dir, workers, refresh)
     dataset = embedding_training_dataset(library, config, cache_dir, workers)
-    embedded = embedder.embed_patches(dataset.X)
+    embedded = embed(embedder, dataset.X)
     timings = {"embedding_s": time.perf_counter() - started}
     with write_family(folder, family, library, config, timings, embedding=embedding) as tmp:
         started = time.perf_counter()
@@ -83,7 +84,7 @@ class EmbeddingHead(LinearHeadModel):
         self.features = self.embedder.features
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
-        log_probs = log_softmax(self.head.logits(self.embedder.embed_patches(patches), mode))
+        log_probs = log_softmax(self.head.logits(embed(self.embedder, patches), mode))
         return Scores(log_probs, np.exp(log_probs.max(axis=1)))
 
 

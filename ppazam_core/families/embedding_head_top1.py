@@ -28,6 +28,7 @@ from ppazam_core.audio.library import Library
 from ppazam_core.results.privacy import CallPlan
 from ppazam_core.recognition import Mode, Scores
 from ppazam_core.fhe.top1_head import Top1Clear, Top1Simulated, compile_top1_head
+from ppazam_core.models.embedding_memo import embed
 
 FAMILY = "embedding-head-top1"
 INPUT_BITS, WEIGHT_BITS = 5, 4  # the circuit's own quantization (see ppazam_core.fhe.top1_head)
@@ -76,7 +77,7 @@ class EmbeddingHeadTop1(embedding_head.EmbeddingHead):
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         if Mode(mode) is Mode.FP32:
             return super().scores(patches, mode)
-        logits = self.head.logits(self.embedder.embed_patches(patches), mode)
+        logits = self.head.logits(embed(self.embedder, patches), mode)
         return Scores(logits, logits.max(axis=1))
 
     def call_plan(self) -> CallPlan:

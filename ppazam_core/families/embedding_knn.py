@@ -31,6 +31,7 @@ from ppazam_core.models.hear import (at_segment, client_embedder, embedding_fron
                               window_segment_s)
 from ppazam_core.audio.library import Library
 from ppazam_core.manifest import write_manifest
+from ppazam_core.models.embedding_memo import embed
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn"
@@ -122,7 +123,7 @@ class EmbeddingKnn(FamilyModel):
         self.neighbours = min(self.config.table(TABLE.name).neighbours, self.index.ntotal)
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
-        similarity, nearest = self.index.search(self.embedder.embed_patches(patches), self.neighbours)
+        similarity, nearest = self.index.search(embed(self.embedder, patches), self.neighbours)
         track_scores = np.full((len(nearest), len(self.track_ids)), NO_MATCH)
         rows = np.arange(len(nearest))
         for column in range(nearest.shape[1]):  # nearest first: keep each track's best similarity

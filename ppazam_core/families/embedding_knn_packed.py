@@ -49,6 +49,7 @@ from ppazam_core.fhe.packed import best_per_group, check_groups
 from ppazam_core.models.hear import at_segment, embedding_settings, trained_embedder, window_segment_s
 from ppazam_core.audio.library import Library
 from ppazam_core.manifest import write_manifest
+from ppazam_core.models.embedding_memo import embed
 from ppazam_core.recognition import Mode, Scores
 
 FAMILY = "embedding-knn-packed"
@@ -166,7 +167,7 @@ class EmbeddingKnnPacked(PackedFamilyModel):
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
         """Track scores of ``patches``, a chunk of them at a time: each chunk's similarities to
         every reference (``chunk x rows`` float64) stay under :data:`ROW_SCORES_PER_CHUNK`."""
-        embedded = self.embedder.embed_patches(patches)
+        embedded = embed(self.embedder, patches)
         step = max(1, ROW_SCORES_PER_CHUNK // self.head.rows)
         track_scores = np.concatenate(
             [best_per_group(self.head.logits(embedded[start : start + step], mode), self.reference_tracks)

@@ -42,6 +42,7 @@ from ppazam_core.manifest import write_manifest
 from ppazam_core.queries.features import FrontEnd
 from ppazam_core.fhe.concrete import CircuitStats, compile_linear
 from ppazam_core.audio.library import Library
+from ppazam_core.models.embedding_memo import embed
 from ppazam_core.models.hear import Embedder, embedding_front_end, embedding_settings, trained_embedder
 from ppazam_core.recognition import Mode, Scores, log_softmax
 
@@ -201,7 +202,7 @@ class EmbeddingPrototypes(EmbeddingHead):
                                                                     "enroll_s", "segments")
 
     def scores(self, patches: np.ndarray, mode: Mode | str = Mode.FP32) -> Scores:
-        similarity = self.head.logits(self.embedder.embed_patches(patches), mode)
+        similarity = self.head.logits(embed(self.embedder, patches), mode)
         log_probs = log_softmax(similarity / self.config.embedding.temperature)
         return Scores(log_probs, np.exp(log_probs.max(axis=1)))
 
