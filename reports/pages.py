@@ -108,8 +108,51 @@ def render_page(folder: Path, command: str) -> str:
             rounds = _rounds(latency) if name == "mode-comparison" else ""
             lines += [f"n: {_span(rows(results)['n'])} {counts}{rounds}.", ""]
         lines += [to_markdown(table), ""]
+    lines += _time_spent(run)
     lines += ["The figures of this run are in its `report.html`; `ppazam report RUN_DIR` rebuilds it.", ""]
     return "\n".join(lines)
+
+
+# a shown stage's title (fixtures/plugin.py, fixtures/stages.py) -> the part of the run it belongs to
+STAGE_PARTS = (
+    (re.compile(r"^distractor queries \S+ \(.*\)$"), "distractor query datasets"),
+    (re.compile(r"^queries \S+ \(.*\)$"), "query datasets (augmentation and front-ends)"),
+    (re.compile(r"^(?P<family>\S+) (?P<mode>fp32|quant|fhe-disable|fhe-sim|fhe) queries \(.*\)$"), "{family}: {mode} rankings"),
+    (re.compile(r"^(?P<family>\S+): (?P<what>training and compiling|training|loading)$"), "{family}: {what}"),
+    (re.compile(r"^(?P<family>\S+) keys for \d+ circuits$"), "{family}: keys"),
+    (re.compile(r"^(?P<family>\S+): enrolling .*$"), "{family}: enrollment"),
+    (re.compile(r"^library .*$"), "library (rendering or scanning)"),
+)
+
+
+def stage_part(title: str) -> str:
+    """The part of a run a shown stage's ``title`` belongs to (conditions and counts dropped)."""
+    for pattern, part in STAGE_PARTS:
+        found = pattern.match(title)
+        if found:
+            return part.format(**found.groupdict())
+    return re.sub(r" \([^)]*\)$", "", title)
+
+
+def _time_spent(run: dict) -> list[str]:
+    """The section on where the run's wall time went: ``run.json``'s ``wall_s`` and the
+    ``timeline`` of the stages shown while it ran, summed by :func:`stage_part`."""
+    timeline, wall = run.get("timeline") or [], run.get("wall_s")
+    if not timeline or not isinstance(wall, (int, float)):
+        return []
+    frame = pd.DataFrame(timeline)
+    frame["part"] = frame["stage"].astype(str).map(stage_part)
+    parts = frame.groupby("part", sort=False)["seconds"].agg(["sum", "count"]).sort_values("sum", ascending=False)
+    rest = wall - float(frame["seconds"].sum())
+    lines = ["## Where the time went", "",
+             f"The run took {wall:,.0f} s ({wall / 60:.1f} min) from the bench's start to its report, "
+             f"{len(frame)} stages of it shown as they ran (the build log and these stages are in `run.json`).", "",
+             "| part | stages | seconds | share |", "| --- | --- | --- | --- |"]
+    lines += [f"| {_cell(part)} | {int(row['count'])} | {row['sum']:,.0f} | {row['sum'] / wall:.0%} |"
+              for part, row in parts.iterrows()]
+    lines += [f"| the rest: fp32 and quant rankings, checks, latency rounds, reports | | {rest:,.0f} | "
+              f"{rest / wall:.0%} |", ""]
+    return lines
 
 
 def write_pages(targets: list[tuple[str | None, Path]], out: Path) -> list[Path]:

@@ -64,6 +64,28 @@ def test_a_page_is_stamped_and_its_headline_is_the_runs_results(run, tmp_path, c
     assert "the latency is the median of 2 to 5 timed rounds" in page
 
 
+def test_a_page_says_where_the_runs_time_went(run, tmp_path):
+    timeline = [{"stage": "library synthetic (rendering or scanning)", "seconds": 15.5, "outcome": "done"},
+                {"stage": "two-stage-cnn: training and compiling", "seconds": 214.3, "outcome": "done"},
+                {"stage": "queries clean (two-stage-cnn)", "seconds": 6.0, "outcome": "done"},
+                {"stage": "queries phone-in-room@10s (two-stage-cnn)", "seconds": 25.7, "outcome": "done"},
+                {"stage": "two-stage-cnn fhe-sim queries (clean)", "seconds": 4.0, "outcome": "done"},
+                {"stage": "two-stage-cnn fhe-sim queries (phone-in-room)", "seconds": 17.7, "outcome": "done"},
+                {"stage": "two-stage-cnn keys for 6 circuits", "seconds": 49.5, "outcome": "done"}]
+    provenance = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**provenance, "wall_s": 1000.0, "timeline": timeline}))
+    assert main(["report", "--pages", str(tmp_path / "pages"), f"timed={run}"]) == 0
+    section = (tmp_path / "pages" / "timed.md").read_text().split("## Where the time went")[1].split("## ")[0]
+    assert "The run took 1,000 s (16.7 min)" in section and "7 stages of it shown" in section
+    rows = {row[0]: row[1:] for row in cells(section)[2:]}
+    assert rows["two-stage-cnn: training and compiling"] == ["1", "214", "21%"]
+    assert rows["query datasets (augmentation and front-ends)"] == ["2", "32", "3%"]
+    assert rows["two-stage-cnn: fhe-sim rankings"] == ["2", "22", "2%"]
+    assert rows["two-stage-cnn: keys"][1] == "50" and rows["library (rendering or scanning)"][1] == "16"
+    assert list(rows)[0] == "two-stage-cnn: training and compiling"  # the largest part first
+    assert rows["the rest: fp32 and quant rankings, checks, latency rounds, reports"] == ["", "667", "67%"]
+
+
 def test_writing_a_page_twice_gives_the_same_page_and_leaves_the_run_alone(run, tmp_path):
     before = {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     pages = tmp_path / "pages"
