@@ -93,19 +93,24 @@ def test_worker_pool_gives_identical_rows(tiny_library, tmp_path, noise_dir):
 
 
 def test_front_ends_built_together_see_the_clips_each_would_see_alone(tiny_library, tmp_path, noise_dir, monkeypatch):
+    """Two front-ends, and the same 3-s clips cut into 1-s segments (a kNN family's), built
+    together: each track augmented once, each dataset what it would be alone."""
     mfcc = replace(_spec(), features=FrontEndConfig(kind="mfcc", patch_width=120, hop_length=400))
-    alone = [build_dataset(tiny_library, spec, tmp_path / "alone", noise_dir, workers=1) for spec in (_spec(), mfcc)]
+    windows = replace(_spec(), segment_s=1.0, query_s=3.0, features=FrontEndConfig(patch_width=11, hop_length=1536))
+    specs = (_spec(), mfcc, windows)
+    alone = [build_dataset(tiny_library, spec, tmp_path / "alone", noise_dir, workers=1) for spec in specs]
     augmented = []
     original = dataset_module._track_rows
     monkeypatch.setattr(dataset_module, "_track_rows", lambda job: augmented.append(job) or original(job))
-    together = build_datasets(tiny_library, [_spec(), mfcc, _spec()], tmp_path / "together", noise_dir, workers=1)
-    assert len(augmented) == len(tiny_library)  # each track's clips cut and augmented once for both front-ends
-    assert together[0] is together[2]
+    together = build_datasets(tiny_library, [*specs, _spec()], tmp_path / "together", noise_dir, workers=1)
+    assert len(augmented) == len(tiny_library)  # each track's clips cut and augmented once for every spec
+    assert together[0] is together[3] and together[2].segments == windows.segments > 1
+    assert len(together[2].X) == windows.segments * len(together[0].X)
     for one, other in zip(alone, together):
         assert one.folder.name == other.folder.name
         np.testing.assert_array_equal(np.asarray(one.X), np.asarray(other.X))
         assert one.meta.equals(other.meta)
-    with pytest.raises(ValueError, match="front-end only"):
+    with pytest.raises(ValueError, match="same clips"):
         build_datasets(tiny_library, [_spec(), replace(_spec(), seed=1)], tmp_path, noise_dir, workers=1)
     with pytest.raises(ValueError, match="one sample rate"):
         build_datasets(tiny_library, [_spec(), replace(_spec(), features=FrontEndConfig(sample_rate=8000, f_max=4000))], tmp_path,

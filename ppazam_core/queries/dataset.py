@@ -152,13 +152,14 @@ def build_datasets(
     workers: int | None = None,
     tracks: Sequence[int] | None = None,
 ) -> list[Dataset]:
-    """:func:`build_dataset` for specs that differ in their front-end only (the same clips seen
-    by several families): the clips of those not in the store are cut and augmented once and
-    each front-end is applied to them, which gives the datasets :func:`build_dataset` would
-    build one at a time. Returned in the order of ``specs``; a :class:`ValueError` for specs
-    that differ in anything but ``features``, or in its sample rate (the clips' own)."""
-    if len({replace(s, features=None) for s in specs}) > 1 or len({s.features.sample_rate for s in specs}) > 1:
-        raise ValueError("datasets built together must differ in their front-end only, at one sample rate")
+    """:func:`build_dataset` for specs of the same clips (:func:`same_clips`: several families'
+    front-ends and segments): the clips of those not in the store are cut and augmented once,
+    then cut into each spec's segments and put through its front-end, which gives the datasets
+    :func:`build_dataset` would build one at a time. Returned in the order of ``specs``; a
+    :class:`ValueError` for specs of other clips."""
+    if not all(same_clips(spec, specs[0]) for spec in specs):
+        raise ValueError("datasets built together must hold the same clips (they may differ in their front-end and "
+                         "segments only, at one sample rate)")
     chosen = None if tracks is None else tuple(sorted(set(int(t) for t in tracks)))
     if chosen is not None and (not chosen or chosen[0] < 0 or chosen[-1] >= len(library)):
         raise ConfigError.bad_value("dataset tracks", tracks, f"positions 0 to {len(library) - 1}, at least one")
@@ -177,32 +178,44 @@ def build_datasets(
     return [found[folder] for folder in folders]
 
 
+def same_clips(a: DatasetSpec, b: DatasetSpec) -> bool:
+    """Whether two specs hold the same clips (length, offsets, augmentation, gains and seeds
+    depend on the clip's length, not its segments), cut into segments and put through a
+    front-end at the same sample rate, possibly in other ways."""
+    def clips(spec: DatasetSpec) -> DatasetSpec:
+        return replace(spec, features=None, segment_s=spec.clip_s, query_s=None)
+
+    return clips(a) == clips(b) and a.features.sample_rate == b.features.sample_rate
+
+
 def _build(library: Library, specs: dict[Path, DatasetSpec], noise_dir: Path | None, workers: int,
            chosen: tuple[int, ...] | None, cache_dir: Path) -> None:
-    """Write the dataset of each ``folder: spec`` (specs differing in their front-end only)."""
+    """Write the dataset of each ``folder: spec`` (specs of the same clips, :func:`same_clips`)."""
     if len(library) == 0:
         raise LibraryError(f"library {library.name} has no tracks to build a dataset from")
     spec = next(iter(specs.values()))
     rooms = room_bank(cache_dir, rooms_spec(spec)) if spec.policy.needs_rooms else None
     labels = range(len(library)) if chosen is None else chosen
-    ends = np.cumsum([spec.clips_for(library.tracks[label].duration_s) * spec.segments for label in labels])
+    clips = np.cumsum([spec.clips_for(library.tracks[label].duration_s) for label in labels])
     started = time.perf_counter()
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_folder(folder)) for folder in specs]
-        Xs = [_allocated_rows(tmp / "X.npy", (int(ends[-1]), *s.features.shape))
+        Xs = [_allocated_rows(tmp / "X.npy", (int(clips[-1]) * s.segments, *s.features.shape))
               for tmp, s in zip(tmps, specs.values())]
-        rows: list[dict] = []
+        rows: list[list[dict]] = [[] for _ in specs]
         jobs = [(library.tracks[label], tuple(specs.values()), None if noise_dir is None else str(noise_dir),
                  None if rooms is None else str(rooms)) for label in labels]
-        described = f"dataset {spec.policy.name}: {int(ends[-1]) // spec.segments} clips ({spec.split})"
+        described = f"dataset {spec.policy.name}: {int(clips[-1])} clips ({spec.split})"
         for slot, (label, (patches, track_rows)) in enumerate(zip(labels, parallel_map(_track_rows, jobs, workers,
                                                                                           described))):
-            for X, front_end_patches in zip(Xs, patches):
-                X[ends[slot] - len(front_end_patches) : ends[slot]] = front_end_patches
-            rows.extend({**row, "label": label} for row in track_rows)
-        meta = pd.DataFrame(rows)
+            for X, s, front_end_patches in zip(Xs, specs.values(), patches):
+                end = int(clips[slot]) * s.segments
+                X[end - len(front_end_patches) : end] = front_end_patches
+            for spec_rows, spec_track_rows in zip(rows, track_rows):
+                spec_rows.extend({**row, "label": label} for row in spec_track_rows)
         seconds = round(time.perf_counter() - started, 3)
-        for tmp, X, s in zip(tmps, Xs, specs.values()):
+        for tmp, X, s, spec_rows in zip(tmps, Xs, specs.values(), rows):
+            meta = pd.DataFrame(spec_rows)
             X.flush()
             np.save(tmp / "y.npy", meta["label"].to_numpy(np.int64))
             meta.to_csv(tmp / "meta.csv", index=False)
@@ -277,8 +290,9 @@ def rooms_spec(spec: DatasetSpec) -> RoomBankSpec:
 
 
 def _track_rows(job: tuple[Track, tuple[DatasetSpec, ...], str | None, str | None]
-                ) -> tuple[list[np.ndarray], list[dict]]:
-    """Every clip of one track through each spec's front-end (the specs differ in it only).
+                ) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """Every clip of one track cut into each spec's segments and put through its front-end,
+    and each spec's rows (the specs hold the same clips, :func:`same_clips`).
     Runs on one thread in workers and inline alike, since reduction order changes with the
     thread count and rows must not depend on ``workers``."""
     with fixed_threads(1):
@@ -286,25 +300,27 @@ def _track_rows(job: tuple[Track, tuple[DatasetSpec, ...], str | None, str | Non
 
 
 def _track_rows_single_threaded(track: Track, specs: tuple[DatasetSpec, ...], noise_dir: str | None,
-                                rooms_dir: str | None) -> tuple[list[np.ndarray], list[dict]]:
+                                rooms_dir: str | None) -> tuple[list[np.ndarray], list[list[dict]]]:
     spec = specs[0]
     augmenter = _augmenter(spec.policy, spec.features.sample_rate, noise_dir, rooms_dir)
     rate = spec.features.sample_rate
     audio = load_audio(track.source, rate)
     n_samples = int(round(spec.clip_s * rate))
-    starts = segment_starts(spec.clip_s, spec.segment_s)
-    clips, rows = [], []
+    cuts = {s.segment_s: segment_starts(spec.clip_s, s.segment_s) for s in specs}  # segment length -> starts
+    clips: dict[float, list[np.ndarray]] = {length: [] for length in cuts}
+    rows: dict[float, list[dict]] = {length: [] for length in cuts}
     for index in range(spec.clips_for(track.duration_s)):
         offset = clip_offset(track, spec, index, audio.shape[0] / rate)
         seed = derive_seed(spec.seed, spec.split, track.id, index, "augment")
         gain = clip_gain(track, spec, index)
         clip = apply_gain(augmenter(crop_or_pad(audio, n_samples, int(round(offset * rate))), seed), gain)
-        clips.extend(query_segments(clip, rate, spec.segment_s))
-        rows.extend({"track_id": track.id, "augmentation": index, "segment": number,
-                     "offset_s": round(offset + start, 4), "seed": seed, "gain_db": round(gain, 3),
-                     "policy": spec.policy.name, "split": spec.split} for number, start in enumerate(starts))
-    batch = np.stack(clips)
-    return [_front_end(s.features)(batch) for s in specs], rows
+        for length, starts in cuts.items():
+            clips[length].extend(query_segments(clip, rate, length))
+            rows[length].extend({"track_id": track.id, "augmentation": index, "segment": number,
+                                 "offset_s": round(offset + start, 4), "seed": seed, "gain_db": round(gain, 3),
+                                 "policy": spec.policy.name, "split": spec.split} for number, start in enumerate(starts))
+    batches = {length: np.stack(segments) for length, segments in clips.items()}
+    return [_front_end(s.features)(batches[s.segment_s]) for s in specs], [rows[s.segment_s] for s in specs]
 
 
 @functools.lru_cache(maxsize=4)
