@@ -786,7 +786,7 @@ def _export_server(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from ppazam_core.fhe.serving import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_SESSIONS, DEFAULT_PARALLEL_RUNS, bind, \
-        create_app, url_of, uvicorn_server
+        create_app, ignore_broken_pipes, url_of, uvicorn_server
 
     for option, value in (("--max-sessions", args.max_sessions), ("--parallel-runs", args.parallel_runs)):
         if value is not None and value < 1:
@@ -796,6 +796,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError.bad_value("--port", args.port, "a port number from 0 to 65535")
     bundle = ServerBundle.load(args.bundle)
+    ignore_broken_pipes()
     app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
                      max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS,
                      max_key_bytes=int((args.max_key_gib or DEFAULT_MAX_KEY_BYTES / 1024**3) * 1024**3))

@@ -97,6 +97,25 @@ def test_an_http_query_decrypts_to_the_in_process_result(identifier, circuits, q
     assert all(s.upload_s > 0 for s in channel.key_setups.values())
 
 
+def test_clients_that_hang_up_on_their_error_do_not_kill_a_server_after_its_first_encrypted_run(
+        identifier, circuits, queries, bundle, tmp_path):  # noqa: F811
+    """Was (fourth fault hunt): after the first encrypted evaluation, a malformed request whose
+    client closed before reading the 400 killed ``ppazam serve`` (Concrete's runtime aborted
+    on SIGPIPE) for every client."""
+    X = patches(identifier, queries, [0])
+    with serving.ServerProcess(bundle.folders["cluster"].parent, tmp_path / "serve.log") as server:
+        url = server.start()
+        with HttpTransport(url) as transport:
+            channel = EncryptedChannel(circuits, identifier.channel.key_dir, transport)
+            first = channel.logits("cluster", X)  # the runtime is started by now
+            for _ in range(60):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as hangs_up:
+                    hangs_up.sendall(b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\n")
+                    receive_until(hangs_up, b"\r\n\r\n")  # the status line and headers only
+            assert server.pid is not None, (tmp_path / "serve.log").read_text()[-2000:]
+            np.testing.assert_array_equal(channel.logits("cluster", X), first)
+
+
 def test_hostile_requests_are_refused_and_the_server_keeps_serving(identifier, queries, server_url, bundle):  # noqa: F811
     client = identifier.channel.client("cluster")
     other = identifier.channel.client("intra_000")

@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -483,11 +484,25 @@ def uvicorn_server(app: FastAPI, log_level: str = "warning",
 
 
 @contextmanager
+def ignore_broken_pipes() -> None:
+    """Start Concrete's runtime now, then ignore ``SIGPIPE`` again (Python ignores it from the
+    start; call from the main thread, before serving). The runtime (HPX) starts with a process's
+    first encrypted evaluation and installs a ``SIGPIPE`` handler that aborts the whole process
+    when a write meets a closed socket: a client that hung up before reading its 400 killed the
+    server for every client. Started here, it installs it once, and the reset stands."""
+    from concrete.compiler import init_dfr
+
+    init_dfr()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
 def serve_in_background(bundle: ServerBundle, host: str = "127.0.0.1", port: int = 0,
                         **app_options) -> Iterator[str]:
     """Serve ``bundle`` from a thread of this process on a real socket (port 0: one the OS
     picks) for the block; yields the base URL (``http://127.0.0.1:PORT``). ``app_options`` go
     to :func:`create_app`. The server is stopped and its thread joined on leaving."""
+    if threading.current_thread() is threading.main_thread():
+        ignore_broken_pipes()
     sock = bind(host, port)
     server = uvicorn_server(create_app(bundle, **app_options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ppazam-server", daemon=True)
