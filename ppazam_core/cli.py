@@ -228,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll_command.add_argument("--remove", action="append", default=[], metavar="TRACK_ID",
                                 help="a track to remove (repeatable)")
     _experiment_options(enroll_command)
+    enroll_command.set_defaults(library=None)  # given with a model in --into: refused, not ignored
     enroll_command.add_argument("--family", choices=enrolling,
                                 help=f"the family of the trained model a new --into starts from (default "
                                      f"{DEFAULT_ENROLL_FAMILY})")
@@ -597,13 +598,13 @@ def _enrolling_families() -> list[str]:
 
 
 def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path) -> None:
-    """A ``--family``, ``--config`` or ``--library`` naming another base model than the one
-    ``into`` already holds is an error, not silently ignored (the same ones are accepted)."""
-    base_library = model.manifest["library"].removesuffix("+enrolled")
+    """A ``--family`` or ``--config`` naming another base model than the one ``into`` already
+    holds is an error, not silently ignored (the same ones are accepted), and so is any
+    ``--library``: the folder's model keeps the library it was trained on."""
     given = [f"--family {args.family}"] if args.family not in (None, model.family) else []
     if args.config is not None and canonical_json(_config(args)) != canonical_json(model.config):
         given.append(f"--config {args.config}")
-    if args.library != "synthetic" and Path(args.library).resolve().name != base_library:
+    if args.library is not None:
         given.append(f"--library {args.library}")
     if given:
         raise ConfigError(f"--into {into} already holds an enrolled {model.family} model; {' and '.join(given)} "
@@ -634,7 +635,7 @@ def _enroll_into(args: argparse.Namespace, into: Path) -> int:
     elif into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ConfigError(f"--into {into} is neither an enrolled model nor a new or empty folder")
     else:
-        args.family = args.family or DEFAULT_ENROLL_FAMILY
+        args.family, args.library = args.family or DEFAULT_ENROLL_FAMILY, args.library or "synthetic"
         model, _, _ = _trained_model(args, Mode.FP32)
     family = get_family(model.family)
     if family.enroll is None:

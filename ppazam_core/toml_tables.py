@@ -106,8 +106,8 @@ def _typed(value: Any, hint: Any, key: str) -> Any:
     elif is_dataclass(hint):
         if isinstance(value, Mapping):
             return read_table(value, hint, key)
-    elif _is_a(value, hint):
-        return value
+    elif _is_a(value, hint):  # an integer for a float is the float: `12` and `12.0` are one configuration
+        return float(value) if hint is float else value
     raise ConfigError.bad_value(key, value, _expected(hint))
 
 

@@ -147,14 +147,20 @@ def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new
     other.write_text(toml.read_text().replace("cluster_top_k = 2", "cluster_top_k = 1"))
     for options, named in ([["--family", "embedding-knn"], "--family embedding-knn"],
                            [["--config", str(other)], f"--config {other}"],
-                           [["--library", str(new_songs)], f"--library {new_songs}"]):
+                           [["--library", str(new_songs)], f"--library {new_songs}"],
+                           [["--library", "synthetic"], "--library synthetic"]):  # the model's library is fixed
         assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), *options, *common]) == 1
         err = capsys.readouterr().err
         assert f"already holds an enrolled {FAMILY} model; {named}" in err and "leave them out" in err
         assert (into / "model.json").read_text() == before
-    # the same family and configuration are what the folder holds: accepted
+    # the same family and configuration are what the folder holds (the same settings written
+    # otherwise: tables reordered, an integer for a float): accepted
+    same = tmp_path / "same.toml"
+    same.write_text("[identify]\ncluster_top_k = 2\n" + toml.read_text().replace("[identify]\ncluster_top_k = 2", "")
+                    .replace("duration_s = 8.0", "duration_s = 8"))
+    assert "duration_s = 8\n" in same.read_text()
     assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), "--family", FAMILY,
-                 "--config", str(toml), *common]) == 0
+                 "--config", str(same), *common]) == 0
     assert EmbeddingPrototypes(into).track_ids[-2:] == ("new_syn00000", "new_syn00001")
 
 

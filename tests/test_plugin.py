@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fixtures.plugin import RUN_KEY, BenchRun, chosen_suite, pytest_collection_modifyitems, suite_points
+from ppazam_core.models.embedding_memo import EmbeddingMemo
 from ppazam_core.results.records import RunInfo
 from reports.compare import Tolerance
 from suites import load_suite
@@ -43,7 +44,8 @@ def test_each_suite_point_runs_its_tests_together_in_suite_order():
 def test_run_json_names_the_command_and_only_the_points_left_after_deselection():
     run = BenchRun(load_suite("paper"), "synthetic", RunInfo.start("paper"), Path("out"), None,
                    SimpleNamespace(log=[], fingerprints=dict, fhe_transport="local", predictions_made=0,
-                                   predictions_read=0, library_warnings={"music": ["skipped a.wav: empty file"]}), None, Tolerance(), "pytest bench --suite paper -k w2-r6")
+                                   predictions_read=0, library_warnings={"music": ["skipped a.wav: empty file"]},
+                                   embeddings=EmbeddingMemo()), None, Tolerance(), "pytest bench --suite paper -k w2-r6")
     kept = [p for p in run.points if p.id.endswith("-w2-r6") or p.family != "two-stage-cnn"]
     items = [SimpleNamespace(callspec=SimpleNamespace(params={"ppazam_point": p}), module=SimpleNamespace(),
                              get_closest_marker=lambda name: None) for p in reversed(kept)]
@@ -97,7 +99,8 @@ def test_a_familys_encrypted_queries_stop_where_its_budget_does():
     suite = replace(load_suite("default"), fhe_budget_s=100.0)
     run = BenchRun(suite, "synthetic", RunInfo.start("default"), Path("out"), None,
                    SimpleNamespace(log=[], fingerprints=dict, fhe_transport="local", predictions_made=0,
-                                   predictions_read=0, library_warnings={"music": ["skipped a.wav: empty file"]}), None, Tolerance(), "pytest bench --benchmark")
+                                   predictions_read=0, library_warnings={"music": ["skipped a.wav: empty file"]},
+                                   embeddings=EmbeddingMemo()), None, Tolerance(), "pytest bench --benchmark")
     fast, slow, oblivious = run.points[2], run.points[0], run.points[1]
     queries = SimpleNamespace(y=np.repeat(np.arange(4), 3), segments=1)
     levels = suite.fhe_conditions()

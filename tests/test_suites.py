@@ -51,7 +51,7 @@ def test_nightly_suite_uses_the_debian_library():
     ("bit_widths = [1]", "bit_widths = 1 is not allowed"),
     ('levels = ["loud"]', "levels: policy = 'loud' is not allowed; allowed: clean, small, medium, large"),
     ('gains = [-90]', "query condition gain = (-90.0, -90.0) is not allowed"),
-    ('query_lengths = [0]', "query_lengths = (0,) is not allowed"),
+    ('query_lengths = [0]', "query_lengths = (0.0,) is not allowed"),
     ('fhe_sweeps = "yes"', "fhe_sweeps = 'yes' is not allowed"),
     ("queries_per_track = 0", "queries_per_track = 0 is not allowed"),
     ("colour = 1", "'colour' is not allowed; allowed: bit_widths"),
