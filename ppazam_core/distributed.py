@@ -150,6 +150,7 @@ def reachable(address: str) -> str:
             answers is not a Ray head.
         ConfigError: ``address`` is not of that form, or its port is not 1 to 65535.
     """
+    origin = ""
     if address == "auto":
         found = os.environ.get("RAY_ADDRESS") or (CURRENT_CLUSTER_FILE.read_text().strip()
                                                  if CURRENT_CLUSTER_FILE.is_file() else "")
@@ -157,6 +158,8 @@ def reachable(address: str) -> str:
             raise DistributedError("--ray auto: no Ray cluster was started on this machine ($RAY_ADDRESS is unset "
                                    f"and {CURRENT_CLUSTER_FILE} is missing); start one with `ray start --head` or "
                                    "give its HOST:PORT")
+        origin = (" (auto: $RAY_ADDRESS)" if os.environ.get("RAY_ADDRESS")
+                  else f" (auto: the cluster {CURRENT_CLUSTER_FILE} names, perhaps left by one that stopped)")
         address = found
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -164,10 +167,9 @@ def reachable(address: str) -> str:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise DistributedError(f"no Ray cluster answers at {address} ({e.strerror or e}); start its head with "
-                               f"`ray start --head --port={port}` or check the address") from e
-    if not address.startswith("ray://"):  # Ray Client's server speaks its own protocol
-        _answers_as_ray_head(address)
+        raise DistributedError(f"no Ray cluster answers at {address}{origin} ({e.strerror or e}); start its head "
+                               f"with `ray start --head --port={port}` or check the address") from e
+    _answers_as_ray_head(address)
     return address
 
 
@@ -178,15 +180,24 @@ one."""
 
 def _answers_as_ray_head(address: str) -> None:
     """Raise a :class:`DistributedError` unless the server at ``address`` (which accepts TCP
-    connections) answers Ray's GCS call :data:`RAY_HEAD_PROBE` within :data:`CONNECT_TIMEOUT_S`:
-    at another service's port ``ray.init`` waits for a GCS without end."""
+    connections) answers Ray's GCS call :data:`RAY_HEAD_PROBE` within :data:`CONNECT_TIMEOUT_S`
+    (at another service's port ``ray.init`` waits for a GCS without end); for a Ray Client
+    address (``ray://``), unless it completes a gRPC handshake in that time."""
     try:
         import grpc
     except ImportError as e:
         raise DistributedError("grpcio is not installed: pip install 'ppazam[ray]' (or pip install 'grpcio>=1.60')") from e
-    channel = grpc.insecure_channel(address)
+    client = address.startswith("ray://")
+    channel = grpc.insecure_channel(address.removeprefix("ray://"))
     try:
-        channel.unary_unary(RAY_HEAD_PROBE)(b"", timeout=CONNECT_TIMEOUT_S)
+        if client:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+        else:
+            channel.unary_unary(RAY_HEAD_PROBE)(b"", timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError as e:
+        raise DistributedError(f"{address} accepts connections but completes no gRPC handshake within "
+                               f"{CONNECT_TIMEOUT_S:g} s: not a Ray Client server (`ray start --head` serves one "
+                               "on port 10001)") from e
     except grpc.RpcError as e:
         if e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):  # Ray, locked
             raise DistributedError(f"{address} accepts connections but is not a Ray head (its answer to Ray's "

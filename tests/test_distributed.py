@@ -265,10 +265,11 @@ def test_encrypted_queries_served_on_a_worker_get_there_without_any_secret_key(c
     ("127.0.0.1:{free}", "no Ray cluster answers at 127.0.0.1:"),
     ("127.0.0.1:{http}", "accepts connections but is not a Ray head"),
     ("127.0.0.1:{silent}", "accepts connections but is not a Ray head"),
+    ("ray://127.0.0.1:{silent}", "completes no gRPC handshake"),
     ("notahost:99999", "port of 1 to 65535"),
-    ("auto", "no Ray cluster answers at 127.0.0.1:"),
-], ids=["nothing-listens", "an-http-server", "a-server-that-never-answers", "no-such-port",
-        "auto-names-a-dead-cluster"])
+    ("auto", "no Ray cluster answers at 127.0.0.1:[0-9]+ \\(auto: the cluster .* names"),
+], ids=["nothing-listens", "an-http-server", "a-server-that-never-answers", "a-ray-client-address-that-never-answers",
+        "no-such-port", "auto-names-a-dead-cluster"])
 def test_an_address_where_no_ray_answers_is_an_error_in_seconds(address, message, tmp_path, monkeypatch,
                                                                  http_server, silent_server):
     """Was: `--ray=127.0.0.1:1` and `--ray=notahost:99999` retried without end, printing Ray's
