@@ -80,7 +80,7 @@ def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, messa
     ("embedding", "learning_rate", 1e9), ("embedding", "temperature", 1e9), ("embedding", "background_tracks", 10**9),
     ("clusters", "iterations", 0), ("clusters", "iterations", 10**9), ("training", "epochs", 10**9),
     ("training", "batch_size", 10**9), ("training", "learning_rate", 1e9), ("training", "weight_decay", -1.0),
-    ("qat", "patience", 10**9), ("fhe", "calibration_rows", 10**9),
+    ("qat", "patience", 10**9), ("fhe", "calibration_rows", 10**9), ("prototypes", "shots", 10**9),
 ])
 def test_a_value_out_of_bounds_is_refused_by_name_before_anything_runs(table, key, value):
     """Was (third fault hunt): these were accepted and asked for unbounded memory (a 1e9-Hz
@@ -89,6 +89,21 @@ def test_a_value_out_of_bounds_is_refused_by_name_before_anything_runs(table, ke
     with pytest.raises(ConfigError, match=rf"{table}\.{key}.* = {value!r} is not allowed; allowed: an? (integer|number) "
                                           rf"(from|above) "):
         ExperimentConfig.from_dict({table: {key: value}})
+
+
+@pytest.mark.parametrize("blocks, message", [
+    ("[{ channels = 0, kernel = 4, stride = 4 }]", "model.blocks[0].channels = 0 is not allowed; allowed: an integer from 1"),
+    ("[{ channels = 8 }, { channels = 1000000000 }]", "model.blocks[1].channels = 1000000000 is not allowed"),
+    ("[{ channels = 8, kernel = 0 }]", "model.blocks[0].kernel = 0 is not allowed"),
+])
+def test_a_convolution_block_out_of_bounds_is_refused_by_name(tmp_path, blocks, message):
+    """Was (fourth fault hunt): 0 channels ended in a torch traceback after the datasets were
+    built, 1e9 channels in an allocation of 64 GB."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"[model]\nblocks = {blocks}\n")
+    with pytest.raises(ConfigError) as raised:
+        ExperimentConfig.from_toml(path)
+    assert message in str(raised.value)
 
 
 @pytest.mark.parametrize("toml, message", [

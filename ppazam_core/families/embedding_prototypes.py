@@ -33,6 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from ppazam_core.artifacts import read_arrays
 from ppazam_core.audio.decode import audible_starts, require_audible, crop_or_pad
 from ppazam_core.config import ExperimentConfig, FheConfig, require
+from ppazam_core.errors import require_in_range
 from ppazam_core.families.embedding_head import EmbeddingHead
 from ppazam_core.families.linear_head import HEAD, HEAD_FILE, circuits_of
 from ppazam_core.families.registry import FamilyTable
@@ -50,6 +51,9 @@ FAMILY = "embedding-prototypes"
 PROTOTYPES_FILE = "prototypes.npz"
 
 
+MAX_SHOTS = 10_000  # enrollment segments of one track (a 1-h song holds 1,200 of 3 s)
+
+
 @dataclass(frozen=True)
 class PrototypeConfig:
     """The ``[prototypes]`` table: enrollment segments per track (the k of k-shot) and the bit
@@ -59,7 +63,7 @@ class PrototypeConfig:
     n_bits: int = 8
 
     def __post_init__(self) -> None:
-        require(isinstance(self.shots, int) and self.shots >= 1, "prototypes.shots", self.shots, "an integer >= 1")
+        require_in_range("prototypes.shots", self.shots, 1, MAX_SHOTS, integer=True)
         require(isinstance(self.n_bits, int) and 2 <= self.n_bits <= 16, "prototypes.n_bits", self.n_bits, "2 to 16")
 
 

@@ -21,7 +21,7 @@ import torch
 from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
 from torch import nn
 
-from ppazam_core.errors import ConfigError
+from ppazam_core.errors import ConfigError, require_in_range
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -34,6 +34,15 @@ class ConvBlock:
     kernel: int = 3
     stride: int = 1
     pool: int = 1
+
+    def __post_init__(self) -> None:
+        require_in_range("channels", self.channels, 1, MAX_CHANNELS, integer=True)
+        for key in ("kernel", "stride", "pool"):
+            require_in_range(key, getattr(self, key), 1, MAX_KERNEL, integer=True)
+
+
+MAX_CHANNELS = 4096  # of one convolution block
+MAX_KERNEL = 256  # a block's kernel, stride or pooling, in patch cells
 
 
 # 8 x 8 x 8 + 3 x 3 x 16 = 656 ReLUs (PBS) on a 32 x 32 patch: 19-28 s per encrypted classifier
