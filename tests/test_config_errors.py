@@ -81,12 +81,13 @@ def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, messa
     ("clusters", "iterations", 0), ("clusters", "iterations", 10**9), ("training", "epochs", 10**9),
     ("training", "batch_size", 10**9), ("training", "learning_rate", 1e9), ("training", "weight_decay", -1.0),
     ("qat", "patience", 10**9), ("fhe", "calibration_rows", 10**9), ("prototypes", "shots", 10**9),
+    ("knn", "segment_s", 1e9), ("knnpacked", "segment_s", 1e9),
 ])
 def test_a_value_out_of_bounds_is_refused_by_name_before_anything_runs(table, key, value):
     """Was (third fault hunt): these were accepted and asked for unbounded memory (a 1e9-Hz
     rate, 1e9 mel bands or dimensions), ran for days (1e9 epochs) or trained nothing (a
     learning rate of 0 or below); the error names the key, the value and the range."""
-    with pytest.raises(ConfigError, match=rf"{table}\.{key}.* = {value!r} is not allowed; allowed: an? (integer|number) "
+    with pytest.raises(ConfigError, match=rf"{table}\.{key}.* = {value!r} is not allowed; allowed: (an? (integer|number)|seconds) "
                                           rf"(from|above) "):
         ExperimentConfig.from_dict({table: {key: value}})
 

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from ppazam_core.artifacts import read_arrays
-from ppazam_core.config import ExperimentConfig, require
+from ppazam_core.config import MAX_SEGMENT_S, MIN_SEGMENT_S, ExperimentConfig, require
 from ppazam_core.models.encoder.references import MIN_HOP_S, reference_embeddings
 from ppazam_core.families.enrollment import enroll_references, enrolled_folder, enrolled_manifest
 from ppazam_core.families.registry import FamilyTable
@@ -52,8 +52,8 @@ class KnnConfig:
     def __post_init__(self) -> None:
         require(MIN_HOP_S <= self.hop_s <= 60, "knn.hop_s", self.hop_s, f"seconds from {MIN_HOP_S:g} to 60")
         require(1 <= self.neighbours <= 10_000, "knn.neighbours", self.neighbours, "an integer from 1 to 10,000")
-        require(self.segment_s is None or self.segment_s > 0, "knn.segment_s", self.segment_s,
-                "a number of seconds > 0 (or unset: the embedder's own)")
+        require(self.segment_s is None or MIN_SEGMENT_S <= self.segment_s <= MAX_SEGMENT_S, "knn.segment_s",
+                self.segment_s, f"seconds from {MIN_SEGMENT_S:g} to {MAX_SEGMENT_S:g} (or unset: the embedder's own)")
 
 
 TABLE = FamilyTable("knn", KnnConfig)

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from ppazam_core.artifacts import damaged, read_arrays
-from ppazam_core.config import ExperimentConfig, require
+from ppazam_core.config import MAX_SEGMENT_S, MIN_SEGMENT_S, ExperimentConfig, require
 from ppazam_core.models.encoder.references import MIN_HOP_S, reference_embeddings
 from ppazam_core.families.packed_head import TABLE as PACKED_TABLE
 from ppazam_core.families.packed_head import PackedFamilyModel, packed_family, write_packed_head
@@ -69,8 +69,10 @@ class KnnPackedConfig:
     def __post_init__(self) -> None:
         require(isinstance(self.hop_s, (int, float)) and MIN_HOP_S <= self.hop_s <= 60, "knnpacked.hop_s", self.hop_s,
                 f"seconds from {MIN_HOP_S:g} to 60")
-        require(self.segment_s is None or (isinstance(self.segment_s, (int, float)) and self.segment_s > 0),
-                "knnpacked.segment_s", self.segment_s, "a number of seconds > 0 (or unset: the embedder's own)")
+        require(self.segment_s is None or (isinstance(self.segment_s, (int, float))
+                                           and MIN_SEGMENT_S <= self.segment_s <= MAX_SEGMENT_S),
+                "knnpacked.segment_s", self.segment_s,
+                f"seconds from {MIN_SEGMENT_S:g} to {MAX_SEGMENT_S:g} (or unset: the embedder's own)")
 
 
 TABLE = FamilyTable("knnpacked", KnnPackedConfig)

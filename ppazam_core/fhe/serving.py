@@ -483,7 +483,6 @@ def uvicorn_server(app: FastAPI, log_level: str = "warning",
                                          limit_concurrency=max_connections))
 
 
-@contextmanager
 def ignore_broken_pipes() -> None:
     """Start Concrete's runtime now, then ignore ``SIGPIPE`` again (Python ignores it from the
     start; call from the main thread, before serving). The runtime (HPX) starts with a process's
@@ -496,6 +495,7 @@ def ignore_broken_pipes() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
+@contextmanager
 def serve_in_background(bundle: ServerBundle, host: str = "127.0.0.1", port: int = 0,
                         **app_options) -> Iterator[str]:
     """Serve ``bundle`` from a thread of this process on a real socket (port 0: one the OS

@@ -228,7 +228,11 @@ class Augmenter:
         self.policy = policy
         self.sample_rate = sample_rate
         self._choices = [Augmenter(p, sample_rate, noise_dir, rooms_dir) for p in policy.one_of]
-        transforms = [_instantiate(spec, noise_dir, rooms_dir) for spec in policy.transforms]
+        try:
+            transforms = [_instantiate(spec, noise_dir, rooms_dir) for spec in policy.transforms]
+        except ConfigError as e:
+            raise ConfigError(f"augmentation policy {policy.name} (its [policies.{policy.name}] table, if custom): "
+                              f"{e}") from e
         if not transforms:
             self._apply = None
         elif policy.some_of is None:
