@@ -350,13 +350,15 @@ def test_no_secret_key_reaches_the_server(packed_model, packed_queries, tmp_path
     pieces = secret_key_pieces(client)
     assert not leaks(pieces, bundle_bytes(bundle))
     assert not leaks(pieces, received)
-    # the keys the server decodes hold no secret-key word either (SEAL compresses what it sends)
+    # the keys the server decodes hold no two adjacent secret-key words either (SEAL compresses
+    # what it sends; single words are not compared: two uniform words mod a ~40-bit prime meet
+    # by chance often enough among millions of samples to fail one run in a few)
     server = ServerBundle.load(bundle).server(PACKED)
     galois = server.read_keys(received[0])
-    decoded = b"".join(np.asarray([key.data().dyn_array().at(i) for i in range(0, key.data().dyn_array().size(), 97)],
-                                  dtype="<u8").tobytes() for keys in galois.data() for key in keys)
-    words = set(np.frombuffer(client.secret_key_words(), dtype="<u8").tolist())
-    assert not words & set(np.frombuffer(decoded, dtype="<u8").tolist())
+    sampled = {(array.at(i), array.at(i + 1)) for keys in galois.data() for key in keys
+               for array in [key.data().dyn_array()] for i in range(0, array.size() - 1, 97)}
+    words = np.frombuffer(client.secret_key_words(), dtype="<u8").tolist()
+    assert len(sampled) > 1000 and not sampled & set(zip(words, words[1:]))
     # the check can fail: a bundle carrying the client's key file, or the key's words, are caught
     planted = tmp_path / "planted"
     export_server(circuits, planted, {})
