@@ -56,6 +56,7 @@ from ppazam_core.fhe.concrete import CircuitStats
 from ppazam_core.models.identifier import FAMILY, OBLIVIOUS_FAMILY
 from ppazam_core.audio.library import Library, Track, open_library, scan_folder, synthetic_distractors
 from ppazam_core.models.pipeline import compile_identifier, noise_folder
+from ppazam_core.preflight import check_before_opening
 from ppazam_core.results.open_set import DEFAULT_FAR, OpenSetRule, check_far
 from ppazam_core.results.privacy import ledger
 from ppazam_core.recognition import MAX_QUERY_S, Mode, Recognizer, predict, prepare_query, sample_queries
@@ -402,6 +403,7 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Path]:
     config = _config(args)
     cache_dir = args.cache_dir or default_cache_dir()
+    check_before_opening(config, args.library)
     library = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
     return config, library, cache_dir
 

@@ -246,3 +246,31 @@ def test_a_clip_silent_in_all_a_query_reads_says_so(model, monkeypatch):
         recognition.prepare_query(np.zeros(int(RATE * 4.5), dtype=np.float32), model.features, 3.0)
     with pytest.raises(AudioError, match="clip is silent"):
         recognition.prepare_query(np.zeros(RATE * 4, dtype=np.float32), model.features, 3.0)
+
+
+def test_a_constant_offset_is_silence_not_sound(model, tmp_path):
+    """Was: a track holding only a DC offset was not called silent, and a query of it was
+    identified (tying with a silent track) instead of refused."""
+    dc = write_audio(tmp_path / "music" / "dc.wav", np.full(4 * RATE, 0.25, dtype=np.float32), RATE, subtype="FLOAT")
+    write_audio(tmp_path / "music" / "song.wav", tone(440, 4.0, RATE) + 0.25, RATE, subtype="FLOAT")
+    tracks = {t.title: t for t in scan_folder(dc.parent, 3.0).tracks}
+    assert tracks["dc"].silent and not tracks["song"].silent  # a tone riding on the offset is sound
+    with pytest.raises(AudioError, match="clip is silent"):
+        recognition.prepare_query(load_audio(dc, RATE), model.features, 3.0)
+    assert audio_module.audible_seconds(load_audio(dc, RATE), RATE) == 0
+
+
+def test_a_header_claiming_a_rate_no_music_has_is_refused_as_a_query_and_as_a_track(tmp_path):
+    """Was: a WAV whose header said 1 Hz was refused as a library track (past the decoding bound)
+    but accepted as a query, resampled from 1 Hz."""
+    clip = write_audio(tmp_path / "music" / "one-hz.wav", tone(440, 4.0, RATE), RATE, subtype="PCM_16")
+    data = bytearray(clip.read_bytes())
+    data[24:28] = struct.pack("<I", 1)  # the fmt chunk's sample rate (and its byte rate after it)
+    data[28:32] = struct.pack("<I", 2)
+    clip.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match="its header claims 1 Hz"):
+        load_audio(clip, RATE, duration_s=10.0)
+    write_audio(tmp_path / "music" / "song.wav", tone(440, 4.0, RATE), RATE)
+    library = scan_folder(clip.parent, 3.0)
+    assert [t.title for t in library.tracks] == ["song"]
+    assert "its header claims 1 Hz" in library.skipped[0].reason

@@ -170,6 +170,32 @@ def test_cli_names_a_bad_config_in_one_line(tmp_path, capsys, content, message):
     assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("content, message", [
+    ('[embedding]\nencoder = "{tmp}/no-encoder"\n', "/no-encoder holds no fingerprint encoder"),
+    ('[data]\nnoise_dir = "{tmp}/no-noise"\n', "no-noise does not exist or is not a folder"),
+    ('[data]\nnoise_dir = "{tmp}"\n', "no audio file under"),
+    ('[clusters]\nn_clusters = 65\n', "clusters.n_clusters = 65 is not allowed; allowed: at most the 64 tracks"),
+], ids=["missing-encoder", "missing-noise-folder", "noise-folder-without-audio", "more-clusters-than-tracks"])
+def test_what_a_config_names_outside_itself_is_checked_before_the_library_is_rendered(tmp_path, capsys, content,
+                                                                                      message):
+    """Was: each was found only after the synthetic library had been rendered (minutes at scale)."""
+    config = tmp_path / "c.toml"
+    config.write_text(content.format(tmp=tmp_path))
+    assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
+
+
+def test_more_clusters_than_a_folder_s_audio_files_is_refused_before_any_is_decoded(tmp_path, capsys):
+    music = tmp_path / "music"
+    music.mkdir()
+    for name in ("a.wav", "b.flac"):
+        (music / name).write_bytes(b"not decoded before the check")
+    config = tmp_path / "c.toml"
+    config.write_text("[clusters]\nn_clusters = 3\n")
+    line = one_error_line(cli.main([*train(config, tmp_path), "--library", str(music)]), capsys.readouterr().err)
+    assert "at most the 2 tracks the library" in line
+
+
 def test_cli_names_a_config_path_that_is_a_folder(tmp_path, capsys):
     line = one_error_line(cli.main(train(tmp_path, tmp_path)), capsys.readouterr().err)
     assert str(tmp_path) in line and "Is a directory" in line

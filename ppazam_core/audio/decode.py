@@ -10,7 +10,9 @@ silently.
 A header's length is never trusted: files are decoded block by block until the decoder has no
 more (an MP3 whose Xing header claims 2^32 frames decodes to the seconds it holds), and no file
 decodes to more than :data:`MAX_DECODED_S` seconds or for longer than :data:`MAX_DECODE_WALL_S`
-seconds of wall-clock time, whatever its header says. Channels are averaged, unless their mean
+seconds of wall-clock time, whatever its header says, and a header claiming a rate below
+:data:`MIN_FILE_RATE` is refused. Levels are measured about the signal's mean: a constant (DC)
+offset is not sound, so a file holding only one is silent. Channels are averaged, unless their mean
 is more than :data:`OUT_OF_PHASE_DB` below the loudest channel (phase-inverted stereo cancels in
 the mean): then the loudest channel is taken alone, with a logged warning.
 """
@@ -34,6 +36,7 @@ from ppazam_core.errors import AudioError
 
 DEFAULT_SAMPLE_RATE = 16_000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000  # the working rates a configuration may ask for, in Hz
+MIN_FILE_RATE = 4_000  # the lowest rate a file may have, in Hz: below it a header lies or holds no music
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 SILENCE_DBFS = -60.0
 MAX_DECODED_S = 3600.0  # the most audio one file may decode to, in seconds (1 h: 230 MB mono at 16 kHz)
@@ -106,6 +109,9 @@ def probe(path: str | Path) -> AudioInfo:
     rate = rates.pop()
     if frames <= 0 or rate <= 0:
         raise AudioError(path, "zero-length audio")
+    if rate < MIN_FILE_RATE:
+        raise AudioError(path, f"its header claims {rate} Hz; no file below {MIN_FILE_RATE:,} Hz holds music ppazam "
+                               "can identify (a damaged header?)")
     return AudioInfo(str(path), rate, channels, frames)
 
 
@@ -251,8 +257,9 @@ def segments_at(
 
 
 def level_dbfs(audio: np.ndarray) -> float:
-    """Root-mean-square level in dB relative to full scale (-inf for digital silence)."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    """Root-mean-square level about the signal's mean in dB relative to full scale (-inf for
+    digital silence or a constant: a DC offset is not sound)."""
+    rms = float(np.std(audio, dtype=np.float64)) if audio.size else 0.0
     return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
 
 
@@ -301,26 +308,44 @@ def require_audible(audio: np.ndarray, sample_rate: int, min_s: float, source: s
 
 
 class _Levels:
-    """Sums of squares of each channel and of the channels' mean over the blocks of a file."""
+    """Sums and sums of squares of each channel and of the channels' mean over the blocks of a
+    file: their energies about their means (a DC offset carries none)."""
 
     def __init__(self, channels: int) -> None:
-        self.channels = np.zeros(channels)
-        self.mean = 0.0
+        self.channel_sums = np.zeros(channels)
+        self.channel_squares = np.zeros(channels)
+        self.mean_sum = 0.0
+        self.mean_squares = 0.0
         self.frames = 0
 
     def add(self, block: np.ndarray) -> np.ndarray:
         """Count a ``(frames, channels)`` block in; returns its channels' mean (float32)."""
-        self.channels[: block.shape[1]] += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+        self.channel_sums[: block.shape[1]] += block.sum(axis=0, dtype=np.float64)
+        self.channel_squares[: block.shape[1]] += np.einsum("ij,ij->j", block, block, dtype=np.float64)
         mono = block.mean(axis=1, dtype=np.float32)
-        self.mean += float(np.dot(mono, mono.astype(np.float64)))
+        self.mean_sum += float(mono.sum(dtype=np.float64))
+        self.mean_squares += float(np.dot(mono, mono.astype(np.float64)))
         self.frames += block.shape[0]
         return mono
 
+    @property
+    def channels(self) -> np.ndarray:
+        """Each channel's energy about its mean."""
+        return np.maximum(self.channel_squares - self.channel_sums ** 2 / max(self.frames, 1), 0.0)
+
+    @property
+    def mean(self) -> float:
+        """The channels' mean's energy about its mean."""
+        return max(self.mean_squares - self.mean_sum ** 2 / max(self.frames, 1), 0.0)
+
     def cancelling_channel(self, path: Path) -> int | None:
         """The loudest channel when the channels' mean is more than :data:`OUT_OF_PHASE_DB` below
-        it (out-of-phase channels cancel), with a logged warning; else None."""
-        loudest = int(np.argmax(self.channels))
-        if self.channels[loudest] <= self.mean * 10.0 ** (OUT_OF_PHASE_DB / 10):
+        it (out-of-phase channels cancel), with a logged warning; else None (also when even the
+        loudest channel is silent: nothing is lost to cancelling)."""
+        channels = self.channels
+        loudest = int(np.argmax(channels))
+        if channels[loudest] < self.frames * 10.0 ** (SILENCE_DBFS / 10) or \
+                channels[loudest] <= self.mean * 10.0 ** (OUT_OF_PHASE_DB / 10):
             return None
         logger.warning("%s: the mean of its %d channels is more than %g dB below channel %d (out of phase, they "
                        "cancel); using channel %d alone", path, self.channels.size, OUT_OF_PHASE_DB, loudest + 1,
@@ -351,9 +376,10 @@ def _hop(sample_rate: int) -> int:
 
 def _audible_blocks(audio: np.ndarray, hop: int) -> np.ndarray:
     """Whether each ``hop``-sample block of a mono signal (the last zero-padded) is at or above
-    :data:`SILENCE_DBFS` RMS."""
+    :data:`SILENCE_DBFS` RMS about the block's mean."""
     blocks = np.pad(np.asarray(audio, dtype=np.float32), (0, -audio.shape[0] % hop)).reshape(-1, hop)
-    return np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) >= hop * 10.0 ** (SILENCE_DBFS / 10)
+    blocks = blocks - blocks.mean(axis=1, keepdims=True, dtype=np.float64)
+    return np.einsum("ij,ij->i", blocks, blocks) >= hop * 10.0 ** (SILENCE_DBFS / 10)
 
 
 def _check_nonempty(path: Path) -> None:

@@ -36,7 +36,7 @@ from ppazam_core.audio.synth import render_track
 
 LIBRARY_MANIFEST = "ppazam-library.json"
 DEFAULT_QUERY_S = 3.0
-_SCAN_RULES = 2  # how files are measured; bumped when that changes, so older scan-cache records are not reused
+_SCAN_RULES = 3  # how files are measured; bumped when that changes, so older scan-cache records are not reused
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,23 @@ def open_library(
             noise_dir=root / meta["noise"] if meta.get("noise") else None, cache_dir=cache_dir,
         )
     return scan_folder(root, min_duration_s, workers, cache_dir=cache_dir)
+
+
+def tracks_at_most(source: str | Path, synthetic: SyntheticSpec = SyntheticSpec()) -> int | None:
+    """The most tracks :func:`open_library` can find at ``source``, known without rendering or
+    decoding anything: the generator's ``n_tracks``, else the audio files under the folder (a
+    file that fails to decode lowers the count later). ``None`` when the folder cannot be listed
+    (:func:`open_library` says why)."""
+    if str(source) == "synthetic":
+        return synthetic.n_tracks
+    root = Path(source).expanduser()
+    try:
+        manifest = root / LIBRARY_MANIFEST
+        if manifest.is_file():
+            root = root / json.loads(manifest.read_text())["music"]
+        return len(audio_files(root)[0]) if root.is_dir() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def scan_folder(
