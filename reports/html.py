@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from ppazam_core.queries.augment import Level
 from ppazam_core.queries.conditions import QueryCondition
+from reports.projection import PROJECTION_NOTE, projection_tables
 from reports.scaling_figure import PNNS
 from reports.tables import (ESTIMATE_MODE, MODE_ORDER, at_levels, encrypted_query_seconds, family_points, glossary,
                             headline, labelled, machine, mode_comparison, open_set, privacy_ledger, row_order)
@@ -101,6 +102,9 @@ a query calls, encrypted calls, scores the client decrypts, ciphertext kilobytes
 evaluation-key megabytes uploaded once, the security level of the FHE parameters, and the probability
 that at least one table lookup of a query is off by a quantization step. Definitions: docs/privacy-and-serving.md.</p>
 <div class="wide">{{ ledger }}</div>{% endif %}
+{% if projections %}<h2 id="projection">Projected cost at full size</h2>
+<p>{{ projection_note }}</p>
+{% for caption, table in projections %}<p>{{ caption }}.</p><div class="wide">{{ table }}</div>{% endfor %}{% endif %}
 <details id="rows"><summary><h2 style="display: inline">All accuracy rows</h2> ({{ n_details }} rows; click to open)</summary>
 <div class="wide">{{ details }}</div></details>
 <h2 id="metrics">Metrics</h2>
@@ -165,7 +169,9 @@ def render_report(results: pd.DataFrame, latency: pd.DataFrame, run: dict, verdi
                            ledger=None if privacy.empty else privacy.to_html(border=0),
                            summary=summary.to_html(border=0) if not summary.empty else "<p>No accuracy rows.</p>",
                            details=details.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}"),
-                           n_details=len(details),
+                           n_details=len(details), projection_note=PROJECTION_NOTE,
+                           projections=[(caption, table.to_html(border=0))
+                                        for caption, table in projection_tables(run, results, latency)],
                            metrics=glossary(results, latency).to_html(border=0, classes="words"))
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from ppazam_core.errors import ArtifactError, ConfigError
 from ppazam_core.results.records import LATENCY_FILE, RESULTS_FILE, RUN_FILE, read_run
 from ppazam_core.store import atomic_write_text
+from reports.projection import PROJECTION_NOTE, projection_tables
 from reports.tables import at_levels, family_points, machine, paper_tables, to_markdown
 
 PAGE_SUFFIX = ".md"
@@ -108,6 +109,11 @@ def render_page(folder: Path, command: str) -> str:
             rounds = _rounds(latency) if name == "mode-comparison" else ""
             lines += [f"n: {_span(rows(results)['n'])} {counts}{rounds}.", ""]
         lines += [to_markdown(table), ""]
+    projections = projection_tables(run, results, latency)
+    if projections:
+        lines += ["## Projected cost at full size", "", PROJECTION_NOTE, ""]
+        for caption, table in projections:
+            lines += [f"{caption}.", "", to_markdown(table), ""]
     lines += _time_spent(run)
     lines += ["The figures of this run are in its `report.html`; `ppazam report RUN_DIR` rebuilds it.", ""]
     return "\n".join(lines)

@@ -25,6 +25,9 @@ A suite names what to measure; the ``[experiment]`` table holds the experiment c
     episode_ways = [5]                      # n of the n-way k-shot episodes among the enrolled tracks
     library_sizes = []                      # synthetic track counts to scale over (scaling suite)
     size_families = []                      # only these families at library_sizes, the suite's library too (empty: all, instead of it)
+    project_tracks = 0                      # project the measured costs to this many tracks (reports/projection.py; 0: none)
+    project_nodes = [1, 4, 16]              # ... on this many nodes
+    project_cores = 16                      # ... of this many cores each
 
 The bit widths and rounding bits sweep the two-stage CNN; the linear heads use the ``n_bits`` of
 their ``[head]``/``[mfcc]`` tables and the clear-text families run once, in ``fp32``.
@@ -77,6 +80,9 @@ class Suite:
     episode_ways: tuple[int, ...] = (5,)
     library_sizes: tuple[int, ...] = ()
     size_families: tuple[str, ...] = ()
+    project_tracks: int = 0
+    project_nodes: tuple[int, ...] = (1, 4, 16)
+    project_cores: int = 16
     experiment: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,11 +100,16 @@ class Suite:
             raise ConfigError.bad_value(f"suite {self.name}: shots", self.shots, "integers >= 1")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in self.episode_ways):
             raise ConfigError.bad_value(f"suite {self.name}: episode_ways", self.episode_ways, "integers >= 2")
-        for key in ("distractor_tracks", "query_tracks", "enroll_tracks"):
+        for key in ("distractor_tracks", "query_tracks", "enroll_tracks", "project_tracks"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
                 raise ConfigError.bad_value(f"suite {self.name}: {key}", getattr(self, key), "an integer >= 0")
         if any(not isinstance(n, int) or n < 2 for n in self.library_sizes):
             raise ConfigError.bad_value(f"suite {self.name}: library_sizes", self.library_sizes, "integers >= 2")
+        if not isinstance(self.project_cores, int) or isinstance(self.project_cores, bool) or self.project_cores < 1:
+            raise ConfigError.bad_value(f"suite {self.name}: project_cores", self.project_cores, "an integer >= 1")
+        if not self.project_nodes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                         for n in self.project_nodes):
+            raise ConfigError.bad_value(f"suite {self.name}: project_nodes", self.project_nodes, "integers >= 1")
         if self.size_families:
             _members("size_families", self.size_families, self.families)
         if self.size_families and not self.library_sizes:
@@ -124,6 +135,19 @@ class Suite:
         for bits in self.bit_widths:
             for rounding in self.rounding_bits:
                 self.config(bits, rounding)  # seeds and the bit widths against the experiment
+
+    def with_tracks(self, n_tracks: int) -> "Suite":
+        """This suite on a synthetic library of ``n_tracks`` instead of its own size (``pytest
+        bench --tracks``: a reduced run whose costs :mod:`reports.projection` multiplies out).
+
+        Raises:
+            ConfigError: the suite's library is not the generator, or it sweeps library sizes.
+        """
+        if self.library != "synthetic" or self.library_sizes:
+            raise ConfigError.bad_value(f"suite {self.name}: --tracks", n_tracks,
+                                        "only for a suite of the synthetic library without library_sizes")
+        experiment = {**self.experiment, "synthetic": {**self.experiment.get("synthetic", {}), "n_tracks": n_tracks}}
+        return replace(self, experiment=experiment)
 
     def config(self, bit_width: int, rounding_bits: int, n_tracks: int | None = None) -> ExperimentConfig:
         """The experiment of one (bit width, rounding, library size) point of the suite."""

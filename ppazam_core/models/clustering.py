@@ -19,14 +19,17 @@ SMALL_LIBRARY_CLUSTER_SIZE = 12
 LARGE_LIBRARY_CLUSTER_SIZE = 100
 LARGE_LIBRARY_TRACKS = 1000
 MAX_KMEANS_ITERATIONS = 1_000_000
+MAX_TRACKS_PER_CLUSTER = 100_000
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """``n_clusters=None`` picks ~12 tracks a cluster below 1,000 tracks and ~100 above;
-    ``n_clusters=1`` is the single-stage identifier."""
+    """``n_clusters=None`` picks ``tracks_per_cluster`` tracks a cluster when that is set (the
+    seed's Ppazam: ~100, 80 clusters for 8,000 tracks), else ~12 below 1,000 tracks and ~100
+    above; ``n_clusters=1`` is the single-stage identifier."""
 
     n_clusters: int | None = None
+    tracks_per_cluster: int | None = None
     balanced: bool = True
     iterations: int = 50
     seed: int = 0
@@ -34,6 +37,12 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.n_clusters is not None and self.n_clusters < 1:
             raise ConfigError.bad_value("clusters.n_clusters", self.n_clusters, "an integer >= 1, or omit it")
+        if self.tracks_per_cluster is not None:
+            require_in_range("clusters.tracks_per_cluster", self.tracks_per_cluster, 1, MAX_TRACKS_PER_CLUSTER,
+                             integer=True)
+            if self.n_clusters is not None:
+                raise ConfigError.bad_value("clusters.tracks_per_cluster", self.tracks_per_cluster,
+                                            "no value beside n_clusters (give one of the two)")
         require_in_range("clusters.iterations", self.iterations, 1, MAX_KMEANS_ITERATIONS, integer=True)
 
     def resolve(self, n_tracks: int) -> int:
@@ -42,7 +51,8 @@ class ClusterConfig:
             if self.n_clusters > n_tracks:
                 raise ConfigError.bad_value("clusters.n_clusters", self.n_clusters, f"at most the {n_tracks} tracks")
             return self.n_clusters
-        size = SMALL_LIBRARY_CLUSTER_SIZE if n_tracks < LARGE_LIBRARY_TRACKS else LARGE_LIBRARY_CLUSTER_SIZE
+        size = self.tracks_per_cluster or (
+            SMALL_LIBRARY_CLUSTER_SIZE if n_tracks < LARGE_LIBRARY_TRACKS else LARGE_LIBRARY_CLUSTER_SIZE)
         return max(1, round(n_tracks / size))
 
 
