@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppazam_core.audio.decode import is_audio_path, load_audio
+from ppazam_core.audio.decode import audio_files, load_audio
 from ppazam_core.results.calibration import calibrate_open_set, rule_folder, rule_mode
 from ppazam_core.cli_help import Parser, positive_int
 from ppazam_core.config import ExperimentConfig
@@ -403,7 +403,8 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 def _experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, Library, Path]:
     config = _config(args)
     cache_dir = args.cache_dir or default_cache_dir()
-    check_before_opening(config, args.library)
+    family = getattr(args, "family", None)
+    check_before_opening(config, args.library, [family] if family else [])
     library = open_library(args.library, cache_dir, config.data.synthetic, config.data.segment_s, args.workers)
     return config, library, cache_dir
 
@@ -521,11 +522,16 @@ def _model_in(folder: Path, mode: Mode) -> Recognizer:
 
 
 def _clip_paths(path: Path) -> list[Path]:
-    """The clip ``path`` names, or every audio file under it. A :class:`LibraryError` when it
-    does not exist or a folder holds no audio file."""
+    """The clip ``path`` names, or every entry under it named like audio: its files, and its
+    pipes and broken links too, which the caller then lists as skipped with their reason. A
+    :class:`LibraryError` when it does not exist or a folder holds no such entry."""
     if not path.exists():
         raise LibraryError(f"{path}: no such file or folder")
-    clips = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_path(p)) if path.is_dir() else [path]
+    if path.is_dir():
+        files, irregular = audio_files(path)
+        clips = sorted([*files, *(entry for entry, _ in irregular)])
+    else:
+        clips = [path]
     if not clips:
         raise LibraryError(f"no audio files under {path}")
     return clips
@@ -600,14 +606,18 @@ def _enrolling_families() -> list[str]:
 
 
 def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path) -> None:
-    """A ``--family`` or ``--config`` naming another base model than the one ``into`` already
-    holds is an error, not silently ignored (the same ones are accepted), and so is any
-    ``--library``: the folder's model keeps the library it was trained on."""
+    """A ``--family``, ``--config`` or ``--library`` naming another base model than the one
+    ``into`` already holds is an error, not silently ignored; the same ones are accepted (a
+    library is the same when it holds every track the model kept with the audio it was built
+    with, as :func:`_library_of` checks)."""
     given = [f"--family {args.family}"] if args.family not in (None, model.family) else []
     if args.config is not None and canonical_json(_config(args)) != canonical_json(model.config):
         given.append(f"--config {args.config}")
     if args.library is not None:
-        given.append(f"--library {args.library}")
+        try:
+            _library_of(model, args, args.cache_dir or default_cache_dir())
+        except ConfigError:
+            given.append(f"--library {args.library}")
     if given:
         raise ConfigError(f"--into {into} already holds an enrolled {model.family} model; {' and '.join(given)} "
                           "only choose the trained model a new --into starts from: leave them out to update it, "

@@ -81,9 +81,18 @@ class DataConfig:
         require_in_range("data.train_clips_per_minute (0: the count alone)", self.train_clips_per_minute, 0,
                          MAX_CLIPS_PER_TRACK)
         require_in_range("data.eval_queries", self.eval_queries, 1, MAX_CLIPS_PER_TRACK, integer=True)
-        self.policy(self.train_policy)  # raises a ConfigError naming the allowed policies
+        try:
+            self.policy(self.train_policy)
+        except ConfigError as e:
+            raise ConfigError(f"data.train_policy: {e}") from e
+        if not self.eval_levels:
+            raise ConfigError.bad_value("data.eval_levels", list(self.eval_levels),
+                                        "one query condition or more (e.g. [\"clean\"])")
         for name in self.eval_levels:
-            self.policy(QueryCondition.parse(name).level)
+            try:
+                self.policy(QueryCondition.parse(name).level)
+            except ConfigError as e:
+                raise ConfigError(f"data.eval_levels: {e}") from e
         if self.train_seed == self.eval_seed:
             raise ConfigError.bad_value("data.eval_seed", self.eval_seed, f"any seed but train_seed ({self.train_seed})")
 

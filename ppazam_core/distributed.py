@@ -7,8 +7,9 @@ and whatever the caller maps (the bench's model builds). Each item is one task t
 its CPUs and memory (:class:`RayConfig`); a task whose worker dies is run again by Ray
 (``max_retries``); results come back in item order and the progress bar stays on the driver.
 A task that raises is not retried (the same item raises again): the remaining ones are
-cancelled and its own exception is raised on the driver, as without Ray. :func:`stop`
-disconnects.
+cancelled and its own exception is raised on the driver, as without Ray. :class:`ActorPool`
+keeps a large object (a model) loaded in a few actors for many calls (the bench's simulated
+queries). :func:`stop` disconnects.
 
 What every node needs: the same ppazam (one commit, installed alike) and the same cache folder,
 the artifact store, at the same path (a shared file system: NFS, or one machine's disk for a
@@ -29,7 +30,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TypeVar
 
 from ppazam_core.errors import ConfigError, PpazamError, is_integer, is_number
 from ppazam_core.parallel import progress_bar, set_remote_map
@@ -330,6 +331,14 @@ def fitting_cpus(cpus: float) -> float:
     return min(cpus, largest) if largest > 0 else cpus
 
 
+def slots(cpus: float) -> int:
+    """How many tasks or actors declaring ``cpus`` CPUs (as :func:`fitting_cpus` fits them) the
+    live nodes of the cluster run at once."""
+    ray = import_ray()
+    each = fitting_cpus(cpus)
+    return sum(int(node["Resources"].get("CPU", 0.0) // each) for node in ray.nodes() if node.get("Alive"))
+
+
 def fetch(ref: Any, what: str) -> Any:
     """The value of a Ray object reference (a task's or an actor call's result): its own
     exception when the code raised, as without Ray; a :class:`DistributedError` naming
@@ -343,8 +352,76 @@ def fetch(ref: Any, what: str) -> Any:
     ray = import_ray()
     try:
         return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        raise (cause if isinstance(cause, BaseException) else e.as_instanceof_cause()) from None
-    except ray.exceptions.RayError as e:  # a worker, actor, node or object owner died, or the cluster went away
-        raise DistributedError(f"{what} did not finish on Ray: {type(e).__name__}: {e}") from e
+    except ray.exceptions.RayError as e:
+        _raise_from(ray, e, what)
+
+
+def _raise_from(ray: Any, error: Exception, what: str) -> NoReturn:
+    """Raise what :func:`fetch` raises for a Ray ``error``: the remote code's own exception, or
+    a :class:`DistributedError` naming ``what`` (a worker, actor, node or object owner died, or
+    the cluster went away)."""
+    if isinstance(error, ray.exceptions.RayTaskError):
+        cause = getattr(error, "cause", None)
+        raise (cause if isinstance(cause, BaseException) else error.as_instanceof_cause()) from None
+    raise DistributedError(f"{what} did not finish on Ray: {type(error).__name__}: {error}") from error
+
+
+class ActorPool:
+    """``size`` Ray actors, each ``cls(*args)``, spread over the nodes, that :meth:`map` spreads
+    method calls over through Ray's own ``ray.util.ActorPool``: work that needs a large object
+    loaded once (a model) and then many calls. The actors declare no CPU for their lifetime (Ray
+    would hold those CPUs while they idle, and the tasks the driver submits between calls would
+    wait for them): a method sets the threads it computes on. :meth:`close` (or leaving the
+    ``with`` block) ends the actors.
+
+    Raises:
+        DistributedError: there is no Ray session.
+    """
+
+    def __init__(self, cls: type, args: tuple, size: int) -> None:
+        if _config is None:
+            raise DistributedError("an actor pool needs a Ray session: call ppazam_core.distributed.start first")
+        ray = import_ray()
+        from ray.util import ActorPool as RayActorPool
+
+        actor = ray.remote(cls).options(num_cpus=0, scheduling_strategy="SPREAD",
+                                        memory=_config.memory_per_task_mb * 2**20)
+        self._actors = [actor.remote(*args) for _ in range(max(1, size))]
+        self._pool = RayActorPool(self._actors)
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    def map(self, method: str, items: Sequence[tuple], description: str) -> Iterator[Any]:
+        """Yield ``actor.method(*item)`` for each item, in order, each on the next free actor.
+
+        Raises:
+            DistributedError: an actor died, or Ray failed otherwise.
+            Exception: whatever the method raised for an item.
+        """
+        ray = import_ray()
+        calls = self._pool.map(lambda actor, item: getattr(actor, method).remote(*item), list(items))
+        with progress_bar() as progress:
+            bar = progress.add_task(f"{description} (Ray, {len(self)} actors)", total=len(items))
+            try:
+                for result in calls:
+                    progress.advance(bar)
+                    yield result
+            except ray.exceptions.RayError as e:
+                _raise_from(ray, e, description)
+
+    def close(self) -> None:
+        if _config is not None:
+            ray = import_ray()
+            for actor in self._actors:
+                try:
+                    ray.kill(actor)
+                except ray.exceptions.RayError:  # the cluster is gone: nothing left to end
+                    pass
+        self._actors = []
+
+    def __enter__(self) -> "ActorPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,9 +10,9 @@ front-end, so every family sees the same clips (same offsets, same augmentations
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -100,6 +100,26 @@ class Predictions:
         return Predictions(self.rows[at], self.truth[at], self.ranking[at], self.confidence[at],
                            None if self.cluster_truth is None else self.cluster_truth[at],
                            None if self.cluster_predicted is None else self.cluster_predicted[at], self.seconds[at])
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["Predictions"]) -> "Predictions":
+        """The predictions of ``parts`` (each of other queries) one after another.
+
+        Raises:
+            ValueError: no parts, or parts of which some have cluster rows and some not.
+        """
+        if not parts:
+            raise ValueError("no predictions to concatenate")
+
+        def joined(name: str) -> np.ndarray | None:
+            columns = [getattr(p, name) for p in parts]
+            if all(c is None for c in columns):
+                return None
+            if any(c is None for c in columns):
+                raise ValueError(f"some predictions have {name} and some not")
+            return np.concatenate(columns)
+
+        return cls(*(joined(f.name) for f in fields(cls)))
 
     def hits(self, k: int) -> np.ndarray:
         """Whether the true track is among the top ``k`` (k <= 3), per query (never for a

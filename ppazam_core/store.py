@@ -157,12 +157,18 @@ def host_name() -> str:
 def recover_leftovers(folder: Path) -> None:
     """Put back or remove what writers that died left in ``folder``: a folder a dead writer had
     moved aside to replace it (killed between its two renames) goes back in place when nothing
-    took its place, with a warning; other temporary folders of dead writers are deleted. Those
+    took its place, with a warning; other temporary folders and files of dead writers are deleted. Those
     of live processes are left alone, and those whose writer cannot be told (another machine, or
     a ppazam too old to name itself) are reported, not touched."""
     for path in sorted(Path(folder).glob(".*.*-*")):
         match = LEFTOVER.match(path.name)
-        if match is None or not path.is_dir():
+        if match is None:
+            continue
+        if not path.is_dir():  # a file written by :func:`atomic_file`
+            if match["kind"] == "partial" and match["host"] == host_name() and match["pid"] \
+                    and not _alive(int(match["pid"])):
+                path.unlink(missing_ok=True)
+                logger.info("removed %s, left by process %s that died", path, match["pid"])
             continue
         if match["pid"] is None or match["host"] != host_name():
             logger.warning("%s was left by %s; delete it unless that run is still writing", path,
@@ -301,6 +307,33 @@ def writer_lock(folder: Path) -> Iterator[None]:
             logger.warning("%s is being written by another process; waiting for it to finish", folder)
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+@contextmanager
+def atomic_file(path: Path, size: int) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` for a file of about ``size`` bytes, after checking
+    the disk has room for it (:func:`require_space`); on success rename it to ``path``. On any
+    error the temporary file is removed (one left by a process that died is removed by the next
+    :func:`recover_leftovers` of its folder). Writers that fail with errors of their own (a
+    codec library's) on a disk that filled up meanwhile get a :class:`StorageError` saying so.
+
+    Raises:
+        StorageError: not enough space, or a file-system fault while writing or renaming.
+    """
+    tmp = path.with_name(f"{_temporary_prefix(path, 'partial')}file")
+    try:
+        with storage_errors(path):
+            require_space(path.parent, size)
+            try:
+                yield tmp
+            except Exception:
+                if free_bytes(path.parent) < size:
+                    require_space(path.parent, size)
+                raise
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

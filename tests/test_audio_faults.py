@@ -238,6 +238,20 @@ def test_a_pipe_or_broken_link_in_a_folder_is_listed_as_skipped_not_left_out(tmp
     assert "not a regular file" in skipped["pipe.wav"] and "broken link" in skipped["gone.flac"]
 
 
+def test_identify_lists_a_pipe_and_a_broken_link_of_a_folder_as_skipped(model, tiny_library, tiny_config,
+                                                                       session_cache, tmp_path, capsys):
+    """Was: ``identify FOLDER`` left a named pipe and a broken link out unsaid ("1 of 2 clip(s)
+    skipped" for four entries)."""
+    folder = tmp_path / "clips"
+    write_audio(folder / "song.wav", tiny_library.load(tiny_library.tracks[1], RATE)[: 4 * RATE], RATE)
+    os.mkfifo(folder / "pipe.wav")
+    (folder / "gone.flac").symlink_to(tmp_path / "nowhere.flac")
+    out = identify(folder, tiny_config, session_cache, capsys)
+    assert ranked_ids(out)[0] == "syn00001", out
+    assert f"{folder / 'pipe.wav'}: skipped (not a regular file" in out and f"{folder / 'gone.flac'}: skipped" in out
+    assert "2 of 3 clip(s) skipped" in out
+
+
 def test_a_clip_silent_in_all_a_query_reads_says_so(model, monkeypatch):
     monkeypatch.setattr(recognition, "MAX_QUERY_S", 4.5)
     with pytest.raises(AudioError, match="its first 4.5 s, all that a query reads, are silent"):

@@ -211,9 +211,12 @@ def test_unknown_policy_name_lists_the_allowed_ones():
 
 
 def test_bad_transform_value_and_missing_noise_folder_are_config_errors():
-    bad = AugmentationPolicy("bad", (TransformSpec.of("TimeStretch", min_rate=2.0, max_rate=1.0),))
-    with pytest.raises(ConfigError, match="TimeStretch"):
-        Augmenter(bad, 16_000)
+    """A transform's bad value is refused when the policy is made (was: when clips were augmented)."""
+    with pytest.raises(ConfigError, match="policies.bad.transforms.TimeStretch with .*min_rate must not be greater"):
+        AugmentationPolicy("bad", (TransformSpec.of("TimeStretch", min_rate=2.0, max_rate=1.0),))
+    with pytest.raises(ConfigError, match="policies.bad.transforms.Gain.min_gain_db = 'loud' is not allowed; "
+                                          "allowed: a number"):
+        AugmentationPolicy("bad", (TransformSpec.of("Gain", min_gain_db="loud"),))
     with pytest.raises(ConfigError, match="noise folder"):
         Augmenter(builtin_policy("medium"), 16_000, None)
 

@@ -175,7 +175,10 @@ def test_cli_names_a_bad_config_in_one_line(tmp_path, capsys, content, message):
     ('[data]\nnoise_dir = "{tmp}/no-noise"\n', "no-noise does not exist or is not a folder"),
     ('[data]\nnoise_dir = "{tmp}"\n', "no audio file under"),
     ('[clusters]\nn_clusters = 65\n', "clusters.n_clusters = 65 is not allowed; allowed: at most the 64 tracks"),
-], ids=["missing-encoder", "missing-noise-folder", "noise-folder-without-audio", "more-clusters-than-tracks"])
+    ('[embedding]\nembedder = "no_such_module_xyz"\n', "embedding.embedder 'no_such_module_xyz' cannot be imported"),
+    ('[model]\nblocks = [{{ channels = 8, kernel = 64, stride = 64 }}]\n', "shrink the input (1, 32, 32) to nothing"),
+], ids=["missing-encoder", "missing-noise-folder", "noise-folder-without-audio", "more-clusters-than-tracks",
+        "missing-embedder", "blocks-shrink-the-patch"])
 def test_what_a_config_names_outside_itself_is_checked_before_the_library_is_rendered(tmp_path, capsys, content,
                                                                                       message):
     """Was: each was found only after the synthetic library had been rendered (minutes at scale)."""
@@ -194,6 +197,29 @@ def test_more_clusters_than_a_folder_s_audio_files_is_refused_before_any_is_deco
     config.write_text("[clusters]\nn_clusters = 3\n")
     line = one_error_line(cli.main([*train(config, tmp_path), "--library", str(music)]), capsys.readouterr().err)
     assert "at most the 2 tracks the library" in line
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[policies.clean]\ntransforms = [{ name = "Gain", min_gain_db = -1.0, max_gain_db = 1.0, p = 1.0 }]\n',
+     "policy name 'clean' is a built-in level; choose another name"),
+    ('[data]\neval_levels = []\n', "data.eval_levels = [] is not allowed"),
+    ('[data]\neval_levels = ["clean", "nonsense@@"]\n', "data.eval_levels: query condition = 'nonsense@@'"),
+    ('[data]\ntrain_policy = "nope"\n', "data.train_policy: policy = 'nope'"),
+    ('[policies.a]\none_of = ["b"]\n[policies.b]\none_of = ["a"]\n', "policies.a.one_of"),
+    ('[policies.bad]\ntransforms = [{ name = "Gain", min_gain_db = "loud" }]\n',
+     "policies.bad.transforms.Gain.min_gain_db = 'loud' is not allowed; allowed: a number"),
+    ('[landmark]\nfan_out = 0\n', "landmark.fan_out = 0 is not allowed"),
+    ('[mfcc]\nwindow_s = 0\n', "mfcc.window_s = 0.0 is not allowed"),
+], ids=["custom-clean-level", "no-eval-level", "bad-eval-level", "bad-train-policy", "mixture-cycle",
+        "transform-value-type", "landmark-fan-out", "mfcc-window"])
+def test_each_bad_setting_is_named_by_its_key_when_the_config_is_read(tmp_path, capsys, content, message):
+    """Fifth fault hunt: a [policies.clean] table silently replaced the built-in clean level, an
+    empty eval_levels measured nothing, a transform's bad value failed once clips were augmented,
+    and five errors named no key or two."""
+    config = tmp_path / "c.toml"
+    config.write_text(content)
+    assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
 
 
 def test_cli_names_a_config_path_that_is_a_folder(tmp_path, capsys):

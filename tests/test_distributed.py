@@ -33,7 +33,8 @@ from ppazam_core.families.embedding_head_packed import PACKED
 from ppazam_core.fhe.deployment import EncryptedChannel, export_server
 from ppazam_core.fhe.ray_server import RayTransport
 from ppazam_core.parallel import parallel_map
-from ppazam_core.recognition import Mode
+from ppazam_core.recognition import Mode, predict
+from fixtures.stages import Stages
 from ppazam_core.results.records import CONDITION_KEYS, PREDICTION_COLUMNS, QUERY_KEYS
 from test_packed import bundle_bytes, leaks, packed_model, packed_queries, secret_key_pieces  # noqa: F401 (fixtures)
 
@@ -188,6 +189,29 @@ def test_an_item_that_raises_raises_its_own_error_once(cluster, tmp_path):
     assert (tmp_path / "attempts").read_text().split().count("2") == 1  # an error of the item is not retried
 
 
+class _Holder:
+    """An actor's object for the pool test: an offset it was given once."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def shifted(self, item: int) -> tuple[str, int]:
+        if item == 5:
+            raise ValueError("item 5 is bad")
+        return ray.get_runtime_context().get_node_id(), item + self.offset
+
+
+def test_an_actor_pool_answers_in_order_on_both_nodes_and_raises_a_method_s_own_error(cluster):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with distributed.ActorPool(_Holder, (100,), distributed.slots(2)) as pool:
+        assert len(pool) == 2
+        answers = list(pool.map("shifted", [(i,) for i in range(5)], "shifting"))
+        assert [value for _, value in answers] == [100, 101, 102, 103, 104]
+        assert len({node for node, _ in answers}) == 2
+        with pytest.raises(ValueError, match="item 5 is bad"):
+            list(pool.map("shifted", [(i,) for i in range(4, 8)], "shifting"))
+
+
 TINY_SUITE = """
 description = "three families on a two-node Ray cluster"
 library = "synthetic"
@@ -238,6 +262,29 @@ def test_a_suite_on_the_cluster_predicts_what_it_predicts_without_ray(cluster, t
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert run["ray"]["nodes"] == 2 and run["ray"]["address"] == cluster
     assert any(stage["stage"] == "models on Ray" for stage in run["stages"])
+
+
+def test_simulated_queries_are_spread_over_actors_that_load_the_model_once(cluster, packed_model, packed_queries,
+                                                                            tiny_config, session_cache):
+    """fhe-disable and fhe-sim rankings on Ray: shares of the queries go to a pool of actors that
+    each hold the model (loaded from the shared store); fhe-disable gives what it gives here."""
+    config, _ = tiny_config
+    stages = Stages("synthetic", session_cache, workers=1, simulated_rows_per_share=10)
+    try:
+        model = stages.model(PACKED_FAMILY, config, ("fhe-disable", "fhe-sim"))
+        here = predict(model, packed_queries, Mode.FHE_DISABLE)
+        spread = stages._simulated_on_ray(model, packed_queries, Mode.FHE_DISABLE, None, True)
+        pool = stages._simulators[1]
+        assert len(pool) == 2 and len(spread.rows) == packed_queries.queries == 30  # one actor for 2 CPUs a node
+        for name in ("rows", "truth", "ranking", "confidence"):
+            np.testing.assert_array_equal(getattr(spread, name), getattr(here, name), err_msg=name)
+        simulated = stages._simulated_on_ray(model, packed_queries, Mode.FHE_SIM, np.arange(25), True)
+        assert stages._simulators[1] is pool  # the same actors: the model is loaded once
+        np.testing.assert_array_equal(simulated.ranking[:, 0], here.ranking[:25, 0])
+        assert stages._simulated_on_ray(model, packed_queries, Mode.FP32, None, True) is None  # fast: on the driver
+        assert stages._simulated_on_ray(model, packed_queries, Mode.FHE_DISABLE, np.arange(15), True) is None
+    finally:
+        stages.close()
 
 
 def test_encrypted_queries_served_on_a_worker_get_there_without_any_secret_key(cluster, packed_model, packed_queries,

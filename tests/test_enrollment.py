@@ -137,7 +137,8 @@ def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, se
 def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new_songs, tiny_config, session_cache,
                                                                    tmp_path, capsys):
     """Was: ``--family``, ``--config`` and ``--library`` were silently ignored once ``--into``
-    held a model, so a user who asked for another family or configuration got the old one."""
+    held a model, so a user who asked for another family or configuration got the old one; then
+    the model's own library was refused too."""
     config, toml = tiny_config
     common = ["--cache-dir", str(session_cache), "--workers", "1"]
     into = tmp_path / "enrolled"
@@ -147,8 +148,7 @@ def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new
     other.write_text(toml.read_text().replace("cluster_top_k = 2", "cluster_top_k = 1"))
     for options, named in ([["--family", "embedding-knn"], "--family embedding-knn"],
                            [["--config", str(other)], f"--config {other}"],
-                           [["--library", str(new_songs)], f"--library {new_songs}"],
-                           [["--library", "synthetic"], "--library synthetic"]):  # the model's library is fixed
+                           [["--library", str(new_songs)], f"--library {new_songs}"]):  # other songs
         assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), *options, *common]) == 1
         err = capsys.readouterr().err
         assert f"already holds an enrolled {FAMILY} model; {named}" in err and "leave them out" in err
@@ -162,6 +162,10 @@ def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new
     assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), "--family", FAMILY,
                  "--config", str(same), *common]) == 0
     assert EmbeddingPrototypes(into).track_ids[-2:] == ("new_syn00000", "new_syn00001")
+    # and so is the library the model was trained on (fifth hunt: it was refused)
+    assert main(["enroll", "--into", str(into), "--library", "synthetic", "--remove", "new_syn00000", *common]) == 0
+    assert EmbeddingPrototypes(into).track_ids[-1] == "new_syn00001" and "new_syn00000" not in \
+        EmbeddingPrototypes(into).track_ids
 
 
 def test_an_enrolled_model_gets_its_own_open_set_rule(prototypes, new_songs, tiny_config, session_cache, tmp_path,

@@ -152,6 +152,24 @@ def test_a_dataset_past_the_file_size_limit_is_one_error_and_leaves_nothing(tiny
     assert list((tmp_path / "cache" / "datasets").iterdir()) == []
 
 
+def test_rendering_onto_a_full_disk_is_one_error_and_leaves_no_half_written_track(tmp_path, monkeypatch, capsys):
+    """Fifth fault hunt: a full disk while the synthetic library was rendered was a libsndfile
+    traceback ("System error") and left ``.track_*.tmp`` files that kept the disk full."""
+    command = ["library", "info", "synthetic", "--n-tracks", "2", "--duration", "2", "--cache-dir",
+               str(tmp_path / "cache"), "--workers", "1"]
+    with monkeypatch.context() as full:
+        full.setattr(os, "statvfs", lambda path: SimpleNamespace(f_bavail=1000, f_frsize=4096))  # 4 MB free
+        assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "no space left on the device" in err and "Traceback" not in err
+    folder = next((tmp_path / "cache" / "synthetic").iterdir())
+    assert list(folder.iterdir()) == []  # nothing half-written
+    stale = folder / f".track_00000.flac.partial-{_dead_pid()}@{host_name()}-file"  # a render that died
+    stale.write_bytes(b"half a track")
+    assert main(command) == 0 and not stale.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["library.json", "track_00000.flac", "track_00001.flac"]
+
+
 def test_enroll_onto_a_full_disk_is_one_error_and_keeps_the_model(model_with_a, songs, common, tmp_path):
     into = _copy_of(model_with_a, tmp_path)
     code, _, err = _finished(_enroll_child("none", 2**16, str(songs[1]), "--into", str(into), *common))

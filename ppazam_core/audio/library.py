@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,8 @@ from ppazam_core.audio.decode import (AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, MAX
 from ppazam_core.errors import AudioError, ConfigError, LibraryError, require_in_range
 from ppazam_core.parallel import default_workers, parallel_map
 from ppazam_core.seeding import derive_seed
-from ppazam_core.store import atomic_write_text, canonical_json, config_hash
+from ppazam_core.store import (atomic_file, atomic_write_text, canonical_json, config_hash, recover_leftovers,
+                               storage_errors)
 from ppazam_core.toml_tables import MAX_SEED
 from ppazam_core.audio.synth import render_track
 
@@ -287,7 +287,9 @@ def synthetic_library(spec: SyntheticSpec, cache_dir: Path, workers: int = 1) ->
         tracks = tuple(Track(**t) for t in data["tracks"])
         if all(t.sha256 for t in tracks):
             return Library(data["name"], tracks)
-    folder.mkdir(parents=True, exist_ok=True)
+    with storage_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    recover_leftovers(folder)  # tracks half-written by a run that died
     jobs = [(spec, i, str(folder)) for i in range(spec.n_tracks)]
     tracks = tuple(parallel_map(_render_to_file, jobs, workers, "rendering synthetic library"))
     name = f"synthetic-{spec.n_tracks}x{spec.duration_s:g}s-seed{spec.seed}"
@@ -312,9 +314,8 @@ def _render_to_file(job: tuple[SyntheticSpec, int, str]) -> Track:
     path = Path(folder) / f"track_{index:05d}.flac"
     audio, plan = render_track(spec.seed, index, spec.duration_s, spec.sample_rate)
     if not path.is_file():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        soundfile.write(str(tmp), audio, spec.sample_rate, subtype="PCM_16", format="FLAC")
-        os.replace(tmp, path)
+        with atomic_file(path, audio.size * 2) as tmp:  # 16-bit samples: FLAC writes fewer bytes
+            soundfile.write(str(tmp), audio, spec.sample_rate, subtype="PCM_16", format="FLAC")
     recipe = canonical_json({**asdict(spec), "index": index})
     return Track(id=f"syn{index:05d}", title=plan.title, source=str(path),
                  duration_s=audio.shape[0] / spec.sample_rate, sample_rate=spec.sample_rate,

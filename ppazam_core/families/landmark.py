@@ -46,9 +46,8 @@ class LandmarkConfig:
     max_df: int = 32
 
     def __post_init__(self) -> None:
-        require(self.neighbourhood >= 3 and self.fan_out >= 1 and self.max_dt >= 2 and self.max_df >= 1,
-               "landmark", (self.neighbourhood, self.fan_out, self.max_dt, self.max_df),
-               "neighbourhood >= 3, fan_out >= 1, max_dt >= 2, max_df >= 1")
+        for key, least in (("neighbourhood", 3), ("fan_out", 1), ("max_dt", 2), ("max_df", 1)):
+            require(getattr(self, key) >= least, f"landmark.{key}", getattr(self, key), f"an integer >= {least}")
         require(self.peaks_per_s > 0, "landmark.peaks_per_s", self.peaks_per_s, "a number > 0")
 
     def front_end(self, sample_rate: int, segment_s: float) -> FrontEndConfig:

@@ -56,8 +56,8 @@ class MfccConfig:
     def __post_init__(self) -> None:
         require(1 <= self.n_mfcc <= self.n_mels, "mfcc.n_mfcc", self.n_mfcc, f"1 to n_mels ({self.n_mels})")
         require(isinstance(self.n_bits, int) and 2 <= self.n_bits <= 16, "mfcc.n_bits", self.n_bits, "2 to 16")
-        require(self.window_s > 0 and self.hop_length >= 1, "mfcc.window_s/hop_length",
-               (self.window_s, self.hop_length), "window_s > 0, hop_length >= 1")
+        require(self.window_s > 0, "mfcc.window_s", self.window_s, "seconds > 0")
+        require(self.hop_length >= 1, "mfcc.hop_length", self.hop_length, "an integer >= 1")
         require(self.train_augmentations >= 1, "mfcc.train_augmentations", self.train_augmentations, "an integer >= 1")
         require(0.0 <= self.vote_threshold <= 1.0, "mfcc.vote_threshold", self.vote_threshold, "0 to 1")
 

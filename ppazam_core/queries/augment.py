@@ -51,6 +51,7 @@ TRANSFORMS: dict[str, type] = {
 }
 NOISE_FOLDER_PARAM = "sounds_path"
 ROOMS_FOLDER_PARAM = "ir_path"
+FOLDER_TRANSFORMS = ("AddBackgroundNoise", "ApplyImpulseResponse")  # made from the sounds of a folder
 
 
 class Level(str, enum.Enum):
@@ -125,7 +126,11 @@ class AugmentationPolicy:
         if unknown:
             raise ConfigError.bad_value(f"policies.{name}", sorted(unknown)[0], "some_of, transforms, one_of")
         if "one_of" in data:
-            return cls(name, one_of=tuple(get_policy(other, known) for other in data["one_of"]))
+            try:
+                return cls(name, one_of=tuple(get_policy(other, known) for other in data["one_of"]))
+            except ConfigError as e:
+                raise ConfigError(f"policies.{name}.one_of (a mixture names built-in levels and policies that are "
+                                  f"not mixtures): {e}") from e
         transforms = []
         for i, entry in enumerate(data.get("transforms", [])):
             entry = dict(entry)
@@ -187,16 +192,23 @@ def load_policies(path: str | Path) -> dict[str, AugmentationPolicy]:
         data = read_toml(path, "policies file")
     except (OSError, ConfigError) as e:
         raise ConfigError(f"cannot read policies: {e}") from e
-    tables = data.get("policies", {})
-    clashes = sorted(set(tables) & {level.value for level in Level})
-    if clashes:
-        raise ConfigError(f"{path}: policy name {clashes[0]!r} is a built-in level; choose another name")
-    return custom_policies(tables)
+    try:
+        return custom_policies(data.get("policies", {}))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def custom_policies(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, AugmentationPolicy]:
     """Policies from ``[policies.NAME]`` tables; a mixture may name built-in levels and the
-    tables' policies that are not mixtures themselves."""
+    tables' policies that are not mixtures themselves.
+
+    Raises:
+        ConfigError: a table is named like a built-in level (it would silently change what that
+            level's rows measure), or a policy is not valid.
+    """
+    clashes = sorted(set(tables) & {level.value for level in Level})
+    if clashes:
+        raise ConfigError(f"policy name {clashes[0]!r} is a built-in level; choose another name")
     plain = {name: AugmentationPolicy.from_dict(name, table) for name, table in tables.items() if "one_of" not in table}
     mixtures = {name: AugmentationPolicy.from_dict(name, table, plain) for name, table in tables.items()
                 if "one_of" in table}
@@ -274,9 +286,24 @@ def _check_transform(policy: str, spec: TransformSpec) -> None:
             raise ConfigError.bad_value(f"{where}.{key}", value, f"parameters of {spec.name}: {', '.join(sorted(allowed))}")
         if key == "noise_transform" and value not in TRANSFORMS:
             raise ConfigError.bad_value(f"{where}.noise_transform", value, sorted(TRANSFORMS))
+        default = inspect.signature(TRANSFORMS[spec.name].__init__).parameters[key].default
+        if _kind(default) is not None and _kind(value) != _kind(default):
+            raise ConfigError.bad_value(f"{where}.{key}", value, f"{_kind(default)} (its default is {default!r})")
+    if spec.name not in FOLDER_TRANSFORMS:  # those read their folders when made: checked when the clips are augmented
+        _instantiate(spec, None, None, where)
 
 
-def _instantiate(spec: TransformSpec, noise_dir: Path | None, rooms_dir: Path | None) -> Any:
+def _kind(value: Any) -> str | None:
+    """What a transform parameter's default says its values are: a number, a bool or a string
+    (``None``: anything, e.g. a default of ``None``)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else None
+
+
+def _instantiate(spec: TransformSpec, noise_dir: Path | None, rooms_dir: Path | None, where: str = "") -> Any:
     params = dict(spec.params)
     if "noise_transform" in params:
         params["noise_transform"] = TRANSFORMS[params["noise_transform"]]()
@@ -287,4 +314,4 @@ def _instantiate(spec: TransformSpec, noise_dir: Path | None, rooms_dir: Path | 
     try:
         return TRANSFORMS[spec.name](**params)
     except (ValueError, TypeError, AssertionError) as e:
-        raise ConfigError(f"transform {spec.name} with {spec.params}: {e}") from e
+        raise ConfigError(f"{where or 'transform ' + spec.name} with {dict(spec.params)}: {e}") from e
