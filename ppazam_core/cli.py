@@ -368,6 +368,8 @@ def _command_line() -> str:
 def _prepare(args: argparse.Namespace) -> int:
     info = RunInfo.start("prepare")
     out = args.out or Path("reports") / info.run_id
+    if out.exists() and not out.is_dir():  # said before anything is built
+        raise ArtifactError(f"--out {out} is a file, not a folder: choose another --out")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     experiment, library, cache_dir = _experiment(args)

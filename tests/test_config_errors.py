@@ -210,8 +210,16 @@ def test_more_clusters_than_a_folder_s_audio_files_is_refused_before_any_is_deco
      "policies.bad.transforms.Gain.min_gain_db = 'loud' is not allowed; allowed: a number"),
     ('[landmark]\nfan_out = 0\n', "landmark.fan_out = 0 is not allowed"),
     ('[mfcc]\nwindow_s = 0\n', "mfcc.window_s = 0.0 is not allowed"),
+    ('[policies."clean@+3dB"]\ntransforms = [{ name = "PolarityInversion" }]\n',
+     "policies table name = 'clean@+3dB' is not allowed"),
+    ('[policies.x]\ntransforms = [{ name = "Gain" }]\none_of = ["clean"]\n',
+     "policies.x: give either transforms (and some_of) or one_of, not both"),
+    ('[policies.x]\none_of = []\n', "policies.x.one_of = [] is not allowed"),
+    ('[policies.x]\ntransforms = [{ name = "Gain", p = 2.0 }]\n',
+     "policies.x.transforms.Gain with {'p': 2.0}: AssertionError (a value out of the range"),
 ], ids=["custom-clean-level", "no-eval-level", "bad-eval-level", "bad-train-policy", "mixture-cycle",
-        "transform-value-type", "landmark-fan-out", "mfcc-window"])
+        "transform-value-type", "landmark-fan-out", "mfcc-window", "policy-named-like-a-condition",
+        "transforms-beside-one-of", "empty-mixture", "reason-without-words"])
 def test_each_bad_setting_is_named_by_its_key_when_the_config_is_read(tmp_path, capsys, content, message):
     """Fifth fault hunt: a [policies.clean] table silently replaced the built-in clean level, an
     empty eval_levels measured nothing, a transform's bad value failed once clips were augmented,
@@ -220,6 +228,14 @@ def test_each_bad_setting_is_named_by_its_key_when_the_config_is_read(tmp_path, 
     config.write_text(content)
     assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
+
+
+def test_prepare_refuses_an_out_that_is_a_file_before_building(tmp_path, capsys):
+    """Sixth fault hunt: ``prepare --out FILE`` failed only after ~20 s of building."""
+    (tmp_path / "afile").write_text("x")
+    command = ["prepare", "--out", str(tmp_path / "afile"), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    assert "is a file, not a folder" in one_error_line(cli.main(command), capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_cli_names_a_config_path_that_is_a_folder(tmp_path, capsys):

@@ -16,6 +16,7 @@ them afterwards.
 from __future__ import annotations
 
 import enum
+import re
 import inspect
 import random
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ TRANSFORMS: dict[str, type] = {
 NOISE_FOLDER_PARAM = "sounds_path"
 ROOMS_FOLDER_PARAM = "ir_path"
 FOLDER_TRANSFORMS = ("AddBackgroundNoise", "ApplyImpulseResponse")  # made from the sounds of a folder
+POLICY_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a custom policy's name: never a condition (level@gain, level@length)
 
 
 class Level(str, enum.Enum):
@@ -125,7 +127,14 @@ class AugmentationPolicy:
         unknown = set(data) - {"some_of", "transforms", "one_of"}
         if unknown:
             raise ConfigError.bad_value(f"policies.{name}", sorted(unknown)[0], "some_of, transforms, one_of")
+        if not isinstance(name, str) or not POLICY_NAME.fullmatch(name):
+            raise ConfigError.bad_value("policies table name", name, "letters, digits, '-' and '_' (a condition "
+                                        "such as clean@+3dB is a level at a gain, not a policy's name)")
         if "one_of" in data:
+            if "transforms" in data or "some_of" in data:
+                raise ConfigError(f"policies.{name}: give either transforms (and some_of) or one_of, not both")
+            if not data["one_of"]:
+                raise ConfigError.bad_value(f"policies.{name}.one_of", [], "one policy or more to choose among")
             try:
                 return cls(name, one_of=tuple(get_policy(other, known) for other in data["one_of"]))
             except ConfigError as e:
@@ -314,4 +323,5 @@ def _instantiate(spec: TransformSpec, noise_dir: Path | None, rooms_dir: Path | 
     try:
         return TRANSFORMS[spec.name](**params)
     except (ValueError, TypeError, AssertionError) as e:
-        raise ConfigError(f"{where or 'transform ' + spec.name} with {dict(spec.params)}: {e}") from e
+        raise ConfigError(f"{where or 'transform ' + spec.name} with {dict(spec.params)}: "
+                          f"{str(e) or type(e).__name__ + ' (a value out of the range audiomentations accepts)'}") from e
