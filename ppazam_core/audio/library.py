@@ -207,14 +207,18 @@ def open_library(
     if str(source) == "synthetic":
         return synthetic_library(synthetic, cache_dir, workers)
     root = Path(source).expanduser()
+    music, noise = _library_folders(root)
+    return scan_folder(music, min_duration_s, workers, name=root.name, noise_dir=noise, cache_dir=cache_dir)
+
+
+def _library_folders(root: Path) -> tuple[Path, Path | None]:
+    """The music and noise folders of the library folder ``root``: those its manifest names (a
+    folder ``library build-debian`` wrote), else ``root`` itself and none."""
     manifest = root / LIBRARY_MANIFEST
-    if manifest.is_file():
-        meta = json.loads(manifest.read_text())
-        return scan_folder(
-            root / meta["music"], min_duration_s, workers, name=root.name,
-            noise_dir=root / meta["noise"] if meta.get("noise") else None, cache_dir=cache_dir,
-        )
-    return scan_folder(root, min_duration_s, workers, cache_dir=cache_dir)
+    if not manifest.is_file():
+        return root, None
+    meta = json.loads(manifest.read_text())
+    return root / meta["music"], root / meta["noise"] if meta.get("noise") else None
 
 
 def tracks_at_most(source: str | Path, synthetic: SyntheticSpec = SyntheticSpec()) -> int | None:
@@ -224,12 +228,9 @@ def tracks_at_most(source: str | Path, synthetic: SyntheticSpec = SyntheticSpec(
     (:func:`open_library` says why)."""
     if str(source) == "synthetic":
         return synthetic.n_tracks
-    root = Path(source).expanduser()
     try:
-        manifest = root / LIBRARY_MANIFEST
-        if manifest.is_file():
-            root = root / json.loads(manifest.read_text())["music"]
-        return len(audio_files(root)[0]) if root.is_dir() else None
+        music, _ = _library_folders(Path(source).expanduser())
+        return len(audio_files(music)[0]) if music.is_dir() else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

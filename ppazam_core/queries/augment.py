@@ -289,13 +289,14 @@ def _check_transform(policy: str, spec: TransformSpec) -> None:
     where = f"policies.{policy}.transforms.{spec.name}"
     if spec.name not in TRANSFORMS:
         raise ConfigError.bad_value(f"policies.{policy}.transforms.name", spec.name, sorted(TRANSFORMS))
-    allowed = set(inspect.signature(TRANSFORMS[spec.name].__init__).parameters) - {"self"}
+    parameters = inspect.signature(TRANSFORMS[spec.name].__init__).parameters
+    allowed = set(parameters) - {"self"}
     for key, value in spec.params:
         if key not in allowed:
             raise ConfigError.bad_value(f"{where}.{key}", value, f"parameters of {spec.name}: {', '.join(sorted(allowed))}")
         if key == "noise_transform" and value not in TRANSFORMS:
             raise ConfigError.bad_value(f"{where}.noise_transform", value, sorted(TRANSFORMS))
-        default = inspect.signature(TRANSFORMS[spec.name].__init__).parameters[key].default
+        default = parameters[key].default
         if _kind(default) is not None and _kind(value) != _kind(default):
             raise ConfigError.bad_value(f"{where}.{key}", value, f"{_kind(default)} (its default is {default!r})")
     if spec.name not in FOLDER_TRANSFORMS:  # those read their folders when made: checked when the clips are augmented
