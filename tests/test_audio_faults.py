@@ -19,7 +19,8 @@ import soundfile
 from conftest import dominant_hz, tone, write_audio
 from ppazam_core.audio import decode as audio_module
 from ppazam_core import recognition
-from ppazam_core.audio.decode import load_audio
+from ppazam_core.audio.decode import load_audio, measure, probe
+from ppazam_core.audio.lengths import corrected_view
 from ppazam_core.cli import main
 from ppazam_core.errors import AudioError
 from ppazam_core.families import train_family
@@ -98,6 +99,84 @@ def test_a_folder_scan_measures_what_decodes_not_what_headers_claim(tmp_path):
     library = finishes(lambda: scan_folder(folder))
     durations = {track.id: round(track.duration_s, 1) for track in library}
     assert durations == {"good": 5.0, "max": 4.0, "riff": 4.0, "x1000": 4.0} and not library.skipped
+
+
+def flac_claiming(path: Path, total: int, seconds: float = 12.0, rate: int = RATE, channels: int = 1) -> Path:
+    """A FLAC of a 440 Hz tone whose STREAMINFO sample count is replaced by ``total`` (0:
+    "unknown", as streaming encoders write)."""
+    write_audio(path, tone(440.0, seconds, rate, channels=channels), rate, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    fields = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1) | total
+    data[18:26] = fields.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def wav_with_data_size(path: Path, size: int, seconds: float = 12.0) -> Path:
+    """A 16-bit WAV of a 440 Hz tone whose ``data`` chunk size field says ``size`` bytes."""
+    write_audio(path, tone(440.0, seconds, RATE), RATE, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("claimed_s", [4.0, 0.0, 30.0])
+def test_a_flac_whose_header_understates_omits_or_overstates_its_length_decodes_what_it_holds(tmp_path, claimed_s):
+    """Was: a 12-s FLAC claiming 4 s was scanned and decoded as 4 s without a word; one claiming
+    0 samples (streaming encoders' "unknown") or 30 s failed as damaged (libsndfile's
+    ``psf_fseek``)."""
+    path = flac_claiming(tmp_path / "claims.flac", int(claimed_s * RATE))
+    assert probe(path).frames == measure(path).frames == 12 * RATE
+    assert load_audio(path, RATE).shape[0] == 12 * RATE
+    late = load_audio(path, RATE, offset_s=9.0, duration_s=2.0)
+    assert late.shape[0] == 2 * RATE and abs(dominant_hz(late, RATE) - 440.0) < 5.0
+
+
+def test_a_stereo_24_bit_flac_with_an_unknown_length_at_44_1_khz_decodes_whole(tmp_path):
+    path = tmp_path / "stream.flac"
+    write_audio(path, tone(440.0, 7.0, 44_100, channels=2), 44_100, subtype="PCM_24")
+    data = bytearray(path.read_bytes())
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    path.write_bytes(bytes(data))
+    assert measure(path).frames == 7 * 44_100
+
+
+@pytest.mark.parametrize("claimed", [0, 16])
+def test_a_wav_whose_data_size_is_zero_or_short_decodes_what_it_holds(tmp_path, claimed):
+    """Was: a WAV with a ``data`` size of 0 and 12 s of audio after it was skipped as
+    "zero-length"; one of 16 bytes decoded to 8 samples."""
+    path = wav_with_data_size(tmp_path / "stream.wav", claimed)
+    assert probe(path).frames == measure(path).frames == 12 * RATE
+    assert abs(dominant_hz(load_audio(path, RATE, offset_s=10.0), RATE) - 440.0) < 5.0
+
+
+def test_a_wav_whose_data_is_followed_by_a_chunk_is_read_as_its_header_says(tmp_path):
+    path = write_audio(tmp_path / "tagged.wav", tone(440.0, 2.0, RATE), RATE, subtype="PCM_16")
+    path.write_bytes(path.read_bytes() + b"LIST" + struct.pack("<I", 4) + b"INFO")
+    assert corrected_view(path) is None
+    assert measure(path).frames == 2 * RATE
+
+
+def test_a_valid_flac_is_read_as_it_is_and_a_truncated_one_is_still_damaged(tmp_path):
+    path = write_audio(tmp_path / "good.flac", tone(440.0, 6.0, RATE), RATE)
+    assert corrected_view(path) is None
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(AudioError, match="truncated or damaged"):
+        measure(cut)
+
+
+def test_a_folder_scan_takes_a_flac_and_a_wav_at_the_length_they_hold(tmp_path):
+    """Was: ``library info`` counted a 12-s track as 4 s and skipped the WAV with a 0 data size."""
+    folder = tmp_path / "lib"
+    flac_claiming(folder / "short.flac", 4 * RATE)
+    wav_with_data_size(folder / "zero.wav", 0)
+    library = finishes(lambda: scan_folder(folder))
+    assert {track.id: round(track.duration_s, 1) for track in library} == {"short": 12.0, "zero": 12.0}
+    assert not library.skipped
 
 
 def test_files_past_the_decoding_bounds_are_skipped_and_the_others_kept(tmp_path, monkeypatch):

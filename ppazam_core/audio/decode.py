@@ -8,7 +8,9 @@ each link decoded in turn. Resampling uses torchaudio's band-limited sinc interp
 silently.
 
 A header's length is never trusted: files are decoded block by block until the decoder has no
-more (an MP3 whose Xing header claims 2^32 frames decodes to the seconds it holds), and no file
+more (an MP3 whose Xing header claims 2^32 frames decodes to the seconds it holds; a FLAC or WAV
+whose length field is 0 or short of what it holds is read through
+:func:`~ppazam_core.audio.lengths.corrected_view`), and no file
 decodes to more than :data:`MAX_DECODED_S` seconds or for longer than :data:`MAX_DECODE_WALL_S`
 seconds of wall-clock time, whatever its header says, and a header claiming a rate below
 :data:`MIN_FILE_RATE` is refused. Levels are measured about the signal's mean: a constant (DC)
@@ -23,7 +25,7 @@ import io
 import logging
 import struct
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import soundfile
 
+from ppazam_core.audio.lengths import corrected_view
 from ppazam_core.errors import AudioError
 
 DEFAULT_SAMPLE_RATE = 16_000
@@ -396,7 +399,9 @@ def _open_links(path: Path) -> Iterator[soundfile.SoundFile]:
     when the next one is opened (or the generator closed). Raises libsndfile's errors."""
     spans = _ogg_links(path)
     if len(spans) <= 1:
-        with soundfile.SoundFile(str(path)) as handle:
+        view = corrected_view(path)
+        with (closing(view) if view is not None else nullcontext(),
+              soundfile.SoundFile(str(path) if view is None else view) as handle):
             yield handle
         return
     with path.open("rb") as file:

@@ -36,7 +36,7 @@ from ppazam_core.audio.synth import render_track
 
 LIBRARY_MANIFEST = "ppazam-library.json"
 DEFAULT_QUERY_S = 3.0
-_SCAN_RULES = 3  # how files are measured; bumped when that changes, so older scan-cache records are not reused
+_SCAN_RULES = 4  # how files are measured; bumped when that changes, so older scan-cache records are not reused
 
 
 @dataclass(frozen=True)
