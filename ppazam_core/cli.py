@@ -54,7 +54,7 @@ from ppazam_core.families.registry import families
 from ppazam_core.manifest import family_of, holds_model
 from ppazam_core.fhe.concrete import CircuitStats
 from ppazam_core.models.identifier import FAMILY, OBLIVIOUS_FAMILY
-from ppazam_core.audio.library import Library, Track, open_library, scan_folder, synthetic_distractors
+from ppazam_core.audio.library import Library, SkippedFile, Track, open_library, scan_folder, synthetic_distractors
 from ppazam_core.models.pipeline import compile_identifier, noise_folder
 from ppazam_core.preflight import check_before_opening
 from ppazam_core.results.open_set import DEFAULT_FAR, OpenSetRule, check_far
@@ -63,7 +63,7 @@ from ppazam_core.recognition import MAX_QUERY_S, Mode, Recognizer, predict, prep
 from ppazam_core.results.records import RunInfo, RunRecord, accuracy_rows, check_out_folder, prediction_frame
 from ppazam_core.seeding import derive_seed
 from ppazam_core.store import (atomic_write_text, canonical_json, config_hash, default_cache_dir,
-                                recover_leftovers, storage_errors, writer_lock)
+                                recover_leftovers, require_writable, storage_errors, writer_lock)
 from ppazam_core.threads import ARTIFACT_THREADS
 
 console = Console()
@@ -488,6 +488,11 @@ def _identify(args: argparse.Namespace) -> int:
     if args.server and mode is not Mode.FHE:
         raise ConfigError.bad_value("--server", args.server, "only with --mode fhe")
     clips = _clip_paths(args.clips)  # before a model is loaded or compiled
+    transport = None
+    if args.server:
+        from ppazam_core.fhe.serving import HttpTransport  # the HTTP stack only when asked for
+
+        transport = HttpTransport(args.server)  # a malformed URL refused before a model is loaded
     if args.model is not None:
         model = _model_in(args.model, mode)
         config = model.config
@@ -495,11 +500,7 @@ def _identify(args: argparse.Namespace) -> int:
     else:
         model, library, config = _trained_model(args, mode)
         titles = {t.id: t.title for t in library}
-    transport = None
-    if args.server:
-        from ppazam_core.fhe.serving import HttpTransport  # the HTTP stack only when asked for
-
-        transport = HttpTransport(args.server)
+    if transport is not None:
         model.channel.transport = transport
     try:
         return _identify_clips(args, clips, mode, model, titles, config)
@@ -615,7 +616,9 @@ def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path
     given = [f"--family {args.family}"] if args.family not in (None, model.family) else []
     if args.config is not None and canonical_json(_config(args)) != canonical_json(model.config):
         given.append(f"--config {args.config}")
-    if args.library is not None:
+    if args.library is not None and not _may_hold_the_library_of(model, args.library):
+        given.append(f"--library {args.library}")
+    elif args.library is not None:
         try:
             _library_of(model, args, args.cache_dir or default_cache_dir())
         except ConfigError:
@@ -624,6 +627,16 @@ def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path
         raise ConfigError(f"--into {into} already holds an enrolled {model.family} model; {' and '.join(given)} "
                           "only choose the trained model a new --into starts from: leave them out to update it, "
                           "or name a new folder")
+
+
+def _may_hold_the_library_of(model: Recognizer, library: str) -> bool:
+    """Whether the folder ``library`` holds at least as many audio files as ``model`` kept
+    tracks of its trained library (a listing, no decoding): when not, it cannot be that library."""
+    if library == "synthetic" or not Path(library).is_dir():
+        return True  # for _library_of to judge
+    enrolled = {entry["id"] for entry in model.manifest.get("enrolled", [])}
+    files, _ = audio_files(Path(library))
+    return len(files) >= sum(track_id not in enrolled for track_id in model.track_ids)
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -662,6 +675,10 @@ def _enroll_into(args: argparse.Namespace, into: Path) -> int:
             tracks = scan_folder(source.parent, model.config.data.segment_s, 1, cache_dir=cache_dir, only=source)
         else:
             tracks = open_library(source, cache_dir, min_duration_s=model.config.data.segment_s, workers=args.workers)
+        if any(not t.silent for t in tracks):  # silent files of a folder are skipped; all silent: refused below
+            tracks = replace(tracks, tracks=tuple(t for t in tracks if not t.silent),
+                             skipped=tracks.skipped + tuple(SkippedFile(t.source, "silent: no sound to enroll")
+                                                            for t in tracks if t.silent))
         for skipped in tracks.skipped:
             console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
     started = time.perf_counter()
@@ -710,6 +727,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         if not len(distractors):
             raise ConfigError("every generated distractor is in the model's library: pass --distractors FOLDER")
     started = time.perf_counter()
+    require_writable(rule_folder(model, mode))  # before the queries, not after
     rule = calibrate_open_set(model, library, distractors, config, cache_dir, mode, args.far, args.workers)
     path = rule.save(rule_folder(model, mode))
     table = Table(title=f"open-set rule of {rule.family} in {rule.mode} ({library.name} against "
@@ -810,11 +828,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError.bad_value("--max-key-gib", args.max_key_gib, "a number of GiB above 0 (and below 2^20)")
     if not 0 <= args.port <= 65535:
         raise ConfigError.bad_value("--port", args.port, "a port number from 0 to 65535")
-    bundle = ServerBundle.load(args.bundle)
+    try:
+        bundle = ServerBundle.load(args.bundle)
+        app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
+                         max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS,
+                         max_key_bytes=int((args.max_key_gib or DEFAULT_MAX_KEY_BYTES / 1024**3) * 1024**3))
+    except DamagedArtifactError as e:  # serve rebuilds nothing: export-server writes bundles
+        raise DamagedArtifactError(e.path, e.reason, args.bundle,
+                                   "write the bundle again with `ppazam export-server DEST`") from e
     ignore_broken_pipes()
-    app = create_app(bundle, max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
-                     max_parallel_runs=args.parallel_runs or DEFAULT_PARALLEL_RUNS,
-                     max_key_bytes=int((args.max_key_gib or DEFAULT_MAX_KEY_BYTES / 1024**3) * 1024**3))
     try:
         sock = bind(args.host, args.port)
     except OSError as e:

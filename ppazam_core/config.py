@@ -207,6 +207,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.cluster_top_k < 1:
             raise ConfigError.bad_value("identify.cluster_top_k", self.cluster_top_k, "an integer >= 1")
+        clusters = self.clusters.n_clusters
+        if clusters is not None and self.cluster_top_k > clusters:
+            raise ConfigError.bad_value("identify.cluster_top_k", self.cluster_top_k,
+                                        f"at most clusters.n_clusters ({clusters}): a query searches that many clusters")
         if self.combine not in COMBINE_RULES:
             raise ConfigError.bad_value("identify.combine", self.combine, COMBINE_RULES)
 

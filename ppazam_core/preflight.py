@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ppazam_core.audio.decode import audio_files
+from ppazam_core.audio.decode import audio_files, is_audio_path
 from ppazam_core.audio.library import tracks_at_most
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.errors import ConfigError, LibraryError
@@ -28,7 +28,8 @@ def check_before_opening(config: ExperimentConfig, source: str | Path, families:
     Raises:
         ArtifactError: ``[embedding] encoder`` names a folder that holds no encoder.
         DamagedArtifactError: the encoder's weights differ from its manifest.
-        LibraryError: ``[data] noise_dir`` is not a folder, or holds no audio file.
+        LibraryError: ``[data] noise_dir`` is not a folder, or holds no audio file; a custom
+            policy's ``sounds_path`` or ``ir_path`` is neither an audio file nor a folder of them.
         ConfigError: ``[embedding] embedder`` cannot be imported as a HEAR module,
             ``[clusters] n_clusters`` is above the most tracks ``source`` can hold, or a family
             that trains the CNN of ``[model]`` (they sweep its rounding) would see its blocks
@@ -41,14 +42,26 @@ def check_before_opening(config: ExperimentConfig, source: str | Path, families:
     if any(get_family(name).sweeps_rounding for name in families):
         config.model.cnn(2, config.data.features.shape)
     if config.data.noise_dir:
-        noise = Path(config.data.noise_dir).expanduser()
-        if not noise.is_dir():
-            raise LibraryError(f"data.noise_dir = {config.data.noise_dir!r}: {noise} does not exist or is not a folder")
-        files, _ = audio_files(noise)
-        if not files:
-            raise LibraryError(f"data.noise_dir = {config.data.noise_dir!r}: no audio file under {noise}")
+        _check_sounds("data.noise_dir", config.data.noise_dir, file_allowed=False)
+    for policy in config.data.policies:
+        for key, value in policy.named_folders():
+            _check_sounds(key, value, file_allowed=True)
     wanted = config.clusters.n_clusters
     most = tracks_at_most(source, config.data.synthetic)
     if wanted is not None and most is not None and wanted > most:
         raise ConfigError.bad_value("clusters.n_clusters", wanted,
                                     f"at most the {most} tracks the library {source} can hold")
+
+
+def _check_sounds(key: str, value: str, file_allowed: bool) -> None:
+    """A :class:`LibraryError` unless ``value`` is a folder holding audio (or, where
+    ``file_allowed``, an audio file)."""
+    path = Path(value).expanduser()
+    if file_allowed and path.is_file() and is_audio_path(path):
+        return
+    if not path.is_dir():
+        what = "a folder or an audio file" if file_allowed else "a folder"
+        raise LibraryError(f"{key} = {value!r}: {path} does not exist or is not {what}")
+    files, _ = audio_files(path)
+    if not files:
+        raise LibraryError(f"{key} = {value!r}: no audio file under {path}")

@@ -274,6 +274,17 @@ def require_space(folder: Path, size: int) -> None:
                            "free space on that disk or write to a folder on another disk")
 
 
+def require_writable(folder: Path) -> None:
+    """Refuse a ``folder`` a file cannot be created in (read-only file system, no permission),
+    before work whose result goes there is done: a temporary file is made there and removed.
+
+    Raises:
+        StorageError: the folder cannot be written to.
+    """
+    with storage_errors(folder), tempfile.TemporaryFile(dir=folder, prefix=".ppazam-write-check-"):
+        pass
+
+
 def allocate(path: Path) -> None:
     """Allocate every block of the file ``path`` as it is sized (a file
     :func:`numpy.lib.format.open_memmap` made is sized but sparse), so that a full disk fails

@@ -92,6 +92,12 @@ def test_a_value_out_of_bounds_is_refused_by_name_before_anything_runs(table, ke
         ExperimentConfig.from_dict({table: {key: value}})
 
 
+def test_more_clusters_searched_than_built_is_refused():
+    """Was (sixth fault hunt): ``cluster_top_k = 5`` with 2 clusters was accepted without comment."""
+    with pytest.raises(ConfigError, match=r"identify.cluster_top_k = 5 is not allowed; allowed: at most clusters.n_clusters \(2\)"):
+        ExperimentConfig.from_dict({"clusters": {"n_clusters": 2}, "identify": {"cluster_top_k": 5}})
+
+
 @pytest.mark.parametrize("blocks, message", [
     ("[{ channels = 0, kernel = 4, stride = 4 }]", "model.blocks[0].channels = 0 is not allowed; allowed: an integer from 1"),
     ("[{ channels = 8 }, { channels = 1000000000 }]", "model.blocks[1].channels = 1000000000 is not allowed"),
@@ -177,14 +183,18 @@ def test_cli_names_a_bad_config_in_one_line(tmp_path, capsys, content, message):
     ('[clusters]\nn_clusters = 65\n', "clusters.n_clusters = 65 is not allowed; allowed: at most the 64 tracks"),
     ('[embedding]\nembedder = "no_such_module_xyz"\n', "embedding.embedder 'no_such_module_xyz' cannot be imported"),
     ('[model]\nblocks = [{{ channels = 8, kernel = 64, stride = 64 }}]\n', "shrink the input (1, 32, 32) to nothing"),
+    ('[policies.noisy]\ntransforms = [{{ name = "AddBackgroundNoise", sounds_path = "{tmp}/nowhere" }}]\n',
+     "policies.noisy.transforms.AddBackgroundNoise.sounds_path = '{tmp}/nowhere': {tmp}/nowhere does not exist"),
+    ('[policies.room]\ntransforms = [{{ name = "ApplyImpulseResponse", ir_path = "{tmp}/c.toml" }}]\n',
+     "policies.room.transforms.ApplyImpulseResponse.ir_path = '{tmp}/c.toml'"),
 ], ids=["missing-encoder", "missing-noise-folder", "noise-folder-without-audio", "more-clusters-than-tracks",
-        "missing-embedder", "blocks-shrink-the-patch"])
+        "missing-embedder", "blocks-shrink-the-patch", "transform-folder-missing", "transform-folder-not-audio"])
 def test_what_a_config_names_outside_itself_is_checked_before_the_library_is_rendered(tmp_path, capsys, content,
                                                                                       message):
     """Was: each was found only after the synthetic library had been rendered (minutes at scale)."""
     config = tmp_path / "c.toml"
     config.write_text(content.format(tmp=tmp_path))
-    assert message in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert message.format(tmp=tmp_path) in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
 
 

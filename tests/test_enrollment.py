@@ -10,6 +10,7 @@ import pytest
 
 from conftest import write_audio
 from ppazam_core.audio.decode import load_audio
+from ppazam_core import cli
 from ppazam_core.cli import main
 from ppazam_core.families import family_segment_s, get_family, train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enrollment_segments
@@ -110,7 +111,12 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     assert main(["enroll", "--into", str(into), "--remove", "new_syn00000", "--remove", "syn00002", *common]) == 0
     assert EmbeddingPrototypes(into).track_ids == ("syn00000", "syn00001", "syn00003", "syn00004", "syn00005",
                                                    "new_syn00001")
-    assert main(["enroll", str(one_song), "--into", str(into), *common]) == 0  # a removed song comes back
+    mixed = tmp_path / "mixed"  # a removed song comes back; a DC-only file beside it is skipped, not blocking
+    mixed.mkdir()
+    shutil.copy(one_song, mixed / one_song.name)
+    write_audio(mixed / "dc.wav", np.full(16_000 * 4, 0.4, dtype=np.float32), 16_000)
+    assert main(["enroll", str(mixed), "--into", str(into), *common]) == 0
+    assert "dc.wav: silent" in capsys.readouterr().out
     assert EmbeddingPrototypes(into).track_ids[-1] == "new_syn00000"
 
 
@@ -135,7 +141,7 @@ def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, se
 
 
 def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new_songs, tiny_config, session_cache,
-                                                                   tmp_path, capsys):
+                                                                   tmp_path, capsys, monkeypatch):
     """Was: ``--family``, ``--config`` and ``--library`` were silently ignored once ``--into``
     held a model, so a user who asked for another family or configuration got the old one; then
     the model's own library was refused too."""
@@ -146,13 +152,17 @@ def test_enroll_into_a_model_refuses_options_naming_another_base(prototypes, new
     before = (into / "model.json").read_text()
     other = tmp_path / "other.toml"
     other.write_text(toml.read_text().replace("cluster_top_k = 2", "cluster_top_k = 1"))
+    scanned = []
+    monkeypatch.setattr(cli, "open_library", lambda *a, **k: scanned.append(a) or pytest.fail("scanned"))
     for options, named in ([["--family", "embedding-knn"], "--family embedding-knn"],
                            [["--config", str(other)], f"--config {other}"],
-                           [["--library", str(new_songs)], f"--library {new_songs}"]):  # other songs
+                           [["--library", str(new_songs)], f"--library {new_songs}"]):  # other songs, too few: not scanned
         assert main(["enroll", str(new_songs / "new_syn00001.flac"), "--into", str(into), *options, *common]) == 1
         err = capsys.readouterr().err
         assert f"already holds an enrolled {FAMILY} model; {named}" in err and "leave them out" in err
         assert (into / "model.json").read_text() == before
+    monkeypatch.undo()
+    assert not scanned
     # the same family and configuration are what the folder holds (the same settings written
     # otherwise: tables reordered, an integer for a float): accepted
     same = tmp_path / "same.toml"

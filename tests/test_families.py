@@ -2,8 +2,10 @@
 encrypted heads agree across modes, landmarks locate an excerpt, open-set metrics are right on a
 constructed case."""
 
+import errno
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from conftest import tone, write_audio
 from ppazam_core.audio.decode import load_audio
+from ppazam_core import cli, store
 from ppazam_core.cli import main
 from ppazam_core.config import ExperimentConfig
 from ppazam_core.queries.dataset import build_dataset
@@ -282,6 +285,24 @@ def test_calibrate_refuses_bad_distractors_and_rates(family_models, tiny_library
     assert "--distractors FOLDER is needed" in capsys.readouterr().err
     assert main(["calibrate", *common, "--distractors", str(Path(tiny_library.tracks[0].source).parent)]) == 1
     assert "6 of the distractor tracks in" in capsys.readouterr().err
+
+
+def test_calibrate_into_a_read_only_model_folder_fails_before_calibrating(family_models, tiny_config, session_cache,
+                                                                          monkeypatch, capsys):
+    """Was (sixth fault hunt): ``calibrate --model`` on a read-only folder failed only after every
+    query had been predicted. Root writes into chmod 555 folders, so the file system's refusal
+    is made here."""
+    _, toml = tiny_config
+    model = family_models["embedding-head"]
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(store.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(cli, "calibrate_open_set", lambda *a, **k: pytest.fail("calibrated before the check"))
+    assert main(["calibrate", "--model", str(model.folder), "--config", str(toml), "--cache-dir", str(session_cache),
+                 "--workers", "1"]) == 1
+    assert f"cannot write {model.folder}: read-only file system" in capsys.readouterr().err
 
 
 def test_a_damaged_open_set_rule_is_a_clear_error(family_models, tiny_library, tiny_config, session_cache, tmp_path,

@@ -30,6 +30,7 @@ from ppazam_core.fhe.concrete import SimulatedClassifier
 from ppazam_core.fhe import serving
 from ppazam_core.fhe.serving import OCTET_STREAM, QUEUE_SECONDS, SERVER_SECONDS, BodyLimits, HttpTransport, Sessions, \
     serve_in_background
+from conftest import tone, write_audio
 from test_fhe import circuits, fhe_config, identifier, queries  # noqa: F401  (session fixtures, reused)
 
 BINARY = {"content-type": OCTET_STREAM}
@@ -67,6 +68,17 @@ def test_a_damaged_bundle_index_is_refused(bundle, tmp_path, damage, reason):
     (copy / "bundle.json").write_text(json.dumps(index))
     with pytest.raises(DamagedArtifactError, match=reason):
         ServerBundle.load(copy).server("cluster")
+
+
+def test_serve_on_a_damaged_bundle_says_export_server_writes_it_again(bundle, tmp_path, capsys):
+    """Was (sixth fault hunt): "delete the bundle and run the command again to rebuild it", but
+    ``serve`` rebuilds nothing."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.folders["cluster"].parent, copy)
+    (copy / "bundle.json").write_text(json.dumps({"format": 99, "circuits": {}}))
+    assert main(["serve", str(copy), "--port", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "write the bundle again with `ppazam export-server DEST`" in error and "run the command again" not in error
 
 
 def test_circuits_lists_public_costs_only(server_url, bundle):
@@ -323,6 +335,16 @@ def test_transport_errors_carry_the_servers_message(identifier, queries, bundle)
         evicted.close(), transport.close()
     with pytest.raises(FheError, match=f"cannot reach the ppazam server at {re.escape(url)}"):
         HttpTransport(url, connect_timeout=2).open()
+
+
+@pytest.mark.parametrize("url", ["ftp://x y", "http://x y", "localhost:8000", "http://", "https://h:99999"])
+def test_a_malformed_server_url_is_refused_before_anything_is_sent(url, tmp_path, capsys):
+    """Was (sixth fault hunt): ``identify --server "ftp://x y"`` blamed a broken connection."""
+    with pytest.raises(FheError, match="is not the URL of a ppazam server: give http://HOST:PORT"):
+        HttpTransport(url)
+    clip = write_audio(tmp_path / "clip.wav", tone(440.0, 3.0, 16_000), 16_000)
+    assert main(["identify", str(clip), "--model", str(tmp_path / "nowhere"), "--mode", "fhe", "--server", url]) == 1
+    assert "is not the URL of a ppazam server" in capsys.readouterr().err
 
 
 def test_concurrent_clients_each_with_their_own_keys(identifier, circuits, queries, server_url, tmp_path,  # noqa: F811

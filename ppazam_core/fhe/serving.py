@@ -483,6 +483,20 @@ def uvicorn_server(app: FastAPI, log_level: str = "warning",
                                          limit_concurrency=max_connections))
 
 
+def _server_url(url: str) -> str:
+    """``url`` without its trailing slash; a :class:`FheError` unless it is ``http(s)://HOST[:PORT]...``."""
+    try:
+        parsed = httpx.URL(url)
+        valid = parsed.scheme in ("http", "https") and parsed.host and "%" not in parsed.host \
+            and (parsed.port is None or 0 < parsed.port < 65536)
+    except httpx.InvalidURL:
+        valid = False
+    if not valid:
+        raise FheError(f"{url!r} is not the URL of a ppazam server: give http://HOST:PORT or https://HOST:PORT, "
+                       "as `ppazam serve` prints it")
+    return url.rstrip("/")
+
+
 def ignore_broken_pipes() -> None:
     """Start Concrete's runtime now, then ignore ``SIGPIPE`` again (Python ignores it from the
     start; call from the main thread, before serving). The runtime (HPX) starts with a process's
@@ -539,7 +553,9 @@ class HttpTransport:
     manager, or :meth:`close` it."""
 
     def __init__(self, url: str, timeout: float = 900.0, connect_timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        """Raises :class:`FheError` when ``url`` is not an http(s) URL with a host and a port
+        that can be (nothing is sent yet)."""
+        self.url = _server_url(url)
         self._client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=connect_timeout))
         self.session: str | None = None
         self.reopened = 0

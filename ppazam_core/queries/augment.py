@@ -21,7 +21,7 @@ import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import audiomentations
 import numpy as np
@@ -52,7 +52,8 @@ TRANSFORMS: dict[str, type] = {
 }
 NOISE_FOLDER_PARAM = "sounds_path"
 ROOMS_FOLDER_PARAM = "ir_path"
-FOLDER_TRANSFORMS = ("AddBackgroundNoise", "ApplyImpulseResponse")  # made from the sounds of a folder
+_FOLDER_PARAMS = {"AddBackgroundNoise": NOISE_FOLDER_PARAM, "ApplyImpulseResponse": ROOMS_FOLDER_PARAM}
+FOLDER_TRANSFORMS = tuple(_FOLDER_PARAMS)  # made from the sounds of a folder
 POLICY_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a custom policy's name: never a condition (level@gain, level@length)
 
 
@@ -114,6 +115,19 @@ class AugmentationPolicy:
     def needs_rooms(self) -> bool:
         """Whether a folder of room impulse responses must be supplied to apply the policy."""
         return self._needs("ApplyImpulseResponse", ROOMS_FOLDER_PARAM)
+
+    def named_folders(self) -> Iterator[tuple[str, str]]:
+        """``(key, path)`` of each folder or file of sounds a transform of the policy (or of a
+        policy it mixes) names itself, e.g. ``("policies.noisy.transforms.AddBackgroundNoise.sounds_path",
+        "/data/noise")``; read when the transform is made, so checked before work starts
+        (:mod:`ppazam_core.preflight`)."""
+        for spec in self.transforms:
+            param = _FOLDER_PARAMS.get(spec.name)
+            params = dict(spec.params)
+            if param in params:
+                yield f"policies.{self.name}.transforms.{spec.name}.{param}", params[param]
+        for part in self.one_of:
+            yield from part.named_folders()
 
     def _needs(self, transform: str, folder_param: str) -> bool:
         return (any(t.name == transform and folder_param not in dict(t.params) for t in self.transforms)
@@ -299,7 +313,7 @@ def _check_transform(policy: str, spec: TransformSpec) -> None:
         default = parameters[key].default
         if _kind(default) is not None and _kind(value) != _kind(default):
             raise ConfigError.bad_value(f"{where}.{key}", value, f"{_kind(default)} (its default is {default!r})")
-    if spec.name not in FOLDER_TRANSFORMS:  # those read their folders when made: checked when the clips are augmented
+    if spec.name not in FOLDER_TRANSFORMS:  # those read their folders when made: their folders are checked before work starts
         _instantiate(spec, None, None, where)
 
 
