@@ -1,3 +1,4 @@
+import builtins
 import json
 import re
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import ppazam_launcher
 from conftest import tone, write_audio
 from ppazam_core.cli import _parser, main
 from ppazam_core.cli_reference import reference
@@ -59,6 +61,21 @@ def test_commands_print_no_cuda_runtime_chatter(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "synthetic-4x4s-seed0" in done.stdout
     assert "CUDA" not in done.stdout and "CUDA" not in done.stderr
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_error_line(monkeypatch, capsys):
+    """Was (sixth fault hunt): a Ctrl-C in the first seconds of a command, while torch and
+    Concrete ML import, printed Python's ``KeyboardInterrupt`` traceback."""
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "ppazam_core.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert ppazam_launcher.main() == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
 
 
 def test_library_info_folder_lists_skipped_files_as_json(tmp_path, capsys):
