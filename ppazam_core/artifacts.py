@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,10 +26,11 @@ import torch
 from ppazam_core.errors import DamagedArtifactError
 from ppazam_core.store import is_complete
 
-# what reading a damaged file raises in the standard library (shutil.ReadError is an OSError),
-# numpy, pandas, torch, soundfile and Concrete (its C++ errors are RuntimeErrors)
+# what reading a damaged file raises in the standard library (shutil.ReadError is an OSError; a
+# zip archive's corrupt compressed data, zlib.error), numpy, pandas, torch, soundfile and Concrete
+# (its C++ errors are RuntimeErrors)
 DAMAGE = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile,
-          pickle.UnpicklingError)
+          pickle.UnpicklingError, zlib.error)
 MAX_REASON = 200
 
 

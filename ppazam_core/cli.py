@@ -625,7 +625,7 @@ def _refuse_base_options(args: argparse.Namespace, model: Recognizer, into: Path
             given.append(f"--library {args.library}")
     if given:
         raise ConfigError(f"--into {into} already holds an enrolled {model.family} model; {' and '.join(given)} "
-                          "only choose the trained model a new --into starts from: leave them out to update it, "
+                          "would only choose the trained model a new --into starts from: leave them out to update it, "
                           "or name a new folder")
 
 
@@ -727,7 +727,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         if not len(distractors):
             raise ConfigError("every generated distractor is in the model's library: pass --distractors FOLDER")
     started = time.perf_counter()
-    require_writable(rule_folder(model, mode))  # before the queries, not after
+    require_writable(rule_folder(model, mode), "calibrate stores its rule there: make the folder writable, or "
+                                               "calibrate a copy of the model")  # before the queries, not after
     rule = calibrate_open_set(model, library, distractors, config, cache_dir, mode, args.far, args.workers)
     path = rule.save(rule_folder(model, mode))
     table = Table(title=f"open-set rule of {rule.family} in {rule.mode} ({library.name} against "

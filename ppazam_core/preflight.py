@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ppazam_core.audio.decode import audio_files, is_audio_path
+from ppazam_core.audio.decode import audio_files, probe
 from ppazam_core.audio.library import tracks_at_most
 from ppazam_core.config import ExperimentConfig
-from ppazam_core.errors import ConfigError, LibraryError
+from ppazam_core.errors import AudioError, ConfigError, LibraryError
 from ppazam_core.families import get_family
 from ppazam_core.models.encoder.shipped import encoder_folder
 from ppazam_core.models.hear import hear_module
@@ -31,7 +31,8 @@ def check_before_opening(config: ExperimentConfig, source: str | Path, families:
         LibraryError: ``[data] noise_dir`` is not a folder, or holds no audio file; a custom
             policy's ``sounds_path`` or ``ir_path`` is neither an audio file nor a folder of them.
         ConfigError: ``[embedding] embedder`` cannot be imported as a HEAR module,
-            ``[clusters] n_clusters`` is above the most tracks ``source`` can hold, or a family
+            ``[clusters] n_clusters`` is above the most tracks ``source`` can hold,
+            ``[identify] cluster_top_k`` above the clusters they are split into, or a family
             that trains the CNN of ``[model]`` (they sweep its rounding) would see its blocks
             shrink the ``[features]`` patch to nothing.
     """
@@ -51,17 +52,34 @@ def check_before_opening(config: ExperimentConfig, source: str | Path, families:
     if wanted is not None and most is not None and wanted > most:
         raise ConfigError.bad_value("clusters.n_clusters", wanted,
                                     f"at most the {most} tracks the library {source} can hold")
+    if wanted is None and most is not None and config.cluster_top_k > config.clusters.resolve(most):
+        raise ConfigError.bad_value("identify.cluster_top_k", config.cluster_top_k,
+                                    f"at most the {config.clusters.resolve(most)} cluster(s) the {most} tracks of the "
+                                    f"library {source} are split into")
 
 
 def _check_sounds(key: str, value: str, file_allowed: bool) -> None:
     """A :class:`LibraryError` unless ``value`` is a folder holding audio (or, where
-    ``file_allowed``, an audio file)."""
+    ``file_allowed``, an audio file). Where ``file_allowed`` (audiomentations reads those files
+    itself, not through ppazam's decoder), every file must be readable audio too."""
     path = Path(value).expanduser()
-    if file_allowed and path.is_file() and is_audio_path(path):
-        return
-    if not path.is_dir():
+    if file_allowed and path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files, _ = audio_files(path)
+        if not files:
+            raise LibraryError(f"{key} = {value!r}: no audio file under {path}")
+    else:
         what = "a folder or an audio file" if file_allowed else "a folder"
         raise LibraryError(f"{key} = {value!r}: {path} does not exist or is not {what}")
-    files, _ = audio_files(path)
-    if not files:
-        raise LibraryError(f"{key} = {value!r}: no audio file under {path}")
+    if not file_allowed:
+        return
+    unreadable = []
+    for file in files:
+        try:
+            probe(file)
+        except AudioError as e:
+            unreadable.append(f"{file.name}: {e.reason}")
+    if unreadable:
+        raise LibraryError(f"{key} = {value!r}: {len(unreadable)} of {len(files)} file(s) are not readable audio "
+                           f"({'; '.join(unreadable[:3])})")

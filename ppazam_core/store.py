@@ -274,15 +274,20 @@ def require_space(folder: Path, size: int) -> None:
                            "free space on that disk or write to a folder on another disk")
 
 
-def require_writable(folder: Path) -> None:
+def require_writable(folder: Path, remedy: str) -> None:
     """Refuse a ``folder`` a file cannot be created in (read-only file system, no permission),
     before work whose result goes there is done: a temporary file is made there and removed.
 
     Raises:
-        StorageError: the folder cannot be written to.
+        StorageError: the folder cannot be written to; it says ``remedy``.
     """
-    with storage_errors(folder), tempfile.TemporaryFile(dir=folder, prefix=".ppazam-write-check-"):
-        pass
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".ppazam-write-check-"):
+            pass
+    except OSError as e:
+        if not StorageError.applies_to(e):
+            raise
+        raise StorageError(folder, StorageError.of(e, folder).reason, remedy, cache_hint=False) from e
 
 
 def allocate(path: Path) -> None:

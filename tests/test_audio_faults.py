@@ -169,6 +169,20 @@ def test_a_valid_flac_is_read_as_it_is_and_a_truncated_one_is_still_damaged(tmp_
         measure(cut)
 
 
+def test_a_truncated_wav_is_used_for_what_it_holds_with_a_warning(tmp_path, caplog):
+    """Was (seventh fault hunt): a WAV cut to a third of its length was taken at 4 s without a
+    word; its samples are sound, so they are kept, and the scan says the file is short."""
+    whole = write_audio(tmp_path / "whole.wav", tone(440.0, 12.0, RATE), RATE, subtype="PCM_16")
+    cut = tmp_path / "lib" / "cut.wav"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    with caplog.at_level(logging.WARNING, logger="ppazam_core.audio.decode"):
+        assert round(measure(cut).duration_s, 1) == 4.0
+        assert round(measure(whole).duration_s, 1) == 12.0
+    assert f"{cut}: its header says 12.0 s, it holds 4.0 s (a truncated file?)" in caplog.text
+    assert "whole.wav" not in caplog.text
+
+
 def test_a_folder_scan_takes_a_flac_and_a_wav_at_the_length_they_hold(tmp_path):
     """Was: ``library info`` counted a 12-s track as 4 s and skipped the WAV with a 0 data size."""
     folder = tmp_path / "lib"

@@ -1,7 +1,9 @@
 import builtins
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,18 +66,22 @@ def test_commands_print_no_cuda_runtime_chatter(tmp_path):
 
 
 def test_ctrl_c_while_the_command_line_imports_is_one_error_line(monkeypatch, capsys):
-    """Was (sixth fault hunt): a Ctrl-C in the first seconds of a command, while torch and
-    Concrete ML import, printed Python's ``KeyboardInterrupt`` traceback."""
+    """Was (sixth and seventh fault hunts): a Ctrl-C in the first seconds of a command, while
+    torch and Concrete ML import, printed Python's ``KeyboardInterrupt`` traceback, or was lost
+    in torch's C initialisation and the command ran on."""
     real_import = builtins.__import__
 
     def interrupted(name, *args, **kwargs):
         if name == "ppazam_core.cli":
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, while the import runs
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
+    monkeypatch.setattr("ppazam_core.cli.main", lambda: pytest.fail("the command ran on after Ctrl-C"))
+    before = signal.getsignal(signal.SIGINT)
     assert ppazam_launcher.main() == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is before  # Python's own handler back for the command
 
 
 def test_library_info_folder_lists_skipped_files_as_json(tmp_path, capsys):

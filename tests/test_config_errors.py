@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import ppazam_core.cli as cli
+from conftest import tone, write_audio
 from ppazam_core.queries.augment import load_policies
 from ppazam_core.models.clustering import ClusterConfig
 from ppazam_core.config import DATA_TABLES, DataConfig, ExperimentConfig, FheConfig, ModelSpec
@@ -61,6 +62,11 @@ def test_every_key_of_every_table_is_type_checked(table, key, hint):
     ("[data]\ntrain_gain_db = [-20.0]\n", "data.train_gain_db = [-20.0] is not allowed; allowed: a list of 2"),
     ("[packed]\nmoduli_bits = [38, 28.0, 43]\n", "packed.moduli_bits[1] = 28.0"),
     ('[knn]\nsegment_s = "1"\n', "knn.segment_s = '1' is not allowed; allowed: a number (or leave"),
+    ("[policies]\np1 = 3\n", "policies.p1 = 3 is not allowed; allowed: a table"),
+    ("[policies.p1]\ntransforms = 3\n", "policies.p1.transforms = 3 is not allowed; allowed: a list of tables"),
+    ("[policies.p1]\ntransforms = [3]\n", "policies.p1.transforms[0] = 3 is not allowed; allowed: a table"),
+    ('[policies.p1]\none_of = "clean"\n', "policies.p1.one_of = 'clean' is not allowed; allowed: a list of policy"),
+    ('[policies.p1]\ntransforms = [{ name = "Gain" }]\nsome_of = "1"\n', "policies.p1.some_of = '1' is not allowed"),
 ], ids=lambda v: v.split("\n")[1].split(" =")[0] if "\n" in v else None)
 def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, message):
     path = tmp_path / "c.toml"
@@ -186,15 +192,31 @@ def test_cli_names_a_bad_config_in_one_line(tmp_path, capsys, content, message):
     ('[policies.noisy]\ntransforms = [{{ name = "AddBackgroundNoise", sounds_path = "{tmp}/nowhere" }}]\n',
      "policies.noisy.transforms.AddBackgroundNoise.sounds_path = '{tmp}/nowhere': {tmp}/nowhere does not exist"),
     ('[policies.room]\ntransforms = [{{ name = "ApplyImpulseResponse", ir_path = "{tmp}/c.toml" }}]\n',
-     "policies.room.transforms.ApplyImpulseResponse.ir_path = '{tmp}/c.toml'"),
+     "policies.room.transforms.ApplyImpulseResponse.ir_path = '{tmp}/c.toml': 1 of 1 file(s) are not readable audio"),
+    ('[identify]\ncluster_top_k = 6\n',
+     "identify.cluster_top_k = 6 is not allowed; allowed: at most the 5 cluster(s) the 64 tracks"),
 ], ids=["missing-encoder", "missing-noise-folder", "noise-folder-without-audio", "more-clusters-than-tracks",
-        "missing-embedder", "blocks-shrink-the-patch", "transform-folder-missing", "transform-folder-not-audio"])
+        "missing-embedder", "blocks-shrink-the-patch", "transform-folder-missing", "transform-file-not-audio",
+        "more-clusters-searched-than-made"])
 def test_what_a_config_names_outside_itself_is_checked_before_the_library_is_rendered(tmp_path, capsys, content,
                                                                                       message):
     """Was: each was found only after the synthetic library had been rendered (minutes at scale)."""
     config = tmp_path / "c.toml"
     config.write_text(content.format(tmp=tmp_path))
     assert message.format(tmp=tmp_path) in one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
+
+
+def test_a_folder_of_sounds_holding_a_file_that_is_not_audio_is_refused_before_any_work(tmp_path, capsys):
+    """Was (seventh fault hunt): a text file named ``fake.wav`` as ``sounds_path`` passed, then
+    ``evaluate`` crashed in audiomentations with a traceback."""
+    noise = tmp_path / "noise"
+    write_audio(noise / "good.wav", tone(300.0, 2.0, 16_000), 16_000)
+    (noise / "fake.wav").write_text("not audio")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[policies.p1]\ntransforms = [{{ name = "AddBackgroundNoise", sounds_path = "{noise}" }}]\n')
+    line = one_error_line(cli.main(train(config, tmp_path)), capsys.readouterr().err)
+    assert f"sounds_path = '{noise}': 1 of 2 file(s) are not readable audio (fake.wav: not a readable audio" in line
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.flac"))
 
 

@@ -4,6 +4,7 @@ an enrolled model identifies them in every mode."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ppazam_core import cli
 from ppazam_core.cli import main
 from ppazam_core.families import family_segment_s, get_family, train_family
 from ppazam_core.families.embedding_prototypes import FAMILY, EmbeddingPrototypes, enrollment_segments
+from ppazam_core.families.enrollment import enrolled_manifest
 from ppazam_core.queries.features import FrontEnd
 from ppazam_core.audio.library import Library, scan_folder, synthetic_distractors
 from ppazam_core.models.encoder.references import reference_embeddings
@@ -118,6 +120,17 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     assert main(["enroll", str(mixed), "--into", str(into), *common]) == 0
     assert "dc.wav: silent" in capsys.readouterr().out
     assert EmbeddingPrototypes(into).track_ids[-1] == "new_syn00000"
+
+
+def test_an_enrolled_song_s_file_is_recorded_by_its_absolute_path(prototypes, new_songs, monkeypatch):
+    """Was (seventh fault hunt): ``enroll new --into M`` recorded ``new/n100.wav``, so
+    ``calibrate --model M`` run from another folder said the song's file was gone."""
+    monkeypatch.chdir(new_songs.parent)
+    song = scan_folder(Path(new_songs.name), only=Path(new_songs.name) / "new_syn00000.flac").tracks[0]
+    assert not Path(song.source).is_absolute()
+    manifest = enrolled_manifest(prototypes, Library("new", (song,)), (), [0.1], {"shots": 5},
+                                 {"last_enroll_s": 0.1, "last_compile_s": 0.0})
+    assert manifest["enrolled"][-1]["source"] == str(new_songs / "new_syn00000.flac")
 
 
 def test_enroll_refuses_what_it_cannot_do(prototypes, new_songs, tiny_config, session_cache, tmp_path, capsys):

@@ -302,7 +302,9 @@ def test_calibrate_into_a_read_only_model_folder_fails_before_calibrating(family
     monkeypatch.setattr(cli, "calibrate_open_set", lambda *a, **k: pytest.fail("calibrated before the check"))
     assert main(["calibrate", "--model", str(model.folder), "--config", str(toml), "--cache-dir", str(session_cache),
                  "--workers", "1"]) == 1
-    assert f"cannot write {model.folder}: read-only file system" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"cannot write {model.folder}: read-only file system; calibrate stores its rule there" in error
+    assert "--cache-dir" not in error  # the model folder is at fault, not the cache
 
 
 def test_a_damaged_open_set_rule_is_a_clear_error(family_models, tiny_library, tiny_config, session_cache, tmp_path,

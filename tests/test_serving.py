@@ -75,10 +75,20 @@ def test_serve_on_a_damaged_bundle_says_export_server_writes_it_again(bundle, tm
     ``serve`` rebuilds nothing."""
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.folders["cluster"].parent, copy)
+    index = (copy / "bundle.json").read_bytes()
     (copy / "bundle.json").write_text(json.dumps({"format": 99, "circuits": {}}))
     assert main(["serve", str(copy), "--port", "0"]) == 1
     error = capsys.readouterr().err
     assert "write the bundle again with `ppazam export-server DEST`" in error and "run the command again" not in error
+    # seventh hunt: a server.zip whose compressed data is corrupt was a zlib.error traceback
+    (copy / "bundle.json").write_bytes(index)
+    archive = copy / "cluster" / "server.zip"
+    data = bytearray(archive.read_bytes())
+    data[3000:3040] = bytes(255 - b for b in data[3000:3040])
+    archive.write_bytes(bytes(data))
+    assert main(["serve", str(copy), "--port", "0"]) == 1
+    error = capsys.readouterr().err
+    assert "server.zip is damaged" in error and "export-server" in error and "Traceback" not in error
 
 
 def test_circuits_lists_public_costs_only(server_url, bundle):
@@ -337,7 +347,8 @@ def test_transport_errors_carry_the_servers_message(identifier, queries, bundle)
         HttpTransport(url, connect_timeout=2).open()
 
 
-@pytest.mark.parametrize("url", ["ftp://x y", "http://x y", "localhost:8000", "http://", "https://h:99999"])
+@pytest.mark.parametrize("url", ["ftp://x y", "http://x y", "localhost:8000", "http://", "https://h:99999",
+                                 "http://127.0.0.1:8000 /x"])
 def test_a_malformed_server_url_is_refused_before_anything_is_sent(url, tmp_path, capsys):
     """Was (sixth fault hunt): ``identify --server "ftp://x y"`` blamed a broken connection."""
     with pytest.raises(FheError, match="is not the URL of a ppazam server: give http://HOST:PORT"):

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import soundfile
 
-from ppazam_core.audio.lengths import corrected_view
+from ppazam_core.audio.lengths import corrected_view, missing_seconds
 from ppazam_core.errors import AudioError
 
 DEFAULT_SAMPLE_RATE = 16_000
@@ -42,6 +42,7 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000  # the working rates a configu
 MIN_FILE_RATE = 4_000  # the lowest rate a file may have, in Hz: below it a header lies or holds no music
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 SILENCE_DBFS = -60.0
+TRUNCATED_S = 0.5  # seconds a WAV may hold fewer than its header says before a warning
 MAX_DECODED_S = 3600.0  # the most audio one file may decode to, in seconds (1 h: 230 MB mono at 16 kHz)
 MAX_DECODE_WALL_S = 300.0  # the most wall-clock seconds decoding one file (one call) may take
 OUT_OF_PHASE_DB = 20.0  # a channel mean this far below the loudest channel cancels: take that channel
@@ -182,6 +183,11 @@ def measure(path: str | Path) -> AudioStats:
         levels.add(block)
     if levels.frames == 0:
         raise AudioError(path, "zero-length audio")
+    missing_s = missing_seconds(path)
+    if missing_s > TRUNCATED_S:
+        held_s = levels.frames / info.sample_rate
+        logger.warning("%s: its header says %.1f s, it holds %.1f s (a truncated file?): the %.1f s it holds are used",
+                       path, held_s + missing_s, held_s, held_s)
     return AudioStats(str(path), info.sample_rate, info.channels, levels.frames,
                       levels.level_dbfs(levels.cancelling_channel(path)))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -175,27 +176,58 @@ def _crc8(data: bytes) -> int:
     return crc
 
 
-def _wav_patch(file: BinaryIO) -> tuple[int, bytes] | None:
+def missing_seconds(path: Path) -> float:
+    """Seconds of audio a RIFF WAV's ``data`` chunk claims past the end of the file: a truncated
+    file, which libsndfile reads to where it ends (0.0 for a whole file, another format, an
+    unreadable one, or a size of 0xFFFFFFFF, streaming writers' "unknown")."""
+    try:
+        with path.open("rb") as file:
+            chunk = _data_chunk(file) if file.read(4) == b"RIFF" else None
+    except OSError:
+        return 0.0
+    if chunk is None or chunk.claimed == 0xFFFFFFFF or chunk.byte_rate == 0:
+        return 0.0
+    return max(0, chunk.offset + 8 + chunk.claimed - chunk.file_size) / chunk.byte_rate
+
+
+@dataclass(frozen=True)
+class _DataChunk:
+    offset: int  # of the chunk's header
+    claimed: int  # its size field, in bytes
+    file_size: int
+    block_align: int  # bytes a sample frame (the fmt chunk's)
+    byte_rate: int  # bytes a second (the fmt chunk's)
+
+
+def _data_chunk(file: BinaryIO) -> _DataChunk | None:
+    """The ``data`` chunk of the RIFF WAV ``file`` (read past its "RIFF"), or ``None``."""
     riff = file.read(8)
     if len(riff) < 8 or riff[4:8] != b"WAVE":
         return None
     size = file.seek(0, io.SEEK_END)
-    offset, block_align = 12, 0
+    offset, block_align, byte_rate = 12, 0, 0
     while offset + 8 <= size:
         file.seek(offset)
         chunk_id, chunk_size = struct.unpack("<4sI", file.read(8))
         if chunk_id == b"fmt ":
             fmt = file.read(min(chunk_size, 16))
-            block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            if len(fmt) >= 14:
+                byte_rate, block_align = struct.unpack("<IH", fmt[8:14])
         elif chunk_id == b"data":
-            return _data_patch(file, offset, chunk_size, size, block_align)
+            return _DataChunk(offset, chunk_size, size, block_align, byte_rate)
         offset += 8 + chunk_size + (chunk_size & 1)
     return None
 
 
-def _data_patch(file: BinaryIO, offset: int, claimed: int, size: int, block_align: int) -> tuple[int, bytes] | None:
+def _wav_patch(file: BinaryIO) -> tuple[int, bytes] | None:
+    chunk = _data_chunk(file)
+    return None if chunk is None else _data_patch(file, chunk)
+
+
+def _data_patch(file: BinaryIO, chunk: _DataChunk) -> tuple[int, bytes] | None:
     """The ``data`` chunk's size field corrected to the end of the file, when its claimed end is
     short of it and no well-formed chunk begins there."""
+    offset, claimed, size, block_align = chunk.offset, chunk.claimed, chunk.file_size, chunk.block_align
     start, end = offset + 8, offset + 8 + claimed + (claimed & 1)
     if block_align == 0 or end + 8 > size:
         return None

@@ -71,8 +71,9 @@ def enrolled_manifest(model: Recognizer, tracks: Library, remove: Sequence[str],
     manifest = model.manifest
     keep = set(model.track_ids) - set(remove)
     track_ids = [i for i in model.track_ids if i in keep] + [t.id for t in tracks]
-    history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "source": t.source, "sha256": t.sha256,
-                                               **how, "enroll_s": round(float(s), 4)}
+    history = manifest.get("enrolled", []) + [{"id": t.id, "title": t.title, "sha256": t.sha256, **how,
+                                               "source": str(Path(t.source).absolute()),  # found from any folder
+                                               "enroll_s": round(float(s), 4)}
                                               for t, s in zip(tracks, enroll_s)]
     titles = {**{i: t for i, t in manifest["titles"].items() if i in keep}, **{t.id: t.title for t in tracks}}
     audio = {**{i: s for i, s in manifest["sha256"].items() if i in keep}, **{t.id: t.sha256 for t in tracks if t.sha256}}

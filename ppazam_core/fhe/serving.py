@@ -487,8 +487,8 @@ def _server_url(url: str) -> str:
     """``url`` without its trailing slash; a :class:`FheError` unless it is ``http(s)://HOST[:PORT]...``."""
     try:
         parsed = httpx.URL(url)
-        valid = parsed.scheme in ("http", "https") and parsed.host and "%" not in parsed.host \
-            and (parsed.port is None or 0 < parsed.port < 65536)
+        valid = parsed.scheme in ("http", "https") and parsed.host and not any(c.isspace() for c in url) \
+            and "%" not in parsed.host and (parsed.port is None or 0 < parsed.port < 65536)
     except httpx.InvalidURL:
         valid = False
     if not valid:

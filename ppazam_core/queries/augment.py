@@ -147,6 +147,8 @@ class AugmentationPolicy:
         if "one_of" in data:
             if "transforms" in data or "some_of" in data:
                 raise ConfigError(f"policies.{name}: give either transforms (and some_of) or one_of, not both")
+            if not isinstance(data["one_of"], list) or not all(isinstance(part, str) for part in data["one_of"]):
+                raise ConfigError.bad_value(f"policies.{name}.one_of", data["one_of"], "a list of policy names")
             if not data["one_of"]:
                 raise ConfigError.bad_value(f"policies.{name}.one_of", [], "one policy or more to choose among")
             try:
@@ -154,13 +156,20 @@ class AugmentationPolicy:
             except ConfigError as e:
                 raise ConfigError(f"policies.{name}.one_of (a mixture names built-in levels and policies that are "
                                   f"not mixtures): {e}") from e
+        entries, some_of = data.get("transforms", []), data.get("some_of")
+        if not isinstance(entries, list):
+            raise ConfigError.bad_value(f"policies.{name}.transforms", entries, "a list of tables ({ name = ..., ... })")
+        if some_of is not None and (isinstance(some_of, bool) or not isinstance(some_of, int)):
+            raise ConfigError.bad_value(f"policies.{name}.some_of", some_of, "an integer")
         transforms = []
-        for i, entry in enumerate(data.get("transforms", [])):
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                raise ConfigError.bad_value(f"policies.{name}.transforms[{i}]", entry, "a table ({ name = ..., ... })")
             entry = dict(entry)
             if "name" not in entry:
                 raise ConfigError(f"policies.{name}.transforms[{i}] has no 'name'")
             transforms.append(TransformSpec.of(entry.pop("name"), **entry))
-        return cls(name, tuple(transforms), data.get("some_of"))
+        return cls(name, tuple(transforms), some_of)
 
 
 def builtin_policy(level: Level | str) -> AugmentationPolicy:
@@ -229,6 +238,11 @@ def custom_policies(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Augmen
         ConfigError: a table is named like a built-in level (it would silently change what that
             level's rows measure), or a policy is not valid.
     """
+    if not isinstance(tables, Mapping):
+        raise ConfigError.bad_value("policies", tables, "tables [policies.NAME]")
+    for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError.bad_value(f"policies.{name}", table, "a table [policies.NAME] of transforms or one_of")
     clashes = sorted(set(tables) & {level.value for level in Level})
     if clashes:
         raise ConfigError(f"policy name {clashes[0]!r} is a built-in level; choose another name")
