@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ppazam_core.audio.decode import audio_files, load_audio
+from ppazam_core.audio.decode import DEFAULT_SAMPLE_RATE, audio_files, load_audio, require_audible
 from ppazam_core.results.calibration import calibrate_open_set, rule_folder, rule_mode
 from ppazam_core.cli_help import Parser, positive_int
 from ppazam_core.config import ExperimentConfig
@@ -639,6 +639,28 @@ def _may_hold_the_library_of(model: Recognizer, library: str) -> bool:
     return len(files) >= sum(track_id not in enrolled for track_id in model.track_ids)
 
 
+def _enrollable(tracks: Library, segment_s: float, folder: Path) -> Library:
+    """The songs of a folder that can be enrolled: those with at least ``segment_s`` seconds of
+    sound (:func:`~ppazam_core.audio.decode.require_audible`); the others join its skipped files
+    with their reason, as unreadable files do.
+
+    Raises:
+        ConfigError: no song of the folder can be enrolled.
+    """
+    kept, skipped = [], list(tracks.skipped)
+    for track in tracks:
+        try:
+            if track.silent:
+                raise AudioError(track.source, "silent: no sound to enroll")
+            require_audible(load_audio(track.source), DEFAULT_SAMPLE_RATE, segment_s, track.source)
+            kept.append(track)
+        except AudioError as e:
+            skipped.append(SkippedFile(track.source, e.reason))
+    if len(tracks) and not kept:
+        raise ConfigError(f"no song of {folder} can be enrolled: {'; '.join(f'{s.path}: {s.reason}' for s in skipped[:3])}")
+    return replace(tracks, tracks=tuple(kept), skipped=tuple(skipped))
+
+
 def _enroll(args: argparse.Namespace) -> int:
     """Add songs to (or remove them from) the model of ``--into``, one writer of a folder at a
     time: a second waits for the first, then updates what the first wrote. The folder an
@@ -675,10 +697,7 @@ def _enroll_into(args: argparse.Namespace, into: Path) -> int:
             tracks = scan_folder(source.parent, model.config.data.segment_s, 1, cache_dir=cache_dir, only=source)
         else:
             tracks = open_library(source, cache_dir, min_duration_s=model.config.data.segment_s, workers=args.workers)
-        if any(not t.silent for t in tracks):  # silent files of a folder are skipped; all silent: refused below
-            tracks = replace(tracks, tracks=tuple(t for t in tracks if not t.silent),
-                             skipped=tracks.skipped + tuple(SkippedFile(t.source, "silent: no sound to enroll")
-                                                            for t in tracks if t.silent))
+            tracks = _enrollable(tracks, family_segment_s(model.family, model.config), source)
         for skipped in tracks.skipped:
             console.print(f"  skipped {skipped.path}: {skipped.reason}", highlight=False, soft_wrap=True)
     started = time.perf_counter()

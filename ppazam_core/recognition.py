@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ppazam_core.audio.decode import SILENCE_DBFS, is_silent
-from ppazam_core.queries.conditions import query_segments
+from ppazam_core.queries.conditions import MAX_QUERY_S, query_segments  # re-exported: identify's bound
 from ppazam_core.queries.dataset import Dataset
 from ppazam_core.fhe.deployment import EncryptedChannel
 from ppazam_core.errors import ArtifactError, AudioError, ConfigError
@@ -27,7 +27,6 @@ from ppazam_core.parallel import progress_bar
 
 SCORE_FLOOR = -1e3  # a segment's score of tracks it did not search (two-stage: other clusters' tracks)
 MIN_QUERY_S = 1.0  # the shortest query the bench measures
-MAX_QUERY_S = 600.0  # identify reads at most the first ten minutes of a clip (about 400 segments of 3 s)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,17 @@ def test_chained_ogg_decodes_every_link(tmp_path):
     assert abs(dominant_hz(audio[96_000:160_000], 16_000) - 880.0) < 5.0
 
 
+def test_bytes_between_two_joined_ogg_files_do_not_hide_the_second(tmp_path):
+    """Was (eighth fault hunt): junk between the links ended the file after the first (5 s of
+    11), without a word."""
+    path = _chained_ogg(tmp_path)
+    first = (tmp_path / "a.ogg").read_bytes()
+    path.write_bytes(first + b"\x00JUNK" * 1000 + (tmp_path / "b.ogg").read_bytes())
+    assert abs(probe(path).duration_s - 11.0) < 0.1
+    audio = load_audio(path, 16_000)
+    assert abs(dominant_hz(audio[96_000:160_000], 16_000) - 880.0) < 5.0
+
+
 def test_offset_and_duration_cross_chained_ogg_links(tmp_path):
     path = _chained_ogg(tmp_path)
     whole = load_audio(path, 16_000)

@@ -144,13 +144,45 @@ def test_a_stereo_24_bit_flac_with_an_unknown_length_at_44_1_khz_decodes_whole(t
     assert measure(path).frames == 7 * 44_100
 
 
-@pytest.mark.parametrize("claimed", [0, 16])
-def test_a_wav_whose_data_size_is_zero_or_short_decodes_what_it_holds(tmp_path, claimed):
-    """Was: a WAV with a ``data`` size of 0 and 12 s of audio after it was skipped as
-    "zero-length"; one of 16 bytes decoded to 8 samples."""
-    path = wav_with_data_size(tmp_path / "stream.wav", claimed)
+def test_a_wav_whose_data_size_is_zero_decodes_what_it_holds(tmp_path):
+    """Was: a WAV with a ``data`` size of 0 (a streaming writer's "unknown") and 12 s of audio
+    after it was skipped as "zero-length"."""
+    path = wav_with_data_size(tmp_path / "stream.wav", 0)
     assert probe(path).frames == measure(path).frames == 12 * RATE
     assert abs(dominant_hz(load_audio(path, RATE, offset_s=10.0), RATE) - 440.0) < 5.0
+
+
+@pytest.mark.parametrize("trailing", [b"\0" * 200_000, np.random.default_rng(0).bytes(2_000_000)],
+                         ids=["zeros", "random"])
+def test_bytes_after_a_wav_s_data_are_not_audio(tmp_path, trailing):
+    """Was (eighth fault hunt): 2 MB of random bytes after a 12-s WAV's data were read as 62 s
+    more audio (noise), and a query padded so was answered with a wrong track."""
+    path = write_audio(tmp_path / "padded.wav", tone(440.0, 12.0, RATE), RATE, subtype="PCM_16")
+    path.write_bytes(path.read_bytes() + trailing)
+    assert corrected_view(path) is None
+    assert measure(path).frames == 12 * RATE
+
+
+@pytest.mark.parametrize("first_s, second_s", [(12.0, 5.0), (4.0, 12.0)])
+def test_two_flac_files_joined_byte_by_byte_read_as_the_first_header_says(tmp_path, first_s, second_s):
+    """Was (eighth fault hunt): the length correction found the second stream's last frames and
+    gave the first stream the second's length (12 s + 5 s read as 5 s; 4 s + 12 s "lost sync")."""
+    first = write_audio(tmp_path / "a.flac", tone(440.0, first_s, RATE), RATE)
+    second = write_audio(tmp_path / "b.flac", tone(660.0, second_s, RATE), RATE)
+    joined = tmp_path / "joined.flac"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    assert corrected_view(joined) is None
+    assert measure(joined).frames == int(first_s * RATE)
+
+
+def test_a_flac_after_an_id3_tag_with_an_unknown_length_decodes_whole(tmp_path):
+    """Was (eighth fault hunt): "truncated or damaged (psf_fseek() failed)": the length was
+    corrected only in files starting with ``fLaC``."""
+    path = flac_claiming(tmp_path / "plain.flac", 0)
+    tag = b"ID3\x04\x00\x00" + bytes([0, 0, 1, 0]) + b"\0" * 128  # a synchsafe size of 128 bytes
+    tagged = tmp_path / "tagged.flac"
+    tagged.write_bytes(tag + path.read_bytes())
+    assert measure(tagged).frames == 12 * RATE
 
 
 def test_a_wav_whose_data_is_followed_by_a_chunk_is_read_as_its_header_says(tmp_path):

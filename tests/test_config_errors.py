@@ -67,6 +67,12 @@ def test_every_key_of_every_table_is_type_checked(table, key, hint):
     ("[policies.p1]\ntransforms = [3]\n", "policies.p1.transforms[0] = 3 is not allowed; allowed: a table"),
     ('[policies.p1]\none_of = "clean"\n', "policies.p1.one_of = 'clean' is not allowed; allowed: a list of policy"),
     ('[policies.p1]\ntransforms = [{ name = "Gain" }]\nsome_of = "1"\n', "policies.p1.some_of = '1' is not allowed"),
+    ('[policies.p]\ntransforms = [{ name = "AddBackgroundNoise", sounds_path = 3 }]\n',
+     "policies.p.transforms.AddBackgroundNoise.sounds_path = 3 is not allowed; allowed: the path of a folder"),
+    ('[policies.p]\ntransforms = [{ name = "Gain", min_gain_db = nan, max_gain_db = 3.0 }]\n',
+     "policies.p.transforms.Gain.min_gain_db = nan is not allowed; allowed: a finite number"),
+    ('[policies.p]\ntransforms = [{ name = "Gain", min_gain_db = -3.0, max_gain_db = inf }]\n',
+     "policies.p.transforms.Gain.max_gain_db = inf is not allowed; allowed: a finite number"),
 ], ids=lambda v: v.split("\n")[1].split(" =")[0] if "\n" in v else None)
 def test_a_wrong_type_names_the_key_the_value_and_the_type(tmp_path, toml, message):
     path = tmp_path / "c.toml"

@@ -117,8 +117,12 @@ def test_enroll_adds_and_removes_songs_without_training(prototypes, new_songs, t
     mixed.mkdir()
     shutil.copy(one_song, mixed / one_song.name)
     write_audio(mixed / "dc.wav", np.full(16_000 * 4, 0.4, dtype=np.float32), 16_000)
+    brief = np.zeros(16_000 * 12, dtype=np.float32)  # eighth hunt: a mostly silent file aborted the folder
+    brief[:16_000] = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(16_000) / 16_000)
+    write_audio(mixed / "brief.wav", brief, 16_000)
     assert main(["enroll", str(mixed), "--into", str(into), *common]) == 0
-    assert "dc.wav: silent" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dc.wav: silent" in out and "brief.wav: only 1 s of it is above the silence level" in out
     assert EmbeddingPrototypes(into).track_ids[-1] == "new_syn00000"
 
 

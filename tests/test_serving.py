@@ -348,7 +348,7 @@ def test_transport_errors_carry_the_servers_message(identifier, queries, bundle)
 
 
 @pytest.mark.parametrize("url", ["ftp://x y", "http://x y", "localhost:8000", "http://", "https://h:99999",
-                                 "http://127.0.0.1:8000 /x"])
+                                 "http://127.0.0.1:8000 /x", "http://127.0.0.1:8000?x=1#y"])
 def test_a_malformed_server_url_is_refused_before_anything_is_sent(url, tmp_path, capsys):
     """Was (sixth fault hunt): ``identify --server "ftp://x y"`` blamed a broken connection."""
     with pytest.raises(FheError, match="is not the URL of a ppazam server: give http://HOST:PORT"):

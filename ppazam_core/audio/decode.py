@@ -420,14 +420,18 @@ def _open_links(path: Path) -> Iterator[soundfile.SoundFile]:
 def _ogg_links(path: Path) -> list[tuple[int, int]]:
     """Byte spans ``[begin, end)`` of the links of an Ogg file, read from its page headers: a
     link begins with a group of beginning-of-stream pages (and the first with the first page).
-    Empty for a file that is not Ogg;
-    bytes after the last well-formed page stay with the last link, for libsndfile to judge."""
+    Empty for a file that is not Ogg. Bytes between pages that are not a page (junk between
+    two joined files) are passed over to the next page, staying in the span of the link before
+    them; bytes after the last well-formed page stay with the last link, for libsndfile to judge."""
     starts, size, offset, previous_bos = [], path.stat().st_size, 0, False
     with path.open("rb") as file:
         while offset + _OGG_PAGE_HEADER.size <= size:
             file.seek(offset)
             header = file.read(_OGG_PAGE_HEADER.size)
             capture, _, flags, _, _, _, _, n_segments = _OGG_PAGE_HEADER.unpack(header)
+            if capture != b"OggS" and starts:  # bytes that are not a page: the next page, if any, goes on
+                offset = _next_page(file, offset + 1)
+                continue
             lacing = file.read(n_segments)
             if capture != b"OggS" or len(lacing) < n_segments:
                 break
@@ -437,3 +441,19 @@ def _ogg_links(path: Path) -> list[tuple[int, int]]:
             previous_bos = bos
             offset += _OGG_PAGE_HEADER.size + n_segments + sum(lacing)
     return list(zip(starts, starts[1:] + [size]))
+
+
+def _next_page(file: io.BufferedReader, offset: int, block: int = 1 << 20) -> int:
+    """The offset of the next ``OggS`` capture pattern at or after ``offset`` (the file's size
+    when there is none): where an Ogg demuxer regains sync past bytes that are not a page."""
+    file.seek(offset)
+    position = offset
+    while chunk := file.read(block + 3):
+        found = chunk.find(b"OggS")
+        if found >= 0:
+            return position + found
+        position += len(chunk) - 3
+        file.seek(position)
+        if len(chunk) < block + 3:
+            break
+    return file.seek(0, io.SEEK_END)

@@ -5,11 +5,14 @@ to the size of its ``data`` chunk. Streaming encoders leave those fields at 0 ("
 damaged or hand-edited header may understate them, so a file holding 12 s would decode to 4 s,
 or to nothing, without a word. :func:`corrected_view` finds the length the file really holds:
 
-* FLAC: the last frame's header (found backwards from the end of the file, its CRC-8 checked
-  and its number following the frame before it) gives its first sample and block size, hence
-  the file's sample count (FLAC format specification, "FRAME_HEADER");
-* WAV: a ``data`` chunk whose size stops short of the end of the file, where no well-formed
-  chunk follows, runs to the end of the file (whole sample frames).
+* FLAC (after an ID3v2 tag, if any): the last frame's header (found backwards from the end of
+  the file, its CRC-8 checked and its number following the frame before it) gives its first
+  sample and block size, hence the file's sample count (FLAC format specification,
+  "FRAME_HEADER"). A file holding a second ``fLaC`` stream (two files joined byte by byte) is
+  read as its header says: its last frames are another stream's;
+* WAV: a ``data`` chunk whose size field is 0 (a streaming writer's "unknown") with bytes after
+  it, where no well-formed chunk follows, runs to the end of the file (whole sample frames). A
+  non-zero size is kept: bytes past it are trailing garbage as often as audio.
 
 When the field disagrees, the file is read through a view that shows the corrected field
 (nothing is written to the file); otherwise the file is read as it is.
@@ -39,8 +42,10 @@ def corrected_view(path: Path) -> BinaryIO | None:
     apart: then libsndfile judges it as it is). The caller closes the view."""
     try:
         with path.open("rb") as file:
+            start = _after_id3(file)
             head = file.read(4)
-            patch = _flac_patch(file) if head == b"fLaC" else _wav_patch(file) if head == b"RIFF" else None
+            patch = _flac_patch(file, start) if head == b"fLaC" else \
+                _wav_patch(file) if head == b"RIFF" and start == 0 else None
     except OSError:  # unreadable: libsndfile says why
         return None
     if patch is None:
@@ -81,7 +86,19 @@ class _Overlaid(io.RawIOBase):
         super().close()
 
 
-def _flac_patch(file: BinaryIO) -> tuple[int, bytes] | None:
+def _after_id3(file: BinaryIO) -> int:
+    """The offset after an ID3v2 tag at the start of ``file`` (0 without one); ``file`` is left there."""
+    tag = file.read(10)
+    start = 0
+    if len(tag) == 10 and tag[:3] == b"ID3" and all(b < 0x80 for b in tag[6:10]):
+        size = int.from_bytes(bytes(tag[6:10]), "big")
+        size = (size & 0x7F) | (size >> 8 & 0x7F) << 7 | (size >> 16 & 0x7F) << 14 | (size >> 24 & 0x7F) << 21
+        start = 10 + size + (10 if tag[5] & 0x10 else 0)  # synchsafe size; a footer when flagged
+    file.seek(start)
+    return start
+
+
+def _flac_patch(file: BinaryIO, start: int) -> tuple[int, bytes] | None:
     header = file.read(38)  # metadata block header, then STREAMINFO's 34 bytes
     if len(header) < 38 or header[0] & 0x7F != 0:
         return None
@@ -95,10 +112,22 @@ def _flac_patch(file: BinaryIO) -> tuple[int, bytes] | None:
     file.seek(max(0, file.seek(0, io.SEEK_END) - span))
     tail = file.read()
     total = _samples_in_frames(tail, block_size, channels, bits)
-    if total is None or total == fields & _TOTAL_SAMPLES_MASK:
+    if total is None or total == fields & _TOTAL_SAMPLES_MASK or _holds_another_stream(file, start + 4):
         return None
     corrected = (fields & ~_TOTAL_SAMPLES_MASK) | total
-    return _STREAMINFO_FIELDS.start, corrected.to_bytes(8, "big")
+    return start + _STREAMINFO_FIELDS.start, corrected.to_bytes(8, "big")
+
+
+def _holds_another_stream(file: BinaryIO, after: int, block: int = 1 << 20) -> bool:
+    """Whether a ``fLaC`` marker follows offset ``after`` (read in blocks; only when a length
+    is to be corrected)."""
+    file.seek(after)
+    carry = b""
+    while chunk := file.read(block):
+        if b"fLaC" in carry + chunk:
+            return True
+        carry = chunk[-3:]
+    return False
 
 
 def _samples_in_frames(tail: bytes, block_size: int, channels: int, bits: int) -> int | None:
@@ -225,11 +254,11 @@ def _wav_patch(file: BinaryIO) -> tuple[int, bytes] | None:
 
 
 def _data_patch(file: BinaryIO, chunk: _DataChunk) -> tuple[int, bytes] | None:
-    """The ``data`` chunk's size field corrected to the end of the file, when its claimed end is
-    short of it and no well-formed chunk begins there."""
+    """The ``data`` chunk's size field corrected to the end of the file, when it says 0 and no
+    well-formed chunk begins after it."""
     offset, claimed, size, block_align = chunk.offset, chunk.claimed, chunk.file_size, chunk.block_align
     start, end = offset + 8, offset + 8 + claimed + (claimed & 1)
-    if block_align == 0 or end + 8 > size:
+    if claimed != 0 or block_align == 0 or end + 8 > size:
         return None
     file.seek(end)
     following = file.read(8)

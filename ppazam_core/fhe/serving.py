@@ -488,7 +488,8 @@ def _server_url(url: str) -> str:
     try:
         parsed = httpx.URL(url)
         valid = parsed.scheme in ("http", "https") and parsed.host and not any(c.isspace() for c in url) \
-            and "%" not in parsed.host and (parsed.port is None or 0 < parsed.port < 65536)
+            and "%" not in parsed.host and (parsed.port is None or 0 < parsed.port < 65536) \
+            and not parsed.query and not parsed.fragment
     except httpx.InvalidURL:
         valid = False
     if not valid:

@@ -16,8 +16,9 @@ them afterwards.
 from __future__ import annotations
 
 import enum
-import re
 import inspect
+import math
+import re
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +328,10 @@ def _check_transform(policy: str, spec: TransformSpec) -> None:
         default = parameters[key].default
         if _kind(default) is not None and _kind(value) != _kind(default):
             raise ConfigError.bad_value(f"{where}.{key}", value, f"{_kind(default)} (its default is {default!r})")
+        if key == _FOLDER_PARAMS.get(spec.name) and not isinstance(value, str):
+            raise ConfigError.bad_value(f"{where}.{key}", value, "the path of a folder or an audio file (a string)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError.bad_value(f"{where}.{key}", value, "a finite number")
     if spec.name not in FOLDER_TRANSFORMS:  # those read their folders when made: their folders are checked before work starts
         _instantiate(spec, None, None, where)
 

@@ -18,6 +18,8 @@ import numpy as np
 from ppazam_core.audio.decode import segments_at
 from ppazam_core.errors import ConfigError
 
+MAX_QUERY_S = 600.0  # a query reads at most the first ten minutes of a clip (about 400 segments of 3 s)
+
 GAIN_LIMITS_DB = (-60.0, 40.0)
 _NUMBER = r"[+-]?\d+(?:\.\d+)?"
 _GAIN = re.compile(rf"^(?P<value>{_NUMBER})dB$")
@@ -52,6 +54,9 @@ class QueryCondition:
                 check_gain_range("query condition gain", (gain, gain))
             elif (match := _LENGTH.match(part)) and length is None and float(match["value"]) > 0:
                 length = float(match["value"])
+                if length > MAX_QUERY_S:
+                    raise ConfigError.bad_value("query condition length", name,
+                                                f"seconds above 0, at most {MAX_QUERY_S:g} (what a query reads of a clip)")
             else:
                 raise ConfigError.bad_value("query condition", name, _FORMAT)
         if not level:
